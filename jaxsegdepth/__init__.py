@@ -1,0 +1,1 @@
+"""jaxsegdepth: foreground mask and depth from a background/composite image pair, in JAX."""

@@ -1,0 +1,1 @@
+"""Datasets (synthetic and MODEST Museum) and the grain input pipeline; knows nothing of models."""
