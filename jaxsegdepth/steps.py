@@ -1,0 +1,109 @@
+"""Training state and the pure step functions, jitted over a device mesh.
+
+The steps know nothing of files, loggers or configs: they take a state and arrays and
+return a state and metrics. `jit_steps` compiles them with the batch sharded on the mesh's
+`data` axis and the state replicated; under `jit` BatchNorm statistics are global.
+"""
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+from jax.sharding import Mesh
+
+from jaxsegdepth import metrics, mesh as mesh_lib
+
+LossFn = Callable[[dict, dict], tuple[jax.Array, dict]]
+HEADS = ("mask", "depth")
+
+
+class TrainState(train_state.TrainState):
+    """Parameters, BatchNorm statistics, optimizer and plateau state, RNG and a NaN sentinel."""
+    batch_stats: Any
+    plateau: optax.contrib.ReduceLROnPlateauState
+    rng: jax.Array
+    nonfinite_step: jax.Array  # -1 while every loss has been finite, else the first bad step
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
+                       plateau: optax.GradientTransformation, rng: jax.Array,
+                       resolution: int = 64) -> TrainState:
+    """Initialises the model on a dummy (1, resolution, resolution, 3) pair."""
+    params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
+    dummy = jnp.zeros((1, resolution, resolution, 3), jnp.float32)
+    variables = model.init({"params": params_rng, "dropout": dropout_rng}, dummy, dummy, train=False)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), apply_fn=model.apply, params=params, tx=tx,
+        opt_state=tx.init(params), batch_stats=variables.get("batch_stats", {}),
+        plateau=plateau.init(params), rng=state_rng, nonfinite_step=jnp.full((), -1, jnp.int32))
+
+
+def _targets(batch: dict) -> dict:
+    return {head: batch[head] for head in HEADS if head in batch}
+
+
+def train_step(state: TrainState, batch: dict, *, loss_fn: LossFn) -> tuple[TrainState, dict]:
+    """One SGD step. A non-finite loss leaves the state unchanged and records the step."""
+    dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+    def compute_loss(params):
+        outputs, mutated = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats}, batch["bg"], batch["bg_fg"],
+            train=True, mutable=["batch_stats"], rngs={"dropout": dropout_rng})
+        total, terms = loss_fn(outputs, _targets(batch))
+        return total, (terms, mutated["batch_stats"])
+
+    (loss, (terms, batch_stats)), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    updates = jax.tree.map(lambda u: u * state.plateau.scale.astype(u.dtype), updates)
+    stepped = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                            opt_state=opt_state, batch_stats=batch_stats)
+    finite = jnp.isfinite(loss)
+    kept = state.replace(step=state.step + 1, nonfinite_step=jnp.where(
+        state.nonfinite_step < 0, state.step, state.nonfinite_step))
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), stepped, kept)
+    return new_state, {"loss": loss, **terms}
+
+
+def eval_step(state: TrainState, batch: dict, *, loss_fn: LossFn) -> dict:
+    """Loss terms and additive metric sums for one batch (`batch["weights"]` masks padding)."""
+    outputs = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                             batch["bg"], batch["bg_fg"], train=False)
+    targets = _targets(batch)
+    loss, terms = loss_fn(outputs, targets)
+    return {"loss": loss, **terms,
+            "sums": metrics.batch_sums(outputs, targets, batch.get("weights"))}
+
+
+def predict_step(state: TrainState, bg: jax.Array, bg_fg: jax.Array) -> dict:
+    """Probabilities (sigmoid of the logits) for every head the model has."""
+    outputs = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                             bg, bg_fg, train=False)
+    return {head: jax.nn.sigmoid(logits.astype(jnp.float32)) for head, logits in outputs.items()}
+
+
+def update_plateau(state: TrainState, plateau: optax.GradientTransformationExtraArgs,
+                   val_loss: float) -> TrainState:
+    """Feeds one validation loss to reduce-on-plateau; its new scale applies from the next step."""
+    _, new = plateau.update(updates=jnp.zeros(()), state=state.plateau, value=jnp.asarray(val_loss))
+    return state.replace(plateau=new)
+
+
+def jit_steps(mesh: Mesh, loss_fn: LossFn) -> tuple[Callable, Callable, Callable]:
+    """`train_step`, `eval_step` and `predict_step` compiled for `mesh`.
+
+    The batch is sharded on `data`, the state replicated and donated to the train step.
+    """
+    replicated, sharded = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
+    train = jax.jit(functools.partial(train_step, loss_fn=loss_fn),
+                    in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
+                    donate_argnums=0)
+    evaluate = jax.jit(functools.partial(eval_step, loss_fn=loss_fn),
+                       in_shardings=(replicated, sharded), out_shardings=replicated)
+    predict = jax.jit(predict_step, in_shardings=(replicated, sharded, sharded),
+                      out_shardings=sharded)
+    return train, evaluate, predict
