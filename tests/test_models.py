@@ -1,0 +1,187 @@
+"""DSResNet and MaskNet: structure, parameter counts, shapes, BatchNorm, precision, a short fit."""
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxsegdepth import losses, models
+
+
+def _pair(n, size, seed=0):
+    rng = np.random.default_rng(seed)
+    return tuple(rng.normal(size=(n, size, size, 3)).astype(np.float32) for _ in range(2))
+
+
+def _abstract_variables(model, size):
+    bg = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    return jax.eval_shape(model.init, jax.random.key(0), bg, bg)
+
+
+def _param_count(params):
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
+
+
+def _numpy_variables(model, seed=0):
+    """Variables of the model's structure filled on the host (kernels N(0, 1/fan_in), biases 0,
+    fresh BatchNorm): DSResNet's real `init` takes seconds of XLA compile on a small CPU."""
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = path[-1].key
+        if name == "kernel":
+            fan_in = math.prod(leaf.shape[:-1])
+            return (rng.normal(size=leaf.shape) / math.sqrt(fan_in)).astype(np.float32)
+        return np.full(leaf.shape, 1.0 if name in ("scale", "var") else 0.0, np.float32)
+
+    return jax.tree_util.tree_map_with_path(fill, _abstract_variables(model, 32))
+
+
+@pytest.fixture(scope="module")
+def masknet():
+    """A MaskNet with dropout 0.5, its initial variables and an 8x8 input pair."""
+    model = models.MaskNet(dropout_rate=0.5)
+    bg, bg_fg = _pair(2, 8)
+    key = jax.random.key(0, impl="unsafe_rbg")  # compiles in a fraction of threefry's time
+    return model, jax.jit(model.init)(key, bg, bg_fg), bg, bg_fg
+
+
+def test_parameter_counts_match_the_reference():
+    params = _abstract_variables(models.DSResNet(), 32)["params"]
+    assert _param_count(params) == 10_343_490
+    for head in ("mask_head", "depth_head"):  # only the last two decoders merge bg and bg_fg skips
+        assert {name for name, block in params[head].items() if "merge" in block} == {"e1", "e2"}
+    assert _param_count(_abstract_variables(models.MaskNet(), 32)["params"]) == 59_745
+
+
+def test_parameters_stay_float32_with_bfloat16_compute():
+    variables = _abstract_variables(models.create("dsresnet", "bfloat16"), 32)
+    assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+
+
+@pytest.mark.parametrize("size", [96, 160, 224])
+def test_output_shapes(size):
+    bg = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+    for name, heads in (("dsresnet", {"mask", "depth"}), ("masknet", {"mask"})):
+        model = models.create(name)
+        variables = _abstract_variables(model, 32)
+        outputs = jax.eval_shape(lambda v, a, b: model.apply(v, a, b), variables, bg, bg)
+        assert set(outputs) == heads
+        for out in outputs.values():
+            assert out.shape == (2, size, size, 1) and out.dtype == jnp.float32
+
+
+def test_dsresnet_rejects_sizes_not_multiple_of_32():
+    model = models.DSResNet()
+    variables = _abstract_variables(model, 32)
+    bg = jnp.zeros((1, 96, 100, 3))
+    with pytest.raises(ValueError, match=r"96x100 .*multiple of 32"):
+        model.apply(variables, bg, bg)
+    with pytest.raises(ValueError, match=r"96x100 .*multiple of 32"):
+        model.init(jax.random.key(0), bg, bg)
+
+
+def test_mismatched_pair_is_rejected(masknet):
+    model, variables, bg, _ = masknet
+    with pytest.raises(ValueError, match="one shape"):
+        model.apply(variables, bg, bg[:, :4])
+
+
+def test_create_rejects_unknown_model():
+    with pytest.raises(ValueError, match="dsresnet"):
+        models.create("unet")
+
+
+def test_bilinear_upsampling_matches_pytorch_half_pixel_rule():
+    # PyTorch (align_corners=False) samples output i of a 2x enlargement at input coordinate
+    # (i + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25, clamped to [0, 1]: the per-axis weights
+    # of inputs (0, 1) are (1, 0), (.75, .25), (.25, .75), (0, 1). For x = [[0, 4], [8, 0]],
+    # out[r, c] = 4 a_r b_c + 8 b_r a_c with a = (1, .75, .25, 0) and b = 1 - a.
+    x = jnp.array([[0.0, 4.0], [8.0, 0.0]]).reshape(1, 2, 2, 1)
+    expected = np.array([[0.0, 1.0, 3.0, 4.0],
+                         [2.0, 2.25, 2.75, 3.0],
+                         [6.0, 4.75, 2.25, 1.0],
+                         [8.0, 6.0, 2.0, 0.0]])
+    np.testing.assert_allclose(models.upsample_bilinear_2x(x)[0, :, :, 0], expected, atol=1e-6)
+
+
+def test_batchnorm_follows_relu_and_updates_with_momentum_0_9(masknet):
+    model, variables, bg, bg_fg = masknet
+    state = jax.jit(lambda v: model.apply(
+        v, bg, bg_fg, train=True, rngs={"dropout": jax.random.key(1)},
+        mutable=["batch_stats", "intermediates"], capture_intermediates=True)[1])(variables)
+    activations = np.maximum(np.asarray(state["intermediates"]["bg_conv"]["__call__"][0]), 0)
+    stats = state["batch_stats"]["bg_bn"]
+    np.testing.assert_allclose(stats["mean"], 0.1 * activations.mean((0, 1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * activations.var((0, 1, 2)), rtol=1e-5)
+
+
+def test_masknet_dropout_only_in_training(masknet):
+    model, variables, bg, bg_fg = masknet
+    with pytest.raises(Exception, match="dropout"):
+        jax.eval_shape(lambda v: model.apply(v, bg, bg_fg, train=True, mutable=["batch_stats"]),
+                       variables)
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def mask(seed, train):
+        outputs = model.apply(variables, bg, bg_fg, train=train, mutable=["batch_stats"],
+                              rngs={"dropout": jax.random.key(seed)})[0]
+        return outputs["mask"]
+
+    assert not np.allclose(mask(1, True), mask(2, True))
+    np.testing.assert_array_equal(mask(1, False), mask(2, False))
+
+
+def test_bfloat16_outputs_close_to_float32():
+    variables = _numpy_variables(models.DSResNet())
+    bg, bg_fg = _pair(2, 32)
+    out32, out16 = (jax.jit(models.create("dsresnet", dtype).apply)(variables, bg, bg_fg)
+                    for dtype in ("float32", "bfloat16"))
+    for head in ("mask", "depth"):
+        assert out16[head].dtype == jnp.float32
+        scale = np.abs(out32[head]).max()
+        assert np.abs(out16[head] - out32[head]).max() < 0.05 * scale
+        assert np.corrcoef(np.ravel(out16[head]), np.ravel(out32[head]))[0, 1] > 0.999
+
+
+def test_summary_lists_layers_and_total():
+    text = models.summary(models.DSResNet(), 96)
+    assert "enc4/convs" in text and "1x1x1x512, 1x3x3x512" in text
+    assert "mask_head/out" in text and "1x96x96x1" in text
+    assert text.splitlines()[-1].startswith("Total parameters: 10,343,490")
+
+
+def test_dsresnet_overfits_four_samples():
+    rng = np.random.default_rng(0)
+    bg, bg_fg = _pair(4, 64)
+    mask = np.zeros((4, 64, 64, 1), np.float32)
+    for i, (y, x) in enumerate(rng.integers(8, 40, (4, 2))):
+        mask[i, y:y + 16, x:x + 16] = 1
+        bg_fg[i, y:y + 16, x:x + 16] = 1.5
+    targets = {"mask": mask, "depth": 0.7 - 0.4 * mask}
+    model = models.DSResNet()
+    variables = _numpy_variables(model)
+    tx = optax.adam(5e-4)
+
+    @jax.jit
+    def step(params, batch_stats, opt_state):
+        def loss_fn(params):
+            outputs, state = model.apply({"params": params, "batch_stats": batch_stats}, bg, bg_fg,
+                                         train=True, mutable=["batch_stats"])
+            return losses.rmse_bce_dice(outputs, targets), state["batch_stats"]
+
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), batch_stats, opt_state, loss
+
+    params, batch_stats = variables["params"], variables["batch_stats"]
+    opt_state = tx.init(params)
+    history = []
+    for _ in range(10):
+        params, batch_stats, opt_state, loss = step(params, batch_stats, opt_state)
+        history.append(float(loss))
+    assert history[0] > 2.0
+    assert history[-1] < history[0] / 5
