@@ -1,0 +1,350 @@
+"""Data: synthetic generator, MODEST reader/builder, tfds preparation and the grain pipeline."""
+import io
+import os
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxsegdepth.data import builders, pipeline, synthetic
+from jaxsegdepth.data.builders import DatasetError
+
+N_MODEST = 10
+
+
+def _jpeg(array, quality=90):
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _make_modest(root, n=N_MODEST):
+    """A MODEST-layout folder: 3 shared backgrounds, n samples; sample 2's bg_fg is grayscale
+    and background 1 is 200x180 (both must be handled when loading)."""
+    for folder in builders.FOLDERS:
+        os.makedirs(os.path.join(root, folder), exist_ok=True)
+    lines = []
+    for i in range(n):
+        s = synthetic.render(7, i)
+        b = i % 3
+        bg = s["bg"] if b != 1 else np.asarray(Image.fromarray(s["bg"]).resize((200, 180)))
+        fg = s["bg_fg"] if i != 2 else s["bg_fg"].mean(-1).astype(np.uint8)
+        files = {"bg": (f"bg_{b}", bg), "bg_fg": (f"fg_{i}", fg),
+                 "bg_fg_mask": (f"fg_mask_{i}", s["mask"]), "bg_fg_depth_map": (f"fg_depth_{i}", s["depth"])}
+        for folder, (stem, arr) in files.items():
+            path = os.path.join(root, folder, stem + ".jpeg")
+            if not os.path.exists(path):
+                with open(path, "wb") as f:
+                    f.write(_jpeg(arr))
+        lines.append("\t".join(stem for stem, _ in files.values()))
+    with open(os.path.join(root, "file_map.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return root
+
+
+def _zip(folder, zip_path, prefix="modest_museum/"):
+    with zipfile.ZipFile(zip_path, "w") as z:
+        for dirpath, _, files in os.walk(folder):
+            for name in files:
+                full = os.path.join(dirpath, name)
+                z.write(full, prefix + os.path.relpath(full, folder))
+    return zip_path
+
+
+def _modest_cfg(tmp_path, manual, **kw):
+    cfg = pipeline.default_config()
+    cfg.update(dict(name="modest_museum", data_dir=str(tmp_path / "tfds"), manual_dir=str(manual), **kw))
+    return cfg
+
+
+def _numpy_reference_split(n):
+    indices = list(range(n))
+    np.random.seed(1)
+    np.random.shuffle(indices)
+    split = int(0.7 * n)
+    return indices[:split], indices[split:]
+
+
+@pytest.fixture(scope="module")
+def synth_cfg(tmp_path_factory):
+    cfg = pipeline.default_config()
+    cfg.update(dict(data_dir=str(tmp_path_factory.mktemp("tfds")), num_samples=24, seed=3))
+    return cfg
+
+
+def _batches(loader, n):
+    it = iter(loader)
+    return it, [next(it) for _ in range(n)]
+
+
+def _same(a, b):
+    return len(a) == len(b) and all(
+        x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x) for x, y in zip(a, b))
+
+
+# ----------------------------------------------------------------------------------- split
+
+
+@pytest.mark.parametrize("n", [1, 7, 10, 101, 4000])
+def test_reference_split_is_numpy_legacy_seed_1(n):
+    state = np.random.get_state()
+    train, val = builders.reference_split(n, 0.3)
+    after = np.random.get_state()
+    assert np.array_equal(state[1], after[1]) and state[2] == after[2]  # global RNG untouched
+    ref_train, ref_val = _numpy_reference_split(n)
+    assert train.tolist() == ref_train and val.tolist() == ref_val
+
+
+# ---------------------------------------------------------------------------------- MODEST
+
+
+@pytest.mark.parametrize("as_zip", [False, True], ids=["folder", "zip"])
+def test_modest_build_split_and_loading(tmp_path, as_zip):
+    folder = _make_modest(str(tmp_path / "modest"))
+    manual = _zip(folder, str(tmp_path / "modest.zip")) if as_zip else folder
+    cfg = _modest_cfg(tmp_path, manual)
+    prepared = pipeline.prepare(cfg)
+    ref_train, ref_val = _numpy_reference_split(N_MODEST)
+    assert pipeline.split_size(cfg, "train") == len(ref_train) == 7
+    assert pipeline.split_size(cfg, "validation") == len(ref_val) == 3
+    assert prepared.metadata["grayscale_inputs"] == 1 and prepared.metadata["odd_sized"] == 1
+
+    # Records: the reference split, in its order, with the original JPEG bytes.
+    lines = open(os.path.join(folder, "file_map.txt")).read().splitlines()
+    for split, ref in (("train", ref_train), ("validation", ref_val)):
+        source = prepared.data_source(split)
+        assert [int(source[i]["index"]) for i in range(len(source))] == ref
+    rec = prepared.data_source("validation")[0]
+    stem = lines[ref_val[0]].split("\t")[1]
+    assert rec["bg_fg"] == open(os.path.join(folder, "bg_fg", stem + ".jpeg"), "rb").read()
+
+    norm = pipeline.normalization(cfg)
+    assert np.allclose(norm["bg"][0], builders.MODEST_NORMALIZATION["bg"][0])
+    assert np.allclose(norm["bg_fg"][1], builders.MODEST_NORMALIZATION["bg_fg"][1])
+
+    # Full resolution: de-normalised inputs equal the decoded files exactly (no resize).
+    (batch,) = list(pipeline.create_loader(cfg, "validation", resolution=224, batch_size=3,
+                                           shuffle=False, seed=0, num_epochs=1))
+    assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
+        "bg": ((3, 224, 224, 3), np.float32), "bg_fg": ((3, 224, 224, 3), np.float32),
+        "mask": ((3, 224, 224, 1), np.float32), "depth": ((3, 224, 224, 1), np.float32)}
+    for k in ("mask", "depth"):
+        assert batch[k].min() >= 0 and batch[k].max() <= 1 and batch[k].max() > 0.5
+    for j, idx in enumerate(ref_val):
+        stems = lines[idx].split("\t")
+        want = np.asarray(Image.open(os.path.join(folder, "bg_fg", stems[1] + ".jpeg")).convert("RGB")) / 255.0
+        got = pipeline.denormalize(batch["bg_fg"][j], *norm["bg_fg"])
+        assert np.abs(got - want).max() < 1e-5
+        want_mask = np.asarray(Image.open(os.path.join(folder, "bg_fg_mask", stems[2] + ".jpeg")).convert("L")) / 255.0
+        assert np.abs(batch["mask"][j, ..., 0] - want_mask).max() < 1e-6
+
+    # Reduced resolution (and the 200x180 and grayscale files): within JPEG-scaling/resize tolerance.
+    batches = list(pipeline.create_loader(cfg, "train", resolution=64, batch_size=4, shuffle=False,
+                                          seed=0, num_epochs=1, drop_remainder=False, augment=False))
+    assert [b["bg"].shape for b in batches] == [(4, 64, 64, 3), (3, 64, 64, 3)]
+    for j, idx in enumerate(ref_train):
+        stems = lines[idx].split("\t")
+        b = batches[j // 4]
+        for key, folder_name, stem in (("bg", "bg", stems[0]), ("bg_fg", "bg_fg", stems[1])):
+            img = Image.open(os.path.join(folder, folder_name, stem + ".jpeg")).convert("RGB")
+            want = np.asarray(img.resize((64, 64), Image.BILINEAR)) / 255.0
+            got = pipeline.denormalize(b[key][j % 4], *norm[key])
+            assert np.abs(got - want).mean() < 0.03, (key, idx)
+            if idx == 2 and key == "bg_fg":  # grayscale file -> three equal channels
+                assert np.allclose(got[..., 0], got[..., 1]) and np.allclose(got[..., 1], got[..., 2])
+
+
+def test_modest_missing_file_is_named_with_its_line(tmp_path):
+    folder = _make_modest(str(tmp_path / "modest"))
+    os.remove(os.path.join(folder, "bg_fg_depth_map", "fg_depth_4.jpeg"))
+    with pytest.raises(DatasetError) as e:
+        pipeline.prepare(_modest_cfg(tmp_path, folder))
+    msg = str(e.value)
+    assert "bg_fg_depth_map/fg_depth_4.jpeg" in msg and "line 5" in msg and "fg_mask_4" in msg
+    assert not os.path.exists(tmp_path / "tfds" / "modest_museum" / "default" / "1.0.0")
+
+
+@pytest.mark.parametrize("content,expected", [
+    ("bg_0\tfg_0\tfg_mask_0\tfg_depth_0\nbg_1\tfg_1\tfg_mask_1\n", "line 2"),
+    ("", "empty"),
+])
+def test_modest_malformed_or_empty_file_map(tmp_path, content, expected):
+    folder = _make_modest(str(tmp_path / "modest"), n=2)
+    with open(os.path.join(folder, "file_map.txt"), "w") as f:
+        f.write(content)
+    with pytest.raises(DatasetError) as e:
+        pipeline.prepare(_modest_cfg(tmp_path, folder))
+    assert expected in str(e.value)
+    if content:
+        assert repr("bg_1\tfg_1\tfg_mask_1") in str(e.value)  # the offending line, quoted
+
+
+def test_modest_corrupt_jpeg_error_or_skip(tmp_path):
+    folder = _make_modest(str(tmp_path / "modest"))
+    bad = os.path.join(folder, "bg_fg", "fg_6.jpeg")
+    data = open(bad, "rb").read()
+    with open(bad, "wb") as f:
+        f.write(data[: len(data) // 2])  # truncated
+    zip_path = _zip(folder, str(tmp_path / "modest.zip"))
+    with pytest.raises(DatasetError) as e:
+        pipeline.prepare(_modest_cfg(tmp_path, zip_path))
+    assert "bg_fg/fg_6.jpeg" in str(e.value) and "skip_corrupt" in str(e.value)
+
+    cfg = _modest_cfg(tmp_path, zip_path, skip_corrupt=True)
+    prepared = pipeline.prepare(cfg)
+    assert len(prepared.skipped) == 1 and prepared.skipped[0]["line"] == 7
+    assert prepared.skipped[0]["file"].endswith("bg_fg/fg_6.jpeg")
+    ref_train, ref_val = _numpy_reference_split(N_MODEST)
+    sizes = prepared.split_sizes
+    assert sizes["train"] + sizes["validation"] == N_MODEST - 1
+    for split, ref in (("train", ref_train), ("validation", ref_val)):  # the others keep their split
+        source = prepared.data_source(split)
+        assert [int(source[i]["index"]) for i in range(len(source))] == [i for i in ref if i != 6]
+    # Reusing that build without skip_corrupt is an error: nothing is lost silently.
+    builders._PREPARED.clear()
+    with pytest.raises(DatasetError, match="skip_corrupt"):
+        pipeline.prepare(_modest_cfg(tmp_path, zip_path))
+
+
+def test_modest_needs_manual_dir(tmp_path):
+    with pytest.raises(DatasetError, match="manual_dir"):
+        pipeline.prepare(_modest_cfg(tmp_path, ""))
+
+
+# ------------------------------------------------------------------------------- synthetic
+
+
+def test_synthetic_is_deterministic():
+    a, b = synthetic.generate(5, 11), synthetic.generate(5, 11)
+    assert a == b  # identical JPEG bytes
+    assert synthetic.generate(6, 11)["bg_fg"] != a["bg_fg"]
+    assert synthetic.generate(5, 12)["bg_fg"] != a["bg_fg"]
+    for k, channels in (("bg", 3), ("bg_fg", 3), ("mask", 1), ("depth", 1)):
+        im = Image.open(io.BytesIO(a[k]))
+        assert im.format == "JPEG" and im.size == (224, 224) and len(im.getbands()) == channels
+
+
+def test_synthetic_mask_and_depth_agree():
+    for i in range(6):
+        s = synthetic.render(0, i)
+        mask = s["mask"] > 127
+        depth = s["depth"].astype(np.float64) / 255
+        assert 0.002 < mask.mean() < 0.5
+        assert np.array_equal(s["bg"][~mask], s["bg_fg"][~mask])  # figures change only the mask
+        assert not np.array_equal(s["bg"][mask], s["bg_fg"][mask])
+        grown = mask.copy()
+        for _ in range(4):  # 4-pixel dilation
+            p = np.pad(grown, 1)
+            grown = p[1:-1, 1:-1] | p[:-2, 1:-1] | p[2:, 1:-1] | p[1:-1, :-2] | p[1:-1, 2:]
+        ring = grown & ~mask
+        assert depth[mask].mean() > depth[ring].mean() + 0.02, i
+        # Figures are nearer than what is above them (floor/wall behind): check column-wise.
+        ys, xs = np.nonzero(mask)
+        top = ys.min()
+        if top > 5:
+            col = xs[ys == top][0]
+            assert depth[top, col] > depth[top - 5, col]
+
+
+def test_synthetic_preview_command(tmp_path):
+    out = tmp_path / "preview.png"
+    synthetic.main(["--out", str(out), "--n", "2"])
+    assert Image.open(out).size == (4 * 224 + 5 * 4, 2 * 224 + 3 * 4)
+
+
+# ------------------------------------------------------------------------------- pipeline
+
+
+def test_default_config_fields():
+    cfg = pipeline.default_config()
+    for key, value in dict(name="synthetic_museum", data_dir="", manual_dir="", skip_corrupt=False,
+                           worker_count=0, hsv_prob=0.25, contrast_prob=0.25, val_fraction=0.3).items():
+        assert cfg[key] == value
+    assert cfg.num_samples > 0 and isinstance(cfg.augment, bool)
+
+
+def test_synthetic_build_sizes_and_normalization(synth_cfg):
+    assert pipeline.split_size(synth_cfg, "train") == 16
+    assert pipeline.split_size(synth_cfg, "validation") == 8
+    norm = pipeline.normalization(synth_cfg)
+    for key in ("bg", "bg_fg"):
+        mean, std = norm[key]
+        assert mean.shape == std.shape == (3,) and np.all((mean > 0.2) & (mean < 0.8)) and np.all(std > 0.1)
+    # The stored statistics are those of the decoded training inputs (within sampling noise).
+    batches = list(pipeline.create_loader(synth_cfg, "validation", resolution=64, batch_size=8,
+                                          shuffle=False, seed=0, num_epochs=1))
+    x = pipeline.denormalize(batches[0]["bg_fg"], *norm["bg_fg"]).reshape(-1, 3)
+    assert np.allclose(x.mean(0), norm["bg_fg"][0], atol=0.08)
+    y = batches[0]["bg_fg"].reshape(-1, 3)  # normalised: about zero mean, unit std
+    assert np.all(np.abs(y.mean(0)) < 0.4) and np.all(np.abs(y.std(0) - 1) < 0.3)
+
+
+def test_iterator_state_restore_is_exact(synth_cfg):
+    kw = dict(resolution=32, batch_size=4, shuffle=True, seed=11, augment=True)
+    loader = pipeline.create_loader(synth_cfg, "train", **kw)
+    it, _ = _batches(loader, 3)
+    state = it.get_state()
+    expected = [next(it) for _ in range(4)]  # crosses the epoch boundary (4 batches per epoch)
+    restored = iter(pipeline.create_loader(synth_cfg, "train", **kw))
+    restored.set_state(state)
+    assert _same([next(restored) for _ in range(4)], expected)
+    # Epochs are reshuffled: epoch 2 is not epoch 1 again.
+    _, two_epochs = _batches(pipeline.create_loader(synth_cfg, "train", **kw), 8)
+    assert not _same(two_epochs[:4], two_epochs[4:])
+
+
+def test_worker_processes_match_in_process_and_restore(synth_cfg):
+    kw = dict(resolution=32, batch_size=4, shuffle=True, seed=5)
+    _, inline = _batches(pipeline.create_loader(synth_cfg, "train", worker_count=0, **kw), 5)
+    it, first = _batches(pipeline.create_loader(synth_cfg, "train", worker_count=2, **kw), 2)
+    state = it.get_state()
+    rest = [next(it) for _ in range(3)]
+    it.close()
+    assert _same(first + rest, inline)
+    restored = iter(pipeline.create_loader(synth_cfg, "train", worker_count=2, **kw))
+    restored.set_state(state)
+    assert _same([next(restored) for _ in range(3)], rest)
+    restored.close()
+
+
+def test_augmentation_touches_inputs_only(synth_cfg):
+    kw = dict(resolution=32, batch_size=8, shuffle=True, seed=2, num_epochs=1)
+    plain = list(pipeline.create_loader(synth_cfg, "train", augment=False, **kw))
+    cfg = synth_cfg.copy_and_resolve_references()
+    cfg.hsv_prob, cfg.contrast_prob = 1.0, 1.0
+    aug = list(pipeline.create_loader(cfg, "train", augment=True, **kw))
+    assert _same(aug, list(pipeline.create_loader(cfg, "train", augment=True, **kw)))  # deterministic
+    for p, a in zip(plain, aug):
+        for k in ("mask", "depth"):
+            assert np.array_equal(p[k], a[k])
+        for k in ("bg", "bg_fg"):
+            per_sample = np.abs(p[k] - a[k]).reshape(len(p[k]), -1).max(1)
+            assert np.all(per_sample > 1e-3)
+    # The transform itself: same change for both inputs of a grey image -> stays grey.
+    grey = np.full((4, 4, 3), 128, np.uint8)
+    element = {"bg": grey, "bg_fg": grey.copy(), "mask": np.zeros((4, 4, 1), np.uint8),
+               "depth": np.ones((4, 4, 1), np.uint8)}
+    out = pipeline.PhotometricAugment(1.0, 1.0).random_map(element, np.random.default_rng(0))
+    assert out["mask"] is element["mask"] and out["depth"] is element["depth"]
+    assert np.allclose(out["bg"], out["bg_fg"]) and np.allclose(out["bg"], out["bg"][..., :1], atol=1e-5)
+    assert np.allclose(pipeline.hsv_matrix(0.0, 1.0, 1.0), np.eye(3), atol=1e-6)
+
+
+def test_validation_remainder_and_sharding(synth_cfg):
+    kw = dict(resolution=32, batch_size=3, shuffle=False, seed=0, num_epochs=1, drop_remainder=False)
+    full = list(pipeline.create_loader(synth_cfg, "validation", **kw))
+    assert [len(b["bg"]) for b in full] == [3, 3, 2]  # 8 samples, last batch smaller
+    everything = np.concatenate([b["bg_fg"] for b in full])
+    shards = [np.concatenate([b["bg_fg"] for b in pipeline.create_loader(
+        synth_cfg, "validation", shard=(i, 2), **kw)]) for i in range(2)]
+    assert np.array_equal(shards[0], everything[0::2]) and np.array_equal(shards[1], everything[1::2])
+    with pytest.raises(DatasetError, match="split"):
+        pipeline.split_size(synth_cfg, "test")
+
+
+def test_decode_error_names_the_sample():
+    good = synthetic.generate(0, 0)
+    record = dict(good, bg_fg=good["bg_fg"][:200], source=b"file_map.txt line 9 ('a\\tb\\tc\\td')")
+    with pytest.raises(DatasetError, match="'bg_fg' image of file_map.txt line 9"):
+        pipeline.DecodeResize(32).map(record)
