@@ -57,10 +57,13 @@ def create_optimizer(optimizer: ml_collections.ConfigDict,
 def plateau(config: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
     """Reduce-on-plateau on the validation loss, as PyTorch's ReduceLROnPlateau(mode='min').
 
+    PyTorch reduces once more than `patience` epochs in a row failed to improve (patience 2:
+    at the third bad epoch); optax reduces at the `patience`-th, hence the +1. An epoch
+    improves when its loss is below best * (1 - rtol) (PyTorch's threshold_mode 'rel').
     Only a `plateau` schedule ever feeds it a loss; for the others its scale stays 1.
     """
     schedule = config.schedule
     return optax.contrib.reduce_on_plateau(
-        factor=schedule.factor, patience=schedule.patience, rtol=schedule.rtol,
+        factor=schedule.factor, patience=schedule.patience + 1, rtol=schedule.rtol,
         min_scale=schedule.min_lr / config.optimizer.learning_rate)
 

@@ -1,0 +1,329 @@
+"""The trainer and CLI, end to end through `launch.py` on a tiny synthetic set.
+
+One session-wide data folder and compilation cache keep this affordable: 23 generated samples
+(16 train, 7 validation: the last validation batch of 4 is padded), 32x32, batch 4.
+"""
+import glob
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import launch  # noqa: E402
+from jaxsegdepth import checkpoints, metrics, mesh as mesh_lib, optim, reporting  # noqa: E402
+from jaxsegdepth.data import pipeline  # noqa: E402
+
+NUM_SAMPLES, TRAIN, VAL = 23, 16, 7
+
+
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory):
+    base = tmp_path_factory.mktemp("train_shared")
+    return {"data": str(base / "data"), "cache": str(base / "cache")}
+
+
+def _overrides(shared, **extra):
+    values = {
+        "dataset.num_samples": NUM_SAMPLES, "dataset.data_dir": shared["data"],
+        "resolutions": "(32,)", "stage_epochs": "(1,)", "batch_size": 4, "steps_per_epoch": 3,
+        "log_every_steps": 2, "num_preview": 2, "compilation_cache_dir": shared["cache"],
+    }
+    values.update(extra)
+    return [f"--config.{k}={v}" for k, v in values.items()]
+
+
+def launch_cli(workdir, shared, config="configs/rmse_bce_dice.py", wait=True, **extra):
+    cmd = [sys.executable, os.path.join(ROOT, "launch.py"), "--config", os.path.join(ROOT, config),
+           "--workdir", str(workdir), *_overrides(shared, **extra)]
+    if not wait:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+
+
+def _config(**changes):
+    config = _load_config("configs/rmse_bce_dice.py")
+    for key, value in changes.items():
+        node = config
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    return config
+
+
+def _load_config(path, arg=None):
+    spec = importlib.util.spec_from_file_location("recipe", os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config() if arg is None else module.get_config(arg)
+
+
+# -- end to end -----------------------------------------------------------------------------
+
+def test_train_writes_outputs_and_resumes_without_repeating_epochs(tmp_path, shared):
+    workdir = tmp_path / "run"
+    first = launch_cli(workdir, shared)
+    assert first.returncode == 0, first.stderr[-3000:]
+
+    records = reporting.read_metrics(workdir)
+    assert [r["epoch"] for r in records] == [1]
+    record = records[0]
+    assert record["step"] == 3 and record["resolution"] == 32 and record["stage"] == 1
+    config = _config(stage_epochs=(1,))
+    assert record["lr"] == pytest.approx(float(optim.learning_rate_schedule(config, 3)(2)))
+    for key in ("train_loss", "val_loss", "val_iou", "val_iou_soft", "val_rmse", "val_mae",
+                "val_abs_rel", "val_delta1", "val_depth/rmse", "val_mask/bce_dice",
+                "samples_per_sec", "epoch_time_s"):
+        assert np.isfinite(record[key]), key
+    assert 0.0 <= record["val_iou"] <= 1.0 and 0.0 < record["val_rmse"] < 1.0
+    assert record["samples_per_sec"] > 0
+
+    from PIL import Image
+    grid = np.asarray(Image.open(workdir / "predictions" / "epoch_001.png"))
+    tile = 128 + 2  # 32px tiles enlarged 4x, 2px gaps
+    assert grid.shape == (reporting.LABEL_HEIGHT + 2 * tile, 6 * tile, 3)  # 2 samples x 6 columns
+    events = glob.glob(str(workdir / "tensorboard" / "events.out.tfevents.*"))
+    assert len(events) == 1
+    with open(events[0], "rb") as f:
+        blob = f.read()
+    for tag in (b"train/loss", b"epoch/val_iou", b"epoch/val_rmse", b"predictions"):
+        assert tag in blob
+
+    # The evaluation is exact: the same metrics from an unpadded pass over the 7 samples.
+    config = _config(**{"dataset.num_samples": NUM_SAMPLES, "dataset.data_dir": shared["data"]})
+    state = checkpoints.load_for_inference(config, str(workdir))
+    assert int(state.step) == 3
+    batch = next(iter(pipeline.create_loader(
+        config.dataset, "validation", resolution=32, batch_size=VAL, shuffle=False, seed=0,
+        num_epochs=1, drop_remainder=False)))
+    outputs = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                             batch["bg"], batch["bg_fg"], train=False)
+    expected = metrics.summarize(metrics.batch_sums(outputs, batch))
+    assert record["val_iou"] == pytest.approx(expected["iou"], abs=1e-5)
+    assert record["val_iou_soft"] == pytest.approx(expected["iou_soft"], abs=1e-5)
+    assert record["val_rmse"] == pytest.approx(expected["rmse"], abs=1e-5)
+
+    # Same command, one more epoch: epoch 2 only, continuing at step 4.
+    second = launch_cli(workdir, shared, stage_epochs="(2,)")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming" in second.stdout
+    records = reporting.read_metrics(workdir)
+    assert [(r["epoch"], r["step"]) for r in records] == [(1, 3), (2, 6)]
+    checkpointer = checkpoints.Checkpointer(str(workdir), "val_loss", "min")
+    try:
+        assert 6 in checkpointer.all_steps()  # the latest (and step 3 only if it is the best)
+        assert set(checkpointer.all_steps()) <= {3, 6}
+    finally:
+        checkpointer.close()
+
+    # Nothing left to do: exits cleanly without another epoch.
+    third = launch_cli(workdir, shared, stage_epochs="(2,)")
+    assert third.returncode == 0 and "nothing to train" in third.stdout
+    assert len(reporting.read_metrics(workdir)) == 2
+
+
+def test_sigterm_saves_a_restorable_checkpoint_and_resume_matches_an_uninterrupted_run(
+        tmp_path, shared):
+    """MaskNet (dropout, plateau): stopped by SIGTERM, resumed, equal to a run never stopped."""
+    # A schedule that does not depend on the total number of epochs (one-cycle would).
+    common = dict(config="configs/masknet_bce.py", steps_per_epoch=0, log_every_steps=1,
+                  **{"schedule.name": "plateau"})
+    straight = launch_cli(tmp_path / "straight", shared, stage_epochs="(3,)", **common)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    expected = reporting.read_metrics(tmp_path / "straight")
+    assert [r["step"] for r in expected] == [4, 8, 12]
+
+    workdir = tmp_path / "stopped"
+    process = launch_cli(workdir, shared, stage_epochs="(1000,)", wait=False, **common)
+    for line in process.stdout:  # signal handlers are in place once this line is out
+        if line.startswith("training from epoch"):
+            break
+    process.send_signal(signal.SIGTERM)  # usually lands before the first step is done
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "interrupted by SIGTERM" in stderr and "rerun the same command" in stderr
+
+    config = _load_config("configs/masknet_bce.py")
+    state = checkpoints.load_for_inference(config, str(workdir))  # best or latest: restorable
+    checkpointer = checkpoints.Checkpointer(str(workdir), "val_loss", "min")
+    try:
+        latest = checkpointer.latest_step()
+        restored, loop = checkpointer.restore(checkpoints.abstract_state(
+            config, mesh_lib.create_mesh()), latest)
+    finally:
+        checkpointer.close()
+    assert f"at step {latest}" in stderr or f"after epoch {loop['epoch']}" in stderr
+    assert int(restored.step) == latest > 0 and int(state.step) > 0
+    assert loop["epoch"] * 4 + loop["step_in_epoch"] == latest
+
+    resumed = launch_cli(workdir, shared, stage_epochs="(3,)", **common)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    records = reporting.read_metrics(workdir)
+    assert [r["epoch"] for r in records][:3] == [1, 2, 3]
+    for got, want in zip(records[:3], expected):
+        for key in ("step", "train_loss", "val_loss", "val_iou", "lr"):
+            assert got[key] == pytest.approx(want[key], rel=1e-5), (got["epoch"], key)
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp_path, shared):
+    workdir = tmp_path / "run"
+    common = dict(config="configs/masknet_bce.py", **{"schedule.name": "constant"})
+    good = launch_cli(workdir, shared, **common)
+    assert good.returncode == 0, good.stderr[-3000:]
+    # Epoch 2 with an infinite rate: step 4 turns the parameters into inf/NaN, so the loss of
+    # step 5 is the first that is not finite.
+    bad = launch_cli(workdir, shared, stage_epochs="(2,)", **{"optimizer.learning_rate": "inf"},
+                     **common)
+    assert bad.returncode == 1
+    assert "error: non-finite loss at step 5 (epoch 2)" in bad.stderr
+    assert "last good checkpoint is step 3" in bad.stderr
+    assert [r["epoch"] for r in reporting.read_metrics(workdir)] == [1]
+    checkpointer = checkpoints.Checkpointer(str(workdir), "val_loss", "min")
+    try:
+        assert checkpointer.all_steps() == [3]
+    finally:
+        checkpointer.close()
+
+
+# -- configuration --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("override, message", [
+    ({"resolutions": "(64,96,128)"}, "resolutions (64, 96, 128) and stage_epochs (1,)"),
+    ({"resolutions": "(48,)"}, "resolution 48 is not a multiple of 32"),
+])
+def test_bad_config_fails_before_compiling(tmp_path, shared, override, message):
+    started = time.time()
+    result = launch_cli(tmp_path / "run", shared, **override)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()  # nothing was written, let alone compiled
+    assert time.time() - started < 60
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"loss": ml_collections.ConfigDict({"mask": {"focal": 1.0}})}, "unknown loss term 'focal'"),
+    ({"loss": ml_collections.ConfigDict({"edges": {"bce": 1.0}})}, "unknown head 'edges'"),
+    ({"model": "masknet"}, "loss has a 'depth' term but model 'masknet' only predicts"),
+    ({"model": "unet"}, "model='unet'"),
+    ({"dtype": "float16"}, "dtype='float16'"),
+    ({"stage_epochs": (1, 2, 3, 4, 5)}, "must be non-empty and of the same length"),
+    ({"optimizer.name": "rmsprop"}, "optimizer.name='rmsprop'"),
+    ({"schedule.name": "cosine"}, "schedule.name='cosine'"),
+    ({"checkpoint.mode": "best"}, "checkpoint.mode='best'"),
+    ({"checkpoint.monitor": "val_accuracy"}, "checkpoint.monitor='val_accuracy'"),
+    ({"dataset.name": "modest_museum"}, "needs --config.dataset.manual_dir=DIR"),
+    ({"dataset.name": "modest_museum", "dataset.manual_dir": "/nonexistent/modest"},
+     "dataset.manual_dir='/nonexistent/modest' does not exist"),
+])
+def test_validate_config_names_the_problem(changes, message):
+    with pytest.raises(ValueError, match=None) as error:
+        launch.validate_config(_config(**changes))
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_validate_config_checks_the_batch_against_devices():
+    with pytest.raises(ValueError, match=r"batch_size=16 must be a multiple of the number of "
+                                         r"devices \(3\)"):
+        launch.validate_config(_config(), device_count=3, process_count=1)
+    launch.validate_config(_config(), device_count=4, process_count=2)
+
+
+RECIPES = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+                 if not p.endswith(("__init__.py", "default.py")))
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_is_valid_and_has_a_published_schedule(recipe, tmp_path):
+    launch.validate_config(_load_config(recipe))
+    published = _load_config(recipe, "published")
+    assert published.dataset.name == "modest_museum"
+    assert len(published.resolutions) == len(published.stage_epochs)
+    with pytest.raises(ValueError, match="manual_dir"):
+        launch.validate_config(published)
+    published.dataset.manual_dir = str(tmp_path)
+    launch.validate_config(published)
+    with pytest.raises(ValueError, match="unknown config argument"):
+        _load_config(recipe, "fast")
+
+
+def test_published_recipes_follow_the_reference():
+    one = _load_config("configs/rmse_bce_dice.py", "published")
+    assert (one.resolutions, one.stage_epochs) == ((96, 160, 224), (3, 5, 3))
+    assert one.optimizer.learning_rate == 0.01 and one.schedule.name == "plateau"
+    assert one.schedule.patience == 2 and one.schedule.factor == 0.1
+    assert one.optimizer.name == "sgd" and one.optimizer.momentum == 0.9
+    best = _load_config("configs/rmse_bce_dice_best.py", "published")
+    assert (best.resolutions, best.stage_epochs) == ((96, 160), (3, 3))
+    assert best.optimizer.name == "sgd" and best.optimizer.learning_rate == 0.1
+    assert not best.dataset.augment
+    assert best.schedule.name == "step" and tuple(best.schedule.boundaries) == (3,)
+    two = _load_config("configs/ssim_dice.py", "published")
+    assert (two.resolutions, two.stage_epochs) == ((96, 160), (3, 5))
+    sweep = _load_config("configs/lr_range_test.py", "published")
+    assert sweep.mode == "lr_range_test" and sweep.lr_range.batch_size == 256
+    assert (sweep.lr_range.start_lr, sweep.lr_range.end_lr, sweep.lr_range.num_steps) == (
+        1e-7, 5.0, 400)
+
+
+def test_default_workdir_is_named_after_the_config():
+    assert launch.default_workdir("configs/rmse_bce_dice.py") == os.path.join(
+        "runs", "rmse_bce_dice")
+    assert launch.default_workdir("configs/rmse_bce_dice.py:published") == os.path.join(
+        "runs", "rmse_bce_dice_published")
+
+
+# -- checkpoints ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode, best", [("min", 2), ("max", 4)])
+def test_checkpointer_keeps_the_latest_and_the_best(tmp_path, mode, best):
+    config = _config(model="masknet", **{"loss": ml_collections.ConfigDict({"mask": {"bce": 1.0}})})
+    state = checkpoints.create_state(config, mesh=mesh_lib.create_mesh())
+    checkpointer = checkpoints.Checkpointer(str(tmp_path), "val_iou", mode)
+    try:
+        for step, value in zip((1, 2, 3, 4, 5), (0.5, 0.2, 0.6, 0.9, 0.4)):
+            state = state.replace(step=jax.numpy.asarray(step, jax.numpy.int32))
+            checkpointer.save(state, {"epoch": step}, {"val_iou": value})
+        checkpointer.save(state.replace(step=jax.numpy.asarray(6, jax.numpy.int32)),
+                          {"epoch": 5, "step_in_epoch": 1})  # mid-epoch: no metrics
+        checkpointer.wait()
+        assert sorted(checkpointer.all_steps()) == sorted({best, 6})
+        assert checkpointer.best_step() == best and checkpointer.latest_step() == 6
+        restored, loop = checkpointer.restore(
+            checkpoints.abstract_state(config, mesh_lib.create_mesh()), best)
+        assert int(restored.step) == best and loop == {"epoch": best}
+    finally:
+        checkpointer.close()
+    config.checkpoint.monitor, config.checkpoint.mode = "val_iou", mode
+    assert int(checkpoints.load_for_inference(config, str(tmp_path)).step) == best
+    config.checkpoint.step = 6
+    assert int(checkpoints.load_for_inference(config, str(tmp_path)).step) == 6
+    config.checkpoint.step = 7
+    with pytest.raises(FileNotFoundError, match="no checkpoint at step 7"):
+        checkpoints.load_for_inference(config, str(tmp_path))
+
+
+def test_load_for_inference_names_the_missing_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "checkpoints")):
+        checkpoints.load_for_inference(_config(), str(tmp_path))
+
+
+def test_iterator_state_round_trips_through_json():
+    for state in (b'{"a": 1}', {"next_index": np.int64(5), "nested": {"x": [1, 2]}}):
+        encoded = checkpoints.encode_iterator_state(state)
+        json.dumps(encoded)
+        decoded = checkpoints.decode_iterator_state(encoded)
+        assert decoded == (state if isinstance(state, bytes) else {"next_index": 5,
+                                                                      "nested": {"x": [1, 2]}})
