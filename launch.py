@@ -79,7 +79,7 @@ def validate_config(config, device_count: int | None = None,
                  f"(resolutions={resolutions})")
 
     try:
-        spec = losses._validated(config.loss)  # pylint: disable=protected-access
+        spec = losses.validate_spec(config.loss)
     except (ValueError, TypeError) as error:
         fail(f"loss: {error}")
     for head, terms in spec.items():

@@ -105,3 +105,16 @@ def check_arg(arg) -> bool:
     if arg == "published":
         return True
     raise ValueError(f"unknown config argument {arg!r}: expected none or 'published'")
+
+
+def masknet_trial(term: str, arg=None) -> ml_collections.ConfigDict:
+    """A mask-only trial: MaskNet trained on one loss `term` alone.
+
+    `:published`: the reference's loss comparison on MODEST Museum (96px, 2 epochs, SGD lr 0.01).
+    """
+    config = get_config()
+    config.model = "masknet"
+    config.loss = ml_collections.ConfigDict({"mask": {term: 1.0}})
+    if check_arg(arg):
+        use_published(config, resolutions=(96,), stage_epochs=(2,), learning_rate=0.01)
+    return config

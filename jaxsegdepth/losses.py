@@ -134,7 +134,7 @@ HEADS = ("mask", "depth")
 LossFn = Callable[[Mapping[str, jax.Array], Mapping[str, jax.Array]], tuple[jax.Array, dict]]
 
 
-def _validated(spec: Any) -> dict[str, dict[str, float]]:
+def validate_spec(spec: Any) -> dict[str, dict[str, float]]:
     """The spec as plain dicts of float weights, or a ValueError/TypeError saying what is wrong."""
     if hasattr(spec, "to_dict"):  # an ml_collections.ConfigDict
         spec = spec.to_dict()
@@ -174,7 +174,7 @@ def compose(spec: Mapping[str, Mapping[str, float]]) -> LossFn:
     `(total, terms)`: `total = sum(weight * term)` and `terms` the unweighted values keyed
     like `"mask/bce"`. Shapes are checked at trace time (a ValueError names the head).
     """
-    checked = _validated(spec)
+    checked = validate_spec(spec)
 
     def loss_fn(outputs: Mapping[str, jax.Array],
                 targets: Mapping[str, jax.Array]) -> tuple[jax.Array, dict]:

@@ -294,6 +294,14 @@ class SyntheticMuseumConfig(tfds.core.BuilderConfig):
         self.num_samples, self.seed, self.val_fraction = int(num_samples), int(seed), val_fraction
 
 
+
+def _dataset_info(builder: tfds.core.GeneratorBasedBuilder) -> tfds.core.DatasetInfo:
+    """The info both builders share: the four JPEG images per record, kept in split order."""
+    return tfds.core.DatasetInfo(
+        builder=builder, description=builder.__doc__, features=_features(), disable_shuffling=True,
+        metadata=tfds.core.MetadataDict())
+
+
 class SyntheticMuseum(tfds.core.GeneratorBasedBuilder):
     """Procedural museum scenes (jaxsegdepth.data.synthetic), MODEST Museum layout and format."""
 
@@ -302,9 +310,7 @@ class SyntheticMuseum(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [SyntheticMuseumConfig()]
 
     def _info(self):
-        return tfds.core.DatasetInfo(
-            builder=self, description=self.__doc__, features=_features(), disable_shuffling=True,
-            metadata=tfds.core.MetadataDict())
+        return _dataset_info(self)
 
     def _split_generators(self, dl_manager):
         del dl_manager
@@ -383,9 +389,7 @@ class ModestMuseum(tfds.core.GeneratorBasedBuilder):
         super().__init__(**kwargs)
 
     def _info(self):
-        return tfds.core.DatasetInfo(
-            builder=self, description=self.__doc__, features=_features(), disable_shuffling=True,
-            metadata=tfds.core.MetadataDict())
+        return _dataset_info(self)
 
     def _split_generators(self, dl_manager):
         del dl_manager
