@@ -31,15 +31,34 @@ BN_EPSILON = 1e-5
 def upsample_bilinear_2x(x: jax.Array) -> jax.Array:
     """Doubles H and W of an NHWC array like PyTorch's bilinear `align_corners=False`.
 
-    `jax.image.resize` samples at half-pixel centres and renormalises the triangle kernel at
-    the borders, which for a 2x enlargement equals PyTorch's clamping of the sample position.
+    At half-pixel centres a 2x enlargement is, along each axis, output 2i = 0.75 x[i] +
+    0.25 x[i-1] and output 2i+1 = 0.75 x[i] + 0.25 x[i+1], the edges clamped (PyTorch's rule;
+    equal to `jax.image.resize(..., "bilinear")`). Written with shifts, forward and backward are
+    elementwise fusions, about twice as fast on a CPU as `jax.image.resize`'s dots.
     """
-    n, h, w, c = x.shape
-    return jax.image.resize(x, (n, 2 * h, 2 * w, c), method="bilinear")
+    return _upsample_axis_2x(_upsample_axis_2x(x, 1), 2)
+
+
+def _upsample_axis_2x(x: jax.Array, axis: int) -> jax.Array:
+    n = x.shape[axis]
+    first, last = (jax.lax.slice_in_dim(x, i, i + 1, axis=axis) for i in (0, n - 1))
+    prev = jnp.concatenate([first, jax.lax.slice_in_dim(x, 0, n - 1, axis=axis)], axis)
+    nxt = jnp.concatenate([jax.lax.slice_in_dim(x, 1, n, axis=axis), last], axis)
+    pair = jnp.stack([0.75 * x + 0.25 * prev, 0.75 * x + 0.25 * nxt], axis + 1)
+    return pair.reshape(x.shape[:axis] + (2 * n,) + x.shape[axis + 1:])
 
 
 def _max_pool_2x(x: jax.Array) -> jax.Array:
-    return nn.max_pool(x, (2, 2), strides=(2, 2))
+    """2x2 max pooling, stride 2, an odd last row/column dropped (as VALID `nn.max_pool`).
+
+    A reshape and a max reduction instead of `reduce_window`: the gradient is then an
+    elementwise select rather than XLA's `select_and_scatter` (3x faster fwd+bwd on a CPU).
+    Differs from `nn.max_pool` only at exact ties inside a window, where it splits the
+    gradient between the tied inputs instead of giving it to one.
+    """
+    n, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2]
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
 def _conv(features: int, kernel: int, dtype: Dtype, name: str) -> nn.Conv:
@@ -48,10 +67,83 @@ def _conv(features: int, kernel: int, dtype: Dtype, name: str) -> nn.Conv:
                    param_dtype=jnp.float32, name=name)
 
 
-def _batch_norm(train: bool, dtype: Dtype, name: str) -> nn.BatchNorm:
+def _stats_dtype(x: jax.Array) -> jax.Array:
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _bn_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-channel mean and biased variance over N, H, W in one pass (E[x^2] - E[x]^2, as
+    nn.BatchNorm's default fast variance), at least in float32."""
+    x = _stats_dtype(x)
+    mean = jnp.mean(x, axis=(0, 1, 2))
+    return mean, jnp.maximum(jnp.mean(jnp.square(x), axis=(0, 1, 2)) - jnp.square(mean), 0.0)
+
+
+def _bn_forward(x, scale, bias, epsilon):
+    mean, var = _bn_stats(x)
+    inv = jax.lax.rsqrt(var + epsilon)
+    mult = scale * inv
+    y = (_stats_dtype(x) * mult + (bias - mean * mult)).astype(x.dtype)
+    return (y, mean, var), (x, mean, inv, scale)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(x, scale, bias, epsilon):
+    """Training-mode BatchNorm of NHWC `x`: (y, batch mean, batch variance), with a
+    hand-written backward (two reductions in one pass, then one elementwise pass)."""
+    return _bn_forward(x, scale, bias, epsilon)[0]
+
+
+def _bn_backward(epsilon, residuals, cotangents):
+    del epsilon
+    x, mean, inv, scale = residuals
+    dy, dmean, dvar = cotangents
+    n = x.shape[0] * x.shape[1] * x.shape[2]
+    x32, dy32 = _stats_dtype(x), _stats_dtype(dy)
+    dbias = jnp.sum(dy32, axis=(0, 1, 2))
+    dscale = jnp.sum(dy32 * (x32 - mean) * inv, axis=(0, 1, 2))
+    a = scale * inv
+    # dx = a (dy - dbias/n - xhat dscale/n) + dmean/n + 2 dvar (x - mean)/n, xhat = (x - mean) inv
+    coef_x = -a * inv * dscale / n + 2 * dvar / n
+    const = -a * dbias / n - coef_x * mean + dmean / n
+    return (dy32 * a + x32 * coef_x + const).astype(x.dtype), dscale, dbias
+
+
+batch_norm_train.defvjp(_bn_forward, _bn_backward)
+
+
+class BatchNorm(nn.Module):
+    """nn.BatchNorm's variables (`scale`, `bias`; `batch_stats` `mean`, `var`) and results,
+    with training statistics in one pass and a hand-written backward."""
+    use_running_average: bool
+    momentum: float = BN_MOMENTUM
+    epsilon: float = BN_EPSILON
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        x = x.astype(self.dtype)
+        if self.use_running_average:
+            mult = scale * jax.lax.rsqrt(ra_var.value + self.epsilon)
+            return (_stats_dtype(x) * mult + (bias - ra_mean.value * mult)).astype(self.dtype)
+        y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
+        if not self.is_initializing():
+            m = self.momentum
+            ra_mean.value = m * ra_mean.value + (1 - m) * jax.lax.stop_gradient(mean)
+            ra_var.value = m * ra_var.value + (1 - m) * jax.lax.stop_gradient(var)
+        return y
+
+
+def _batch_norm(train: bool, dtype: Dtype, name: str) -> BatchNorm:
     """PyTorch-default BatchNorm: batch statistics when training, running averages otherwise."""
-    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                        dtype=dtype, param_dtype=jnp.float32, name=name)
+    return BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                     dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
 class DoubleConv(nn.Module):

@@ -2,6 +2,7 @@
 import functools
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -185,3 +186,70 @@ def test_dsresnet_overfits_four_samples():
         history.append(float(loss))
     assert history[0] > 2.0
     assert history[-1] < history[0] / 5
+
+
+# The speed reformulations (max pool by reshape, upsampling by shifts, BatchNorm with a
+# hand-written backward) against the plain formulations. Compared in float64, where they agree
+# to rounding (~1e-12): in float32 random-init DSResNet has BatchNorm channels of near-zero
+# variance that amplify any change of summation order.
+
+
+def _plain(monkeypatch):
+    """models.py with the plain formulations put back."""
+    monkeypatch.setattr(models, "_max_pool_2x", lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)))
+    monkeypatch.setattr(models, "upsample_bilinear_2x", lambda x: jax.image.resize(
+        x, (x.shape[0], 2 * x.shape[1], 2 * x.shape[2], x.shape[3]), method="bilinear"))
+    monkeypatch.setattr(models, "_batch_norm", lambda train, dtype, name: nn.BatchNorm(
+        use_running_average=not train, momentum=models.BN_MOMENTUM, epsilon=models.BN_EPSILON,
+        dtype=dtype, param_dtype=jnp.float32, name=name))
+
+
+def _loss_outputs_stats_grads(variables, bg, bg_fg):
+    model = models.DSResNet(dtype=jnp.float64)
+
+    def loss(params):
+        out, state = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                                 bg, bg_fg, train=True, mutable=["batch_stats"])
+        depth = out["depth"].astype(jnp.float64)
+        return jnp.mean(out["mask"].astype(jnp.float64) ** 2) + jnp.mean(jnp.sin(depth)), state
+
+    (value, state), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+    return value, state, grads
+
+
+def test_fast_formulations_match_the_plain_ones_in_float64(monkeypatch):
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        bg, bg_fg = (jnp.asarray(rng.standard_normal((2, 96, 96, 3))) for _ in range(2))
+        variables = models.DSResNet().init(jax.random.key(0), bg.astype(jnp.float32),
+                                           bg_fg.astype(jnp.float32))
+        variables = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), variables)
+        fast = _loss_outputs_stats_grads(variables, bg, bg_fg)
+        with monkeypatch.context() as m:
+            _plain(m)
+            plain = _loss_outputs_stats_grads(variables, bg, bg_fg)
+        assert float(fast[0]) == pytest.approx(float(plain[0]), rel=1e-12)
+        for a, b in zip(jax.tree.leaves(fast[1:]), jax.tree.leaves(plain[1:])):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12 * float(jnp.max(jnp.abs(b))))
+
+
+def test_running_statistics_and_eval_mode_match_flax_batchnorm():
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((4, 6, 6, 5)) * 3 + 1, jnp.float32)
+    ours, flax_bn = (cls(use_running_average=False, momentum=0.9, epsilon=1e-5)
+                     for cls in (models.BatchNorm, nn.BatchNorm))
+    v_ours, v_flax = ours.init(jax.random.key(0), x), flax_bn.init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, v_ours) == jax.tree.map(jnp.shape, v_flax)
+    y_ours, s_ours = ours.apply(v_ours, x, mutable=["batch_stats"])
+    y_flax, s_flax = flax_bn.apply(v_flax, x, mutable=["batch_stats"])
+    np.testing.assert_allclose(y_ours, y_flax, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(s_ours), jax.tree.leaves(s_flax)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    evaluated = {"params": v_ours["params"], **s_ours}
+    np.testing.assert_allclose(
+        models.BatchNorm(use_running_average=True).apply(evaluated, x),
+        nn.BatchNorm(use_running_average=True).apply(evaluated, x), atol=1e-5)
+
+
+def test_max_pool_drops_an_odd_last_row_like_valid_pooling():
+    x = jnp.arange(2 * 3 * 5 * 2, dtype=jnp.float32).reshape(2, 3, 5, 2)
+    np.testing.assert_array_equal(models._max_pool_2x(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
