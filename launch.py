@@ -71,6 +71,8 @@ def validate_config(config, device_count: int | None = None,
     checked = list(resolutions)
     if config.mode == "lr_range_test" and config.lr_range.resolution:
         checked.append(config.lr_range.resolution)
+    if config.mode == "evaluate":
+        checked.extend(config.evaluate.resolutions)
     for r in checked:
         if not isinstance(r, int) or r <= 0:
             fail(f"resolution {r!r} must be a positive integer")
@@ -223,5 +225,24 @@ def main(argv) -> None:
         _fail(str(error), 1)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad command line (an unknown flag or config field, a bad value
+    or `:arg`, a missing config file) reported in one line and exit status 2."""
+    try:
+        remaining = flags.FLAGS(argv)
+        if _CONFIG.value is not None:
+            _CONFIG.value.get("mode")  # the config file loads lazily: fail here, not later
+    except (AttributeError, KeyError) as error:  # an override of a field the config lacks
+        field = str(error).strip("'\"")
+        given = [a.split("=")[0] for a in argv if a.startswith("--config.") and field in a]
+        _fail(f"{given[0] if given else field}: the config has no field {field!r} "
+              "(the fields are in configs/default.py)", 2)
+    except (flags.Error, OSError) as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        where = "--config" if isinstance(error, OSError) else lines[0].rstrip(":")
+        _fail(where if len(lines) == 1 else f"{where}: {lines[-1]}", 2)
+    return remaining
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

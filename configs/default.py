@@ -63,6 +63,9 @@ def get_config() -> ml_collections.ConfigDict:
         start_lr=1e-7, end_lr=5.0, num_steps=400, spacing="exp", smoothing=0.05,
         diverge_factor=4.0, resolution=96, batch_size=0))
 
+    config.evaluate = ml_collections.ConfigDict(dict(
+        resolutions=()))  # mode=evaluate: input sides to evaluate at; (): the last stage's
+
     config.predict = ml_collections.ConfigDict(dict(
         bg="", bg_fg="",  # two image files, or two folders matched by file name (sans extension)
         output_dir="",  # "": WORKDIR/predictions_user

@@ -12,18 +12,17 @@ validation sample once at each resolution asked for, prints a table and writes
 
 `iou` is at threshold 0.5, `iou_soft` on the probabilities (the reference's number); depth
 metrics are over pixels whose target is > 1e-4 (see `jaxsegdepth.metrics`). Resolutions:
-`config.evaluate.resolutions` when the config has that field and it is not empty, else the last
-training stage's resolution. Metrics are exact over the split: the last partial batch is padded
-with repeats of its real samples weighted 0 (the trainer's own evaluation loop is used).
+`config.evaluate.resolutions`, or when that is empty the last training stage's
+resolution. Metrics are exact over the split: the last partial batch is padded
+with repeats of its real samples weighted 0 (the trainer's own `train.evaluate_split`).
 """
 import json
 import os
-import types
 
 import jax
 import ml_collections
 
-from jaxsegdepth import checkpoints, mesh as mesh_lib
+from jaxsegdepth import checkpoints, losses, mesh as mesh_lib, steps, train
 from jaxsegdepth.data import builders, pipeline
 
 METRIC_ORDER = ("loss", "iou", "iou_soft", "rmse", "mae", "abs_rel", "sq_rel", "log10",
@@ -31,10 +30,8 @@ METRIC_ORDER = ("loss", "iou", "iou_soft", "rmse", "mae", "abs_rel", "sq_rel", "
 
 
 def resolutions(config: ml_collections.ConfigDict) -> tuple[int, ...]:
-    """`config.evaluate.resolutions` if set and non-empty, else `(config.resolutions[-1],)`."""
-    section = config.get("evaluate")
-    asked = tuple(section.get("resolutions", ()) or ()) if section is not None else ()
-    chosen = tuple(int(r) for r in asked) or (int(config.resolutions[-1]),)
+    """`config.evaluate.resolutions`, or `(config.resolutions[-1],)` when that is empty."""
+    chosen = tuple(int(r) for r in config.evaluate.resolutions) or (int(config.resolutions[-1]),)
     multiple = 32 if config.model == "dsresnet" else 1  # five 2x poolings
     for r in chosen:
         if r <= 0 or r % multiple:
@@ -46,30 +43,13 @@ def resolutions(config: ml_collections.ConfigDict) -> tuple[int, ...]:
 def evaluate_state(config: ml_collections.ConfigDict, state, resolution: int, mesh=None) -> dict:
     """Loss, loss terms and metrics of `state` over the validation split at `resolution`.
 
-    Runs the trainer's validation loop (`train._Trainer.evaluate`: padding rule, float64 sums,
-    loss weighting), so `evaluate` and the per-epoch validation can never disagree. Keys lose
-    the trainer's `val_` prefix.
+    The trainer's own validation pass (`train.evaluate_split`), so `evaluate` and the
+    per-epoch validation can never disagree; keys lose its `val_` prefix.
     """
-    from jaxsegdepth import losses, steps, train
     mesh = mesh_lib.create_mesh() if mesh is None else mesh
     _, eval_step, _ = steps.jit_steps(mesh, losses.compose(config.loss))
-    # The loop is a method of the trainer; these are the only attributes it reads when no
-    # preview is drawn (num_preview=0). TODO: call a module-level train.evaluate_split instead
-    # once the trainer exposes one.
-    view = types.SimpleNamespace(
-        config=_without_preview(config), mesh=mesh, eval_step=eval_step,
-        local_batch=mesh_lib.check_batch_size(mesh, config.batch_size),
-        val_size=pipeline.split_size(config.dataset, "validation"),
-        heads=train.model_heads(config))
-    values = train._Trainer.evaluate(view, state, resolution, preview_epoch=0, step=0)  # pylint: disable=protected-access
-    return {key[len("val_"):] if key.startswith("val_") else key: value
-            for key, value in values.items()}
-
-
-def _without_preview(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.num_preview = 0
-    return config
+    values = train.evaluate_split(config, mesh, eval_step, state, resolution)
+    return {key.removeprefix("val_"): value for key, value in values.items()}
 
 
 def format_table(per_resolution: dict) -> str:

@@ -13,7 +13,7 @@ import math
 import signal
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import ml_collections
@@ -112,7 +112,6 @@ class _Trainer:
         self.train_step, self.eval_step, self.predict_step = steps.jit_steps(self.mesh, loss_fn)
         self.plateau = optim.plateau(config)
         self.lr_schedule = optim.learning_rate_schedule(config, self.steps_per_epoch)
-        self.val_size = pipeline.split_size(config.dataset, "validation")
         self.primary = jax.process_index() == 0
         self.reporter = reporting.Reporter(workdir, enabled=self.primary)
         self.ckpt = checkpoints.Checkpointer(workdir, config.checkpoint.monitor,
@@ -276,56 +275,13 @@ class _Trainer:
     # -- evaluation -------------------------------------------------------------------------
 
     def evaluate(self, state, resolution: int, preview_epoch: int, step: int) -> dict:
-        """Loss and metrics over the whole validation split at `resolution`; draws the preview.
+        """`evaluate_split` at `resolution`; the first batch also draws the preview."""
+        def first_batch(batch, host, real):
+            if self.config.num_preview > 0:
+                self.preview(state, batch, host, real, preview_epoch, step)
 
-        The last partial batch is padded to the batch size with repeats of its real samples,
-        weighted 0, so the metric sums are exact. `val_loss` averages the batch losses
-        weighted by their numbers of real samples.
-        """
-        config = self.config
-        loader = pipeline.create_loader(
-            config.dataset, "validation", resolution=resolution, batch_size=self.local_batch,
-            shuffle=False, seed=config.seed, num_epochs=1, drop_remainder=False, augment=False)
-        per_process = math.ceil(self.val_size / jax.process_count())
-        num_batches = math.ceil(per_process / self.local_batch)
-        iterator, last_real = iter(loader), None
-        totals: dict = {}
-        pending = []
-
-        def fetch():
-            for sums, batch_loss, terms in jax.device_get(pending):
-                weight = float(sums.get("images", 1.0))
-                _add(totals, {k: float(v) for k, v in sums.items()})
-                _add(totals, {"loss": weight * float(batch_loss), "weight": weight,
-                              **{k: weight * float(v) for k, v in terms.items()}})
-            pending.clear()
-
-        for index in range(num_batches):
-            host = next(iterator, None)
-            if host is None:  # this process ran out before another: an all-padding batch
-                host, real = last_real, 0
-            else:
-                host = {k: np.asarray(host[k]) for k in INPUTS + self.heads}
-                real = len(host["bg"])
-                last_real = host
-            take = np.arange(self.local_batch) % len(host["bg"])
-            padded = {k: v[take] for k, v in host.items()}
-            padded["weights"] = (np.arange(self.local_batch) < real).astype(np.float32)
-            batch = mesh_lib.shard_batch(self.mesh, padded)
-            out = self.eval_step(state, batch)
-            terms = {k: v for k, v in out.items() if k not in ("loss", "sums")}
-            pending.append((out["sums"], out["loss"], terms))
-            if index == 0 and config.num_preview > 0:
-                self.preview(state, batch, padded, real, preview_epoch, step)
-            if len(pending) >= EVAL_FETCH_EVERY:
-                fetch()
-        fetch()
-        weight = totals.pop("weight", 0.0)
-        result = {"val_loss": totals.pop("loss") / weight if weight else float("nan")}
-        sums = {k: totals[k] for k in list(totals) if "/" not in k}
-        result.update({f"val_{k}": v for k, v in metrics.summarize(sums).items()})
-        result.update({f"val_{k}": totals[k] / weight for k in totals if "/" in k})
-        return result
+        return evaluate_split(self.config, self.mesh, self.eval_step, state, resolution,
+                              first_batch=first_batch)
 
     def preview(self, state, batch: dict, host: dict, real: int, epoch: int, step: int) -> None:
         """The first `num_preview` validation samples: inputs, targets and predictions."""
@@ -341,6 +297,64 @@ class _Trainer:
             columns += [(f"{head}", host[head][:n]),
                         (f"pred {head}", np.asarray(predictions[head])[:n])]
         self.reporter.predictions(epoch, step, reporting.prediction_grid(columns))
+
+
+def evaluate_split(config: ml_collections.ConfigDict, mesh, eval_step: Callable, state,
+                   resolution: int, first_batch: Optional[Callable] = None) -> dict:
+    """Loss, loss terms and metrics of `state` over the whole validation split at `resolution`.
+
+    Keys are `val_loss`, `val_<metric>` and `val_<head>/<term>`. The last partial batch is
+    padded to the batch size with repeats of its real samples, weighted 0, so the metric sums
+    are exact; `val_loss` averages the batch losses weighted by their numbers of real samples.
+    `first_batch(batch, host_batch, real)` is called on the first batch (the trainer draws its
+    preview there). Used by the trainer after each epoch and by `mode=evaluate`.
+    """
+    local_batch = mesh_lib.check_batch_size(mesh, config.batch_size)
+    heads = model_heads(config)
+    loader = pipeline.create_loader(
+        config.dataset, "validation", resolution=resolution, batch_size=local_batch,
+        shuffle=False, seed=config.seed, num_epochs=1, drop_remainder=False, augment=False)
+    per_process = math.ceil(pipeline.split_size(config.dataset, "validation")
+                            / jax.process_count())
+    num_batches = math.ceil(per_process / local_batch)
+    iterator, last_real = iter(loader), None
+    totals: dict = {}
+    pending = []
+
+    def fetch():
+        for sums, batch_loss, terms in jax.device_get(pending):
+            weight = float(sums.get("images", 1.0))
+            _add(totals, {k: float(v) for k, v in sums.items()})
+            _add(totals, {"loss": weight * float(batch_loss), "weight": weight,
+                          **{k: weight * float(v) for k, v in terms.items()}})
+        pending.clear()
+
+    for index in range(num_batches):
+        host = next(iterator, None)
+        if host is None:  # this process ran out before another: an all-padding batch
+            host, real = last_real, 0
+        else:
+            host = {k: np.asarray(host[k]) for k in INPUTS + heads}
+            real = len(host["bg"])
+            last_real = host
+        take = np.arange(local_batch) % len(host["bg"])
+        padded = {k: v[take] for k, v in host.items()}
+        padded["weights"] = (np.arange(local_batch) < real).astype(np.float32)
+        batch = mesh_lib.shard_batch(mesh, padded)
+        out = eval_step(state, batch)
+        terms = {k: v for k, v in out.items() if k not in ("loss", "sums")}
+        pending.append((out["sums"], out["loss"], terms))
+        if index == 0 and first_batch is not None:
+            first_batch(batch, padded, real)
+        if len(pending) >= EVAL_FETCH_EVERY:
+            fetch()
+    fetch()
+    weight = totals.pop("weight", 0.0)
+    result = {"val_loss": totals.pop("loss") / weight if weight else float("nan")}
+    sums = {k: totals[k] for k in list(totals) if "/" not in k}
+    result.update({f"val_{k}": v for k, v in metrics.summarize(sums).items()})
+    result.update({f"val_{k}": totals[k] / weight for k in totals if "/" in k})
+    return result
 
 
 def _add(totals: dict, values: dict) -> None:

@@ -136,7 +136,7 @@ def test_lr_range_test_sweeps_stops_and_suggests(data_dir, tmp_path, capsys):
 def test_evaluate_writes_exact_metrics(trained, tmp_path):
     config, workdir, record = trained
     config = ml_collections.ConfigDict(config.to_dict())
-    config.evaluate = ml_collections.ConfigDict(dict(resolutions=(RES, 64)))
+    config.evaluate.resolutions = (RES, 64)
     result = evaluate.run(config, workdir)
     with open(os.path.join(workdir, "eval.json")) as f:
         written = json.load(f)

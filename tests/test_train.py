@@ -1,7 +1,8 @@
 """The trainer and CLI, end to end through `launch.py` on a tiny synthetic set.
 
-One session-wide data folder and compilation cache keep this affordable: 23 generated samples
-(16 train, 7 validation: the last validation batch of 4 is padded), 32x32, batch 4.
+One session-wide data folder and the suite's compilation cache (conftest.py) keep this
+affordable: 23 generated samples (16 train, 7 validation: the last validation batch of 4 is
+padded), 32x32, batch 4.
 """
 import glob
 import importlib.util
@@ -28,9 +29,9 @@ NUM_SAMPLES, TRAIN, VAL = 23, 16, 7
 
 
 @pytest.fixture(scope="session")
-def shared(tmp_path_factory):
+def shared(tmp_path_factory, compilation_cache_dir):
     base = tmp_path_factory.mktemp("train_shared")
-    return {"data": str(base / "data"), "cache": str(base / "cache")}
+    return {"data": str(base / "data"), "cache": compilation_cache_dir}
 
 
 def _overrides(shared, **extra):
@@ -213,6 +214,19 @@ def test_bad_config_fails_before_compiling(tmp_path, shared, override, message):
     assert time.time() - started < 60
 
 
+@pytest.mark.parametrize("config, extra, message", [
+    ("configs/rmse_bce_dice.py:bogus", {}, "unknown config argument 'bogus'"),
+    ("configs/missing.py", {}, "No such file or directory"),
+    ("configs/rmse_bce_dice.py", {"optimizer.lr": 1}, "the config has no field 'lr'"),
+])
+def test_bad_command_line_fails_in_one_line(tmp_path, shared, config, extra, message):
+    result = launch_cli(tmp_path / "run", shared, config=config, **extra)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert message in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"loss": ml_collections.ConfigDict({"mask": {"focal": 1.0}})}, "unknown loss term 'focal'"),
     ({"loss": ml_collections.ConfigDict({"edges": {"bce": 1.0}})}, "unknown head 'edges'"),
@@ -224,6 +238,7 @@ def test_bad_config_fails_before_compiling(tmp_path, shared, override, message):
     ({"schedule.name": "cosine"}, "schedule.name='cosine'"),
     ({"checkpoint.mode": "best"}, "checkpoint.mode='best'"),
     ({"checkpoint.monitor": "val_accuracy"}, "checkpoint.monitor='val_accuracy'"),
+    ({"mode": "evaluate", "evaluate.resolutions": (64, 80)}, "resolution 80 is not a multiple"),
     ({"dataset.name": "modest_museum"}, "needs --config.dataset.manual_dir=DIR"),
     ({"dataset.name": "modest_museum", "dataset.manual_dir": "/nonexistent/modest"},
      "dataset.manual_dir='/nonexistent/modest' does not exist"),
