@@ -213,7 +213,8 @@ def _loss_outputs_stats_grads(variables, bg, bg_fg):
         depth = out["depth"].astype(jnp.float64)
         return jnp.mean(out["mask"].astype(jnp.float64) ** 2) + jnp.mean(jnp.sin(depth)), state
 
-    (value, state), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+    # A fresh function each call: jit traces whichever formulations models.py holds right now.
+    (value, state), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
     return value, state, grads
 
 
