@@ -29,7 +29,6 @@ DATA_MODES = ("train", "evaluate", "lr_range_test")
 DATASETS = ("synthetic_museum", "modest_museum")
 DTYPES = ("float32", "bfloat16")
 MODEL_HEADS = {"dsresnet": ("mask", "depth"), "masknet": ("mask",)}
-DSRESNET_STRIDE = 32
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "jaxsegdepth", "jax")
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -50,6 +49,7 @@ def validate_config(config, device_count: int | None = None,
                     process_count: int | None = None) -> None:
     """Raises ValueError with one line saying what is wrong with `config`, before any compile."""
     from jaxsegdepth import losses, optim
+    from jaxsegdepth.models import DSRESNET_STRIDE
 
     def fail(message):
         raise ValueError(message)

@@ -70,9 +70,9 @@ PEAK_TFLOPS = (
 PEAK_SOURCE = ("vendor data-sheet dense peaks (NVIDIA); float32 against the TF32 tensor-core "
                "peak; none known for CPUs")
 
-LOSS_SPECS = {  # the default recipe's loss; MaskNet has only the mask head
-    "dsresnet": {"depth": {"rmse": 2.0}, "mask": {"bce": 1.0, "dice": 2.0}},
-    "masknet": {"mask": {"bce": 1.0, "dice": 2.0}},
+LOSS_SPECS = {  # the default recipe's loss (configs/default.py); MaskNet has only the mask head
+    "dsresnet": {"depth": {"rmse": 2.0}, "mask": {"bce_dice": 1.0}},
+    "masknet": {"mask": {"bce_dice": 1.0}},
 }
 
 
@@ -206,11 +206,11 @@ def benchmark_step(model_name: str, resolution: int, dtype: str, batch_size: int
     first compile fills it and a second one, after `jax.clear_caches()`, reads it.
     """
     mesh = mesh_lib.create_mesh()
-    mesh_lib.check_batch_size(mesh, batch_size)
+    local_batch = mesh_lib.check_batch_size(mesh, batch_size)  # this process's share
     model = models.create(model_name, dtype)
     loss_fn = losses.compose(LOSS_SPECS[model_name])
     state = create_state(model, resolution, mesh, seed)
-    batch = mesh_lib.shard_batch(mesh, synthetic_batch(batch_size, resolution, seed))
+    batch = mesh_lib.shard_batch(mesh, synthetic_batch(local_batch, resolution, seed))
 
     jax.clear_caches()
     train, evaluate, _ = steps.jit_steps(mesh, loss_fn)
@@ -253,7 +253,8 @@ def benchmark_step(model_name: str, resolution: int, dtype: str, batch_size: int
     gflop = forward_gflop(model_name, resolution)
     train_flops = train_rate * gflop * TRAIN_FLOP_FACTOR * 1e9
     eval_flops = eval_rate * gflop * 1e9
-    peak = peak_tflops(device, dtype)
+    peak = peak_tflops(device, dtype)  # of one device; the rates are the whole mesh's
+    mesh_peak = None if peak is None else peak * 1e12 * mesh.devices.size
     return {
         "model": model_name, "resolution": resolution, "dtype": dtype, "batch": batch_size,
         "steps_per_run": steps_per_run, "repeats": repeats,
@@ -267,8 +268,8 @@ def benchmark_step(model_name: str, resolution: int, dtype: str, batch_size: int
         "train_gflop_per_sample": gflop * TRAIN_FLOP_FACTOR,
         "train_flops_per_s": train_flops, "eval_flops_per_s": eval_flops,
         "peak_tflops": peak,
-        "train_fraction_of_peak": None if peak is None else train_flops / (peak * 1e12),
-        "eval_fraction_of_peak": None if peak is None else eval_flops / (peak * 1e12),
+        "train_fraction_of_peak": None if peak is None else train_flops / mesh_peak,
+        "eval_fraction_of_peak": None if peak is None else eval_flops / mesh_peak,
         "host_peak_rss_mb": host_peak_rss_mb(),
         "device_memory_mb": device_memory_mb(device),
         "executable_memory_mb": {"train": executable_memory_mb(train_c),

@@ -30,26 +30,11 @@ METRIC_ORDER = ("loss", "iou", "iou_soft", "rmse", "mae", "abs_rel", "sq_rel", "
 
 
 def resolutions(config: ml_collections.ConfigDict) -> tuple[int, ...]:
-    """`config.evaluate.resolutions`, or `(config.resolutions[-1],)` when that is empty."""
-    chosen = tuple(int(r) for r in config.evaluate.resolutions) or (int(config.resolutions[-1]),)
-    multiple = 32 if config.model == "dsresnet" else 1  # five 2x poolings
-    for r in chosen:
-        if r <= 0 or r % multiple:
-            raise ValueError(f"evaluate.resolutions: {r} is not a positive multiple of {multiple}, "
-                             f"which {config.model} needs")
-    return chosen
+    """`config.evaluate.resolutions`, or `(config.resolutions[-1],)` when that is empty.
 
-
-def evaluate_state(config: ml_collections.ConfigDict, state, resolution: int, mesh=None) -> dict:
-    """Loss, loss terms and metrics of `state` over the validation split at `resolution`.
-
-    The trainer's own validation pass (`train.evaluate_split`), so `evaluate` and the
-    per-epoch validation can never disagree; keys lose its `val_` prefix.
-    """
-    mesh = mesh_lib.create_mesh() if mesh is None else mesh
-    _, eval_step, _ = steps.jit_steps(mesh, losses.compose(config.loss))
-    values = train.evaluate_split(config, mesh, eval_step, state, resolution)
-    return {key.removeprefix("val_"): value for key, value in values.items()}
+    `launch.validate_config` checks them before anything compiles (and DSResNet itself rejects
+    a side that is not a multiple of 32)."""
+    return tuple(int(r) for r in config.evaluate.resolutions) or (int(config.resolutions[-1]),)
 
 
 def format_table(per_resolution: dict) -> str:
@@ -72,9 +57,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = checkpoints.load_for_inference(config, workdir, mesh)  # fails clearly if none
     builders.prepare(config.dataset)
     step = int(jax.device_get(state.step))
+    _, eval_step, _ = steps.jit_steps(mesh, losses.compose(config.loss))
     per_resolution = {}
-    for resolution in resolutions(config):
-        per_resolution[str(resolution)] = evaluate_state(config, state, resolution, mesh)
+    for resolution in resolutions(config):  # the trainer's own pass; keys lose its "val_"
+        values = train.evaluate_split(config, mesh, eval_step, state, resolution)
+        per_resolution[str(resolution)] = {k.removeprefix("val_"): v for k, v in values.items()}
     result = {"step": step, "split": "validation",
               "num_samples": pipeline.split_size(config.dataset, "validation"),
               "model": config.model, "dataset": config.dataset.name,

@@ -130,12 +130,13 @@ def load(path: str) -> LoadedModel:
 
 def run(config, workdir: str) -> str:
     """Exports the best checkpoint (or `config.checkpoint.step`) of the run in `workdir`."""
-    from jaxsegdepth import checkpoints, predict  # the training stack only for the mode, not `load`
+    from jaxsegdepth import checkpoints  # the training stack only for the mode, not `load`
+    from jaxsegdepth.data import pipeline
 
     state = checkpoints.load_for_inference(config, workdir)
     cfg = config.export
     output_dir = cfg.output_dir or os.path.join(workdir, "export")
-    norm = predict.input_normalization(config)
+    norm = pipeline.normalization(config.dataset)
     metadata = {
         "model": config.model,
         "step": int(jax.device_get(state.step)),

@@ -35,13 +35,8 @@ from jaxsegdepth.data import builders, pipeline
 
 def smooth(raw_losses, smoothing: float) -> np.ndarray:
     """Bias-corrected exponential moving average; `smoothing` is the weight of the newest value."""
-    if not 0.0 < smoothing <= 1.0:
-        raise ValueError(f"lr_range.smoothing={smoothing}: expected a value in (0, 1]")
-    avg, out = 0.0, []
-    for i, loss in enumerate(raw_losses):
-        avg = (1.0 - smoothing) * avg + smoothing * float(loss)
-        out.append(avg / (1.0 - (1.0 - smoothing) ** (i + 1)))
-    return np.asarray(out, np.float64)
+    tracker = _Tracker(smoothing, diverge_factor=math.inf)
+    return np.asarray([tracker.add(float(loss))[0] for loss in raw_losses], np.float64)
 
 
 def suggest(lrs, smoothed) -> dict:
@@ -57,9 +52,11 @@ def suggest(lrs, smoothed) -> dict:
 
 
 class _Tracker:
-    """Smoothing and the divergence test, one loss at a time (same formula as `smooth`)."""
+    """Bias-corrected smoothing and the divergence test, one loss at a time."""
 
     def __init__(self, smoothing: float, diverge_factor: float):
+        if not 0.0 < smoothing <= 1.0:
+            raise ValueError(f"lr_range.smoothing={smoothing}: expected a value in (0, 1]")
         self.smoothing, self.diverge_factor = smoothing, diverge_factor
         self.avg, self.count, self.best = 0.0, 0, math.inf
 

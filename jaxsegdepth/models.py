@@ -79,12 +79,16 @@ def _bn_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return mean, jnp.maximum(jnp.mean(jnp.square(x), axis=(0, 1, 2)) - jnp.square(mean), 0.0)
 
 
+def _bn_normalize(x, mean, inv, scale, bias):
+    """(x - mean) * inv * scale + bias as one multiply-add per element, in x's dtype."""
+    mult = scale * inv
+    return (_stats_dtype(x) * mult + (bias - mean * mult)).astype(x.dtype)
+
+
 def _bn_forward(x, scale, bias, epsilon):
     mean, var = _bn_stats(x)
     inv = jax.lax.rsqrt(var + epsilon)
-    mult = scale * inv
-    y = (_stats_dtype(x) * mult + (bias - mean * mult)).astype(x.dtype)
-    return (y, mean, var), (x, mean, inv, scale)
+    return (_bn_normalize(x, mean, inv, scale, bias), mean, var), (x, mean, inv, scale)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -130,8 +134,8 @@ class BatchNorm(nn.Module):
         ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
         x = x.astype(self.dtype)
         if self.use_running_average:
-            mult = scale * jax.lax.rsqrt(ra_var.value + self.epsilon)
-            return (_stats_dtype(x) * mult + (bias - ra_mean.value * mult)).astype(self.dtype)
+            inv = jax.lax.rsqrt(ra_var.value + self.epsilon)
+            return _bn_normalize(x, ra_mean.value, inv, scale, bias)
         y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
         if not self.is_initializing():
             m = self.momentum

@@ -7,7 +7,6 @@ validation losses, and the learning rate, against the epoch. Only matplotlib's o
 used (no pyplot, no display needed).
 """
 import argparse
-import json
 import math
 import os
 import sys
@@ -15,6 +14,8 @@ import sys
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from jaxsegdepth import reporting
 
 
 def lr_range(result: dict, path: str) -> str:
@@ -34,7 +35,7 @@ def lr_range(result: dict, path: str) -> str:
     ax.set_xscale("log")
     # Keep the interesting part in view: the diverging tail would squash everything else.
     smoothed = np.asarray(result["smoothed"])
-    low, high = float(smoothed.min()), max(float(smoothed[0]), float(smoothed.min()))
+    low, high = float(smoothed.min()), float(smoothed[0])
     span = max(high - low, 1e-6)
     ax.set_ylim(low - 0.1 * span, high + 0.5 * span)
     ax.set_xlabel("learning rate")
@@ -46,30 +47,15 @@ def lr_range(result: dict, path: str) -> str:
     return path
 
 
-def read_metrics(path: str) -> list[dict]:
-    """The records of a `metrics.jsonl` (one JSON object a line; bad lines are skipped)."""
-    records = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut short by an interrupted run
-    return records
-
-
 def epoch_series(records: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """name -> (epochs, values) for every numeric field of the end-of-epoch records.
 
-    A record counts as end-of-epoch when it has an `epoch` and a validation value (`val_*` or
-    `val/*`); when an epoch was logged twice (a resumed run), the last record wins.
+    A record counts as end-of-epoch when it has an `epoch` and a validation value (`val_*`);
+    when an epoch was logged twice (a resumed run), the last record wins.
     """
     by_epoch: dict[float, dict] = {}
     for record in records:
-        if "epoch" not in record or not any(_is_val(k) for k in record):
+        if "epoch" not in record or not any(k.startswith("val_") for k in record):
             continue
         by_epoch[float(record["epoch"])] = record
     series: dict[str, tuple[list, list]] = {}
@@ -85,32 +71,23 @@ def epoch_series(records: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]
     return {k: (np.asarray(x), np.asarray(y)) for k, (x, y) in series.items()}
 
 
-def _is_val(key: str) -> bool:
-    return key.startswith(("val_", "val/"))
+def _present(series: dict, *names: str) -> list[str]:
+    return [name for name in names if name in series]
 
 
-def _find(series: dict, *names: str) -> list[str]:
-    """The keys of `series` among `names` (either separator), in order."""
-    found = []
-    for name in names:
-        for key in (name, name.replace("_", "/", 1), name.replace("/", "_", 1)):
-            if key in series and key not in found:
-                found.append(key)
-                break
-    return found
-
-
-def curves(metrics_path: str, path: str) -> str:
-    """IoU, RMSE, losses and learning rate against the epoch, one panel each, as a PNG."""
-    series = epoch_series(read_metrics(metrics_path))
+def curves(workdir: str, path: str) -> str:
+    """IoU, RMSE, losses and learning rate of `WORKDIR/metrics.jsonl` against the epoch, one
+    panel each, as a PNG."""
+    metrics_path = os.path.join(workdir, reporting.METRICS_FILE)
+    series = epoch_series(reporting.read_metrics(workdir))
     if not series:
         raise ValueError(f"{metrics_path} holds no end-of-epoch records (with an epoch and "
                          "validation metrics) to plot")
     panels = [
-        ("Mask IoU (higher is better)", _find(series, "val_iou", "val_iou_soft", "train_iou")),
-        ("Depth RMSE (lower is better)", _find(series, "val_rmse", "train_rmse")),
-        ("Loss", _find(series, "train_loss", "val_loss")),
-        ("Learning rate", _find(series, "lr", "learning_rate", "train_lr")),
+        ("Mask IoU (higher is better)", _present(series, "val_iou", "val_iou_soft")),
+        ("Depth RMSE (lower is better)", _present(series, "val_rmse")),
+        ("Loss", _present(series, "train_loss", "val_loss")),
+        ("Learning rate", _present(series, "lr")),
     ]
     panels = [(title, keys) for title, keys in panels if keys]
     cols = 2 if len(panels) > 1 else 1
@@ -163,10 +140,10 @@ def run(config, workdir: str) -> str:
 
 
 def plot_run(workdir: str, out: str | None = None) -> str:
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    metrics_path = os.path.join(workdir, reporting.METRICS_FILE)
     if not os.path.exists(metrics_path):
         raise FileNotFoundError(f"no {metrics_path}: is {workdir} the workdir of a training run?")
-    path = curves(metrics_path, out or os.path.join(workdir, "curves.png"))
+    path = curves(workdir, out or os.path.join(workdir, "curves.png"))
     print(f"Wrote {path}")
     return path
 

@@ -34,10 +34,10 @@ import numpy as np
 from absl import logging
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
-from jaxsegdepth import checkpoints, steps
-from jaxsegdepth.data import builders, pipeline
+from jaxsegdepth import checkpoints, models, steps
+from jaxsegdepth.data import pipeline
 
-MULTIPLE = 32  # DSResNet's input sides must be multiples of 32 (five 2x poolings)
+MULTIPLE = models.DSRESNET_STRIDE  # DSResNet's input sides must be multiples of this
 PANEL_MAX_SIDE = 512  # tiles of the side-by-side image are scaled down to this
 
 
@@ -258,22 +258,10 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def input_normalization(config: ml_collections.ConfigDict) -> dict:
-    """`pipeline.normalization` of the run's dataset; for MODEST Museum, when that set is not
-    built on this machine (a model trained elsewhere), the published mean/std it would give."""
-    try:
-        return pipeline.normalization(config.dataset)
-    except builders.DatasetError:
-        if config.dataset.name != "modest_museum":
-            raise
-        logging.info("modest_museum is not built here: using its published mean/std")
-        return {k: (np.asarray(m, np.float32), np.asarray(s, np.float32))
-                for k, (m, s) in builders.MODEST_NORMALIZATION.items()}
-
-
 def predict_function(state: steps.TrainState) -> Callable:
     """Jitted `(bg, bg_fg) -> {head: probability}`; recompiles once per model input size."""
-    step = jax.jit(steps.predict_step)
+    step = jax.jit(steps.predict_step,
+                   compiler_options=steps.compiler_options(jax.default_backend()))
     return lambda bg, bg_fg: step(state, bg, bg_fg)
 
 
@@ -301,7 +289,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     except (ValueError, FileNotFoundError) as error:  # nothing to predict: say why in one line
         raise PredictionError(f"predict: {error}", {"written": {}, "failed": []}) from error
     state = checkpoints.load_for_inference(config, workdir)
-    normalization = input_normalization(config)
+    normalization = pipeline.normalization(config.dataset)
     output_dir = cfg.output_dir or os.path.join(workdir, "predictions_user")
     summary = predict_pairs(predict_function(state), pairs, output_dir, normalization,
                             threshold=cfg.threshold, resolution=cfg.resolution,

@@ -19,12 +19,20 @@ LABEL_HEIGHT = 14
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    """Every epoch record of `WORKDIR/metrics.jsonl`, in order."""
+    """Every epoch record of `WORKDIR/metrics.jsonl`, in order ([] when there is none).
+
+    A line that is not JSON (cut short when a run was killed mid-write) is skipped."""
     path = os.path.join(workdir, METRICS_FILE)
     if not os.path.exists(path):
         return []
+    records = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
 
 
 class Reporter:

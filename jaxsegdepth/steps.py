@@ -100,9 +100,9 @@ def update_plateau(state: TrainState, plateau: optax.GradientTransformationExtra
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
 
 
-def compiler_options(mesh: Mesh) -> dict:
-    """XLA options the steps are compiled with on `mesh`'s platform."""
-    return dict(CPU_COMPILER_OPTIONS) if mesh.devices.flat[0].platform == "cpu" else {}
+def compiler_options(platform: str) -> dict:
+    """XLA options the steps are compiled with on `platform` ("cpu", "gpu", "tpu")."""
+    return dict(CPU_COMPILER_OPTIONS) if platform == "cpu" else {}
 
 
 def jit_steps(mesh: Mesh, loss_fn: LossFn) -> tuple[Callable, Callable, Callable]:
@@ -111,7 +111,7 @@ def jit_steps(mesh: Mesh, loss_fn: LossFn) -> tuple[Callable, Callable, Callable
     The batch is sharded on `data`, the state replicated and donated to the train step.
     """
     replicated, sharded = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
-    options = compiler_options(mesh)
+    options = compiler_options(mesh.devices.flat[0].platform)
     train = jax.jit(functools.partial(train_step, loss_fn=loss_fn),
                     in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
                     donate_argnums=0, compiler_options=options)

@@ -135,8 +135,9 @@ class _Trainer:
         keys = INPUTS + self.heads
         return mesh_lib.shard_batch(self.mesh, {k: host_batch[k] for k in keys})
 
-    def learning_rate(self, state: steps.TrainState, step: int) -> float:
-        return float(self.lr_schedule(max(step - 1, 0))) * float(state.plateau.scale)
+    def learning_rate(self, plateau_scale: float, step: int) -> float:
+        """The rate step `step` used: the schedule's, times the plateau scale (on the host)."""
+        return float(self.lr_schedule(max(step - 1, 0))) * float(plateau_scale)
 
     # -- data -------------------------------------------------------------------------------
 
@@ -198,7 +199,8 @@ class _Trainer:
             nonlocal loss_sum, loss_count, pending
             if not pending:
                 return
-            fetched, bad = jax.device_get((pending, state.nonfinite_step))
+            fetched, bad, scale = jax.device_get(
+                (pending, state.nonfinite_step, state.plateau.scale))
             bar.update(batch_size * min(len(pending), IN_FLIGHT))  # those the loop did not count
             pending = []
             if int(bad) >= 0:
@@ -212,7 +214,7 @@ class _Trainer:
             values = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
             loss_sum += float(np.sum([m["loss"] for m in fetched]))
             loss_count += len(fetched)
-            self.reporter.scalars(step, {**values, "lr": self.learning_rate(state, step)}, "train/")
+            self.reporter.scalars(step, {**values, "lr": self.learning_rate(scale, step)}, "train/")
             bar.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
 
         try:
@@ -249,7 +251,7 @@ class _Trainer:
         eval_started = time.time()
         val = self.evaluate(state, resolution, preview_epoch=epoch + 1, step=step)
         eval_time = time.time() - eval_started
-        lr = self.learning_rate(state, step)
+        lr = self.learning_rate(jax.device_get(state.plateau.scale), step)
         if config.schedule.name == "plateau":
             state = steps.update_plateau(state, self.plateau, val["val_loss"])
         record = {"epoch": epoch + 1, "step": step, "stage": stage + 1, "resolution": resolution,

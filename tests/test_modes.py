@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from configs import default
-from jaxsegdepth import (checkpoints, evaluate, export, lr_range, models, plots, predict, steps,
-                         train)
+from jaxsegdepth import (checkpoints, evaluate, export, lr_range, models, plots, predict,
+                         reporting, steps, train)
 from jaxsegdepth.data import pipeline
 
 RES = 32
@@ -327,7 +327,7 @@ def test_curves_use_the_last_record_of_each_epoch(tmp_path):
     ]
     text = "".join(json.dumps(line) + "\n" for line in lines) + '{"epoch": 4, "st'  # cut short
     (tmp_path / "metrics.jsonl").write_text(text)
-    series = plots.epoch_series(plots.read_metrics(str(tmp_path / "metrics.jsonl")))
+    series = plots.epoch_series(reporting.read_metrics(str(tmp_path)))
     np.testing.assert_array_equal(series["val_iou"][0], [1, 2, 3])
     np.testing.assert_allclose(series["val_iou"][1], [0.3, 0.55, 0.7])
     np.testing.assert_allclose(series["lr"][1], [0.1, 0.1, 0.01])

@@ -294,7 +294,6 @@ class SyntheticMuseumConfig(tfds.core.BuilderConfig):
         self.num_samples, self.seed, self.val_fraction = int(num_samples), int(seed), val_fraction
 
 
-
 def _dataset_info(builder: tfds.core.GeneratorBasedBuilder) -> tfds.core.DatasetInfo:
     """The info both builders share: the four JPEG images per record, kept in split order."""
     return tfds.core.DatasetInfo(

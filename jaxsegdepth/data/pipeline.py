@@ -77,8 +77,12 @@ def split_size(ds_config, split: str) -> int:
 
 def normalization(ds_config) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{"bg": (mean, std), "bg_fg": (mean, std)}: float32 3-vectors for inputs in [0,1]. MODEST:
-    the SPEC values; synthetic: measured over the generated set when it was built."""
-    norm = builders.prepare(ds_config).normalization
+    the SPEC values, without building the set (predict/export may run where it is not);
+    synthetic: measured over the generated set when it was built."""
+    if _get(ds_config, "name", "synthetic_museum") == "modest_museum":
+        norm = builders.MODEST_NORMALIZATION
+    else:
+        norm = builders.prepare(ds_config).normalization
     return {k: (np.asarray(m, np.float32), np.asarray(s, np.float32)) for k, (m, s) in norm.items()}
 
 
