@@ -49,7 +49,7 @@ def export_fn(apply_fn: Callable, variables: dict, *, resolution: int, batch_siz
     for the default backend only.
     """
     # Host copies: the constants must not be tied to the devices of a training mesh.
-    variables = jax.tree.map(np.asarray, jax.device_get(variables))
+    variables = jax.device_get(variables)
     if batch_size < 0:
         raise ValueError(f"export.batch_size={batch_size}: expected 0 (any batch) or a positive size")
     if resolution <= 0:
@@ -71,8 +71,6 @@ def export_state(state, output_dir: str, *, resolution: int, batch_size: int = 0
                  metadata: dict | None = None) -> tuple[str, jax.export.Exported]:
     """Exports a `steps.TrainState`'s model to `output_dir`; returns the artifact's path and it."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    if not jax.tree.leaves(state.batch_stats):
-        variables = {"params": state.params}
     exported = export_fn(state.apply_fn, variables, resolution=resolution, batch_size=batch_size,
                          platforms=platforms)
     os.makedirs(output_dir, exist_ok=True)
