@@ -5,8 +5,6 @@ field on the command line: `python launch.py --config configs/X.py --config.batc
 """
 import ml_collections
 
-from jaxsegdepth.data import pipeline
-
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -21,8 +19,20 @@ def get_config() -> ml_collections.ConfigDict:
         enabled=False, coordinator_address="", num_processes=0, process_id=-1))
     config.compilation_cache_dir = ""  # "": ~/.cache/jaxsegdepth/jax; "none": off
 
-    config.dataset = pipeline.default_config()
-    config.dataset.num_samples = 2000  # 1,400 train / 600 validation
+    config.dataset = ml_collections.ConfigDict(dict(
+        name="synthetic_museum",  # synthetic_museum | modest_museum
+        data_dir="",  # prepared tfds data; "" = ~/tensorflow_datasets
+        manual_dir="",  # modest_museum: the extracted MODEST folder or its .zip (never downloaded)
+        num_samples=2000,  # synthetic_museum: size of the generated set (1,400 train / 600 val)
+        seed=0,  # synthetic_museum: generation seed
+        skip_corrupt=False,  # modest_museum: leave out samples with corrupt JPEGs (else: error)
+        val_fraction=0.3,  # reference split: seed-1 shuffle, first 70% train
+        worker_count=0,  # grain worker processes; 0 = decode in this process (read threads)
+        read_threads=2,  # threads preparing batches ahead of the consumer (in each process)
+        prefetch_batches=2,  # batches prepared ahead per reading process
+        augment=True,  # photometric augmentation of the inputs on the train split
+        hsv_prob=0.25,  # probability of hue/saturation/value jitter
+        contrast_prob=0.25))  # probability of random contrast
 
     # Progressive resizing: stage i trains `stage_epochs[i]` epochs at `resolutions[i]`.
     # The CPU-sized default (see README, "Results"); `:published` gives the reference's.

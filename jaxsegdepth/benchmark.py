@@ -1,33 +1,43 @@
-"""Speed benchmark: the real jitted train and eval steps, compile times, memory, FLOP/s, loader.
+"""Speed benchmark: the trainer's jitted train and eval steps, compile, memory, FLOP/s, loader.
 
-  python -m jaxsegdepth.benchmark [--resolutions 96,160,224] [--batch 8] [--dtype float32,bfloat16]
-      [--model dsresnet] [--steps 2] [--repeats 5] [--workers 0,1,2] [--skip-loader] [--json out.json]
+  python -m jaxsegdepth.benchmark [--config configs/X.py[:arg]] [--model dsresnet,masknet]
+      [--resolutions 96,160,224] [--batch 8] [--dtype float32,bfloat16] [--seed N] [--steps 2]
+      [--repeats 5] [--workers 0,1,2] [--skip-loader] [--json out.json]
 
-For every model x resolution x dtype x batch it builds the state with `steps.create_train_state`
-and compiles `steps.jit_steps` over `mesh.create_mesh()` (the step the trainer runs: SGD momentum
-0.9, the RMSE + (BCE & Dice) loss, BatchNorm statistics, the NaN sentinel, eval metrics), on a
+Run it from the repository root (recipes import `configs.default`). Like flax's ImageNet
+`fake_data_benchmark` config, everything but the data comes from a recipe: the model, the loss
+(`losses.compose(config.loss)`) and the optimizer and schedule (`state.create_state`), so the
+benchmarked step cannot drift from the one `launch.py` trains. The recipe is `--config`, else
+`configs/default.py` for DSResNet and `configs/masknet_bce.py` for MaskNet (MaskNet has no depth
+head, so it takes the mask-only BCE trial); `--model`, `--dtype` and `--seed` override it.
+
+For every model x resolution x dtype x batch it compiles `steps.jit_steps` over
+`mesh.create_mesh()` (BatchNorm statistics, the NaN sentinel, eval metrics included) for a
 fixed random batch shaped like the pipeline's. Then:
 
 - compile time, first run and cached: with JAX's persistent compilation cache pointed at a fresh
-  temporary folder (`--compile-cache`), each step is lowered and compiled once into the empty
-  cache, then the in-memory caches are cleared and it is compiled again from the persistent one;
+  temporary folder (`--compile-cache`), both steps are compiled once into the empty cache, then
+  the in-memory caches are cleared and they are compiled again from the persistent one;
 - after `--warmup` steps, `--repeats` timed runs of `--steps` train steps (and of 3x as many eval
   steps), interleaved train/eval; the median samples/s of the runs is reported, all runs kept;
-- achieved FLOP/s = samples/s x FLOP per sample (forward: ../shared/SPEC.md's counts, 1.93 /
-  5.37 / 10.52 GFLOP at 96 / 160 / 224 for DSResNet, scaled with the pixel count at other sizes;
-  a train step counts 3x the forward); on a GPU also the fraction of the vendor's dense peak;
+- achieved FLOP/s = samples/s x FLOP per sample (forward: SPEC.md's 1.93 / 5.37 / 10.52 GFLOP
+  at 96 / 160 / 224 for DSResNet, scaled with the pixel count at other sizes; a train step
+  counts 3x the forward); on a GPU also the fraction of the vendor's dense peak;
 - host peak RSS of this process so far, the device's own memory statistics where it has them
   (`device.memory_stats()`, GPUs) and XLA's memory analysis of each compiled step;
-- the input pipeline's delivered samples/s (`data.pipeline.measure_throughput`) on the prepared
-  synthetic set at every resolution x worker count, and its ratio to the fastest train step.
+- the input pipeline's delivered samples/s (`data.pipeline.measure_throughput`) on the synthetic
+  set of `configs/default.py`'s dataset block (built by `builders.prepare` if needed) at every
+  resolution x worker count, and its ratio to the fastest train step.
 
 Prints two tables and, with `--json`, writes every number (and the machine's load average,
 which matters on shared CPUs: compare ratios measured in one run, not absolute figures).
+PyTorch side by side: `python -m jaxsegdepth.torch_compare`.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -37,15 +47,21 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
-import flax.linen as nn
 import ml_collections
 import numpy as np
+from absl import flags
 from jax.experimental.compilation_cache import compilation_cache
 
-from jaxsegdepth import losses, mesh as mesh_lib, models, optim, steps
+import configs
+from configs import default, masknet_bce
+from jaxsegdepth import errors, losses, mesh as mesh_lib, state as state_lib, steps
+from jaxsegdepth.data import builders, pipeline
+
+# The recipe each model is benchmarked with when no --config is given.
+DEFAULT_RECIPES = {"dsresnet": default, "masknet": masknet_bce}
 
 # Forward cost of DSResNet in GFLOP per sample (multiply-adds x 2, all convolutions), SPEC.md.
 DSRESNET_FORWARD_GFLOP = {96: 1.93, 160: 5.37, 224: 10.52}
@@ -69,11 +85,6 @@ PEAK_TFLOPS = (
 )
 PEAK_SOURCE = ("vendor data-sheet dense peaks (NVIDIA); float32 against the TF32 tensor-core "
                "peak; none known for CPUs")
-
-LOSS_SPECS = {  # the default recipe's loss (configs/default.py); MaskNet has only the mask head
-    "dsresnet": {"depth": {"rmse": 2.0}, "mask": {"bce_dice": 1.0}},
-    "masknet": {"mask": {"bce_dice": 1.0}},
-}
 
 
 def forward_gflop(model: str, resolution: int) -> float:
@@ -113,7 +124,7 @@ def device_memory_mb(device: jax.Device) -> dict | None:
 
 
 def executable_memory_mb(compiled) -> dict | None:
-    """XLA's memory analysis of one compiled step, in MiB."""
+    """XLA's memory analysis of one compiled step, in MiB (None where the backend has none)."""
     try:
         analysis = compiled.memory_analysis()
     except Exception:  # pylint: disable=broad-except
@@ -132,6 +143,7 @@ def executable_memory_mb(compiled) -> dict | None:
 
 
 def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (None where the OS has none)."""
     try:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
@@ -163,10 +175,34 @@ def persistent_cache(directory: str | None) -> Iterator[str | None]:
             shutil.rmtree(temporary, ignore_errors=True)
 
 
-def _timed_compile(jitted, *args):
-    start = time.perf_counter()
-    compiled = jitted.lower(*args).compile()
-    return compiled, time.perf_counter() - start
+def load_config(path: str = "", model: str = "dsresnet", dtype: str | None = None,
+                seed: int | None = None) -> ml_collections.ConfigDict:
+    """The recipe at `path` (`configs/X.py` or `configs/X.py:arg`; "": the model's default
+    recipe, `DEFAULT_RECIPES`) with `model` and, when given, `dtype` and `seed` overriding it."""
+    if path:
+        config = _config_from_file(path)
+    else:
+        config = DEFAULT_RECIPES.get(model, default).get_config()  # unknown model: validate()
+    config.model = model
+    if dtype is not None:
+        config.dtype = dtype
+    if seed is not None:
+        config.seed = seed
+    return config
+
+
+def recipe_name(path: str, model: str) -> str:
+    """How the report names the recipe `load_config(path, model)` starts from."""
+    if path:
+        return path
+    return f"configs/{DEFAULT_RECIPES.get(model, default).__name__.rsplit('.', 1)[-1]}.py"
+
+
+def _config_from_file(path: str) -> ml_collections.ConfigDict:
+    try:
+        return configs.load_file(path)
+    except (OSError, ValueError) as error:
+        raise errors.UsageError(f"--config {path}: {error}") from None
 
 
 def synthetic_batch(batch_size: int, resolution: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -179,111 +215,129 @@ def synthetic_batch(batch_size: int, resolution: int, seed: int = 0) -> dict[str
             "depth": rng.random(shape + (1,), np.float32)}
 
 
-def _optimizer():
-    config = ml_collections.ConfigDict(dict(
-        optimizer=dict(name="sgd", learning_rate=0.01, momentum=0.9, nesterov=False,
-                       weight_decay=0.0, grad_clip_norm=0.0),
-        schedule=dict(name="plateau", patience=2, factor=0.1, min_lr=1e-6, rtol=1e-4)))
-    tx = optim.create_optimizer(config.optimizer, optim.learning_rate_schedule(config, 1))
-    return tx, optim.plateau(config)
+class StepRunner:
+    """The trainer's train and eval steps for `config`, on one fixed batch.
+
+    The state comes from `state.create_state(config)` (or `state`), the loss from
+    `losses.compose(config.loss)`; `batch` defaults to `synthetic_batch` of this process's share
+    of the global `batch_size`. Call `compile()` before `train`/`evaluate`.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, resolution: int, batch_size: int, *,
+                 mesh=None, state: steps.TrainState | None = None,
+                 batch: dict[str, np.ndarray] | None = None):
+        self.mesh = mesh_lib.create_mesh() if mesh is None else mesh
+        local_batch = mesh_lib.check_batch_size(self.mesh, batch_size, "--batch")
+        self.loss_fn = losses.compose(config.loss)
+        self.state = state_lib.create_state(config, mesh=self.mesh) if state is None else state
+        if batch is None:
+            batch = synthetic_batch(local_batch, resolution, config.seed)
+        self.batch = mesh_lib.shard_batch(self.mesh, batch)
+        self.train_step = self.eval_step = None
+
+    def compile(self) -> tuple[float, float]:
+        """Clears JAX's in-memory caches, then lowers and compiles both steps (the persistent
+        cache, if one is set, still serves them); returns the two times in seconds."""
+        jax.clear_caches()
+        train, evaluate, _ = steps.jit_steps(self.mesh, self.loss_fn)
+        start = time.perf_counter()
+        self.train_step = train.lower(self.state, self.batch).compile()
+        middle = time.perf_counter()
+        self.eval_step = evaluate.lower(self.state, self.batch).compile()
+        return middle - start, time.perf_counter() - middle
+
+    def train(self, num_steps: int) -> dict | None:
+        """`num_steps` train steps; the last step's outputs, once computed."""
+        out = None
+        for _ in range(num_steps):
+            self.state, out = self.train_step(self.state, self.batch)
+        return jax.block_until_ready(out)
+
+    def evaluate(self, num_steps: int) -> dict | None:
+        """`num_steps` eval steps; the last step's outputs, once computed."""
+        out = None
+        for _ in range(num_steps):
+            out = self.eval_step(self.state, self.batch)
+        return jax.block_until_ready(out)
 
 
-def create_state(model: nn.Module, resolution: int, mesh, seed: int = 0) -> steps.TrainState:
-    """`steps.create_train_state` under `jit` (eager init of DSResNet takes far longer than
-    compiling it), with the reference's SGD, replicated on `mesh`."""
-    tx, plateau = _optimizer()
-    init = jax.jit(steps.create_train_state, static_argnums=(0, 1, 2, 4),
-                   out_shardings=mesh_lib.replicated(mesh))
-    return init(model, tx, plateau, jax.random.PRNGKey(seed), resolution)
+def samples_per_s(run: Callable[[int], Any], num_steps: int, batch_size: int) -> float:
+    """Samples/s of `run(num_steps)`, which must return only once its work is done."""
+    start = time.perf_counter()
+    run(num_steps)
+    return num_steps * batch_size / (time.perf_counter() - start)
 
 
-def benchmark_step(model_name: str, resolution: int, dtype: str, batch_size: int, *,
+def benchmark_step(config: ml_collections.ConfigDict, resolution: int, batch_size: int, *,
                    steps_per_run: int = 2, repeats: int = 5, warmup: int = 2,
-                   cache: bool = True, seed: int = 0) -> dict[str, Any]:
+                   cache: bool = True) -> dict[str, Any]:
     """Speed of the jitted train and eval steps for one configuration (see the module doc).
 
     With `cache`, a persistent compilation cache must be active (see `persistent_cache`): the
     first compile fills it and a second one, after `jax.clear_caches()`, reads it.
     """
-    mesh = mesh_lib.create_mesh()
-    local_batch = mesh_lib.check_batch_size(mesh, batch_size)  # this process's share
-    model = models.create(model_name, dtype)
-    loss_fn = losses.compose(LOSS_SPECS[model_name])
-    state = create_state(model, resolution, mesh, seed)
-    batch = mesh_lib.shard_batch(mesh, synthetic_batch(local_batch, resolution, seed))
-
-    jax.clear_caches()
-    train, evaluate, _ = steps.jit_steps(mesh, loss_fn)
-    train_c, compile_train = _timed_compile(train, state, batch)
-    eval_c, compile_eval = _timed_compile(evaluate, state, batch)
-    cached_train = cached_eval = None
-    if cache:
-        jax.clear_caches()
-        train, evaluate, _ = steps.jit_steps(mesh, loss_fn)
-        train_c, cached_train = _timed_compile(train, state, batch)
-        eval_c, cached_eval = _timed_compile(evaluate, state, batch)
-
-    def run_train(n):
-        nonlocal state
-        for _ in range(n):
-            state, out = train_c(state, batch)
-        jax.block_until_ready(out["loss"])
-        return out
-
-    def run_eval(n):
-        for _ in range(n):
-            out = eval_c(state, batch)
-        jax.block_until_ready(out["loss"])
-
-    run_train(warmup)
-    run_eval(warmup)
+    runner = StepRunner(config, resolution, batch_size)
+    compiled = runner.compile()
+    cached = runner.compile() if cache else (None, None)
+    runner.train(warmup)
+    runner.evaluate(warmup)
     load_before = load_average()
     train_rates, eval_rates = [], []
-    eval_steps = 3 * steps_per_run
     for _ in range(repeats):
-        start = time.perf_counter()
-        last = run_train(steps_per_run)
-        train_rates.append(steps_per_run * batch_size / (time.perf_counter() - start))
-        start = time.perf_counter()
-        run_eval(eval_steps)
-        eval_rates.append(eval_steps * batch_size / (time.perf_counter() - start))
-    train_rate, eval_rate = statistics.median(train_rates), statistics.median(eval_rates)
+        train_rates.append(samples_per_s(runner.train, steps_per_run, batch_size))
+        eval_rates.append(samples_per_s(runner.evaluate, 3 * steps_per_run, batch_size))
+    row = {"model": config.model, "resolution": resolution, "dtype": config.dtype,
+           "batch": batch_size, "steps_per_run": steps_per_run, "repeats": repeats,
+           "loss": config.loss.to_dict(), "optimizer": config.optimizer.name,
+           "train_samples_per_s_runs": train_rates, "eval_samples_per_s_runs": eval_rates,
+           "final_loss": float(runner.train(1)["loss"]),
+           "compile_train_s": compiled[0], "compile_eval_s": compiled[1],
+           "cached_compile_train_s": cached[0], "cached_compile_eval_s": cached[1],
+           "executable_memory_mb": {"train": executable_memory_mb(runner.train_step),
+                                    "eval": executable_memory_mb(runner.eval_step)},
+           "load_average": [load_before, load_average()]}
+    return _add_rates(row, runner.mesh)
 
+
+def _add_rates(row: dict, mesh) -> dict:
+    """Medians, step time, FLOP/s, fraction of peak and memory for a `benchmark_step` row."""
+    train_rate = statistics.median(row["train_samples_per_s_runs"])
+    eval_rate = statistics.median(row["eval_samples_per_s_runs"])
     device = mesh.devices.flat[0]
-    gflop = forward_gflop(model_name, resolution)
+    gflop = forward_gflop(row["model"], row["resolution"])
     train_flops = train_rate * gflop * TRAIN_FLOP_FACTOR * 1e9
     eval_flops = eval_rate * gflop * 1e9
-    peak = peak_tflops(device, dtype)  # of one device; the rates are the whole mesh's
+    peak = peak_tflops(device, row["dtype"])  # of one device; the rates are the whole mesh's
     mesh_peak = None if peak is None else peak * 1e12 * mesh.devices.size
-    return {
-        "model": model_name, "resolution": resolution, "dtype": dtype, "batch": batch_size,
-        "steps_per_run": steps_per_run, "repeats": repeats,
-        "train_samples_per_s": train_rate, "train_samples_per_s_runs": train_rates,
-        "train_step_ms": 1e3 * batch_size / train_rate,
-        "eval_samples_per_s": eval_rate, "eval_samples_per_s_runs": eval_rates,
-        "final_loss": float(last["loss"]),
-        "compile_train_s": compile_train, "compile_eval_s": compile_eval,
-        "cached_compile_train_s": cached_train, "cached_compile_eval_s": cached_eval,
-        "forward_gflop_per_sample": gflop,
-        "train_gflop_per_sample": gflop * TRAIN_FLOP_FACTOR,
-        "train_flops_per_s": train_flops, "eval_flops_per_s": eval_flops,
-        "peak_tflops": peak,
-        "train_fraction_of_peak": None if peak is None else train_flops / mesh_peak,
-        "eval_fraction_of_peak": None if peak is None else eval_flops / mesh_peak,
-        "host_peak_rss_mb": host_peak_rss_mb(),
-        "device_memory_mb": device_memory_mb(device),
-        "executable_memory_mb": {"train": executable_memory_mb(train_c),
-                                 "eval": executable_memory_mb(eval_c)},
-        "load_average": [load_before, load_average()],
-    }
+    return {**row,
+            "train_samples_per_s": train_rate, "eval_samples_per_s": eval_rate,
+            "train_step_ms": 1e3 * row["batch"] / train_rate,
+            "forward_gflop_per_sample": gflop,
+            "train_gflop_per_sample": gflop * TRAIN_FLOP_FACTOR,
+            "train_flops_per_s": train_flops, "eval_flops_per_s": eval_flops,
+            "peak_tflops": peak,
+            "train_fraction_of_peak": None if peak is None else train_flops / mesh_peak,
+            "eval_fraction_of_peak": None if peak is None else eval_flops / mesh_peak,
+            "host_peak_rss_mb": host_peak_rss_mb(),
+            "device_memory_mb": device_memory_mb(device)}
+
+
+def loader_config(data_dir: str = "", num_samples: int | None = None) -> ml_collections.ConfigDict:
+    """`configs/default.py`'s dataset block (the synthetic set), at `data_dir`, of `num_samples`."""
+    ds_config = default.get_config().dataset
+    ds_config.data_dir = data_dir
+    if num_samples is not None:
+        ds_config.num_samples = num_samples
+    return ds_config
 
 
 def benchmark_loader(ds_config, resolutions: Sequence[int], workers: Sequence[int],
                      batch_size: int, num_batches: int) -> list[dict]:
-    """Delivered samples/s of the input pipeline for every resolution x worker count."""
-    from jaxsegdepth.data import pipeline  # pylint: disable=g-import-not-at-top
+    """Delivered samples/s of the input pipeline for every resolution x worker count.
 
-    pipeline.prepare(ds_config)  # build the synthetic set once, outside the timing
+    Loader workers read absl flags: outside `absl.app`, mark them parsed first (see `main`).
+    """
+    builders.prepare(ds_config)  # build the set once (if it is not built), outside the timing
     rows = []
     for resolution in resolutions:
         for worker_count in workers:
@@ -298,13 +352,15 @@ def benchmark_loader(ds_config, resolutions: Sequence[int], workers: Sequence[in
 def _attach_step_ratios(loader_rows: list[dict], step_rows: list[dict]) -> None:
     """Each loader row gets the fastest train step at its resolution and loader/step."""
     for row in loader_rows:
-        rates = [s["train_samples_per_s"] for s in step_rows if s["resolution"] == row["resolution"]]
+        rates = [s["train_samples_per_s"] for s in step_rows
+                 if s["resolution"] == row["resolution"]]
         fastest = max(rates) if rates else None
         row["fastest_train_samples_per_s"] = fastest
         row["loader_to_step_ratio"] = None if not fastest else row["samples_per_s"] / fastest
 
 
 def environment() -> dict[str, Any]:
+    """Versions, backend, devices and XLA flags this run measured."""
     import flax  # pylint: disable=g-import-not-at-top
     import jaxlib  # pylint: disable=g-import-not-at-top
 
@@ -321,7 +377,22 @@ def _fmt(value, spec=".1f", missing="-"):
     return missing if value is None else format(value, spec)
 
 
+def _step_line(r: dict) -> str:
+    frac = r["train_fraction_of_peak"]
+    dev = r["device_memory_mb"] or {}
+    compile_train = f"{r['compile_train_s']:.1f}/{_fmt(r['cached_compile_train_s'], '.2f')}"
+    compile_eval = f"{r['compile_eval_s']:.1f}/{_fmt(r['cached_compile_eval_s'], '.2f')}"
+    return (f"{r['model']:9} {r['resolution']:>4} {r['dtype']:8} {r['batch']:>5} | "
+            f"{r['train_samples_per_s']:>8.2f} {r['eval_samples_per_s']:>8.2f} "
+            f"{r['train_step_ms']:>8.1f} | {r['train_flops_per_s'] / 1e9:>10.1f} "
+            f"{r['eval_flops_per_s'] / 1e9:>9.1f} "
+            f"{_fmt(None if frac is None else 100 * frac):>6} | "
+            f"{compile_train:>13} {compile_eval:>12} | {r['host_peak_rss_mb']:>7.0f} "
+            f"{_fmt(dev.get('peak_mb_in_use'), '.0f'):>7}")
+
+
 def format_tables(result: dict) -> str:
+    """The step table, the recipes it ran and, if measured, the loader table."""
     env = result["environment"]
     lines = [f"jax {env['jax']} on {env['device_count']} x {env['device_kind']} "
              f"({env['backend']}); load average {result['load_average_start']} -> "
@@ -329,21 +400,12 @@ def format_tables(result: dict) -> str:
     header = (f"{'model':9} {'res':>4} {'dtype':8} {'batch':>5} | {'train/s':>8} {'eval/s':>8} "
               f"{'step ms':>8} | {'train GF/s':>10} {'eval GF/s':>9} {'%peak':>6} | "
               f"{'compile train':>13} {'compile eval':>12} | {'RSS MB':>7} {'dev MB':>7}")
-    lines += [header, "-" * len(header)]
-    for r in result["steps"]:
-        frac = r["train_fraction_of_peak"]
-        dev = r["device_memory_mb"] or {}
-        compile_train = f"{r['compile_train_s']:.1f}/{_fmt(r['cached_compile_train_s'], '.2f')}"
-        compile_eval = f"{r['compile_eval_s']:.1f}/{_fmt(r['cached_compile_eval_s'], '.2f')}"
-        lines.append(
-            f"{r['model']:9} {r['resolution']:>4} {r['dtype']:8} {r['batch']:>5} | "
-            f"{r['train_samples_per_s']:>8.2f} {r['eval_samples_per_s']:>8.2f} "
-            f"{r['train_step_ms']:>8.1f} | {r['train_flops_per_s'] / 1e9:>10.1f} "
-            f"{r['eval_flops_per_s'] / 1e9:>9.1f} {_fmt(None if frac is None else 100 * frac):>6} | "
-            f"{compile_train:>13} {compile_eval:>12} | {r['host_peak_rss_mb']:>7.0f} "
-            f"{_fmt(dev.get('peak_mb_in_use'), '.0f'):>7}")
+    lines += [header, "-" * len(header)] + [_step_line(r) for r in result["steps"]]
     lines.append("compile: first run / from the persistent cache, seconds; samples/s: median of "
                  "the repeats; train GFLOP = 3 x forward (SPEC.md)")
+    for model, recipe in result["recipes"].items():
+        lines.append(f"{model}: {recipe['config']}, loss {recipe['loss']}, optimizer "
+                     f"{recipe['optimizer']}")
     if result.get("loader"):
         lines += ["", f"{'loader res':>10} {'workers':>7} {'samples/s':>10} {'train/s':>8} "
                       f"{'loader/step':>11}"]
@@ -358,26 +420,38 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line of the module doc."""
     parser = argparse.ArgumentParser(
         prog="python -m jaxsegdepth.benchmark",
         description="Train/eval step speed, compile time, memory, FLOP/s and loader throughput.")
+    parser.add_argument("--config", default="", help="recipe file, optionally with :arg "
+                        "(default: configs/default.py; configs/masknet_bce.py for masknet)")
+    parser.add_argument("--model", default="dsresnet", help="model name(s): dsresnet, masknet")
     parser.add_argument("--resolutions", default="96,160,224", help="comma-separated sizes")
     parser.add_argument("--batch", default="8", help="global batch size(s), comma-separated")
     parser.add_argument("--dtype", default="float32,bfloat16", help="compute dtype(s)")
-    parser.add_argument("--model", default="dsresnet", help="model name(s): dsresnet, masknet")
+    parser.add_argument("--seed", type=int, default=None, help="initialisation seed (default: "
+                        "the recipe's)")
     parser.add_argument("--steps", type=int, default=2, help="train steps per timed run "
                         "(eval runs 3x as many)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
     parser.add_argument("--workers", default="0,1,2", help="loader worker counts")
     parser.add_argument("--skip-loader", action="store_true", help="don't measure the loader")
+    parser.add_argument("--skip-steps", action="store_true",
+                        help="measure the loader only (no train/eval steps)")
     parser.add_argument("--loader-batch", type=int, default=0,
                         help="loader batch size (0: the first --batch)")
     parser.add_argument("--loader-batches", type=int, default=20, help="timed loader batches")
     parser.add_argument("--data-dir", default="", help="prepared tfds data ('' = the default)")
-    parser.add_argument("--num-samples", type=int, default=3000,
-                        help="size of the synthetic set the loader reads")
+    parser.add_argument("--num-samples", type=int, default=None,
+                        help="size of the synthetic set the loader reads (default: the "
+                             "default recipe's, so the trainer's set is reused)")
     parser.add_argument("--compile-cache", default="",
                         help="persistent compilation cache for the cached-compile figure: '' a "
                              "new temporary folder, 'off' none, else this folder (if it "
@@ -387,55 +461,86 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name in ("steps", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
+    if args.warmup < 0:
+        parser.error("--warmup must be at least 0")
     return args
 
 
-def run(args: argparse.Namespace) -> dict:
-    resolutions, batches, workers = _ints(args.resolutions), _ints(args.batch), _ints(args.workers)
-    dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()]
-    names = [m.strip() for m in args.model.split(",") if m.strip()]
-    for name in names:
-        if name not in LOSS_SPECS:
-            raise SystemExit(f"--model {name!r}: expected one of {sorted(LOSS_SPECS)}")
-    result = {"environment": environment(), "arguments": vars(args),
-              "load_average_start": load_average(), "steps": [], "loader": []}
+def _configs(args: argparse.Namespace) -> dict[tuple[str, str], ml_collections.ConfigDict]:
+    """One checked config per model x dtype, before anything compiles (`UsageError` if bad)."""
+    recipes = {}
+    for model in _names(args.model):
+        for dtype in _names(args.dtype):
+            config = load_config(args.config, model, dtype, args.seed)
+            state_lib.validate(config, _ints(args.resolutions), "--resolutions")
+            recipes[model, dtype] = config
+    mesh = mesh_lib.create_mesh()
+    for batch_size in _ints(args.batch):
+        mesh_lib.check_batch_size(mesh, batch_size, "--batch")
+    return recipes
+
+
+def _benchmark_steps(args: argparse.Namespace, recipes: dict, result: dict) -> None:
+    """`benchmark_step` for every model x resolution x dtype x batch, rows into `result`."""
     cache_dir = None if args.compile_cache.lower() == "off" else args.compile_cache
     with persistent_cache(cache_dir) as directory:
         result["compile_cache_dir"] = directory
-        for name in names:
-            for resolution in resolutions:
-                for dtype in dtypes:
-                    for batch_size in batches:
-                        row = benchmark_step(name, resolution, dtype, batch_size,
-                                             steps_per_run=args.steps, repeats=args.repeats,
-                                             warmup=args.warmup, cache=directory is not None)
-                        result["steps"].append(row)
-                        print(f"  {name} {resolution} {dtype} batch {batch_size}: "
-                              f"train {row['train_samples_per_s']:.2f}/s, eval "
-                              f"{row['eval_samples_per_s']:.2f}/s", file=sys.stderr, flush=True)
-    if not args.skip_loader:
-        from jaxsegdepth.data import pipeline  # pylint: disable=g-import-not-at-top
+        for model, resolution, dtype, batch_size in itertools.product(
+                _names(args.model), _ints(args.resolutions), _names(args.dtype),
+                _ints(args.batch)):
+            row = benchmark_step(recipes[model, dtype], resolution, batch_size,
+                                 steps_per_run=args.steps, repeats=args.repeats,
+                                 warmup=args.warmup, cache=directory is not None)
+            result["steps"].append(row)
+            print(f"  {model} {resolution} {dtype} batch {batch_size}: train "
+                  f"{row['train_samples_per_s']:.2f}/s, eval {row['eval_samples_per_s']:.2f}/s",
+                  file=sys.stderr, flush=True)
 
-        ds_config = pipeline.default_config()
-        ds_config.update(dict(name="synthetic_museum", data_dir=args.data_dir,
-                              num_samples=args.num_samples))
-        result["dataset"] = {"name": "synthetic_museum", "data_dir": args.data_dir,
-                             "num_samples": args.num_samples}
-        result["loader"] = benchmark_loader(ds_config, resolutions, workers,
-                                            args.loader_batch or batches[0], args.loader_batches)
+
+def run(args: argparse.Namespace) -> dict:
+    """Every measurement the arguments ask for, as one JSON-able dict."""
+    recipes = _configs(args)
+    result = {"environment": environment(), "arguments": vars(args),
+              "load_average_start": load_average(), "steps": [], "loader": [],
+              "recipes": {model: {"config": recipe_name(args.config, model),
+                                  "loss": config.loss.to_dict(),
+                                  "optimizer": config.optimizer.name}
+                          for (model, _), config in recipes.items()}}
+    if not args.skip_steps:
+        _benchmark_steps(args, recipes, result)
+    if not args.skip_loader:
+        ds_config = loader_config(args.data_dir, args.num_samples)
+        result["dataset"] = ds_config.to_dict()
+        result["loader"] = benchmark_loader(ds_config, _ints(args.resolutions),
+                                            _ints(args.workers),
+                                            args.loader_batch or _ints(args.batch)[0],
+                                            args.loader_batches)
         _attach_step_ratios(result["loader"], result["steps"])
     result["load_average_end"] = load_average()
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    args = parse_args(argv)
-    result = run(args)
-    print(format_tables(result), flush=True)
+def run_command(args: argparse.Namespace, run_fn: Callable, format_fn: Callable) -> dict:
+    """`run_fn(args)`, its `format_fn` table printed and, with `--json`, written; a bad setting
+    or failed run prints `error: ...` and exits with its status. Shared with torch_compare."""
+    try:
+        result = run_fn(args)
+    except (errors.UsageError, errors.RunError) as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(error.exit_code)
+    print(format_fn(result), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
     return result
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Runs the benchmark and prints its tables."""
+    args = parse_args(argv)
+    if not args.skip_loader and any(_ints(args.workers)) and not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
+    return run_command(args, run, format_tables)
 
 
 if __name__ == "__main__":

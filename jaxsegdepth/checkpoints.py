@@ -1,4 +1,4 @@
-"""Checkpoints (Orbax) and the one place a config becomes a model and a `TrainState`.
+"""Checkpoints (Orbax): save and restore, nothing else.
 
 `WORKDIR/checkpoints/<step>/` holds two items:
 - `state`: the `steps.TrainState` pytree (parameters, BatchNorm statistics, optimizer and
@@ -10,9 +10,7 @@
 The manager keeps the latest checkpoint and the best one by `config.checkpoint.monitor`
 (`mode` "min" or "max"); only end-of-epoch saves carry metrics, so a mid-epoch save (every N
 steps, or on SIGTERM) is kept only while it is the latest. Saving is asynchronous.
-
-For the other modes: `create_state(config)` builds the model and state from a config and
-`load_for_inference(config, workdir)` restores the best (or a chosen) checkpoint into it.
+What to restore into comes from `state.abstract_state`.
 """
 import base64
 import functools
@@ -22,53 +20,26 @@ from typing import Any, Optional
 
 import jax
 import ml_collections
-import optax
 import orbax.checkpoint as ocp
-from jax.sharding import Mesh
 
-from jaxsegdepth import mesh as mesh_lib, models, optim, steps
+from jaxsegdepth import errors, steps
 
 CHECKPOINT_DIR = "checkpoints"
-INIT_RESOLUTION = 32  # parameter shapes do not depend on it; DSResNet needs a multiple of 32
+MODES = ("min", "max")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Refuses bad `config.checkpoint` settings (the monitored name is the trainer's to check)."""
+    settings = config.checkpoint
+    if settings.mode not in MODES:
+        raise errors.UsageError(f"checkpoint.mode={settings.mode!r}: expected one of {MODES}")
+    if settings.every_steps < 0:
+        raise errors.UsageError(f"checkpoint.every_steps={settings.every_steps}: expected >= 0 "
+                                "(0: only at the end of every epoch)")
 
 
 def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
-
-
-# -- model and state ------------------------------------------------------------------------
-
-def create_state(config: ml_collections.ConfigDict, steps_per_epoch: int = 1,
-                 mesh: Optional[Mesh] = None,
-                 tx: Optional[optax.GradientTransformation] = None) -> steps.TrainState:
-    """The model of `config.model` in `config.dtype`, initialised from `config.seed`.
-
-    The optimizer follows `config.optimizer`/`config.schedule` (`steps_per_epoch` places the
-    schedule's boundaries) unless `tx` is given. With a `mesh` the state is replicated on it.
-    """
-    init = _state_initializer(config, steps_per_epoch, tx)
-    rng = jax.random.PRNGKey(config.seed)
-    if mesh is None:
-        return init(rng)
-    return jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(rng)
-
-
-def abstract_state(config: ml_collections.ConfigDict, mesh: Mesh, steps_per_epoch: int = 1,
-                   tx: Optional[optax.GradientTransformation] = None) -> steps.TrainState:
-    """The shapes, dtypes and (replicated) shardings of `create_state`'s result, no compute."""
-    init = _state_initializer(config, steps_per_epoch, tx)
-    shapes = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
-    sharding = mesh_lib.replicated(mesh)
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
-
-
-def _state_initializer(config, steps_per_epoch, tx):
-    model = models.create(config.model, config.dtype)
-    if tx is None:
-        tx = optim.create_optimizer(config.optimizer,
-                                    optim.learning_rate_schedule(config, steps_per_epoch))
-    return functools.partial(steps.create_train_state, model, tx, optim.plateau(config),
-                             resolution=INIT_RESOLUTION)
 
 
 # -- iterator state as JSON -----------------------------------------------------------------
@@ -101,8 +72,6 @@ class Checkpointer:
 
     def __init__(self, workdir: str, monitor: str = "val_loss", mode: str = "min",
                  read_only: bool = False):
-        if mode not in ("min", "max"):
-            raise ValueError(f"checkpoint.mode={mode!r}: expected 'min' or 'max'")
         self.directory = checkpoint_dir(workdir)
         self.monitor = monitor
         best_fn = functools.partial(_metric, monitor)
@@ -128,13 +97,11 @@ class Checkpointer:
     def save(self, state: steps.TrainState, loop: dict, metrics: Optional[dict] = None) -> None:
         """Starts an asynchronous save of `state` and `loop` at `state.step`.
 
-        `metrics` (end of epoch) makes the checkpoint a candidate for "best". A checkpoint
-        already at this step (a mid-epoch save at an epoch's last step) is replaced.
+        `metrics` (end of epoch) makes the checkpoint a candidate for "best". The trainer saves
+        each step at most once, so an existing checkpoint is never deleted to make room.
         """
         step = int(jax.device_get(state.step))
         self.manager.wait_until_finished()
-        if step in self.manager.all_steps():
-            self.manager.delete(step)
         metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop)),
@@ -145,7 +112,7 @@ class Checkpointer:
         """(state, loop) at `step` (default: latest) into `target`'s structure and shardings."""
         step = self.latest_step() if step is None else step
         if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+            raise errors.RunError(f"no checkpoint in {self.directory}")
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), loop=ocp.args.JsonRestore()))
         return restored["state"], dict(restored["loop"])
@@ -159,35 +126,3 @@ class Checkpointer:
 
 def _metric(name: str, metrics: dict) -> float:
     return float(metrics[name])
-
-
-def load_for_inference(config: ml_collections.ConfigDict, workdir: str,
-                       mesh: Optional[Mesh] = None) -> steps.TrainState:
-    """The trained state of `workdir`: step `config.checkpoint.step` if >= 0, else the best.
-
-    Raises `FileNotFoundError` naming the directory when it holds no checkpoint (or not the
-    requested step). The state is replicated on `mesh` (default: every device).
-    """
-    mesh = mesh_lib.create_mesh() if mesh is None else mesh
-    directory = checkpoint_dir(workdir)
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"no checkpoint directory {directory}: train first, or pass "
-                                "--workdir of a trained run")
-    checkpointer = Checkpointer(workdir, config.checkpoint.monitor, config.checkpoint.mode,
-                                read_only=True)
-    try:
-        available = checkpointer.all_steps()
-        step = config.checkpoint.step
-        if step is None or step < 0:
-            # The best end-of-epoch checkpoint; else (only mid-epoch saves) the latest.
-            step = checkpointer.best_step()
-            step = checkpointer.latest_step() if step is None else step
-            if step is None:
-                raise FileNotFoundError(f"no checkpoint in {directory}")
-        elif step not in available:
-            raise FileNotFoundError(f"no checkpoint at step {step} in {directory}; "
-                                    f"available: {sorted(available)}")
-        state, _ = checkpointer.restore(abstract_state(config, mesh), step)
-    finally:
-        checkpointer.close()
-    return state

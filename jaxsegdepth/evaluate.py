@@ -14,7 +14,7 @@ validation sample once at each resolution asked for, prints a table and writes
 metrics are over pixels whose target is > 1e-4 (see `jaxsegdepth.metrics`). Resolutions:
 `config.evaluate.resolutions`, or when that is empty the last training stage's
 resolution. Metrics are exact over the split: the last partial batch is padded
-with repeats of its real samples weighted 0 (the trainer's own `train.evaluate_split`).
+with repeats of its real samples weighted 0 (the trainer's own `evaluation.evaluate_split`).
 """
 import json
 import os
@@ -22,25 +22,31 @@ import os
 import jax
 import ml_collections
 
-from jaxsegdepth import checkpoints, losses, mesh as mesh_lib, steps, train
+from jaxsegdepth import (checkpoints, errors, evaluation, losses, mesh as mesh_lib, names,
+                         reporting, state as state_lib, steps)
 from jaxsegdepth.data import builders, pipeline
-
-METRIC_ORDER = ("loss", "iou", "iou_soft", "rmse", "mae", "abs_rel", "sq_rel", "log10",
-                "delta1", "delta2", "delta3")
 
 
 def resolutions(config: ml_collections.ConfigDict) -> tuple[int, ...]:
-    """`config.evaluate.resolutions`, or `(config.resolutions[-1],)` when that is empty.
-
-    `launch.validate_config` checks them before anything compiles (and DSResNet itself rejects
-    a side that is not a multiple of 32)."""
-    return tuple(int(r) for r in config.evaluate.resolutions) or (int(config.resolutions[-1]),)
+    """`config.evaluate.resolutions`, or `(config.resolutions[-1],)` when that is empty."""
+    return tuple(config.evaluate.resolutions) or (config.resolutions[-1],)
 
 
-def format_table(per_resolution: dict) -> str:
-    """A fixed-width table: one row per metric, one column per resolution."""
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Refuses, in one line, settings this mode would trip over (before anything loads)."""
+    if not config.resolutions and not config.evaluate.resolutions:
+        raise errors.UsageError("evaluate.resolutions is empty and so is resolutions: give the "
+                                "input sides to evaluate at")
+    state_lib.validate(config, resolutions(config), "evaluate.resolutions")
+    checkpoints.validate(config)
+    pipeline.validate(config.dataset)
+    mesh_lib.check_batch_size(mesh_lib.create_mesh(), config.batch_size)
+
+
+def format_table(per_resolution: dict, order) -> str:
+    """A fixed-width table: one row per metric (`order` first), one column per resolution."""
     columns = list(per_resolution)
-    keys = [k for k in METRIC_ORDER if any(k in m for m in per_resolution.values())]
+    keys = [k for k in order if any(k in m for m in per_resolution.values())]
     keys += sorted({k for m in per_resolution.values() for k in m} - set(keys))
     width = max(len(k) for k in keys)
     lines = [f"{'metric':<{width}}  " + "  ".join(f"{c + 'px':>10}" for c in columns)]
@@ -54,13 +60,14 @@ def format_table(per_resolution: dict) -> str:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Evaluates the chosen checkpoint; writes `WORKDIR/eval.json` and prints the table."""
     mesh = mesh_lib.create_mesh()
-    state = checkpoints.load_for_inference(config, workdir, mesh)  # fails clearly if none
+    state = state_lib.load_for_inference(config, workdir, mesh)  # fails clearly if none
     builders.prepare(config.dataset)
     step = int(jax.device_get(state.step))
+    heads = state_lib.heads(config)
     _, eval_step, _ = steps.jit_steps(mesh, losses.compose(config.loss))
     per_resolution = {}
     for resolution in resolutions(config):  # the trainer's own pass; keys lose its "val_"
-        values = train.evaluate_split(config, mesh, eval_step, state, resolution)
+        values = evaluation.evaluate_split(config, mesh, eval_step, state, resolution, heads)
         per_resolution[str(resolution)] = {k.removeprefix("val_"): v for k, v in values.items()}
     result = {"step": step, "split": "validation",
               "num_samples": pipeline.split_size(config.dataset, "validation"),
@@ -70,7 +77,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if jax.process_index() == 0:
         with open(path, "w") as f:
             json.dump(result, f, indent=1)
-        print(f"Checkpoint step {step} of {workdir}, {result['num_samples']} validation samples "
-              f"(iou: threshold 0.5; iou_soft: on probabilities):\n"
-              f"{format_table(per_resolution)}\nwritten to {path}")
+    reporting.say(f"Checkpoint step {step} of {workdir}, {result['num_samples']} validation "
+                  f"samples (iou: threshold 0.5; iou_soft: on probabilities):\n"
+                  f"{format_table(per_resolution, names.metric_names(heads))}\nwritten to {path}")
     return result

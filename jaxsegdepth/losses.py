@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxsegdepth.names import HEADS
+
 SSIM_WINDOW = 11
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 # Valid filtering needs a full window at the coarsest of the 5 scales, 2**4 times smaller.
@@ -129,7 +131,6 @@ TERMS: dict[str, tuple[Callable[[jax.Array, jax.Array], jax.Array], bool]] = {
     "ssim": (ssim_loss, True),
     "ms_ssim": (ms_ssim_loss, True),
 }
-HEADS = ("mask", "depth")
 
 LossFn = Callable[[Mapping[str, jax.Array], Mapping[str, jax.Array]], tuple[jax.Array, dict]]
 
@@ -195,23 +196,3 @@ def compose(spec: Mapping[str, Mapping[str, float]]) -> LossFn:
         return total, values
 
     return loss_fn
-
-
-_RMSE_BCE_DICE = compose({"depth": {"rmse": 2.0}, "mask": {"bce_dice": 1.0}})
-_SSIM_DICE = compose({"depth": {"ssim": 2.0}, "mask": {"dice": 1.0}})
-_RMSE_BCE = compose({"depth": {"rmse": 2.0}, "mask": {"bce": 1.0}})
-
-
-def rmse_bce_dice(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.Array]) -> jax.Array:
-    """RMSE + (BCE & Dice): 2 rmse(sigmoid(depth)) + bce(mask) + 2 dice(sigmoid(mask), 1e-6)."""
-    return _RMSE_BCE_DICE(outputs, targets)[0]
-
-
-def ssim_dice(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.Array]) -> jax.Array:
-    """SSIM + Dice: 2 ssim_loss(sigmoid(depth)) + dice(sigmoid(mask)) (smooth 1)."""
-    return _SSIM_DICE(outputs, targets)[0]
-
-
-def rmse_bce(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.Array]) -> jax.Array:
-    """RMSE + BCE: 2 rmse(sigmoid(depth)) + bce(mask)."""
-    return _RMSE_BCE(outputs, targets)[0]

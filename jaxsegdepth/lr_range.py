@@ -27,16 +27,32 @@ import os
 import jax
 import ml_collections
 import numpy as np
-import tqdm
 
-from jaxsegdepth import checkpoints, losses, mesh as mesh_lib, optim, plots, steps
+from jaxsegdepth import (charts, errors, losses, mesh as mesh_lib, names, optim, reporting,
+                         state as state_lib, steps)
 from jaxsegdepth.data import builders, pipeline
 
 
-def smooth(raw_losses, smoothing: float) -> np.ndarray:
-    """Bias-corrected exponential moving average; `smoothing` is the weight of the newest value."""
-    tracker = _Tracker(smoothing, diverge_factor=math.inf)
-    return np.asarray([tracker.add(float(loss))[0] for loss in raw_losses], np.float64)
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Refuses, in one line, sweep settings that would fail (before anything compiles)."""
+    cfg = config.lr_range
+    if not 0 < cfg.start_lr < cfg.end_lr:
+        raise errors.UsageError(f"lr_range: expected 0 < start_lr < end_lr, got start_lr="
+                                f"{cfg.start_lr}, end_lr={cfg.end_lr}")
+    if cfg.num_steps < 2:
+        raise errors.UsageError(f"lr_range.num_steps={cfg.num_steps}: expected at least 2")
+    if cfg.spacing not in optim.SPACINGS:
+        raise errors.UsageError(f"lr_range.spacing={cfg.spacing!r}: expected one of "
+                                f"{optim.SPACINGS}")
+    if not 0.0 < cfg.smoothing <= 1.0:
+        raise errors.UsageError(f"lr_range.smoothing={cfg.smoothing}: expected a value in (0, 1]")
+    if not cfg.diverge_factor > 1.0:
+        raise errors.UsageError(f"lr_range.diverge_factor={cfg.diverge_factor}: expected > 1")
+    state_lib.validate(config, (cfg.resolution or config.resolutions[0],), "lr_range.resolution")
+    optim.validate(config)
+    pipeline.validate(config.dataset)
+    mesh_lib.check_batch_size(mesh_lib.create_mesh(), cfg.batch_size or config.batch_size,
+                              "lr_range.batch_size" if cfg.batch_size else "batch_size")
 
 
 def suggest(lrs, smoothed) -> dict:
@@ -51,97 +67,75 @@ def suggest(lrs, smoothed) -> dict:
     return result
 
 
-class _Tracker:
-    """Bias-corrected smoothing and the divergence test, one loss at a time."""
+class _Record:
+    """The sweep so far: rates, raw and bias-corrected smoothed losses, and why it stopped."""
 
-    def __init__(self, smoothing: float, diverge_factor: float):
-        if not 0.0 < smoothing <= 1.0:
-            raise ValueError(f"lr_range.smoothing={smoothing}: expected a value in (0, 1]")
-        self.smoothing, self.diverge_factor = smoothing, diverge_factor
-        self.avg, self.count, self.best = 0.0, 0, math.inf
+    def __init__(self, cfg: ml_collections.ConfigDict, schedule, bar):
+        self.cfg, self.schedule, self.bar = cfg, schedule, bar
+        self.lrs, self.raw, self.smoothed = [], [], []
+        self.avg, self.best, self.stop_reason = 0.0, math.inf, "completed"
 
-    def add(self, loss: float) -> tuple[float, bool]:
-        self.avg = (1.0 - self.smoothing) * self.avg + self.smoothing * loss
-        self.count += 1
-        smoothed = self.avg / (1.0 - (1.0 - self.smoothing) ** self.count)
-        diverged = self.count > 1 and smoothed > self.diverge_factor * self.best
-        self.best = min(self.best, smoothed)
-        return smoothed, diverged
+    def add(self, step: int, loss: float) -> bool:
+        """Adds one step's loss; True when the sweep must stop (divergence, non-finite loss)."""
+        lr = float(self.schedule(step))
+        if not math.isfinite(loss):
+            self.stop_reason = f"non-finite loss at step {step} (lr {lr:.3g})"
+            return True
+        weight = self.cfg.smoothing
+        self.avg = (1.0 - weight) * self.avg + weight * loss
+        value = self.avg / (1.0 - (1.0 - weight) ** (len(self.raw) + 1))
+        diverged = bool(self.raw) and value > self.cfg.diverge_factor * self.best
+        self.best = min(self.best, value)
+        self.lrs.append(lr)
+        self.raw.append(loss)
+        self.smoothed.append(value)
+        self.bar.update(1)
+        self.bar.set_postfix(lr=f"{lr:.3g}", smoothed=f"{value:.4f}", refresh=False)
+        if diverged:
+            self.stop_reason = (f"diverged at step {step} (lr {lr:.3g}): smoothed loss "
+                                f"{value:.4g} > {self.cfg.diverge_factor} x best {self.best:.4g}")
+        return diverged
 
 
 def sweep(config: ml_collections.ConfigDict) -> dict:
     """Runs the sweep; returns the record written to `lr_range.json` (see the module doc)."""
     cfg = config.lr_range
-    if not 0 < cfg.start_lr < cfg.end_lr:
-        raise ValueError(f"lr_range: expected 0 < start_lr < end_lr, got {cfg.start_lr}, {cfg.end_lr}")
-    if cfg.num_steps < 2:
-        raise ValueError(f"lr_range.num_steps={cfg.num_steps}: expected at least 2")
     resolution = cfg.resolution or config.resolutions[0]
     global_batch = cfg.batch_size or config.batch_size
     mesh = mesh_lib.create_mesh()
-    local_batch = mesh_lib.check_batch_size(mesh, global_batch)
-
     schedule = optim.range_schedule(cfg.start_lr, cfg.end_lr, cfg.num_steps, cfg.spacing)
-    tx = optim.create_optimizer(config.optimizer, schedule)
-    state = checkpoints.create_state(config, mesh=mesh, tx=tx)
-    train_step, _, _ = steps.jit_steps(mesh, losses.compose(config.loss.to_dict()))
-
+    state = state_lib.create_state(config, mesh=mesh,
+                                   tx=optim.create_optimizer(config.optimizer, schedule))
+    train_step, _, _ = steps.jit_steps(mesh, losses.compose(config.loss))
     builders.prepare(config.dataset)
-    loader = pipeline.create_loader(config.dataset, "train", resolution=resolution,
-                                    batch_size=local_batch, shuffle=True, seed=config.seed,
-                                    num_epochs=None, drop_remainder=True)
-    keys = ("bg", "bg_fg", *config.loss.keys())  # the inputs and the targets the loss uses
-    tracker = _Tracker(cfg.smoothing, cfg.diverge_factor)
-    lrs, raw, smoothed = [], [], []
-    stop_reason = "completed"
-
-    def record(step: int, loss) -> bool:
-        """Adds one step's loss; True when the sweep must stop."""
-        nonlocal stop_reason
-        loss = float(loss)
-        if not math.isfinite(loss):
-            stop_reason = f"non-finite loss at step {step} (lr {float(schedule(step)):.3g})"
-            return True
-        value, diverged = tracker.add(loss)
-        lrs.append(float(schedule(step)))
-        raw.append(loss)
-        smoothed.append(value)
-        bar.update(1)
-        if step % max(config.log_every_steps, 1) == 0:
-            bar.set_postfix(lr=f"{lrs[-1]:.3g}", smoothed=f"{value:.4f}", refresh=False)
-        if diverged:
-            stop_reason = (f"diverged at step {step} (lr {lrs[-1]:.3g}): smoothed loss {value:.4g} > "
-                           f"{cfg.diverge_factor} x best {tracker.best:.4g}")
-        return diverged
-
+    batches = iter(pipeline.create_loader(
+        config.dataset, "train", resolution=resolution,
+        batch_size=mesh_lib.check_batch_size(mesh, global_batch), shuffle=True,
+        seed=config.seed, num_epochs=None, drop_remainder=True))
+    keys = names.INPUTS + tuple(config.loss.keys())  # the inputs and the targets the loss uses
+    bar = reporting.progress_bar(cfg.num_steps, "LR range test", enabled=jax.process_index() == 0,
+                                 unit="step")
+    record = _Record(cfg, schedule, bar)
     # The loss of step i is read after step i + 1 has been dispatched, so the device is never
     # idle waiting for the host; a stop discards that one extra step (the state is thrown away).
-    pending, batches = None, iter(loader)
-    bar = tqdm.tqdm(total=cfg.num_steps, desc="LR range test", unit="step", dynamic_ncols=True,
-                    disable=jax.process_index() != 0)
-    for step in range(cfg.num_steps):
-        try:
-            batch = next(batches)
-        except StopIteration:
-            stop_reason = f"the training split ran out after {step} batches"
-            break
-        batch = {key: batch[key] for key in keys}
-        state, step_metrics = train_step(state, mesh_lib.shard_batch(mesh, batch))
-        if pending is not None and record(*pending):
+    pending = None
+    for step, batch in zip(range(cfg.num_steps), batches):
+        state, step_metrics = train_step(state, mesh_lib.shard_batch(
+            mesh, {key: batch[key] for key in keys}))
+        if pending is not None and record.add(pending[0], float(pending[1])):
             pending = None
             break
         pending = (step, step_metrics["loss"])
     if pending is not None:
-        record(*pending)
+        record.add(pending[0], float(pending[1]))
     bar.close()
-    del state
-    if len(lrs) < 2:
-        raise RuntimeError(f"LR range test stopped after {len(lrs)} step(s): {stop_reason}; "
-                           "lower lr_range.start_lr")
-
+    if len(record.lrs) < 2:
+        raise errors.RunError(f"LR range test stopped after {len(record.lrs)} step(s): "
+                              f"{record.stop_reason}; lower lr_range.start_lr")
     return {
-        "lrs": lrs, "losses": raw, "smoothed": smoothed, **suggest(lrs, smoothed),
-        "stop_reason": stop_reason, "num_steps_run": len(lrs),
+        "lrs": record.lrs, "losses": record.raw, "smoothed": record.smoothed,
+        **suggest(record.lrs, record.smoothed), "stop_reason": record.stop_reason,
+        "num_steps_run": len(record.lrs),
         "sweep": {"start_lr": cfg.start_lr, "end_lr": cfg.end_lr, "num_steps": cfg.num_steps,
                   "spacing": cfg.spacing, "smoothing": cfg.smoothing,
                   "diverge_factor": cfg.diverge_factor, "resolution": resolution,
@@ -158,12 +152,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if jax.process_index() == 0:
         with open(json_path, "w") as f:
             json.dump(result, f, indent=1)
-        plots.lr_range(result, png_path)
+        charts.lr_range(result, png_path)
         steepest = f"{result['steepest_lr']:.3g}" if result["steepest_lr"] else "n/a"
-        print(f"LR range test: {result['num_steps_run']} steps, {result['stop_reason']}.\n"
+        reporting.say(f"LR range test: {result['num_steps_run']} steps, {result['stop_reason']}.\n"
               f"Suggested learning rate (lowest smoothed loss): {result['suggested_lr']:.4g} "
               f"(steepest descent at {steepest}); written to {json_path} and {png_path}")
         if result["suggested_step"] == result["num_steps_run"] - 1:
-            print("Note: the smoothed loss was still falling at the last step, so the sweep never "
+            reporting.say("Note: the smoothed loss was still falling at the last step, so the sweep never "
                   "reached divergence and the suggestion is a lower bound: raise lr_range.end_lr")
     return result

@@ -7,6 +7,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxsegdepth import errors
+
 DATA_AXIS = "data"
 
 
@@ -26,12 +28,13 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def check_batch_size(mesh: Mesh, global_batch_size: int) -> int:
-    """Returns this process's share of the global batch; raises if it cannot be split evenly."""
+def check_batch_size(mesh: Mesh, global_batch_size: int, field: str = "batch_size") -> int:
+    """This process's share of the global batch; a `UsageError` naming `field` when the batch
+    cannot be split evenly over the devices and processes."""
     devices, processes = mesh.devices.size, jax.process_count()
-    if global_batch_size % devices:
-        raise ValueError(
-            f"batch_size={global_batch_size} must be a multiple of the number of devices ({devices})")
+    if global_batch_size <= 0 or global_batch_size % devices or global_batch_size % processes:
+        raise errors.UsageError(f"{field}={global_batch_size} must be a positive multiple of the "
+                                f"number of devices ({devices}) and of processes ({processes})")
     return global_batch_size // processes
 
 

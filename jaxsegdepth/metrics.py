@@ -32,7 +32,9 @@ def _per_image_iou(probs: jax.Array, targets: jax.Array, threshold: float | None
 def iou(probs: jax.Array, targets: jax.Array, threshold: float | None = 0.5) -> jax.Array:
     """Mean over images of the IoU of `probs > threshold` with 0/1 `targets`.
 
-    `threshold=None` gives the reference's soft IoU on the probabilities themselves.
+    `threshold=None` gives the reference's soft IoU on the probabilities themselves. Public
+    library API for one batch in any JAX program; evaluation over many batches uses
+    `batch_sums`.
     """
     return jnp.mean(_per_image_iou(probs, targets, threshold))
 
@@ -108,5 +110,6 @@ def depth_metrics(preds: jax.Array, targets: jax.Array) -> dict[str, float]:
     """Depth metrics of one batch of predictions in [0, 1] (not logits), as Python floats.
 
     rmse, mae, abs_rel, sq_rel, log10 and delta1-3 over every pixel whose target > MIN_DEPTH.
+    Public library API for one batch; evaluation over many batches uses `batch_sums`.
     """
     return summarize(_depth_sums(preds, targets, jnp.ones(jnp.shape(preds)[0], jnp.float32)))

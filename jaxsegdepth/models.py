@@ -226,6 +226,8 @@ class DSResNet(nn.Module):
     Two decoders with separate weights (`mask_head`, `depth_head`) use the encoder skips and
     both inputs' first two skips. H and W must be multiples of 32.
     """
+    HEADS = ("mask", "depth")
+    STRIDE = DSRESNET_STRIDE
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -248,7 +250,7 @@ class DSResNet(nn.Module):
         for i, features in enumerate((64, 128, 256, 512), start=1):
             x, skips[f"enc{i}"] = encoder(features, f"enc{i}")(x, train)
         return {head: Head(dtype=self.dtype, name=f"{head}_head")(skips, train)
-                for head in ("mask", "depth")}
+                for head in self.HEADS}
 
 
 class MaskNet(nn.Module):
@@ -257,6 +259,8 @@ class MaskNet(nn.Module):
     Every 3x3 conv is followed by ReLU, BatchNorm and dropout (`dropout_rate`, default 0.1:
     the reference does not state its rate). Training needs a `"dropout"` rng.
     """
+    HEADS = ("mask",)
+    STRIDE = 1
     dtype: Dtype = jnp.float32
     dropout_rate: float = 0.1
 

@@ -7,8 +7,25 @@ state holds a `scale` that the train step multiplies into every update (see `ste
 import ml_collections
 import optax
 
+from jaxsegdepth import errors
+
 SCHEDULES = ("constant", "step", "plateau", "onecycle")
 OPTIMIZERS = ("sgd", "adam", "adamw")
+SPACINGS = ("exp", "linear")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Refuses bad `config.optimizer` and `config.schedule` settings in one line."""
+    optimizer, schedule = config.optimizer, config.schedule
+    if optimizer.name not in OPTIMIZERS:
+        raise errors.UsageError(f"optimizer.name={optimizer.name!r}: expected one of {OPTIMIZERS}")
+    if not optimizer.learning_rate > 0:
+        raise errors.UsageError(f"optimizer.learning_rate={optimizer.learning_rate!r}: expected > 0")
+    if schedule.name not in SCHEDULES:
+        raise errors.UsageError(f"schedule.name={schedule.name!r}: expected one of {SCHEDULES}")
+    if schedule.name in ("plateau", "step") and not 0 < schedule.factor < 1:
+        raise errors.UsageError(f"schedule.factor={schedule.factor!r}: expected a value in (0, 1) "
+                                f"for {schedule.name}")
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
@@ -24,7 +41,7 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
         return optax.cosine_onecycle_schedule(
             total_steps, lr, pct_start=schedule.pct_start, div_factor=schedule.div_factor,
             final_div_factor=schedule.final_div_factor)
-    raise ValueError(f"schedule.name={schedule.name!r}: expected one of {SCHEDULES}")
+    raise errors.UsageError(f"schedule.name={schedule.name!r}: expected one of {SCHEDULES}")
 
 
 def range_schedule(start_lr: float, end_lr: float, num_steps: int, spacing: str) -> optax.Schedule:
@@ -33,7 +50,7 @@ def range_schedule(start_lr: float, end_lr: float, num_steps: int, spacing: str)
         return lambda step: start_lr * (end_lr / start_lr) ** (step / max(num_steps - 1, 1))
     if spacing == "linear":
         return optax.linear_schedule(start_lr, end_lr, max(num_steps - 1, 1))
-    raise ValueError(f"lr_range.spacing={spacing!r}: expected 'exp' or 'linear'")
+    raise errors.UsageError(f"lr_range.spacing={spacing!r}: expected one of {SPACINGS}")
 
 
 def create_optimizer(optimizer: ml_collections.ConfigDict,
@@ -48,7 +65,7 @@ def create_optimizer(optimizer: ml_collections.ConfigDict,
     elif optimizer.name == "adamw":
         tx = optax.adamw(schedule, weight_decay=optimizer.weight_decay)
     else:
-        raise ValueError(f"optimizer.name={optimizer.name!r}: expected one of {OPTIMIZERS}")
+        raise errors.UsageError(f"optimizer.name={optimizer.name!r}: expected one of {OPTIMIZERS}")
     if optimizer.grad_clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(optimizer.grad_clip_norm), tx)
     return tx

@@ -1,164 +1,113 @@
-"""Charts as PNG files: metric curves of a run and the LR range test.
+"""`mode=plot`: the metric curves of a run as a PNG; and a preview of synthetic samples.
 
     python -m jaxsegdepth.plots WORKDIR [--out PATH]
+    python launch.py --config CONFIG --workdir WORKDIR --config.mode=plot
 
 reads `WORKDIR/metrics.jsonl` and writes `WORKDIR/curves.png`: IoU, depth RMSE, train and
-validation losses, and the learning rate, against the epoch. Only matplotlib's object API is
-used (no pyplot, no display needed).
+validation losses, and the learning rate, against the epoch (`charts.curves`).
+
+    python -m jaxsegdepth.plots samples --out preview.png [--n 8] [--seed 0] [--start 0]
+
+draws `synthetic.generate` samples `start`..`start + n - 1` of the set with `seed`, decoded from
+their JPEG bytes, one row each: bg | bg_fg | mask | depth (`reporting.image_grid`).
 """
 import argparse
-import math
+import io
 import os
 import sys
 
+import ml_collections
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from PIL import Image
 
-from jaxsegdepth import reporting
-
-
-def lr_range(result: dict, path: str) -> str:
-    """Loss against learning rate (log axis), raw and smoothed, with the suggestion marked."""
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
-    ax = fig.add_subplot()
-    lrs = np.asarray(result["lrs"])
-    ax.plot(lrs, result["losses"], color="0.75", linewidth=0.8, label="loss")
-    ax.plot(lrs, result["smoothed"], color="C0", linewidth=1.8, label="smoothed loss")
-    suggested = result["suggested_lr"]
-    ax.axvline(suggested, color="C3", linestyle="--", linewidth=1.2,
-               label=f"suggested lr {suggested:.3g} (lowest smoothed loss)")
-    ax.plot([suggested], [result["min_smoothed_loss"]], "o", color="C3")
-    if result.get("steepest_lr"):
-        ax.axvline(result["steepest_lr"], color="C2", linestyle=":", linewidth=1.0,
-                   label=f"steepest descent {result['steepest_lr']:.3g}")
-    ax.set_xscale("log")
-    # Keep the interesting part in view: the diverging tail would squash everything else.
-    smoothed = np.asarray(result["smoothed"])
-    low, high = float(smoothed.min()), float(smoothed[0])
-    span = max(high - low, 1e-6)
-    ax.set_ylim(low - 0.1 * span, high + 0.5 * span)
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("training loss")
-    ax.set_title("LR range test")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    fig.savefig(path, dpi=110)
-    return path
+from jaxsegdepth import charts, errors, names, reporting
+from jaxsegdepth.data import synthetic
 
 
-def epoch_series(records: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """name -> (epochs, values) for every numeric field of the end-of-epoch records.
-
-    A record counts as end-of-epoch when it has an `epoch` and a validation value (`val_*`);
-    when an epoch was logged twice (a resumed run), the last record wins.
-    """
-    by_epoch: dict[float, dict] = {}
-    for record in records:
-        if "epoch" not in record or not any(k.startswith("val_") for k in record):
-            continue
-        by_epoch[float(record["epoch"])] = record
-    series: dict[str, tuple[list, list]] = {}
-    for epoch in sorted(by_epoch):
-        for key, value in by_epoch[epoch].items():
-            if key == "epoch" or isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue
-            if not math.isfinite(value):
-                continue
-            xs, ys = series.setdefault(key, ([], []))
-            xs.append(epoch)
-            ys.append(float(value))
-    return {k: (np.asarray(x), np.asarray(y)) for k, (x, y) in series.items()}
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Nothing to refuse: the mode reads only the workdir, whatever the config says."""
+    del config
 
 
-def _present(series: dict, *names: str) -> list[str]:
-    return [name for name in names if name in series]
-
-
-def curves(workdir: str, path: str) -> str:
-    """IoU, RMSE, losses and learning rate of `WORKDIR/metrics.jsonl` against the epoch, one
-    panel each, as a PNG."""
-    metrics_path = os.path.join(workdir, reporting.METRICS_FILE)
-    series = epoch_series(reporting.read_metrics(workdir))
-    if not series:
-        raise ValueError(f"{metrics_path} holds no end-of-epoch records (with an epoch and "
-                         "validation metrics) to plot")
-    panels = [
-        ("Mask IoU (higher is better)", _present(series, "val_iou", "val_iou_soft")),
-        ("Depth RMSE (lower is better)", _present(series, "val_rmse")),
-        ("Loss", _present(series, "train_loss", "val_loss")),
-        ("Learning rate", _present(series, "lr")),
-    ]
-    panels = [(title, keys) for title, keys in panels if keys]
-    cols = 2 if len(panels) > 1 else 1
-    rows = -(-len(panels) // cols)
-    fig = Figure(figsize=(6 * cols, 4 * rows), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax in axes[len(panels):]:
-        ax.set_visible(False)
-    for ax, (title, keys) in zip(axes, panels):
-        for key in keys:
-            epochs, values = series[key]
-            ax.plot(epochs, values, marker="o", markersize=3, label=key)
-            if title.startswith(("Mask", "Depth")) and len(values):
-                ax.annotate(f"{values[-1]:.4g}", (epochs[-1], values[-1]), fontsize=8,
-                            textcoords="offset points", xytext=(3, 3))
-        if title == "Learning rate" or (title == "Loss" and _spans_decades(series, keys)):
-            ax.set_yscale("log")
-        _mark_stages(ax, series)
-        ax.margins(x=0.08)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.savefig(path, dpi=110)
-    return path
-
-
-def _mark_stages(ax, series: dict) -> None:
-    """A dashed line where the training resolution changes (progressive resizing)."""
-    if "resolution" not in series:
-        return
-    epochs, resolutions = series["resolution"]
-    for i in range(1, len(epochs)):
-        if resolutions[i] != resolutions[i - 1]:
-            x = (epochs[i] + epochs[i - 1]) / 2
-            ax.axvline(x, color="0.6", linestyle="--", linewidth=0.8)
-            ax.annotate(f"{int(resolutions[i])}px", (x, 1.0), xycoords=("data", "axes fraction"),
-                        xytext=(2, -10), textcoords="offset points", fontsize=7, color="0.4")
-
-
-def _spans_decades(series: dict, keys: list[str]) -> bool:
-    values = np.concatenate([series[k][1] for k in keys])
-    return bool(values.size) and values.min() > 0 and values.max() / values.min() > 30
-
-
-def run(config, workdir: str) -> str:
-    """`mode=plot` (if launch.py offers it): `WORKDIR/curves.png` from `WORKDIR/metrics.jsonl`."""
+def run(config: ml_collections.ConfigDict, workdir: str) -> str:
+    del config
     return plot_run(workdir)
 
 
 def plot_run(workdir: str, out: str | None = None) -> str:
+    """Writes the curves of the run in `workdir` to `out` (default `WORKDIR/curves.png`)."""
     metrics_path = os.path.join(workdir, reporting.METRICS_FILE)
     if not os.path.exists(metrics_path):
-        raise FileNotFoundError(f"no {metrics_path}: is {workdir} the workdir of a training run?")
-    path = curves(workdir, out or os.path.join(workdir, "curves.png"))
-    print(f"Wrote {path}")
+        raise errors.RunError(f"no {metrics_path}: is {workdir} the workdir of a training run?")
+    try:
+        path = charts.curves(reporting.read_metrics(workdir),
+                             out or os.path.join(workdir, "curves.png"))
+    except ValueError as error:
+        raise errors.RunError(f"{metrics_path}: {error}") from None
+    reporting.say(f"Wrote {path}")
     return path
 
 
+def samples(out: str, n: int = 8, seed: int = 0, start: int = 0,
+            size: int = synthetic.SIZE) -> str:
+    """Writes a grid of synthetic samples `start`..`start + n - 1` to `out` (see the module doc)."""
+    if n < 1 or start < 0 or size < 1:
+        raise errors.UsageError(f"samples: expected n >= 1, start >= 0 and size >= 1, got n={n}, "
+                                f"start={start}, size={size}")
+    decoded = [_decode(synthetic.generate(seed, start + i, size)) for i in range(n)]
+    grid = reporting.image_grid([(key, [sample[key] for sample in decoded])
+                                 for key in synthetic.KEYS])
+    Image.fromarray(grid).save(out)
+    reporting.say(f"Wrote {out}: samples {start}-{start + n - 1} of seed {seed}, columns "
+                  f"{' | '.join(synthetic.KEYS)}")
+    return out
+
+
+def _decode(sample: dict[str, bytes]) -> dict[str, np.ndarray]:
+    """JPEG bytes -> uint8 RGB inputs and [0, 1] float targets (drawn grey and colour-mapped)."""
+    def read(data: bytes, mode: str) -> np.ndarray:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert(mode))
+    return {key: read(data, "RGB") if key in names.INPUTS else read(data, "L") / 255.0
+            for key, data in sample.items()}
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jaxsegdepth.plots", description=__doc__.split("\n")[0])
+    """`python -m jaxsegdepth.plots WORKDIR` or `python -m jaxsegdepth.plots samples`; 0, or the
+    exit status of the error it printed."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv[:1] == ["samples"]:
+            args = _samples_parser().parse_args(argv[1:])
+            samples(args.out, args.n, args.seed, args.start, args.size)
+        else:
+            args = _curves_parser().parse_args(argv)
+            plot_run(args.workdir, args.out)
+    except (errors.UsageError, errors.RunError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    return 0
+
+
+def _curves_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m jaxsegdepth.plots",
+                                     description=__doc__.split("\n")[0],
+                                     epilog="python -m jaxsegdepth.plots samples --help: the "
+                                            "synthetic samples preview")
     parser.add_argument("workdir", help="a training run's workdir (holding metrics.jsonl)")
     parser.add_argument("--out", default=None, help="output PNG (default WORKDIR/curves.png)")
-    args = parser.parse_args(argv)
-    try:
-        plot_run(args.workdir, args.out)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return parser
+
+
+def _samples_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m jaxsegdepth.plots samples",
+                                     description="A grid of synthetic museum samples as a PNG.")
+    parser.add_argument("--out", required=True, help="output PNG")
+    parser.add_argument("--n", type=int, default=8, help="samples in the grid (rows)")
+    parser.add_argument("--seed", type=int, default=0, help="the synthetic set's seed")
+    parser.add_argument("--start", type=int, default=0, help="index of the first sample")
+    parser.add_argument("--size", type=int, default=synthetic.SIZE, help="sample side in pixels")
+    return parser
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@ are paired by name without the extension (`bg/room1.jpg` with `bg_fg/room1.png`)
 any format PIL reads (EXIF rotation applied, converted to RGB).
 
 Each pair is resized (bilinear) to a model size - `predict.resolution` squared if set, else its
-own size with each side rounded to the nearest multiple of 32 (at least 32), after scaling down
-so the longer side is at most `predict.max_side` (0: no cap) - normalised with the dataset's
-mean/std (`pipeline.normalization`), and the predictions are resized back to the original size.
+own size with each side rounded to the nearest multiple of the model's stride (32 for DSResNet,
+at least one stride), after scaling down so the longer side is at most `predict.max_side`
+(0: no cap) - normalised with the dataset's mean/std (`pipeline.input_normalization`), and the
+predictions are resized back to the original size.
 
 Written to `predict.output_dir` (default `WORKDIR/predictions_user`), per pair `NAME`:
 - `NAME_mask_prob.png`  mask probability, 8-bit grey (0-255 for 0-1)
@@ -18,12 +19,12 @@ Written to `predict.output_dir` (default `WORKDIR/predictions_user`), per pair `
 (no depth files for a mask-only model), and `summary.json` listing what was written and failed.
 
 A pair with a missing partner, an unreadable file or two images of different sizes is reported by
-file name and skipped; the others are still processed. At the end a summary names every failure,
-and if there was any, `run` raises `PredictionError` - a `SystemExit` whose message is that
-summary, so the command exits with status 1 without a traceback (after writing the good pairs).
-Nothing to predict (inputs not set, a path that does not exist) is a `PredictionError` too.
+file name and skipped; the others are still processed. If any pair failed, `run` raises
+`errors.RunError` (exit 1) naming every failure, after writing the good pairs. Nothing to predict
+(inputs not set, a path that does not exist, empty folders) is an `errors.UsageError` (exit 2).
 """
 import dataclasses
+import functools
 import json
 import os
 from typing import Callable, Optional
@@ -31,22 +32,14 @@ from typing import Callable, Optional
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
-from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+from matplotlib import colormaps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from jaxsegdepth import checkpoints, models, steps
-from jaxsegdepth.data import pipeline
+from jaxsegdepth import (checkpoints, errors, losses, mesh as mesh_lib, models, reporting,
+                         state as state_lib, steps)
+from jaxsegdepth.data import normalization, pipeline
 
-MULTIPLE = models.DSRESNET_STRIDE  # DSResNet's input sides must be multiples of this
-PANEL_MAX_SIDE = 512  # tiles of the side-by-side image are scaled down to this
-
-
-class PredictionError(SystemExit):
-    """Some pairs failed; `.summary` has the details. Exits with status 1 when uncaught."""
-
-    def __init__(self, message: str, summary: dict):
-        super().__init__(message)
-        self.summary = summary
+SIDE_BY_SIDE_MAX_TILE = 512  # tiles of the side-by-side picture are scaled down to this
 
 
 @dataclasses.dataclass
@@ -63,40 +56,50 @@ class Failure:
     error: str
 
 
+# -- settings -------------------------------------------------------------------------------
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Refuses, in one line naming the field, settings that would fail every pair alike, and
+    inputs that leave nothing to predict (before anything loads)."""
+    cfg = config.predict
+    state_lib.validate(config, (cfg.resolution,) if cfg.resolution else (),
+                       "predict.resolution (0: each image's own size)")
+    stride = models.MODELS[config.model].STRIDE
+    if cfg.max_side < 0 or 0 < cfg.max_side < stride:
+        raise errors.UsageError(f"predict.max_side={cfg.max_side}: expected 0 (no cap) or >= "
+                                f"{stride}, the stride of {config.model}")
+    if not 0.0 <= cfg.threshold <= 1.0:
+        raise errors.UsageError(f"predict.threshold={cfg.threshold}: expected a probability in "
+                                "[0, 1]")
+    if cfg.colormap not in colormaps:
+        raise errors.UsageError(f"predict.colormap={cfg.colormap!r} is not a matplotlib colour "
+                                "map (e.g. viridis, magma, plasma, inferno, turbo)")
+    checkpoints.validate(config)
+    pipeline.validate(config.dataset)
+    find_pairs(cfg.bg, cfg.bg_fg)
+
+
 # -- finding and reading the pairs ----------------------------------------------------------
 
 def find_pairs(bg: str, bg_fg: str) -> tuple[list[Pair], list[Failure]]:
-    """Pairs from two files or two folders (matched by file name without extension)."""
+    """Pairs from two files or two folders (matched by file name without extension).
+
+    A pair that cannot be made is a `Failure`; nothing to pair at all is an `errors.UsageError`.
+    """
     if not bg or not bg_fg:
-        raise ValueError("set both --config.predict.bg and --config.predict.bg_fg "
-                         "(two image files, or two folders of images matched by file name)")
-    for path in (bg, bg_fg):
+        raise errors.UsageError("predict.bg and predict.bg_fg: set both (two image files, or two "
+                                "folders of images matched by file name)")
+    for field, path in (("predict.bg", bg), ("predict.bg_fg", bg_fg)):
         if not os.path.exists(path):
-            raise FileNotFoundError(f"{path}: no such file or folder")
+            raise errors.UsageError(f"{field}={path!r}: no such file or folder")
     if os.path.isfile(bg) and os.path.isfile(bg_fg):
-        name = os.path.splitext(os.path.basename(bg_fg))[0]
-        return [Pair(name, bg, bg_fg)], []
+        return [Pair(os.path.splitext(os.path.basename(bg_fg))[0], bg, bg_fg)], []
     if not (os.path.isdir(bg) and os.path.isdir(bg_fg)):
-        raise ValueError(f"predict.bg={bg!r} and predict.bg_fg={bg_fg!r} must both be files "
-                         "or both be folders")
+        raise errors.UsageError(f"predict.bg={bg!r} and predict.bg_fg={bg_fg!r}: expected two "
+                                "files or two folders")
     failures = []
-    sides = []
-    for folder in (bg, bg_fg):
-        by_name: dict[str, list[str]] = {}
-        for entry in sorted(os.listdir(folder)):
-            path = os.path.join(folder, entry)
-            if entry.startswith(".") or not os.path.isfile(path):
-                continue
-            by_name.setdefault(os.path.splitext(entry)[0], []).append(path)
-        for name, paths in list(by_name.items()):
-            if len(paths) > 1:
-                failures.append(Failure(name, paths, f"{folder}: several files are named "
-                                        f"{name!r} ({', '.join(map(os.path.basename, paths))}); "
-                                        "keep one"))
-                by_name[name] = []
-        sides.append(by_name)
+    bg_files, bg_fg_files = (_files_by_name(folder, failures) for folder in (bg, bg_fg))
     pairs = []
-    bg_files, bg_fg_files = sides
     for name in sorted(set(bg_files) | set(bg_fg_files)):
         a, b = bg_files.get(name), bg_fg_files.get(name)
         if a == [] or b == []:
@@ -108,8 +111,25 @@ def find_pairs(bg: str, bg_fg: str) -> tuple[list[Pair], list[Failure]]:
         else:
             pairs.append(Pair(name, a[0], b[0]))
     if not pairs and not failures:
-        raise FileNotFoundError(f"no files in {bg} and {bg_fg}")
+        raise errors.UsageError(f"predict.bg={bg!r}, predict.bg_fg={bg_fg!r}: no files in the "
+                                "folders")
     return pairs, failures
+
+
+def _files_by_name(folder: str, failures: list) -> dict[str, list[str]]:
+    """name (without extension) -> [path] for the files of `folder`; a name shared by several
+    files is a `Failure` appended to `failures` and maps to []."""
+    by_name: dict[str, list[str]] = {}
+    for entry in sorted(os.listdir(folder)):
+        path = os.path.join(folder, entry)
+        if not entry.startswith(".") and os.path.isfile(path):
+            by_name.setdefault(os.path.splitext(entry)[0], []).append(path)
+    for name, paths in by_name.items():
+        if len(paths) > 1:
+            failures.append(Failure(name, paths, f"{folder}: several files are named {name!r} "
+                                    f"({', '.join(map(os.path.basename, paths))}); keep one"))
+            by_name[name] = []
+    return by_name
 
 
 def read_image(path: str) -> np.ndarray:
@@ -122,14 +142,13 @@ def read_image(path: str) -> np.ndarray:
         raise ValueError(f"{path}: cannot be read as an image ({error})") from error
 
 
-def model_size(height: int, width: int, resolution: int = 0, max_side: int = 0) -> tuple[int, int]:
-    """(height, width) the model sees: `resolution` squared, or each side rounded to 32."""
+def model_size(height: int, width: int, stride: int, resolution: int = 0,
+               max_side: int = 0) -> tuple[int, int]:
+    """(height, width) the model sees: `resolution` squared, or each side rounded to `stride`."""
     if resolution:
-        if resolution % MULTIPLE:
-            raise ValueError(f"predict.resolution={resolution} must be a multiple of {MULTIPLE}")
         return resolution, resolution
     scale = min(1.0, max_side / max(height, width)) if max_side else 1.0
-    return tuple(max(MULTIPLE, int(round(side * scale / MULTIPLE)) * MULTIPLE)
+    return tuple(max(stride, int(round(side * scale / stride)) * stride)
                  for side in (height, width))
 
 
@@ -143,48 +162,17 @@ def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(resized, np.float32)
 
 
-def normalize(image: np.ndarray, mean, std) -> np.ndarray:
-    """uint8 RGB -> float32 scaled to [0, 1] then standardised per channel."""
-    return ((image.astype(np.float32) / 255.0 - np.asarray(mean, np.float32))
-            / np.asarray(std, np.float32))
-
-
 # -- one pair -------------------------------------------------------------------------------
 
-def predict_pair(predict_fn: Callable, bg: np.ndarray, bg_fg: np.ndarray, normalization: dict,
-                 resolution: int = 0, max_side: int = 0) -> dict:
-    """{head: (H, W) float32 probability} at the input's size for one uint8 RGB pair."""
-    height, width = bg.shape[:2]
-    size = model_size(height, width, resolution, max_side)
-    inputs = {name: normalize(resize(image, size), *normalization[name])[None]
-              for name, image in (("bg", bg), ("bg_fg", bg_fg))}
-    outputs = jax.device_get(predict_fn(inputs["bg"], inputs["bg_fg"]))
-    return {head: np.clip(resize(np.asarray(value[0, ..., 0], np.float32), (height, width)), 0, 1)
+def predict_pair(predict_fn: Callable, bg: np.ndarray, bg_fg: np.ndarray, norm: dict,
+                 model_hw: tuple[int, int]) -> dict:
+    """{head: (H, W) float32 probability} at the input's size for one uint8 RGB pair: resized
+    to `model_hw`, normalised with `norm` ({input: (mean, std)}), run by `predict_fn`."""
+    inputs = [normalization.normalize(resize(image, model_hw), *norm[name])[None]
+              for name, image in (("bg", bg), ("bg_fg", bg_fg))]
+    outputs = jax.device_get(predict_fn(*inputs))
+    return {head: np.clip(resize(np.asarray(value[0, ..., 0], np.float32), bg.shape[:2]), 0, 1)
             for head, value in outputs.items()}
-
-
-def _to_uint8(probability: np.ndarray) -> np.ndarray:
-    return (np.clip(probability, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
-def colorize(depth: np.ndarray, colormap: str) -> np.ndarray:
-    """(H, W) values in [0, 1] -> (H, W, 3) uint8 through a matplotlib colour map."""
-    from matplotlib import colormaps
-    return _to_uint8(colormaps[colormap](np.clip(depth, 0.0, 1.0))[..., :3])
-
-
-def side_by_side(tiles: list[tuple[str, np.ndarray]]) -> np.ndarray:
-    """Labelled (title, uint8 RGB) tiles in one row, scaled so no side exceeds PANEL_MAX_SIDE."""
-    height, width = tiles[0][1].shape[:2]
-    scale = min(1.0, PANEL_MAX_SIDE / max(height, width))
-    h, w = max(1, round(height * scale)), max(1, round(width * scale))
-    label, pad = 16, 4
-    canvas = Image.new("RGB", (len(tiles) * (w + pad) - pad, h + label), "white")
-    draw = ImageDraw.Draw(canvas)
-    for i, (title, tile) in enumerate(tiles):
-        canvas.paste(Image.fromarray(tile).resize((w, h), Image.BILINEAR), (i * (w + pad), label))
-        draw.text((i * (w + pad) + 2, 2), title, fill=(0, 0, 0))
-    return np.asarray(canvas)
 
 
 def write_outputs(output_dir: str, name: str, bg: np.ndarray, bg_fg: np.ndarray,
@@ -193,37 +181,37 @@ def write_outputs(output_dir: str, name: str, bg: np.ndarray, bg_fg: np.ndarray,
     paths = []
 
     def save(suffix, array):
-        path = os.path.join(output_dir, f"{name}_{suffix}")
+        paths.append(os.path.join(output_dir, f"{name}_{suffix}"))
         if suffix.endswith(".npy"):
-            np.save(path, array)
+            np.save(paths[-1], array)
         else:
-            Image.fromarray(array).save(path)
-        paths.append(path)
+            Image.fromarray(array).save(paths[-1])
 
     mask = outputs["mask"]
     binary = (mask >= threshold).astype(np.uint8) * 255
-    save("mask_prob.png", _to_uint8(mask))
+    save("mask_prob.png", reporting.to_rgb("mask", mask)[..., 0])
     save("mask.png", binary)
     overlay = bg_fg.astype(np.float32)
     overlay[binary > 0] = 0.5 * overlay[binary > 0] + 0.5 * np.array([255, 0, 0], np.float32)
-    tiles = [("bg", bg), ("bg_fg", bg_fg), ("mask probability", np.repeat(_to_uint8(mask)[..., None], 3, -1)),
-             (f"mask >= {threshold:g}", overlay.astype(np.uint8))]
+    columns = [("bg", [bg]), ("bg_fg", [bg_fg]), ("mask probability", [mask]),
+               (f"mask >= {threshold:g}", [overlay.astype(np.uint8)])]
     if "depth" in outputs:
         depth = outputs["depth"].astype(np.float32)
-        colour = colorize(depth, colormap)
+        colour = reporting.to_rgb("depth", depth, colormap)
         save("depth.png", colour)
         save("depth.npy", depth)
-        tiles.append(("depth", colour))
-    save("side_by_side.png", side_by_side(tiles))
+        columns.append(("depth", [colour]))
+    save("side_by_side.png", reporting.image_grid(columns, max_tile=SIDE_BY_SIDE_MAX_TILE))
     return paths
 
 
 # -- many pairs -----------------------------------------------------------------------------
 
-def predict_pairs(predict_fn: Callable, pairs: list[Pair], output_dir: str, normalization: dict,
-                  *, threshold: float = 0.5, resolution: int = 0, max_side: int = 0,
+def predict_pairs(predict_fn: Callable, pairs: list[Pair], output_dir: str, norm: dict, *,
+                  stride: int, threshold: float = 0.5, resolution: int = 0, max_side: int = 0,
                   colormap: str = "viridis", failures: Optional[list[Failure]] = None) -> dict:
-    """Predicts and writes every pair; a failing pair is recorded, not raised. Returns a summary."""
+    """Predicts and writes every pair; a failing pair is recorded, not raised. Returns the
+    summary written to `summary.json`."""
     os.makedirs(output_dir, exist_ok=True)
     failures = list(failures or [])
     written = {}
@@ -234,15 +222,15 @@ def predict_pairs(predict_fn: Callable, pairs: list[Pair], output_dir: str, norm
                 raise ValueError(f"{pair.bg} is {bg.shape[1]}x{bg.shape[0]} but {pair.bg_fg} is "
                                  f"{bg_fg.shape[1]}x{bg_fg.shape[0]} (width x height): the two "
                                  "images of a pair must have the same size")
-            outputs = predict_pair(predict_fn, bg, bg_fg, normalization, resolution, max_side)
+            model_hw = model_size(*bg.shape[:2], stride, resolution, max_side)
+            outputs = predict_pair(predict_fn, bg, bg_fg, norm, model_hw)
             written[pair.name] = write_outputs(output_dir, pair.name, bg, bg_fg, outputs,
                                                threshold, colormap)
-            logging.info("predicted %s (%dx%d)", pair.name, bg.shape[1], bg.shape[0])
+            reporting.say(f"predicted {pair.name} ({bg.shape[1]}x{bg.shape[0]})")
         except Exception as error:  # one bad pair must not stop the others
             message = str(error) if isinstance(error, ValueError) else (
                 f"{pair.bg}, {pair.bg_fg}: {type(error).__name__}: {error}")
             failures.append(Failure(pair.name, [pair.bg, pair.bg_fg], message))
-            logging.warning("skipped %s: %s", pair.name, message)
     summary = {"output_dir": output_dir, "written": written,
                "failed": [dataclasses.asdict(f) for f in failures]}
     with open(os.path.join(output_dir, "summary.json"), "w") as f:
@@ -250,52 +238,23 @@ def predict_pairs(predict_fn: Callable, pairs: list[Pair], output_dir: str, norm
     return summary
 
 
-def format_summary(summary: dict) -> str:
-    lines = [f"Predicted {len(summary['written'])} pair(s) into {summary['output_dir']}"]
-    if summary["failed"]:
-        lines.append(f"{len(summary['failed'])} failed:")
-        lines += [f"  - {failure['error']}" for failure in summary["failed"]]
-    return "\n".join(lines)
-
-
-def predict_function(state: steps.TrainState) -> Callable:
-    """Jitted `(bg, bg_fg) -> {head: probability}`; recompiles once per model input size."""
-    step = jax.jit(steps.predict_step,
-                   compiler_options=steps.compiler_options(jax.default_backend()))
-    return lambda bg, bg_fg: step(state, bg, bg_fg)
-
-
-def _check_settings(cfg: ml_collections.ConfigDict) -> None:
-    """Settings that would fail every pair alike are refused before anything loads."""
-    from matplotlib import colormaps
-    if cfg.resolution < 0 or cfg.resolution % MULTIPLE:
-        raise ValueError(f"predict.resolution={cfg.resolution}: expected 0 (each image's own "
-                         f"size) or a positive multiple of {MULTIPLE}")
-    if cfg.max_side < 0 or 0 < cfg.max_side < MULTIPLE:
-        raise ValueError(f"predict.max_side={cfg.max_side}: expected 0 (no cap) or >= {MULTIPLE}")
-    if not 0.0 <= cfg.threshold <= 1.0:
-        raise ValueError(f"predict.threshold={cfg.threshold}: expected a probability in [0, 1]")
-    if cfg.colormap not in colormaps:
-        raise ValueError(f"predict.colormap={cfg.colormap!r} is not a matplotlib colour map "
-                         "(e.g. viridis, magma, plasma, inferno, turbo)")
-
-
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Predicts every pair of `config.predict`; raises `PredictionError` if any pair failed."""
+    """Predicts every pair of `config.predict` on one device; returns the summary, or raises
+    `errors.RunError` naming every failed pair after writing the good ones."""
     cfg = config.predict
-    try:
-        _check_settings(cfg)
-        pairs, failures = find_pairs(cfg.bg, cfg.bg_fg)
-    except (ValueError, FileNotFoundError) as error:  # nothing to predict: say why in one line
-        raise PredictionError(f"predict: {error}", {"written": {}, "failed": []}) from error
-    state = checkpoints.load_for_inference(config, workdir)
-    normalization = pipeline.normalization(config.dataset)
+    pairs, failures = find_pairs(cfg.bg, cfg.bg_fg)
+    mesh = mesh_lib.create_mesh(jax.local_devices()[:1])
+    state = state_lib.load_for_inference(config, workdir, mesh)
+    _, _, predict_step = steps.jit_steps(mesh, losses.compose(config.loss))
     output_dir = cfg.output_dir or os.path.join(workdir, "predictions_user")
-    summary = predict_pairs(predict_function(state), pairs, output_dir, normalization,
-                            threshold=cfg.threshold, resolution=cfg.resolution,
-                            max_side=cfg.max_side, colormap=cfg.colormap, failures=failures)
-    message = format_summary(summary)
+    summary = predict_pairs(
+        functools.partial(predict_step, state), pairs, output_dir,
+        pipeline.input_normalization(config.dataset), stride=models.MODELS[config.model].STRIDE,
+        threshold=cfg.threshold, resolution=cfg.resolution, max_side=cfg.max_side,
+        colormap=cfg.colormap, failures=failures)
+    done = f"{len(summary['written'])} pair(s) written to {output_dir}"
     if summary["failed"]:
-        raise PredictionError(message, summary)
-    print(message)
+        raise errors.RunError(f"{len(summary['failed'])} pair(s) failed ({done}; details in "
+                              f"summary.json): " + "; ".join(f["error"] for f in summary["failed"]))
+    reporting.say(f"Predicted {done}")
     return summary

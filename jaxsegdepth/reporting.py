@@ -7,15 +7,24 @@ import json
 import os
 from typing import Optional, Sequence
 
+import jax
 import numpy as np
 import tqdm
+from matplotlib import colormaps
 from PIL import Image, ImageDraw
+from tensorboardX import SummaryWriter
 
 METRICS_FILE = "metrics.jsonl"
 PREDICTIONS_DIR = "predictions"
 TENSORBOARD_DIR = "tensorboard"
 MIN_TILE = 128  # tiles smaller than this are enlarged (nearest) so a grid stays readable
 LABEL_HEIGHT = 14
+
+
+def say(message: str) -> None:
+    """A line for the person running the command, printed by process 0 only."""
+    if jax.process_index() == 0:
+        print(message, flush=True)
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -43,7 +52,6 @@ class Reporter:
         self._writer = None
         if enabled:
             os.makedirs(os.path.join(workdir, PREDICTIONS_DIR), exist_ok=True)
-            from tensorboardX import SummaryWriter
             self._writer = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
 
     def scalars(self, step: int, values: dict, prefix: str = "") -> None:
@@ -77,43 +85,54 @@ class Reporter:
             self._writer = None
 
 
-def progress_bar(total: int, desc: str, enabled: bool = True, initial: int = 0) -> tqdm.tqdm:
-    """A bar counting images (rate in img/s, ETA); the trainer sets the loss as a postfix."""
-    return tqdm.tqdm(total=total, initial=initial, desc=desc, unit="img", disable=not enabled,
+def progress_bar(total: int, desc: str, enabled: bool = True, initial: int = 0,
+                 unit: str = "img") -> tqdm.tqdm:
+    """A bar with rate and ETA, counting `unit`s (images for training); callers set the loss as
+    a postfix."""
+    return tqdm.tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled,
                      dynamic_ncols=True, leave=True)
 
 
-def prediction_grid(columns: Sequence[tuple[str, np.ndarray]]) -> np.ndarray:
-    """One row per sample, one labelled column per (title, images) pair, as uint8 RGB.
+def image_grid(columns: Sequence[tuple[str, Sequence[np.ndarray]]],
+               max_tile: int = 0) -> np.ndarray:
+    """The one grid renderer: one row per sample, one labelled column per (title, images) pair,
+    as (H, W, 3) uint8 RGB.
 
-    `images` are (N, H, W, 3) or (N, H, W, 1) floats in [0, 1]; single-channel columns whose
-    title contains "depth" are drawn with a colour map, other single-channel ones in grey.
+    Images are uint8 RGB (drawn as they are) or floats in [0, 1], (H, W), (H, W, 1) or
+    (H, W, 3); single-channel float columns whose title contains "depth" go through the
+    viridis colour map, other single-channel ones are grey. Tiles smaller than MIN_TILE are
+    enlarged (nearest, by a whole factor); with `max_tile`, larger ones are scaled down
+    (bilinear) to fit it.
     """
-    tiles = [[_to_rgb(title, image) for image in images] for title, images in columns]
-    n, (h, w) = len(tiles[0]), tiles[0][0].shape[:2]
-    scale = max(1, -(-MIN_TILE // max(h, w)))
-    h, w, pad = h * scale, w * scale, 2
-    grid = np.full((LABEL_HEIGHT + n * (h + pad), len(tiles) * (w + pad), 3), 255, np.uint8)
-    for col, column in enumerate(tiles):
+    tiles = [[to_rgb(title, image) for image in images] for title, images in columns]
+    height, width = tiles[0][0].shape[:2]
+    factor = max(1, -(-MIN_TILE // max(height, width)))
+    h, w, resample = height * factor, width * factor, Image.NEAREST
+    if max_tile and max(h, w) > max_tile:
+        shrink = max_tile / max(h, w)
+        h, w, resample = max(1, round(h * shrink)), max(1, round(w * shrink)), Image.BILINEAR
+    rows, pad = max(len(column) for column in tiles), 2
+    grid = Image.new("RGB", (len(tiles) * (w + pad), LABEL_HEIGHT + rows * (h + pad)), "white")
+    draw = ImageDraw.Draw(grid)
+    for col, ((title, _), column) in enumerate(zip(columns, tiles)):
+        left = col * (w + pad)
+        draw.text((left + 2, 1), title, fill=(0, 0, 0))
         for row, tile in enumerate(column):
-            tile = tile.repeat(scale, 0).repeat(scale, 1)
-            top, left = LABEL_HEIGHT + row * (h + pad), col * (w + pad)
-            grid[top:top + h, left:left + w] = tile
-    image = Image.fromarray(grid)
-    draw = ImageDraw.Draw(image)
-    for col, (title, _) in enumerate(columns):
-        draw.text((col * (w + pad) + 2, 1), title, fill=(0, 0, 0))
-    return np.asarray(image)
+            image = Image.fromarray(tile).resize((w, h), resample)
+            grid.paste(image, (left, LABEL_HEIGHT + row * (h + pad)))
+    return np.asarray(grid)
 
 
-def _to_rgb(title: str, image: np.ndarray) -> np.ndarray:
-    image = np.clip(np.asarray(image, np.float32), 0.0, 1.0)
+def to_rgb(title: str, image: np.ndarray, colormap: str = "viridis") -> np.ndarray:
+    """A tile as uint8 RGB: uint8 RGB as it is; [0, 1] floats through grey or, for a title
+    containing "depth", `colormap`."""
+    image = np.asarray(image)
+    if image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3:
+        return image
+    image = np.clip(image.astype(np.float32), 0.0, 1.0)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
     if image.ndim == 2:
-        if "depth" in title:
-            from matplotlib import colormaps
-            image = colormaps["viridis"](image)[..., :3]
-        else:
-            image = np.repeat(image[..., None], 3, axis=-1)
+        image = (colormaps[colormap](image)[..., :3] if "depth" in title
+                 else np.repeat(image[..., None], 3, axis=-1))
     return (image * 255.0 + 0.5).astype(np.uint8)

@@ -14,10 +14,9 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh
 
-from jaxsegdepth import metrics, mesh as mesh_lib
+from jaxsegdepth import mesh as mesh_lib, metrics, names
 
 LossFn = Callable[[dict, dict], tuple[jax.Array, dict]]
-HEADS = ("mask", "depth")
 
 
 class TrainState(train_state.TrainState):
@@ -43,7 +42,7 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
 
 
 def _targets(batch: dict) -> dict:
-    return {head: batch[head] for head in HEADS if head in batch}
+    return {head: batch[head] for head in names.HEADS if head in batch}
 
 
 def train_step(state: TrainState, batch: dict, *, loss_fn: LossFn) -> tuple[TrainState, dict]:
@@ -80,7 +79,8 @@ def eval_step(state: TrainState, batch: dict, *, loss_fn: LossFn) -> dict:
 
 
 def predict_step(state: TrainState, bg: jax.Array, bg_fg: jax.Array) -> dict:
-    """Probabilities (sigmoid of the logits) for every head the model has."""
+    """Probabilities (sigmoid of the logits) for every head the model has: the one inference
+    function, jitted by `jit_steps` and wrapped by `export`."""
     outputs = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
                              bg, bg_fg, train=False)
     return {head: jax.nn.sigmoid(logits.astype(jnp.float32)) for head, logits in outputs.items()}

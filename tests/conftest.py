@@ -1,4 +1,5 @@
-"""Suite-wide setup: JAX's persistent compilation cache, so a rerun of the suite skips compiling.
+"""Suite-wide setup: JAX's persistent compilation cache, so a rerun of the suite skips compiling;
+fixtures several test files share.
 
 The cache lives in `~/.cache/jaxsegdepth/jax-tests` (or `$JAXSEGDEPTH_TEST_CACHE_DIR`; `none`
 turns it off) and serves this process and the `launch.py` runs the tests start. Entries are keyed
@@ -7,7 +8,13 @@ by the program, the compile options and the jax/jaxlib versions, so a stale entr
 import os
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 import pytest
+from absl import flags
+
+from jaxsegdepth import models, steps
 
 TEST_CACHE_DIR = os.path.expanduser(
     os.environ.get("JAXSEGDEPTH_TEST_CACHE_DIR", "~/.cache/jaxsegdepth/jax-tests"))
@@ -15,6 +22,7 @@ TEST_CACHE_DIR = os.path.expanduser(
 
 def pytest_configure(config):
     del config
+    flags.FLAGS.mark_as_parsed()  # grain's loader workers read absl flags; no absl.app here
     if TEST_CACHE_DIR.lower() != "none":
         os.makedirs(TEST_CACHE_DIR, exist_ok=True)
         jax.config.update("jax_compilation_cache_dir", TEST_CACHE_DIR)
@@ -25,3 +33,27 @@ def pytest_configure(config):
 def compilation_cache_dir() -> str:
     """The folder (or "none") to pass as `--config.compilation_cache_dir` to `launch.py`."""
     return TEST_CACHE_DIR
+
+
+@pytest.fixture(scope="session")
+def dsresnet_state():
+    """A float32 DSResNet `steps.TrainState` whose parameters and BatchNorm statistics are drawn
+    on the host (normal(0, 0.1); variances uniform(0.5, 1.5)), without an optimizer. Shapes come
+    from `eval_shape`: compiling the real initialiser of 10M parameters costs more than most
+    test files."""
+    model = models.create("dsresnet", "float32")
+    dummy = jnp.zeros((1, models.DSRESNET_STRIDE, models.DSRESNET_STRIDE, 3), jnp.float32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy, dummy, train=False))
+    rng = np.random.default_rng(0)
+
+    def fill(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if "batch_stats" in name and "var" in name:
+            return rng.uniform(0.5, 1.5, leaf.shape).astype(leaf.dtype)
+        return rng.normal(0.0, 0.1, leaf.shape).astype(leaf.dtype)
+
+    variables = jax.tree_util.tree_map_with_path(fill, shapes)
+    return steps.TrainState(step=0, apply_fn=model.apply, params=variables["params"],
+                            tx=optax.identity(), opt_state=(),
+                            batch_stats=variables["batch_stats"], plateau=None, rng=None,
+                            nonfinite_step=None)

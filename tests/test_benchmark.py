@@ -1,9 +1,12 @@
-"""The benchmark command at a tiny setting, its FLOP counts, and the bfloat16 training path.
+"""The benchmark command at a tiny setting, its FLOP counts, its recipes (the trainer's loss and
+optimizer), the bfloat16 training path, and the PyTorch comparison script (its PyTorch half
+only where torch is installed: it is optional).
 
 (bfloat16 outputs against float32 on the same parameters: tests/test_models.py.)
 """
 import json
 import math
+import sys
 
 import flax.linen as nn
 import jax
@@ -12,15 +15,17 @@ import numpy as np
 import optax
 import pytest
 
-from jaxsegdepth import benchmark, losses, mesh as mesh_lib, models, steps
+from configs import default, masknet_bce
+from jaxsegdepth import benchmark, errors, losses, models, steps, torch_compare
 
 STEP_FIELDS = (
-    "model", "resolution", "dtype", "batch", "train_samples_per_s", "train_samples_per_s_runs",
-    "train_step_ms", "eval_samples_per_s", "eval_samples_per_s_runs", "final_loss",
-    "compile_train_s", "compile_eval_s", "cached_compile_train_s", "cached_compile_eval_s",
-    "forward_gflop_per_sample", "train_gflop_per_sample", "train_flops_per_s",
-    "eval_flops_per_s", "peak_tflops", "train_fraction_of_peak", "eval_fraction_of_peak",
-    "host_peak_rss_mb", "device_memory_mb", "executable_memory_mb", "load_average")
+    "model", "resolution", "dtype", "batch", "loss", "optimizer", "train_samples_per_s",
+    "train_samples_per_s_runs", "train_step_ms", "eval_samples_per_s", "eval_samples_per_s_runs",
+    "final_loss", "compile_train_s", "compile_eval_s", "cached_compile_train_s",
+    "cached_compile_eval_s", "forward_gflop_per_sample", "train_gflop_per_sample",
+    "train_flops_per_s", "eval_flops_per_s", "peak_tflops", "train_fraction_of_peak",
+    "eval_fraction_of_peak", "host_peak_rss_mb", "device_memory_mb", "executable_memory_mb",
+    "load_average")
 LOADER_FIELDS = ("resolution", "workers", "batch", "samples_per_s",
                  "fastest_train_samples_per_s", "loader_to_step_ratio")
 
@@ -69,6 +74,78 @@ def test_gpu_peaks_by_device_kind():
     assert benchmark.peak_tflops(Device(), "bfloat16") is None
 
 
+def _host_initialised_state(model, tx, resolution):
+    """A TrainState like `steps.create_train_state`'s, with the variables filled on the host
+    (kernels N(0, 1/fan_in), biases 0, fresh BatchNorm): compiling DSResNet's init would
+    take longer than the training below."""
+    image = jax.ShapeDtypeStruct((1, resolution, resolution, 3), jnp.float32)
+    shapes = jax.eval_shape(lambda a, b: model.init(jax.random.key(0), a, b), image, image)
+    rng = np.random.default_rng(0)
+
+    def fill(path, leaf):
+        name = path[-1].key
+        if name == "kernel":
+            return (rng.normal(size=leaf.shape) / math.sqrt(math.prod(leaf.shape[:-1]))
+                    ).astype(np.float32)
+        return np.full(leaf.shape, 1.0 if name in ("scale", "var") else 0.0, np.float32)
+
+    variables = jax.tree_util.tree_map_with_path(fill, shapes)
+    params = variables["params"]
+    plateau = optax.contrib.reduce_on_plateau()
+    return steps.TrainState(
+        step=jnp.zeros((), jnp.int32), apply_fn=model.apply, params=params, tx=tx,
+        opt_state=jax.jit(tx.init)(params), batch_stats=variables["batch_stats"],
+        plateau=jax.jit(plateau.init)(params), rng=jax.random.PRNGKey(0),
+        nonfinite_step=jnp.full((), -1, jnp.int32))
+
+
+@pytest.mark.parametrize("model,recipe", [("dsresnet", default), ("masknet", masknet_bce)])
+def test_the_benchmark_runs_the_trainers_recipe(model, recipe):
+    """Loss, optimizer and schedule are the recipe's: the runner's loss gives the value the
+    trainer's `losses.compose(config.loss)` gives on the same outputs and batch."""
+    config, expected = benchmark.load_config("", model, "bfloat16", 5), recipe.get_config()
+    assert (config.model, config.dtype, config.seed) == (model, "bfloat16", 5)
+    for block in ("loss", "optimizer", "schedule"):
+        assert config[block] == expected[block], block
+    state = _host_initialised_state(models.create(model), optax.sgd(0.1), 32)
+    runner = benchmark.StepRunner(config, 32, 2, state=state)
+    rng = np.random.default_rng(1)
+    outputs = {head: rng.normal(size=(2, 32, 32, 1)).astype(np.float32)
+               for head in ("mask", "depth")}
+    targets = benchmark.synthetic_batch(2, 32, seed=2)
+    got, terms = runner.loss_fn(outputs, targets)
+    want, _ = losses.compose(expected.loss)(outputs, targets)
+    assert float(got) == pytest.approx(float(want), rel=1e-6) and float(got) > 0
+    assert sorted(terms) == sorted(f"{h}/{t}" for h, spec in expected.loss.items() for t in spec)
+    assert {k: np.asarray(v).shape for k, v in runner.batch.items()} == {
+        k: v.shape for k, v in targets.items()}
+
+
+def test_a_recipe_file_with_its_argument_and_overrides():
+    config = benchmark.load_config("configs/rmse_bce_dice.py:published", "dsresnet", "bfloat16", 3)
+    assert (config.optimizer.name, config.optimizer.momentum, config.dtype, config.seed) == (
+        "sgd", 0.9, "bfloat16", 3)
+    assert config.loss == default.get_config().loss
+    assert benchmark.recipe_name("", "masknet") == "configs/masknet_bce.py"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--model", "nope"], "model='nope'"),
+    (["--dtype", "float16"], "dtype='float16'"),
+    (["--resolutions", "48"], "not a multiple of 32"),
+    (["--config", "configs/missing.py"], "No such file or directory"),
+    (["--config", "configs/rmse_bce_dice.py:bogus"], "unknown config argument"),
+    (["--config", "configs/masknet_bce.py", "--model", "dsresnet,masknet", "--batch", "0"],
+     "--batch=0"),
+])
+def test_bad_settings_exit_2_before_compiling(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(argv + ["--skip-loader"])
+    assert exit_info.value.code == errors.UsageError.exit_code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+
+
 def test_benchmark_at_a_tiny_setting_writes_every_field(tmp_path, capsys):
     out = tmp_path / "bench.json"
     benchmark.main(["--model", "masknet", "--resolutions", "32", "--batch", "2",
@@ -77,12 +154,15 @@ def test_benchmark_at_a_tiny_setting_writes_every_field(tmp_path, capsys):
                     "--num-samples", "12", "--loader-batches", "2", "--json", str(out)])
     table = capsys.readouterr().out
     assert "train/s" in table and "loader/step" in table
+    assert "masknet: configs/masknet_bce.py, loss {'mask': {'bce': 1.0}}, optimizer adam" in table
     result = json.loads(out.read_text())
     assert result["environment"]["backend"] == jax.default_backend()
+    assert (result["dataset"]["name"], result["dataset"]["num_samples"]) == ("synthetic_museum", 12)
     assert len(result["steps"]) == 2
     for row in result["steps"]:
         assert set(STEP_FIELDS) <= set(row)
         assert row["model"] == "masknet" and row["resolution"] == 32 and row["batch"] == 2
+        assert row["loss"] == masknet_bce.get_config().loss.to_dict()
         assert len(row["train_samples_per_s_runs"]) == 2
         for key in ("train_samples_per_s", "eval_samples_per_s", "compile_train_s",
                     "compile_eval_s", "cached_compile_train_s", "cached_compile_eval_s",
@@ -111,51 +191,76 @@ def test_benchmark_at_a_tiny_setting_writes_every_field(tmp_path, capsys):
     assert jax.config.jax_compilation_cache_dir != result["compile_cache_dir"]
 
 
-def _host_initialised_state(model, tx, resolution):
-    """A TrainState like `steps.create_train_state`'s, with the variables filled on the host
-    (kernels N(0, 1/fan_in), biases 0, fresh BatchNorm): compiling DSResNet's init would
-    take longer than the training below."""
-    image = jax.ShapeDtypeStruct((1, resolution, resolution, 3), jnp.float32)
-    shapes = jax.eval_shape(lambda a, b: model.init(jax.random.key(0), a, b), image, image)
-    rng = np.random.default_rng(0)
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name == "kernel":
-            return (rng.normal(size=leaf.shape) / math.sqrt(math.prod(leaf.shape[:-1]))
-                    ).astype(np.float32)
-        return np.full(leaf.shape, 1.0 if name in ("scale", "var") else 0.0, np.float32)
-
-    variables = jax.tree_util.tree_map_with_path(fill, shapes)
-    params = variables["params"]
-    plateau = optax.contrib.reduce_on_plateau()
-    return steps.TrainState(
-        step=jnp.zeros((), jnp.int32), apply_fn=model.apply, params=params, tx=tx,
-        opt_state=jax.jit(tx.init)(params), batch_stats=variables["batch_stats"],
-        plateau=jax.jit(plateau.init)(params), rng=jax.random.PRNGKey(0),
-        nonfinite_step=jnp.full((), -1, jnp.int32))
-
-
 def test_bfloat16_dsresnet_trains():
-    """The real jitted train step computing in bfloat16 learns a fixed batch (a bright square
+    """The benchmark's train step computing in bfloat16 learns a fixed batch (a bright square
     in bg_fg is the mask and a nearer depth); parameters, optimizer state and BatchNorm
     statistics stay float32."""
-    model = models.create("dsresnet", "bfloat16")
-    mesh = mesh_lib.create_mesh()
-    state = _host_initialised_state(model, optax.adam(1e-3), 32)
+    config = benchmark.load_config("", "dsresnet", "bfloat16")
+    state = _host_initialised_state(models.create("dsresnet", "bfloat16"), optax.adam(1e-3), 32)
     batch = benchmark.synthetic_batch(4, 32)
     batch["mask"][:] = 0.0
     batch["mask"][:, 8:24, 8:24] = 1.0
     batch["bg_fg"][:, 8:24, 8:24] += 2.0
     batch["depth"] = 0.7 - 0.4 * batch["mask"]
-    batch = mesh_lib.shard_batch(mesh, batch)
-    train, _, _ = steps.jit_steps(mesh, losses.compose(benchmark.LOSS_SPECS["dsresnet"]))
-    history = []
-    for _ in range(8):
-        state, out = train(state, batch)
-        history.append(float(out["loss"]))
-    assert np.all(np.isfinite(history)) and int(state.nonfinite_step) == -1
+    runner = benchmark.StepRunner(config, 32, 4, state=state, batch=batch)
+    runner.compile()
+    history = [float(runner.train(1)["loss"]) for _ in range(8)]
+    assert np.all(np.isfinite(history)) and int(runner.state.nonfinite_step) == -1
     assert history[-1] < 0.5 * history[0], history
-    leaves = jax.tree.leaves((state.params, state.opt_state, state.batch_stats))
+    leaves = jax.tree.leaves((runner.state.params, runner.state.opt_state,
+                              runner.state.batch_stats))
     assert {leaf.dtype for leaf in leaves if jnp.issubdtype(leaf.dtype, jnp.floating)} == {
         jnp.dtype(jnp.float32)}
+
+
+# ---- jaxsegdepth/torch_compare.py -------------------------------------------------------------
+
+
+def test_torch_compare_arguments():
+    args = torch_compare.parse_args([])
+    assert (args.res, args.batch, args.rounds, args.threads, args.steps) == (96, 8, 5, 0, 2)
+    assert args.config == "configs/rmse_bce_dice.py:published"
+    args = torch_compare.parse_args(["--res", "160", "--batch", "4", "--rounds", "3",
+                                     "--threads", "2"])
+    assert (args.res, args.batch, args.rounds, args.threads) == (160, 4, 3, 2)
+    for bad in (["--rounds", "0"], ["--threads", "-1"], ["--res", "x"]):
+        with pytest.raises(SystemExit):
+            torch_compare.parse_args(bad)
+
+
+def test_torch_compare_runs_the_reference_recipe_or_refuses():
+    config = torch_compare.jax_config(torch_compare.DEFAULT_CONFIG)
+    assert (config.optimizer.name, config.optimizer.learning_rate, config.optimizer.momentum) == (
+        "sgd", 0.01, 0.9)
+    assert config.loss.to_dict() == torch_compare.TORCH_LOSS == default.get_config().loss.to_dict()
+    with pytest.raises(errors.UsageError, match="optimizer adam"):
+        torch_compare.jax_config("configs/default.py")
+    with pytest.raises(errors.UsageError, match="loss"):
+        torch_compare.jax_config("configs/ssim_dice.py:published")
+
+
+def test_torch_compare_without_torch_says_how_to_install_it(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` fail
+    with pytest.raises(SystemExit) as exit_info:
+        torch_compare.main(["--rounds", "1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: PyTorch is not installed") and "pip install torch" in err
+
+
+def test_torch_network_is_the_spec_and_its_loss_is_the_recipes():
+    torch = pytest.importorskip("torch")
+    net = torch_compare.build_network()
+    assert torch_compare.parameter_count(net) == 10_343_490
+    batch = benchmark.synthetic_batch(2, 32, seed=3)
+    inputs = torch_compare.to_torch(batch)
+    with torch.no_grad():
+        outputs = torch_compare.forward(net.eval(), inputs["bg"], inputs["bg_fg"])
+    assert {k: tuple(v.shape) for k, v in outputs.items()} == {
+        "mask": (2, 1, 32, 32), "depth": (2, 1, 32, 32)}
+    rng = np.random.default_rng(4)
+    logits = {head: rng.normal(size=(2, 32, 32, 1)).astype(np.float32)
+              for head in ("mask", "depth")}
+    got = torch_compare.loss(torch_compare.to_torch(logits), torch_compare.to_torch(batch))
+    want, _ = losses.compose(torch_compare.TORCH_LOSS)(logits, batch)
+    assert float(got) == pytest.approx(float(want), rel=1e-5)

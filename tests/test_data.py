@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxsegdepth.data import builders, pipeline, synthetic
+from configs import default
+from jaxsegdepth.data import builders, normalization, pipeline, synthetic
 from jaxsegdepth.data.builders import DatasetError
 
 N_MODEST = 10
@@ -52,8 +53,12 @@ def _zip(folder, zip_path, prefix="modest_museum/"):
     return zip_path
 
 
+def _dataset_config():
+    return default.get_config().dataset
+
+
 def _modest_cfg(tmp_path, manual, **kw):
-    cfg = pipeline.default_config()
+    cfg = _dataset_config()
     cfg.update(dict(name="modest_museum", data_dir=str(tmp_path / "tfds"), manual_dir=str(manual), **kw))
     return cfg
 
@@ -68,8 +73,9 @@ def _numpy_reference_split(n):
 
 @pytest.fixture(scope="module")
 def synth_cfg(tmp_path_factory):
-    cfg = pipeline.default_config()
+    cfg = _dataset_config()
     cfg.update(dict(data_dir=str(tmp_path_factory.mktemp("tfds")), num_samples=24, seed=3))
+    builders.prepare(cfg)
     return cfg
 
 
@@ -104,7 +110,7 @@ def test_modest_build_split_and_loading(tmp_path, as_zip):
     folder = _make_modest(str(tmp_path / "modest"))
     manual = _zip(folder, str(tmp_path / "modest.zip")) if as_zip else folder
     cfg = _modest_cfg(tmp_path, manual)
-    prepared = pipeline.prepare(cfg)
+    prepared = builders.prepare(cfg)
     ref_train, ref_val = _numpy_reference_split(N_MODEST)
     assert pipeline.split_size(cfg, "train") == len(ref_train) == 7
     assert pipeline.split_size(cfg, "validation") == len(ref_val) == 3
@@ -119,9 +125,9 @@ def test_modest_build_split_and_loading(tmp_path, as_zip):
     stem = lines[ref_val[0]].split("\t")[1]
     assert rec["bg_fg"] == open(os.path.join(folder, "bg_fg", stem + ".jpeg"), "rb").read()
 
-    norm = pipeline.normalization(cfg)
-    assert np.allclose(norm["bg"][0], builders.MODEST_NORMALIZATION["bg"][0])
-    assert np.allclose(norm["bg_fg"][1], builders.MODEST_NORMALIZATION["bg_fg"][1])
+    norm = pipeline.input_normalization(cfg)
+    assert np.allclose(norm["bg"][0], normalization.MODEST_NORMALIZATION["bg"][0])
+    assert np.allclose(norm["bg_fg"][1], normalization.MODEST_NORMALIZATION["bg_fg"][1])
 
     # Full resolution: de-normalised inputs equal the decoded files exactly (no resize).
     (batch,) = list(pipeline.create_loader(cfg, "validation", resolution=224, batch_size=3,
@@ -134,7 +140,7 @@ def test_modest_build_split_and_loading(tmp_path, as_zip):
     for j, idx in enumerate(ref_val):
         stems = lines[idx].split("\t")
         want = np.asarray(Image.open(os.path.join(folder, "bg_fg", stems[1] + ".jpeg")).convert("RGB")) / 255.0
-        got = pipeline.denormalize(batch["bg_fg"][j], *norm["bg_fg"])
+        got = normalization.denormalize(batch["bg_fg"][j], *norm["bg_fg"])
         assert np.abs(got - want).max() < 1e-5
         want_mask = np.asarray(Image.open(os.path.join(folder, "bg_fg_mask", stems[2] + ".jpeg")).convert("L")) / 255.0
         assert np.abs(batch["mask"][j, ..., 0] - want_mask).max() < 1e-6
@@ -149,7 +155,7 @@ def test_modest_build_split_and_loading(tmp_path, as_zip):
         for key, folder_name, stem in (("bg", "bg", stems[0]), ("bg_fg", "bg_fg", stems[1])):
             img = Image.open(os.path.join(folder, folder_name, stem + ".jpeg")).convert("RGB")
             want = np.asarray(img.resize((64, 64), Image.BILINEAR)) / 255.0
-            got = pipeline.denormalize(b[key][j % 4], *norm[key])
+            got = normalization.denormalize(b[key][j % 4], *norm[key])
             assert np.abs(got - want).mean() < 0.03, (key, idx)
             if idx == 2 and key == "bg_fg":  # grayscale file -> three equal channels
                 assert np.allclose(got[..., 0], got[..., 1]) and np.allclose(got[..., 1], got[..., 2])
@@ -159,7 +165,7 @@ def test_modest_missing_file_is_named_with_its_line(tmp_path):
     folder = _make_modest(str(tmp_path / "modest"))
     os.remove(os.path.join(folder, "bg_fg_depth_map", "fg_depth_4.jpeg"))
     with pytest.raises(DatasetError) as e:
-        pipeline.prepare(_modest_cfg(tmp_path, folder))
+        builders.prepare(_modest_cfg(tmp_path, folder))
     msg = str(e.value)
     assert "bg_fg_depth_map/fg_depth_4.jpeg" in msg and "line 5" in msg and "fg_mask_4" in msg
     assert not os.path.exists(tmp_path / "tfds" / "modest_museum" / "default" / "1.0.0")
@@ -174,7 +180,7 @@ def test_modest_malformed_or_empty_file_map(tmp_path, content, expected):
     with open(os.path.join(folder, "file_map.txt"), "w") as f:
         f.write(content)
     with pytest.raises(DatasetError) as e:
-        pipeline.prepare(_modest_cfg(tmp_path, folder))
+        builders.prepare(_modest_cfg(tmp_path, folder))
     assert expected in str(e.value)
     if content:
         assert repr("bg_1\tfg_1\tfg_mask_1") in str(e.value)  # the offending line, quoted
@@ -188,11 +194,11 @@ def test_modest_corrupt_jpeg_error_or_skip(tmp_path):
         f.write(data[: len(data) // 2])  # truncated
     zip_path = _zip(folder, str(tmp_path / "modest.zip"))
     with pytest.raises(DatasetError) as e:
-        pipeline.prepare(_modest_cfg(tmp_path, zip_path))
+        builders.prepare(_modest_cfg(tmp_path, zip_path))
     assert "bg_fg/fg_6.jpeg" in str(e.value) and "skip_corrupt" in str(e.value)
 
     cfg = _modest_cfg(tmp_path, zip_path, skip_corrupt=True)
-    prepared = pipeline.prepare(cfg)
+    prepared = builders.prepare(cfg)
     assert len(prepared.skipped) == 1 and prepared.skipped[0]["line"] == 7
     assert prepared.skipped[0]["file"].endswith("bg_fg/fg_6.jpeg")
     ref_train, ref_val = _numpy_reference_split(N_MODEST)
@@ -202,14 +208,13 @@ def test_modest_corrupt_jpeg_error_or_skip(tmp_path):
         source = prepared.data_source(split)
         assert [int(source[i]["index"]) for i in range(len(source))] == [i for i in ref if i != 6]
     # Reusing that build without skip_corrupt is an error: nothing is lost silently.
-    builders._PREPARED.clear()
     with pytest.raises(DatasetError, match="skip_corrupt"):
-        pipeline.prepare(_modest_cfg(tmp_path, zip_path))
+        builders.prepare(_modest_cfg(tmp_path, zip_path))
 
 
 def test_modest_needs_manual_dir(tmp_path):
     with pytest.raises(DatasetError, match="manual_dir"):
-        pipeline.prepare(_modest_cfg(tmp_path, ""))
+        builders.prepare(_modest_cfg(tmp_path, ""))
 
 
 # ------------------------------------------------------------------------------- synthetic
@@ -247,17 +252,11 @@ def test_synthetic_mask_and_depth_agree():
             assert depth[top, col] > depth[top - 5, col]
 
 
-def test_synthetic_preview_command(tmp_path):
-    out = tmp_path / "preview.png"
-    synthetic.main(["--out", str(out), "--n", "2"])
-    assert Image.open(out).size == (4 * 224 + 5 * 4, 2 * 224 + 3 * 4)
-
-
 # ------------------------------------------------------------------------------- pipeline
 
 
 def test_default_config_fields():
-    cfg = pipeline.default_config()
+    cfg = _dataset_config()
     for key, value in dict(name="synthetic_museum", data_dir="", manual_dir="", skip_corrupt=False,
                            worker_count=0, hsv_prob=0.25, contrast_prob=0.25, val_fraction=0.3).items():
         assert cfg[key] == value
@@ -267,14 +266,14 @@ def test_default_config_fields():
 def test_synthetic_build_sizes_and_normalization(synth_cfg):
     assert pipeline.split_size(synth_cfg, "train") == 16
     assert pipeline.split_size(synth_cfg, "validation") == 8
-    norm = pipeline.normalization(synth_cfg)
+    norm = pipeline.input_normalization(synth_cfg)
     for key in ("bg", "bg_fg"):
         mean, std = norm[key]
         assert mean.shape == std.shape == (3,) and np.all((mean > 0.2) & (mean < 0.8)) and np.all(std > 0.1)
     # The stored statistics are those of the decoded training inputs (within sampling noise).
     batches = list(pipeline.create_loader(synth_cfg, "validation", resolution=64, batch_size=8,
                                           shuffle=False, seed=0, num_epochs=1))
-    x = pipeline.denormalize(batches[0]["bg_fg"], *norm["bg_fg"]).reshape(-1, 3)
+    x = normalization.denormalize(batches[0]["bg_fg"], *norm["bg_fg"]).reshape(-1, 3)
     assert np.allclose(x.mean(0), norm["bg_fg"][0], atol=0.08)
     y = batches[0]["bg_fg"].reshape(-1, 3)  # normalised: about zero mean, unit std
     assert np.all(np.abs(y.mean(0)) < 0.4) and np.all(np.abs(y.std(0) - 1) < 0.3)

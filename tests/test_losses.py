@@ -7,6 +7,7 @@ import pytest
 from scipy.signal import convolve2d
 from skimage.metrics import structural_similarity
 
+from configs import rmse_bce, rmse_bce_dice, ssim_dice
 from jaxsegdepth import losses
 
 RNG = np.random.default_rng(0)
@@ -153,9 +154,15 @@ def test_losses_compute_in_float32_for_bfloat16_inputs():
         assert float(value16) == pytest.approx(float(value32), rel=2e-2, abs=2e-3)
 
 
+def _recipe_loss(recipe):
+    """The total loss of a recipe config's `loss` block, as the trainer composes it."""
+    return lambda outputs, targets: losses.compose(recipe.get_config().loss)(outputs, targets)[0]
+
+
 def test_same_value_under_jit():
     outputs, targets = {"mask": LOGITS, "depth": DEPTH_LOGITS}, {"mask": MASK, "depth": DEPTH}
-    for fn in (losses.rmse_bce_dice, losses.ssim_dice, losses.rmse_bce):
+    for recipe in (rmse_bce_dice, ssim_dice, rmse_bce):
+        fn = _recipe_loss(recipe)
         assert float(jax.jit(fn)(outputs, targets)) == pytest.approx(float(fn(outputs, targets)),
                                                                       rel=1e-6)
 
@@ -176,15 +183,16 @@ def test_gradients_finite_at_extremes(logit, target):
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
 
 
-def test_ready_combinations_match_numpy():
+def test_recipe_losses_are_the_spec_combinations():
+    """Each recipe config's loss block is the SPEC's combination, checked in NumPy float64."""
     outputs, targets = {"mask": LOGITS, "depth": DEPTH_LOGITS}, {"mask": MASK, "depth": DEPTH}
     p_mask, p_depth = _sigmoid(LOGITS), _sigmoid(DEPTH_LOGITS)
-    assert float(losses.rmse_bce_dice(outputs, targets)) == pytest.approx(
+    assert float(_recipe_loss(rmse_bce_dice)(outputs, targets)) == pytest.approx(
         2 * _rmse(p_depth, DEPTH) + _bce(LOGITS, MASK) + 2 * _dice(p_mask, MASK, 1e-6), rel=1e-5)
-    assert float(losses.rmse_bce(outputs, targets)) == pytest.approx(
+    assert float(_recipe_loss(rmse_bce)(outputs, targets)) == pytest.approx(
         2 * _rmse(p_depth, DEPTH) + _bce(LOGITS, MASK), rel=1e-5)
     ssim_loss = 1 - _ssim_skimage(p_depth.astype(np.float32), DEPTH)
-    assert float(losses.ssim_dice(outputs, targets)) == pytest.approx(
+    assert float(_recipe_loss(ssim_dice)(outputs, targets)) == pytest.approx(
         2 * ssim_loss + _dice(p_mask, MASK, 1.0), abs=2e-5)
 
 

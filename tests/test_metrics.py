@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxsegdepth import metrics
+from jaxsegdepth import metrics, names
 
 RNG = np.random.default_rng(0)
 N = 8
@@ -78,6 +78,14 @@ def test_depth_metrics_match_numpy():
     expected = _depth(preds, DEPTH)
     assert expected["delta1"] < 1 and expected["log10"] > 0.1  # the clipped zeros count
     _assert_metrics(metrics.depth_metrics(preds, DEPTH), expected)
+
+
+def test_summarize_reports_exactly_the_declared_metric_names():
+    outputs = {"mask": MASK_LOGITS, "depth": DEPTH_LOGITS}
+    summary = metrics.summarize(metrics.batch_sums(outputs, {"mask": MASK, "depth": DEPTH}))
+    assert tuple(summary) == names.metric_names(("mask", "depth"))[1:]  # all but "loss"
+    mask_only = metrics.summarize(metrics.batch_sums({"mask": MASK_LOGITS}, {"mask": MASK}))
+    assert tuple(mask_only) == names.metric_names(("mask",))[1:]
 
 
 def test_summed_uneven_batches_equal_the_whole_set():

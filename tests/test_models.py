@@ -166,13 +166,14 @@ def test_dsresnet_overfits_four_samples():
     model = models.DSResNet()
     variables = _numpy_variables(model)
     tx = optax.adam(5e-4)
+    loss_of = losses.compose({"depth": {"rmse": 2.0}, "mask": {"bce_dice": 1.0}})
 
     @jax.jit
     def step(params, batch_stats, opt_state):
         def loss_fn(params):
             outputs, state = model.apply({"params": params, "batch_stats": batch_stats}, bg, bg_fg,
                                          train=True, mutable=["batch_stats"])
-            return losses.rmse_bce_dice(outputs, targets), state["batch_stats"]
+            return loss_of(outputs, targets)[0], state["batch_stats"]
 
         (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)

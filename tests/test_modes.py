@@ -1,25 +1,27 @@
 """The modes around training, end to end on a tiny synthetic run: LR range test, evaluate,
-predict on user images, export, metric curves.
+predict on user images, export, metric curves and the synthetic samples preview.
 
 One MaskNet run (1 epoch, 32 px, 40 samples: 28 train, 12 validation, so the last validation
-batch of 8 is padded) serves evaluate, predict, export and plots; DSResNet is only initialised,
-for the depth outputs of predict and export.
+batch of 8 is padded) serves evaluate, predict, export and plots; DSResNet is only initialised
+(conftest's `dsresnet_state`), for the depth outputs of predict and export.
 """
+import io
 import json
 import os
+import shutil
 
 import jax
-import jax.numpy as jnp
+import matplotlib
 import ml_collections
 import numpy as np
-import optax
 import pytest
 from PIL import Image
 
 from configs import default
-from jaxsegdepth import (checkpoints, evaluate, export, lr_range, models, plots, predict,
-                         reporting, steps, train)
-from jaxsegdepth.data import pipeline
+from jaxsegdepth import (charts, errors, evaluate, export, exported, losses, lr_range,
+                         mesh as mesh_lib, plots, predict, reporting, state as state_lib, steps,
+                         train)
+from jaxsegdepth.data import normalization, pipeline, synthetic
 
 RES = 32
 
@@ -55,52 +57,67 @@ def trained(tmp_path_factory, data_dir):
 
 
 @pytest.fixture(scope="module")
-def dsresnet_state(data_dir):
-    """A DSResNet state with random weights and statistics. Shapes come from `eval_shape`:
-    compiling the real initialiser of 10M parameters costs more than this whole file."""
-    config = _config(data_dir, "dsresnet")
-    model = models.create("dsresnet", "float32")
-    dummy = jnp.zeros((1, RES, RES, 3), jnp.float32)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy, dummy, train=False))
-    rng = np.random.default_rng(0)
-
-    def fill(path, leaf):
-        name = jax.tree_util.keystr(path)
-        if "batch_stats" in name:
-            value = rng.uniform(0.5, 1.5, leaf.shape) if "var" in name else rng.normal(0, 0.1, leaf.shape)
-        else:
-            value = rng.normal(0.0, 0.1, leaf.shape)
-        return value.astype(leaf.dtype)
-
-    variables = jax.tree_util.tree_map_with_path(fill, shapes)
-    state = steps.TrainState(step=0, apply_fn=model.apply, params=variables["params"],
-                             tx=optax.identity(), opt_state=(), batch_stats=variables["batch_stats"],
-                             plateau=None, rng=None, nonfinite_step=None)
-    return config, state
+def one_device():
+    """The one-device mesh `predict` and `export` load a checkpoint on."""
+    return mesh_lib.create_mesh(jax.local_devices()[:1])
 
 
-def _apply(state, bg, bg_fg):
-    """`model.apply` in inference mode (jitted: eager DSResNet is slow), as logits."""
-    return jax.jit(state.apply_fn, static_argnames="train")(
-        {"params": state.params, "batch_stats": state.batch_stats}, bg, bg_fg, train=False)
+@pytest.fixture(scope="module")
+def predict_jit(one_device):
+    """`steps.jit_steps`' predict step on `one_device`, as `predict` runs it."""
+    return steps.jit_steps(one_device, losses.compose(default.get_config().loss))[2]
+
+
+def _copy(config):
+    return ml_collections.ConfigDict(config.to_dict())
 
 
 def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
 
 
+def _reference_normalize(image, mean, std):
+    """The reference formula, in float64: uint8 RGB / 255, minus the mean, over the std."""
+    return (np.asarray(image, np.float64) / 255.0 - np.asarray(mean, np.float64)) / np.asarray(
+        std, np.float64)
+
+
+def _image(path, width, height, seed) -> None:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), np.uint8)).save(path)
+
+
+def _rgb(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _enlarge(image, factor):
+    return np.repeat(np.repeat(image, factor, 0), factor, 1)
+
+
+def _expected_probabilities(state, bg_path, bg_fg_path, norm, model_hw):
+    """{head: (H, W) probability} recomputed without `predict`: PIL bilinear resize to
+    `model_hw`, float64 normalisation, the model's logits, float64 sigmoid, PIL resize back."""
+    images = [_rgb(bg_path), _rgb(bg_fg_path)]
+    height, width = images[0].shape[:2]
+    inputs = [_reference_normalize(np.asarray(Image.fromarray(image).resize(
+        model_hw[::-1], Image.BILINEAR)), *norm[key])[None].astype(np.float32)
+        for image, key in zip(images, ("bg", "bg_fg"))]
+    logits = jax.jit(state.apply_fn, static_argnames="train")(
+        {"params": state.params, "batch_stats": state.batch_stats}, *inputs, train=False)
+    return {head: np.asarray(Image.fromarray(_sigmoid(value)[0, ..., 0].astype(np.float32))
+                             .resize((width, height), Image.BILINEAR))
+            for head, value in logits.items()}
+
+
 # -- LR range test --------------------------------------------------------------------------
-
-def test_smooth_is_bias_corrected_ema():
-    np.testing.assert_allclose(lr_range.smooth([2.0] * 5, 0.05), [2.0] * 5)  # no pull to 0
-    np.testing.assert_allclose(lr_range.smooth([1.0, 3.0], 0.5), [1.0, (0.25 + 1.5) / 0.75])
-
 
 def test_lr_range_test_sweeps_stops_and_suggests(data_dir, tmp_path, capsys):
     config = _config(data_dir)
     config.mode = "lr_range_test"
     config.lr_range.update(dict(start_lr=1e-4, end_lr=100.0, num_steps=24, spacing="exp",
                                 smoothing=0.1, diverge_factor=2.0, resolution=RES, batch_size=4))
+    lr_range.validate(config)
     lr_range.run(config, str(tmp_path))
 
     with open(tmp_path / "lr_range.json") as f:
@@ -126,17 +143,33 @@ def test_lr_range_test_sweeps_stops_and_suggests(data_dir, tmp_path, capsys):
     if result["stop_reason"].startswith("diverged"):
         assert smoothed[-1] > 2.0 * smoothed[:-1].min()
         assert all(smoothed[i] <= 2.0 * smoothed[:i].min() for i in range(1, n - 1))
-    assert Image.open(tmp_path / "lr_range.png").size[0] > 300
+    assert Image.open(tmp_path / "lr_range.png").size == (770, 495)  # 7 x 4.5 in at 110 dpi
     assert f"{result['suggested_lr']:.4g}" in capsys.readouterr().out
     assert not os.path.exists(tmp_path / "checkpoints")  # nothing of the model is kept
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("end_lr", 1e-8, r"lr_range: expected 0 < start_lr < end_lr, got start_lr=1e-07, "
+                     r"end_lr=1e-08"),
+    ("num_steps", 1, r"lr_range.num_steps=1: expected at least 2"),
+    ("spacing", "log", r"lr_range.spacing='log': expected one of"),
+    ("smoothing", 0.0, r"lr_range.smoothing=0.0: expected a value in \(0, 1\]"),
+    ("diverge_factor", 1.0, r"lr_range.diverge_factor=1.0: expected > 1"),
+])
+def test_lr_range_validate_names_the_field(data_dir, field, value, message):
+    config = _config(data_dir)
+    config.lr_range[field] = value
+    with pytest.raises(errors.UsageError, match=f"^{message}"):
+        lr_range.validate(config)
 
 
 # -- evaluate -------------------------------------------------------------------------------
 
 def test_evaluate_writes_exact_metrics(trained, tmp_path):
     config, workdir, record = trained
-    config = ml_collections.ConfigDict(config.to_dict())
+    config = _copy(config)
     config.evaluate.resolutions = (RES, 64)
+    evaluate.validate(config)
     result = evaluate.run(config, workdir)
     with open(os.path.join(workdir, "eval.json")) as f:
         written = json.load(f)
@@ -149,7 +182,7 @@ def test_evaluate_writes_exact_metrics(trained, tmp_path):
         assert at_res[key] == pytest.approx(record[f"val_{key}"], rel=1e-6), key
 
     # NumPy recomputation over every validation sample, no padding involved
-    state = checkpoints.load_for_inference(config, workdir)
+    state = state_lib.load_for_inference(config, workdir)
     for res in (RES, 64):
         loader = pipeline.create_loader(config.dataset, "validation", resolution=res,
                                         batch_size=5, shuffle=False, seed=0, num_epochs=1,
@@ -170,23 +203,77 @@ def test_evaluate_writes_exact_metrics(trained, tmp_path):
 
 
 def test_evaluate_without_checkpoint_names_the_folder(data_dir, tmp_path):
-    with pytest.raises(FileNotFoundError, match="checkpoint"):
+    folder = os.path.join(os.path.abspath(tmp_path / "empty"), "checkpoints")
+    with pytest.raises(errors.RunError) as raised:
         evaluate.run(_config(data_dir), str(tmp_path / "empty"))
+    assert str(raised.value).startswith(f"no checkpoint directory {folder}: train first")
+    assert raised.value.exit_code == 1
+
+
+def test_evaluate_validate_refuses_a_size_the_model_cannot_take(data_dir):
+    config = _config(data_dir, "dsresnet")
+    config.evaluate.resolutions = (RES, 48)
+    with pytest.raises(errors.UsageError,
+                       match="^evaluate.resolutions: resolution 48 is not a multiple of 32, "
+                             "which dsresnet needs$"):
+        evaluate.validate(config)
 
 
 # -- predict --------------------------------------------------------------------------------
 
-def _image(path, width, height, seed):
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (height, width, 3), np.uint8)).save(path)
+@pytest.fixture
+def pair(tmp_path):
+    """Paths of one readable 40x30 bg / bg_fg pair."""
+    _image(tmp_path / "bg.png", 40, 30, 0)
+    _image(tmp_path / "bg_fg.png", 40, 30, 1)
+    return str(tmp_path / "bg.png"), str(tmp_path / "bg_fg.png")
 
 
-def test_predict_folders_skips_bad_pairs_and_keeps_good_ones(trained, tmp_path):
+@pytest.mark.parametrize("model, field, value, message", [
+    ("dsresnet", "resolution", 48, r"predict.resolution \(0: each image's own size\): "
+                                   r"resolution 48 is not a multiple of 32, which dsresnet needs"),
+    ("masknet", "resolution", -8, r"predict.resolution \(0: each image's own size\): "
+                                  r"resolution -8 must be a positive integer"),
+    ("dsresnet", "max_side", 16, r"predict.max_side=16: expected 0 \(no cap\) or >= 32, the "
+                                 r"stride of dsresnet"),
+    ("masknet", "max_side", -1, r"predict.max_side=-1: expected 0 \(no cap\) or >= 1"),
+    ("masknet", "threshold", 1.5, r"predict.threshold=1.5: expected a probability in \[0, 1\]"),
+    ("masknet", "colormap", "nope", r"predict.colormap='nope' is not a matplotlib colour map"),
+    ("masknet", "bg", "", r"predict.bg and predict.bg_fg: set both"),
+    ("masknet", "bg_fg", "missing.png", r"predict.bg_fg='missing.png': no such file or folder"),
+])
+def test_predict_validate_names_the_bad_setting(data_dir, pair, model, field, value, message):
+    config = _config(data_dir, model)
+    config.predict.bg, config.predict.bg_fg = pair
+    predict.validate(config)  # the pair and the defaults are fine
+    config.predict[field] = value
+    with pytest.raises(errors.UsageError, match=f"^{message}") as raised:
+        predict.validate(config)
+    assert raised.value.exit_code == 2 and "\n" not in str(raised.value)
+
+
+def test_predict_validate_needs_two_files_or_two_nonempty_folders(data_dir, pair, tmp_path):
+    config = _config(data_dir)
+    config.predict.bg, config.predict.bg_fg = pair[0], str(tmp_path)
+    with pytest.raises(errors.UsageError, match=r"expected two files or two folders$"):
+        predict.validate(config)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    config.predict.bg, config.predict.bg_fg = str(tmp_path / "a"), str(tmp_path / "b")
+    with pytest.raises(errors.UsageError, match=r": no files in the folders$"):
+        predict.validate(config)
+
+
+@pytest.fixture(scope="module")
+def predicted_folders(trained, tmp_path_factory):
+    """`predict.run` of the trained MaskNet on two folders: two good pairs (45x37 and 70x50,
+    paired by name, not extension), a lonely file, an unreadable one and a size mismatch.
+    Returns (config, workdir, bg folder, bg_fg folder, output folder, the RunError raised)."""
     config, workdir, _ = trained
-    bg, bg_fg = tmp_path / "bg", tmp_path / "bg_fg"
+    base = tmp_path_factory.mktemp("predict")
+    bg, bg_fg = base / "bg", base / "bg_fg"
     bg.mkdir(), bg_fg.mkdir()
     _image(bg / "good.png", 45, 37, 0)
-    _image(bg_fg / "good.jpg", 45, 37, 1)  # paired by name, not extension
+    _image(bg_fg / "good.jpg", 45, 37, 1)
     _image(bg / "other.png", 70, 50, 2)
     _image(bg_fg / "other.png", 70, 50, 3)
     _image(bg / "sizes.png", 40, 30, 4)
@@ -194,116 +281,173 @@ def test_predict_folders_skips_bad_pairs_and_keeps_good_ones(trained, tmp_path):
     _image(bg / "lonely.png", 40, 30, 6)
     (bg / "broken.png").write_text("not an image")
     _image(bg_fg / "broken.png", 40, 30, 7)
-    config = ml_collections.ConfigDict(config.to_dict())
+    config = _copy(config)
     config.predict.bg, config.predict.bg_fg = str(bg), str(bg_fg)
-    out = tmp_path / "out"
-    config.predict.output_dir = str(out)
-
-    with pytest.raises(predict.PredictionError) as raised:
+    config.predict.output_dir = str(base / "out")
+    predict.validate(config)
+    with pytest.raises(errors.RunError) as raised:
         predict.run(config, workdir)
-    message = str(raised.value)
-    assert raised.value.code == message  # SystemExit: status 1, message printed, no traceback
-    for name in ("lonely.png", "broken.png", "sizes.png"):
-        assert os.path.join(str(bg), name) in message
-    assert "3 failed" in message and "Predicted 2 pair(s)" in message
+    return config, workdir, bg, bg_fg, base / "out", raised.value
+
+
+def test_predict_names_the_bad_pairs_and_writes_the_good_ones(predicted_folders):
+    _, _, bg, bg_fg, out, error = predicted_folders
+    message = str(error)
+    assert error.exit_code == 1 and "\n" not in message
+    assert message.startswith(f"3 pair(s) failed (2 pair(s) written to {out}; details in "
+                              "summary.json): ")
+    assert f"{bg / 'broken.png'}: cannot be read as an image" in message
+    assert f"{bg / 'lonely.png'}: no partner in {bg_fg} (expected lonely.*)" in message
+    assert (f"{bg / 'sizes.png'} is 40x30 but {bg_fg / 'sizes.png'} is 41x30 (width x height)"
+            in message)
     summary = json.loads((out / "summary.json").read_text())
     assert sorted(summary["written"]) == ["good", "other"]
     assert sorted(f["name"] for f in summary["failed"]) == ["broken", "lonely", "sizes"]
-    assert not list(out.glob("sizes_*")) and not list(out.glob("broken_*"))
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{name}_{suffix}" for name in ("good", "other")
+         for suffix in ("mask_prob.png", "mask.png", "side_by_side.png")] + ["summary.json"])
 
-    # the good pairs: original sizes, binary mask = thresholded probability, no depth (MaskNet)
-    for name, size in (("good", (45, 37)), ("other", (70, 50))):
-        prob = Image.open(out / f"{name}_mask_prob.png")
-        mask = np.asarray(Image.open(out / f"{name}_mask.png"))
-        assert prob.size == size and mask.shape == size[::-1]
-        assert set(np.unique(mask)) <= {0, 255}
-        assert Image.open(out / f"{name}_side_by_side.png").size[1] == size[1] + 16
-        assert not (out / f"{name}_depth.npy").exists()
 
-    # the probability is the model's, recomputed here: resize to 32x32, normalise, apply,
-    # sigmoid, resize back to 45x37
-    state = checkpoints.load_for_inference(config, workdir)
-    norm = pipeline.normalization(config.dataset)
-    inputs = []
-    for path, key in ((bg / "good.png", "bg"), (bg_fg / "good.jpg", "bg_fg")):
-        image = np.asarray(Image.open(path).convert("RGB").resize((32, 32), Image.BILINEAR))
-        mean, std = norm[key]
-        inputs.append(((image / 255.0 - mean) / std)[None].astype(np.float32))
-    logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                            *inputs, train=False)["mask"]
-    expected = np.asarray(Image.fromarray(_sigmoid(logits)[0, ..., 0].astype(np.float32))
-                          .resize((45, 37), Image.BILINEAR))
-    got = np.asarray(Image.open(out / "good_mask_prob.png"), np.float64) / 255
-    np.testing.assert_allclose(got, expected, atol=1 / 255 + 1e-6)
+def test_predict_writes_the_models_probability(predicted_folders):
+    config, workdir, bg, bg_fg, out, _ = predicted_folders
+    # MaskNet (stride 1) sees each image at its own size
+    state = state_lib.load_for_inference(config, workdir)
+    norm = pipeline.input_normalization(config.dataset)
+    expected = _expected_probabilities(state, bg / "good.png", bg_fg / "good.jpg", norm,
+                                       (37, 45))["mask"]
+    prob = np.asarray(Image.open(out / "good_mask_prob.png"))
+    assert prob.shape == (37, 45) and prob.dtype == np.uint8
+    np.testing.assert_allclose(prob / 255.0, expected, atol=0.5 / 255 + 1e-5)
     mask = np.asarray(Image.open(out / "good_mask.png"))
-    np.testing.assert_array_equal(mask > 0, expected >= 0.5)
+    np.testing.assert_array_equal(mask, np.where(expected >= 0.5, 255, 0))
 
 
-def test_predict_without_inputs_says_what_to_set(data_dir, tmp_path):
-    config = _config(data_dir)
-    with pytest.raises(predict.PredictionError, match="set both --config.predict.bg"):
-        predict.run(config, str(tmp_path))
-    config.predict.bg, config.predict.bg_fg = str(tmp_path / "a.png"), str(tmp_path)
-    with pytest.raises(predict.PredictionError, match="a.png: no such file"):
-        predict.run(config, str(tmp_path))
+def test_predict_side_by_side_pixels(predicted_folders):
+    _, _, bg, bg_fg, out, _ = predicted_folders
+    prob = np.asarray(Image.open(out / "good_mask_prob.png"))
+    mask = np.asarray(Image.open(out / "good_mask.png"))
+    # 45x37 tiles enlarged 3x (nearest) to 135x111, 2 px apart, under a 14 px label row:
+    # bg | bg_fg | mask probability | mask >= 0.5 over bg_fg (half red)
+    grid = np.asarray(Image.open(out / "good_side_by_side.png"))
+    assert grid.shape == (14 + 111 + 2, 4 * (135 + 2), 3)
+    tiles = [grid[14:14 + 111, col * 137:col * 137 + 135] for col in range(4)]
+    np.testing.assert_array_equal(tiles[0], _enlarge(_rgb(bg / "good.png"), 3))
+    np.testing.assert_array_equal(tiles[1], _enlarge(_rgb(bg_fg / "good.jpg"), 3))
+    np.testing.assert_array_equal(tiles[2], _enlarge(np.repeat(prob[..., None], 3, -1), 3))
+    red = (0.5 * _rgb(bg_fg / "good.jpg") + [127.5, 0, 0]).astype(np.uint8)
+    overlay = np.where((mask > 0)[..., None], red, _rgb(bg_fg / "good.jpg"))
+    np.testing.assert_array_equal(tiles[3], _enlarge(overlay, 3))
+    assert np.asarray(Image.open(out / "other_side_by_side.png")).shape == (
+        14 + 100 + 2, 4 * (140 + 2), 3)  # 70x50 enlarged 2x
 
 
-def test_predict_one_pair_with_depth_at_original_size(dsresnet_state, tmp_path):
-    config, state = dsresnet_state
-    _image(tmp_path / "a.png", 50, 70, 0)
-    _image(tmp_path / "b.jpg", 50, 70, 1)
+def test_predict_one_pair_with_depth_at_original_size(dsresnet_state, predict_jit, tmp_path):
+    state = dsresnet_state
+    _image(tmp_path / "a.png", 40, 30, 0)
+    _image(tmp_path / "b.jpg", 40, 30, 1)
     pairs, failures = predict.find_pairs(str(tmp_path / "a.png"), str(tmp_path / "b.jpg"))
     assert failures == [] and [p.name for p in pairs] == ["b"]
-    summary = predict.predict_pairs(predict.predict_function(state), pairs, str(tmp_path / "out"),
-                                    pipeline.normalization(config.dataset))
-    assert summary["failed"] == []
+    norm = normalization.MODEST_NORMALIZATION
+    summary = predict.predict_pairs(lambda bg, bg_fg: predict_jit(state, bg, bg_fg), pairs,
+                                    str(tmp_path / "out"), norm, stride=32, colormap="magma")
+    assert summary["failed"] == [] and summary["written"] == {"b": [
+        str(tmp_path / "out" / f"b_{suffix}") for suffix in (
+            "mask_prob.png", "mask.png", "depth.png", "depth.npy", "side_by_side.png")]}
+
+    # 40x30 rounds to 32x32 for the model (each side to the nearest multiple of 32)
+    expected = _expected_probabilities(state, tmp_path / "a.png", tmp_path / "b.jpg", norm,
+                                       (32, 32))
     depth = np.load(tmp_path / "out" / "b_depth.npy")
-    assert depth.shape == (70, 50) and depth.dtype == np.float32
-    assert 0.0 <= depth.min() and depth.max() <= 1.0 and depth.std() > 0
-    colour = Image.open(tmp_path / "out" / "b_depth.png")
-    assert colour.size == (50, 70) and colour.mode == "RGB"
-    assert Image.open(tmp_path / "out" / "b_mask.png").size == (50, 70)
+    assert depth.shape == (30, 40) and depth.dtype == np.float32
+    np.testing.assert_allclose(depth, expected["depth"], atol=1e-5)
+    assert depth.std() > 5e-4  # not constant: the comparison above is not vacuous
+    magma = matplotlib.colormaps["magma"](depth.astype(np.float64))[..., :3] * 255
+    colour = np.asarray(Image.open(tmp_path / "out" / "b_depth.png"))
+    assert colour.shape == (30, 40, 3)
+    np.testing.assert_allclose(colour, magma, atol=0.5 + 1e-9)  # rounded to uint8
+    prob = np.asarray(Image.open(tmp_path / "out" / "b_mask_prob.png"))
+    np.testing.assert_allclose(prob / 255.0, expected["mask"], atol=0.5 / 255 + 1e-5)
+    grid = np.asarray(Image.open(tmp_path / "out" / "b_side_by_side.png"))
+    assert grid.shape == (14 + 120 + 2, 5 * (160 + 2), 3)  # 40x30 enlarged 4x, five columns
+    np.testing.assert_array_equal(grid[14:134, 4 * 162:4 * 162 + 160], _enlarge(colour, 4))
 
 
 # -- export ---------------------------------------------------------------------------------
 
-def test_export_mode_matches_apply_for_any_batch(trained, tmp_path):
+@pytest.mark.parametrize("model, field, value, message", [
+    ("masknet", "resolution", 0, r"export.resolution: resolution 0 must be a positive integer"),
+    ("dsresnet", "resolution", 48, r"export.resolution: resolution 48 is not a multiple of "
+                                   r"32, which dsresnet needs"),
+    ("masknet", "batch_size", -1, r"export.batch_size=-1: expected 0 \(any batch\) or a "
+                                  r"positive size"),
+    ("masknet", "platforms", ("cpu", "metal"), r"export.platforms=\('cpu', 'metal'\): "
+                                               r"\['metal'\] unknown, expected names among"),
+])
+def test_export_validate_names_the_bad_setting(data_dir, model, field, value, message):
+    config = _config(data_dir, model)
+    config.export.resolution = 64
+    export.validate(config)  # the defaults are fine
+    config.export[field] = value
+    with pytest.raises(errors.UsageError, match=f"^{message}") as raised:
+        export.validate(config)
+    assert raised.value.exit_code == 2
+
+
+def test_export_mode_matches_predict_step_for_any_batch(trained, one_device, predict_jit,
+                                                        tmp_path):
     config, workdir, _ = trained
-    config = ml_collections.ConfigDict(config.to_dict())
+    config = _copy(config)
     config.export.resolution, config.export.batch_size = RES, 0
     config.export.output_dir = str(tmp_path / "export")
+    export.validate(config)
     path = export.run(config, workdir)
-    assert path == str(tmp_path / "export" / export.ARTIFACT)
-    loaded = export.load(str(tmp_path / "export"))
+    assert path == str(tmp_path / "export" / exported.ARTIFACT)
+    loaded = exported.load(str(tmp_path / "export"))
     meta = loaded.metadata
     assert meta["step"] == 3 and meta["input_shape"] == [None, RES, RES, 3]
-    assert set(meta["platforms"]) == {"cpu", "cuda"} and list(meta["outputs"]) == ["mask"]
-    state = checkpoints.load_for_inference(config, workdir)
+    assert meta["platforms"] == ["cpu", "cuda"] and meta["outputs"] == {"mask": [None, RES, RES, 1]}
+    norm = pipeline.input_normalization(config.dataset)
+    state = state_lib.load_for_inference(config, workdir, one_device)
     rng = np.random.default_rng(0)
     for n in (1, 3):  # the batch dimension is symbolic
-        bg, bg_fg = (rng.normal(size=(n, RES, RES, 3)).astype(np.float32) for _ in range(2))
-        out = loaded(bg, bg_fg)
-        ref = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                             bg, bg_fg, train=False)
+        images = {key: rng.integers(0, 256, (n, RES, RES, 3), np.uint8) for key in norm}
+        inputs = {key: loaded.normalize(images[key], key) for key in norm}
+        for key, (mean, std) in norm.items():
+            np.testing.assert_allclose(inputs[key], _reference_normalize(images[key], mean, std),
+                                       rtol=1e-6, atol=1e-6)
+        out = loaded(inputs["bg"], inputs["bg_fg"])
+        ref = predict_jit(state, inputs["bg"], inputs["bg_fg"])
         assert out["mask"].shape == (n, RES, RES, 1)
-        np.testing.assert_allclose(out["mask"], jax.nn.sigmoid(ref["mask"]), atol=1e-6)
+        np.testing.assert_allclose(out["mask"], ref["mask"], atol=1e-6)
 
 
-def test_export_dsresnet_runs_without_model_code(dsresnet_state, tmp_path):
-    _, state = dsresnet_state
-    export.export_state(state, str(tmp_path), resolution=RES, batch_size=2, platforms=None)
-    # what a user without this package does: only jax.export
-    with open(tmp_path / export.ARTIFACT, "rb") as f:
-        exported = jax.export.deserialize(bytearray(f.read()))
+def test_export_dsresnet_runs_with_only_the_artifact(dsresnet_state, predict_jit, tmp_path):
+    state = dsresnet_state
+    export.export_state(state, str(tmp_path / "export"), resolution=RES, batch_size=1,
+                        platforms=None)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(tmp_path / "export" / exported.ARTIFACT, alone)
     rng = np.random.default_rng(1)
-    bg, bg_fg = (rng.normal(size=(2, RES, RES, 3)).astype(np.float32) for _ in range(2))
-    out = exported.call(bg, bg_fg)
-    ref = _apply(state, bg, bg_fg)
+    bg, bg_fg = (rng.normal(size=(1, RES, RES, 3)).astype(np.float32) for _ in range(2))
+    ref = predict_jit(state, bg, bg_fg)
+    # what a user without this package does: only jax.export
+    with open(alone / exported.ARTIFACT, "rb") as f:
+        artifact = jax.export.deserialize(bytearray(f.read()))
+    out = artifact.call(bg, bg_fg)
     assert sorted(out) == ["depth", "mask"]
     for head in ("mask", "depth"):
-        np.testing.assert_allclose(out[head], jax.nn.sigmoid(ref[head]), atol=1e-5)
-    with pytest.raises(Exception):  # a fixed batch of 2 is fixed
-        exported.call(bg[:1], bg_fg[:1])
+        assert out[head].shape == (1, RES, RES, 1)
+        np.testing.assert_allclose(out[head], ref[head], atol=1e-6)
+    with pytest.raises(ValueError, match=r"expected \(1, 32, 32, 3\) and called with "
+                                         r"\(2, 32, 32, 3\)"):  # a fixed batch is fixed
+        artifact.call(np.concatenate([bg, bg]), np.concatenate([bg_fg, bg_fg]))
+    # and with the package but without model.json: it runs; it cannot normalise
+    loaded = exported.load(str(alone))
+    assert loaded.metadata == {}
+    np.testing.assert_allclose(loaded(bg, bg_fg)["depth"], ref["depth"], atol=1e-6)
+    with pytest.raises(errors.RunError, match="model.json was not next to model.jax_exported"):
+        loaded.normalize(np.zeros((1, RES, RES, 3), np.uint8), "bg")
 
 
 # -- plots ----------------------------------------------------------------------------------
@@ -311,10 +455,11 @@ def test_export_dsresnet_runs_without_model_code(dsresnet_state, tmp_path):
 def test_curves_from_a_training_run(trained):
     _, workdir, _ = trained
     assert plots.main([workdir]) == 0
-    assert Image.open(os.path.join(workdir, "curves.png")).size[0] > 500
+    # IoU, loss and learning-rate panels (no depth for MaskNet): 2 x 2 of 6 x 4 in at 110 dpi
+    assert Image.open(os.path.join(workdir, "curves.png")).size == (1320, 880)
 
 
-def test_curves_use_the_last_record_of_each_epoch(tmp_path):
+def test_curves_use_the_last_record_of_each_epoch(tmp_path, capsys):
     lines = [
         {"epoch": 1, "step": 10, "resolution": 32, "lr": 0.1, "train_loss": 3.0, "val_loss": 2.5,
          "val_iou": 0.3, "val_rmse": 0.1},
@@ -327,9 +472,38 @@ def test_curves_use_the_last_record_of_each_epoch(tmp_path):
     ]
     text = "".join(json.dumps(line) + "\n" for line in lines) + '{"epoch": 4, "st'  # cut short
     (tmp_path / "metrics.jsonl").write_text(text)
-    series = plots.epoch_series(reporting.read_metrics(str(tmp_path)))
+    series = charts.epoch_series(reporting.read_metrics(str(tmp_path)))
     np.testing.assert_array_equal(series["val_iou"][0], [1, 2, 3])
     np.testing.assert_allclose(series["val_iou"][1], [0.3, 0.55, 0.7])
     np.testing.assert_allclose(series["lr"][1], [0.1, 0.1, 0.01])
-    assert plots.main([str(tmp_path)]) == 0 and (tmp_path / "curves.png").exists()
+    assert plots.main([str(tmp_path)]) == 0
+    assert Image.open(tmp_path / "curves.png").size == (1320, 880)  # four panels, 2 x 2
     assert plots.main([str(tmp_path / "nowhere")]) == 1
+    assert capsys.readouterr().err == (f"error: no {tmp_path / 'nowhere' / 'metrics.jsonl'}: is "
+                                       f"{tmp_path / 'nowhere'} the workdir of a training run?\n")
+
+
+def test_samples_preview_draws_decoded_synthetic_samples(tmp_path, capsys):
+    out = tmp_path / "preview.png"
+    argv = ["samples", "--out", str(out), "--n", "2", "--seed", "3", "--start", "5",
+            "--size", "64"]
+    assert plots.main(argv) == 0
+    grid = np.asarray(Image.open(out))
+    # 64 px tiles enlarged 2x to 128, 2 px apart, under a 14 px label row: 4 columns, 2 rows
+    assert grid.shape == (14 + 2 * (128 + 2), 4 * (128 + 2), 3)
+    for row, index in enumerate((5, 6)):
+        sample = {key: Image.open(io.BytesIO(data))
+                  for key, data in synthetic.generate(3, index, 64).items()}
+        top = 14 + row * 130
+        tiles = [grid[top:top + 128, col * 130:col * 130 + 128] for col in range(4)]
+        np.testing.assert_array_equal(tiles[0], _enlarge(np.asarray(sample["bg"]), 2))
+        np.testing.assert_array_equal(tiles[1], _enlarge(np.asarray(sample["bg_fg"]), 2))
+        mask = np.asarray(sample["mask"].convert("L"))
+        np.testing.assert_array_equal(tiles[2], _enlarge(np.repeat(mask[..., None], 3, -1), 2))
+        depth = np.asarray(sample["depth"].convert("L")) / 255.0
+        viridis = matplotlib.colormaps["viridis"](depth)[..., :3] * 255
+        np.testing.assert_allclose(tiles[3], _enlarge(viridis, 2), atol=0.5 + 1e-9)
+    assert capsys.readouterr().out == (f"Wrote {out}: samples 5-6 of seed 3, columns "
+                                       "bg | bg_fg | mask | depth\n")
+    assert plots.main(["samples", "--out", str(out), "--n", "0"]) == 2
+    assert capsys.readouterr().err.startswith("error: samples: expected n >= 1")

@@ -7,7 +7,6 @@ import sys
 import textwrap
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax

@@ -5,13 +5,14 @@ affordable: 23 generated samples (16 train, 7 validation: the last validation ba
 padded), 32x32, batch 4.
 """
 import glob
-import importlib.util
+import importlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import ml_collections
@@ -21,8 +22,10 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import configs  # noqa: E402
 import launch  # noqa: E402
-from jaxsegdepth import checkpoints, metrics, mesh as mesh_lib, optim, reporting  # noqa: E402
+from jaxsegdepth import (checkpoints, errors, metrics, mesh as mesh_lib, optim,  # noqa: E402
+                         reporting, state as state_lib)
 from jaxsegdepth.data import pipeline  # noqa: E402
 
 NUM_SAMPLES, TRAIN, VAL = 23, 16, 7
@@ -64,10 +67,7 @@ def _config(**changes):
 
 
 def _load_config(path, arg=None):
-    spec = importlib.util.spec_from_file_location("recipe", os.path.join(ROOT, path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config() if arg is None else module.get_config(arg)
+    return configs.load_file(os.path.join(ROOT, path) + (f":{arg}" if arg else ""))
 
 
 # -- end to end -----------------------------------------------------------------------------
@@ -103,7 +103,7 @@ def test_train_writes_outputs_and_resumes_without_repeating_epochs(tmp_path, sha
 
     # The evaluation is exact: the same metrics from an unpadded pass over the 7 samples.
     config = _config(**{"dataset.num_samples": NUM_SAMPLES, "dataset.data_dir": shared["data"]})
-    state = checkpoints.load_for_inference(config, str(workdir))
+    state = state_lib.load_for_inference(config, str(workdir))
     assert int(state.step) == 3
     batch = next(iter(pipeline.create_loader(
         config.dataset, "validation", resolution=32, batch_size=VAL, shuffle=False, seed=0,
@@ -156,17 +156,18 @@ def test_sigterm_saves_a_restorable_checkpoint_and_resume_matches_an_uninterrupt
     assert "interrupted by SIGTERM" in stderr and "rerun the same command" in stderr
 
     config = _load_config("configs/masknet_bce.py")
-    state = checkpoints.load_for_inference(config, str(workdir))  # best or latest: restorable
+    state = state_lib.load_for_inference(config, str(workdir))  # best or latest: restorable
     checkpointer = checkpoints.Checkpointer(str(workdir), "val_loss", "min")
     try:
         latest = checkpointer.latest_step()
-        restored, loop = checkpointer.restore(checkpoints.abstract_state(
+        restored, progress = checkpointer.restore(state_lib.abstract_state(
             config, mesh_lib.create_mesh()), latest)
     finally:
         checkpointer.close()
-    assert f"at step {latest}" in stderr or f"after epoch {loop['epoch']}" in stderr
+    assert f"at step {latest}" in stderr
     assert int(restored.step) == latest > 0 and int(state.step) > 0
-    assert loop["epoch"] * 4 + loop["step_in_epoch"] == latest
+    assert progress["loss_count"] == latest % 4  # the steps of the unfinished epoch
+    assert progress["iterator_stage"] == 0 and progress["iterator"] is not None
 
     resumed = launch_cli(workdir, shared, stage_epochs="(3,)", **common)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -244,16 +245,22 @@ def test_bad_command_line_fails_in_one_line(tmp_path, shared, config, extra, mes
      "dataset.manual_dir='/nonexistent/modest' does not exist"),
 ])
 def test_validate_config_names_the_problem(changes, message):
-    with pytest.raises(ValueError, match=None) as error:
-        launch.validate_config(_config(**changes))
+    with pytest.raises(errors.UsageError) as error:
+        _validate(_config(**changes))
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
-def test_validate_config_checks_the_batch_against_devices():
-    with pytest.raises(ValueError, match=r"batch_size=16 must be a multiple of the number of "
-                                         r"devices \(3\)"):
-        launch.validate_config(_config(), device_count=3, process_count=1)
-    launch.validate_config(_config(), device_count=4, process_count=2)
+def _validate(config):
+    """What launch.py does before anything compiles: the mode's own `validate`."""
+    importlib.import_module(launch.MODES[config.mode]).validate(config)
+
+
+def test_batch_size_must_split_over_devices_and_processes():
+    three_devices = types.SimpleNamespace(devices=np.zeros(3))
+    with pytest.raises(errors.UsageError, match=r"batch_size=16 must be a positive multiple of "
+                                                r"the number of devices \(3\)"):
+        mesh_lib.check_batch_size(three_devices, 16)
+    assert mesh_lib.check_batch_size(types.SimpleNamespace(devices=np.zeros(4)), 16) == 16
 
 
 RECIPES = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
@@ -262,14 +269,14 @@ RECIPES = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_is_valid_and_has_a_published_schedule(recipe, tmp_path):
-    launch.validate_config(_load_config(recipe))
+    _validate(_load_config(recipe))
     published = _load_config(recipe, "published")
     assert published.dataset.name == "modest_museum"
     assert len(published.resolutions) == len(published.stage_epochs)
-    with pytest.raises(ValueError, match="manual_dir"):
-        launch.validate_config(published)
+    with pytest.raises(errors.UsageError, match="manual_dir"):
+        _validate(published)
     published.dataset.manual_dir = str(tmp_path)
-    launch.validate_config(published)
+    _validate(published)
     with pytest.raises(ValueError, match="unknown config argument"):
         _load_config(recipe, "fast")
 
@@ -305,7 +312,7 @@ def test_default_workdir_is_named_after_the_config():
 @pytest.mark.parametrize("mode, best", [("min", 2), ("max", 4)])
 def test_checkpointer_keeps_the_latest_and_the_best(tmp_path, mode, best):
     config = _config(model="masknet", **{"loss": ml_collections.ConfigDict({"mask": {"bce": 1.0}})})
-    state = checkpoints.create_state(config, mesh=mesh_lib.create_mesh())
+    state = state_lib.create_state(config, mesh=mesh_lib.create_mesh())
     checkpointer = checkpoints.Checkpointer(str(tmp_path), "val_iou", mode)
     try:
         for step, value in zip((1, 2, 3, 4, 5), (0.5, 0.2, 0.6, 0.9, 0.4)):
@@ -317,22 +324,22 @@ def test_checkpointer_keeps_the_latest_and_the_best(tmp_path, mode, best):
         assert sorted(checkpointer.all_steps()) == sorted({best, 6})
         assert checkpointer.best_step() == best and checkpointer.latest_step() == 6
         restored, loop = checkpointer.restore(
-            checkpoints.abstract_state(config, mesh_lib.create_mesh()), best)
+            state_lib.abstract_state(config, mesh_lib.create_mesh()), best)
         assert int(restored.step) == best and loop == {"epoch": best}
     finally:
         checkpointer.close()
     config.checkpoint.monitor, config.checkpoint.mode = "val_iou", mode
-    assert int(checkpoints.load_for_inference(config, str(tmp_path)).step) == best
+    assert int(state_lib.load_for_inference(config, str(tmp_path)).step) == best
     config.checkpoint.step = 6
-    assert int(checkpoints.load_for_inference(config, str(tmp_path)).step) == 6
+    assert int(state_lib.load_for_inference(config, str(tmp_path)).step) == 6
     config.checkpoint.step = 7
-    with pytest.raises(FileNotFoundError, match="no checkpoint at step 7"):
-        checkpoints.load_for_inference(config, str(tmp_path))
+    with pytest.raises(errors.RunError, match="no checkpoint at step 7"):
+        state_lib.load_for_inference(config, str(tmp_path))
 
 
 def test_load_for_inference_names_the_missing_directory(tmp_path):
-    with pytest.raises(FileNotFoundError, match=str(tmp_path / "checkpoints")):
-        checkpoints.load_for_inference(_config(), str(tmp_path))
+    with pytest.raises(errors.RunError, match=str(tmp_path / "checkpoints")):
+        state_lib.load_for_inference(_config(), str(tmp_path))
 
 
 def test_iterator_state_round_trips_through_json():

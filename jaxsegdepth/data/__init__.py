@@ -1,10 +1,12 @@
 """Datasets (synthetic and MODEST Museum) and the grain input pipeline; knows nothing of models.
 
-- `synthetic`: procedural museum scenes, deterministic per (seed, index); preview command.
+- `synthetic`: procedural museum scenes, deterministic per (seed, index); speed command.
 - `builders`: tfds builders (array_record, original JPEG bytes), the reference split, MODEST
-  validation, `prepare(ds_config)` (build once, reuse), `DatasetError`.
-- `pipeline`: `default_config()`, `create_loader(...)`, `split_size`, `normalization`,
-  `denormalize`, `measure_throughput`; loader benchmark command.
+  validation, `prepare(ds_config)` (the one call that builds a set) and `load` (opens a built
+  one), `validate`, `DatasetError`.
+- `pipeline`: `create_loader(...)`, `split_size`, `input_normalization`, `measure_throughput`,
+  `validate` (dataset and loader settings).
+- `normalization`: the one `normalize`/`denormalize` pair and the MODEST statistics.
 
 Submodules are not imported here, so `python -m jaxsegdepth.data.synthetic` stays light.
 See docs/data.md.

@@ -29,32 +29,25 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import io
-import logging
 import os
 import zipfile
 from typing import Any, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from PIL import Image
 
+from jaxsegdepth import errors, names
 from jaxsegdepth.data import synthetic
-
-log = logging.getLogger(__name__)
+from jaxsegdepth.data.normalization import MODEST_NORMALIZATION
 
 FOLDERS = ("bg", "bg_fg", "bg_fg_mask", "bg_fg_depth_map")  # file_map.txt column order
-KEYS = ("bg", "bg_fg", "mask", "depth")  # record keys, same order
+KEYS = names.INPUTS + names.HEADS  # record keys, in file_map.txt column order
 SPLITS = ("train", "validation")
 DEFAULT_DATA_DIR = "~/tensorflow_datasets"
 
-# SPEC normalisation of the real set (inputs only), per channel.
-MODEST_NORMALIZATION = {
-    "bg": ((0.40086, 0.46599, 0.53281), (0.25451, 0.24249, 0.23615)),
-    "bg_fg": ((0.41221, 0.47368, 0.53431), (0.25699, 0.24577, 0.24217)),
-}
-
-
-class DatasetError(ValueError):
+class DatasetError(errors.UsageError):
     """Bad dataset input or configuration; the message says what and where."""
 
 
@@ -208,70 +201,79 @@ def scan_modest(manual_dir: str, skip_corrupt: bool = False, num_threads: int = 
     source = _ModestSource(manual_dir)
     try:
         raw = source.read("file_map.txt")
-        origin = source.describe("file_map.txt")
-        entries = parse_file_map(raw.decode("utf-8", errors="replace"), origin)
-
-        names = {folder: source.names_in(folder) for folder in FOLDERS}
-        resolved, missing = [], []
-        for position, (number, line, stems) in enumerate(entries):
-            paths = []
-            for folder, stem in zip(FOLDERS, stems):
-                rel = _resolve(stem, folder, names[folder])
-                if rel is None:
-                    missing.append(f"  line {number}: {folder}/{stem}.jpeg  (line: {line!r})")
-                paths.append(rel)
-            resolved.append((position, number, line, tuple(paths)))
-        if missing:
-            shown = "\n".join(missing[:10])
-            more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
-            raise DatasetError(f"{len(missing)} file(s) listed in {origin} are missing "
-                               f"under {source.describe('')}:\n{shown}{more}")
-
-        # Decode every distinct file once (threads: PIL releases the GIL while decoding).
-        distinct = sorted({p for *_, paths in resolved for p in paths})
-
-        def check(rel):
-            try:
-                return rel, _check_image(source.read(rel)), None
-            except Exception as e:  # noqa: BLE001 - reported below with the file name
-                return rel, None, f"{type(e).__name__}: {e}"
-
-        threads = num_threads or min(8, 2 * (os.cpu_count() or 1))
-        info, bad = {}, {}
-        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-            for rel, meta, err in pool.map(check, distinct, chunksize=64):
-                if err is None:
-                    info[rel] = meta
-                else:
-                    bad[rel] = err
+        entries = parse_file_map(raw.decode("utf-8", errors="replace"),
+                                 source.describe("file_map.txt"))
+        resolved = _resolve_entries(source, entries)
+        info, bad = _decode_all(source, sorted({p for *_, paths in resolved for p in paths}),
+                                num_threads)
         grayscale = sum(1 for r, (mode, _) in info.items()
                         if r.split("/")[0] in FOLDERS[:2] and mode != "RGB")
         odd = sum(1 for _, (_, size) in info.items() if size != (224, 224))
-
         skipped, kept = [], []
         for position, number, line, paths in resolved:
             broken = [p for p in paths if p in bad]
-            if broken:
-                skipped.extend({"line": number, "file": source.describe(p), "error": bad[p]}
-                               for p in broken)
-            else:
+            skipped.extend({"line": number, "file": source.describe(p), "error": bad[p]}
+                           for p in broken)
+            if not broken:
                 kept.append((position, number, line, paths))
         if bad and not skip_corrupt:
-            lines = [f"  {source.describe(p)}: {err}" for p, err in sorted(bad.items())]
-            shown = "\n".join(lines[:10])
-            more = f"\n  ... and {len(lines) - 10} more" if len(lines) > 10 else ""
             users = sorted({s["line"] for s in skipped})
             raise DatasetError(
                 f"{len(bad)} corrupt or unreadable image file(s) in {source.describe('')} "
                 f"(used by {len(users)} sample(s), file_map.txt line(s) "
                 f"{', '.join(map(str, users[:10]))}{' ...' if len(users) > 10 else ''}):\n"
-                f"{shown}{more}\nSet dataset.skip_corrupt=True to leave those samples out.")
+                f"{_first_ten([f'  {source.describe(p)}: {e}' for p, e in sorted(bad.items())])}"
+                "\nSet dataset.skip_corrupt=True to leave those samples out.")
         if not kept:
             raise DatasetError(f"no usable samples in {source.describe('')}")
         return ModestScan(kept, skipped, len(entries), hashlib.sha256(raw).hexdigest(),
                           grayscale, odd)
     finally:
         source.close()
+
+
+def _first_ten(lines: list[str]) -> str:
+    more = f"\n  ... and {len(lines) - 10} more" if len(lines) > 10 else ""
+    return "\n".join(lines[:10]) + more
+
+
+def _resolve_entries(source: "_ModestSource", entries) -> list[tuple]:
+    """(position, line number, line, paths) per file_map entry; DatasetError listing the
+    missing files, if any."""
+    names = {folder: source.names_in(folder) for folder in FOLDERS}
+    resolved, missing = [], []
+    for position, (number, line, stems) in enumerate(entries):
+        paths = []
+        for folder, stem in zip(FOLDERS, stems):
+            rel = _resolve(stem, folder, names[folder])
+            if rel is None:
+                missing.append(f"  line {number}: {folder}/{stem}.jpeg  (line: {line!r})")
+            paths.append(rel)
+        resolved.append((position, number, line, tuple(paths)))
+    if missing:
+        raise DatasetError(f"{len(missing)} file(s) listed in {source.describe('file_map.txt')} "
+                           f"are missing under {source.describe('')}:\n{_first_ten(missing)}")
+    return resolved
+
+
+def _decode_all(source: "_ModestSource", files: list[str], num_threads: int):
+    """Decodes every file once (threads: PIL releases the GIL while decoding); returns
+    ({file: (mode, size)}, {file: error})."""
+    def check(rel):
+        try:
+            return rel, _check_image(source.read(rel)), None
+        except Exception as e:  # noqa: BLE001 - reported by the caller with the file name
+            return rel, None, f"{type(e).__name__}: {e}"
+
+    threads = num_threads or min(8, 2 * (os.cpu_count() or 1))
+    info, bad = {}, {}
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        for rel, meta, err in pool.map(check, files, chunksize=64):
+            if err is None:
+                info[rel] = meta
+            else:
+                bad[rel] = err
+    return info, bad
 
 
 # ------------------------------------------------------------------------------------------
@@ -440,7 +442,27 @@ class Prepared:
             split, decoders={k: tfds.decode.SkipDecoding() for k in KEYS})
 
 
-_PREPARED: dict[tuple, Prepared] = {}
+DATASETS = ("synthetic_museum", "modest_museum")
+
+
+def validate(ds_config) -> None:
+    """Refuses a bad `config.dataset` in one line, before anything is built or compiled."""
+    if ds_config.name not in DATASETS:
+        raise DatasetError(f"dataset.name={ds_config.name!r}: expected one of {DATASETS}")
+    if not 0.0 <= ds_config.val_fraction < 1.0:
+        raise DatasetError(f"dataset.val_fraction={ds_config.val_fraction}: expected a value in "
+                           "[0, 1)")
+    if ds_config.name == "synthetic_museum" and ds_config.num_samples < 2:
+        raise DatasetError(f"dataset.num_samples={ds_config.num_samples}: expected at least 2")
+    manual_dir = ds_config.manual_dir
+    if manual_dir and not os.path.exists(os.path.expanduser(manual_dir)):
+        raise DatasetError(f"dataset.manual_dir={manual_dir!r} does not exist (give the extracted "
+                           "MODEST folder or its .zip)")
+    if ds_config.name == "modest_museum" and not manual_dir and not _builder(ds_config).is_prepared():
+        raise DatasetError(
+            f"dataset.name='modest_museum' is not built under {default_data_dir(ds_config.data_dir)}: "
+            "it needs --config.dataset.manual_dir=DIR, the extracted MODEST Museum folder or its "
+            ".zip (this project never downloads it)")
 
 
 def _config_arg(cls, config):
@@ -448,64 +470,82 @@ def _config_arg(cls, config):
     return config.name if config.name in {c.name for c in cls.BUILDER_CONFIGS} else config
 
 
-def _cfg(ds_config, key, default):
-    return ds_config.get(key, default) if hasattr(ds_config, "get") else getattr(ds_config, key, default)
+def _builder(ds_config) -> tfds.core.GeneratorBasedBuilder:
+    """The tfds builder `ds_config` names (nothing is read or written yet)."""
+    data_dir = default_data_dir(ds_config.data_dir)
+    if ds_config.name == "synthetic_museum":
+        config = SyntheticMuseumConfig(num_samples=ds_config.num_samples, seed=ds_config.seed,
+                                       val_fraction=ds_config.val_fraction)
+        return SyntheticMuseum(config=_config_arg(SyntheticMuseum, config), data_dir=data_dir,
+                               file_format="array_record")
+    config = ModestMuseumConfig(val_fraction=ds_config.val_fraction)
+    return ModestMuseum(config=_config_arg(ModestMuseum, config), data_dir=data_dir,
+                        file_format="array_record", manual_path=ds_config.manual_dir,
+                        skip_corrupt=ds_config.skip_corrupt)
 
 
 def prepare(ds_config) -> Prepared:
-    """Builds `ds_config.name` under `ds_config.data_dir` unless already built, and returns it.
+    """Builds the dataset `ds_config` names under `ds_config.data_dir` unless it is built, and
+    opens it. The one call that writes a dataset; modes make it once, before training.
 
     Raises DatasetError with a clear message for bad configuration or bad MODEST input."""
-    name = _cfg(ds_config, "name", "synthetic_museum")
-    data_dir = default_data_dir(_cfg(ds_config, "data_dir", ""))
-    val_fraction = float(_cfg(ds_config, "val_fraction", 0.3))
-    skip_corrupt = bool(_cfg(ds_config, "skip_corrupt", False))
-    manual = str(_cfg(ds_config, "manual_dir", "") or "")
-    if name == "synthetic_museum":
-        config = SyntheticMuseumConfig(num_samples=int(_cfg(ds_config, "num_samples", 3000)),
-                                       seed=int(_cfg(ds_config, "seed", 0)), val_fraction=val_fraction)
-        key = (name, data_dir, config.name)
-    elif name == "modest_museum":
-        config = ModestMuseumConfig(val_fraction=val_fraction)
-        key = (name, data_dir, config.name, manual, skip_corrupt)
-    else:
-        raise DatasetError(f"unknown dataset.name {name!r}: expected 'synthetic_museum' or 'modest_museum'")
-    if key in _PREPARED:
-        return _PREPARED[key]
-
-    if name == "synthetic_museum":
-        builder = SyntheticMuseum(config=_config_arg(SyntheticMuseum, config), data_dir=data_dir, file_format="array_record")
-        if not builder.is_prepared():
-            log.info("building synthetic_museum/%s under %s", config.name, data_dir)
-            builder.download_and_prepare()
-    else:
-        builder = ModestMuseum(config=_config_arg(ModestMuseum, config), data_dir=data_dir, file_format="array_record",
-                               manual_path=manual, skip_corrupt=skip_corrupt)
-        if not builder.is_prepared():
+    validate(ds_config)
+    builder = _builder(ds_config)
+    manual = ds_config.manual_dir
+    if not builder.is_prepared():
+        if ds_config.name == "synthetic_museum":
+            logging.info("building synthetic_museum/%s under %s", builder.builder_config.name,
+                     builder.data_dir)
+        else:
             if not manual:
                 raise DatasetError(
-                    f"dataset.name='modest_museum' is not built under {data_dir} and "
+                    f"dataset.name='modest_museum' is not built under {builder.data_dir} and "
                     "dataset.manual_dir is empty: set it to the extracted MODEST Museum folder or "
                     "its .zip (this project never downloads it)")
-            log.info("checking %s before building modest_museum", manual)
-            builder._scan = scan_modest(manual, skip_corrupt)  # pylint: disable=protected-access
-            builder.download_and_prepare()
-        elif manual and os.path.exists(os.path.expanduser(manual)):
-            stored = builder.info.metadata.get("file_map_sha256")
-            source = _ModestSource(manual)
-            try:
-                digest = _file_map_digest(source)
-            finally:
-                source.close()
-            if stored and digest != stored:
-                raise DatasetError(
-                    f"{builder.data_dir} holds modest_museum built from a different file_map.txt "
-                    f"than the one in {manual}: delete that folder to rebuild, or point "
-                    "dataset.data_dir elsewhere")
+            logging.info("checking %s before building modest_museum", manual)
+            builder._scan = scan_modest(manual, ds_config.skip_corrupt)  # pylint: disable=protected-access
+        builder.download_and_prepare()
+    elif ds_config.name == "modest_museum" and manual and os.path.exists(os.path.expanduser(manual)):
+        stored = builder.info.metadata.get("file_map_sha256")
+        source = _ModestSource(manual)
+        try:
+            digest = _file_map_digest(source)
+        finally:
+            source.close()
+        if stored and digest != stored:
+            raise DatasetError(
+                f"{builder.data_dir} holds modest_museum built from a different file_map.txt "
+                f"than the one in {manual}: delete that folder to rebuild, or point "
+                "dataset.data_dir elsewhere")
+    return _open(builder, ds_config)
 
+
+def load(ds_config) -> Prepared:
+    """Opens the dataset `ds_config` names, which `prepare` must have built (nothing is written).
+    Opened sets are remembered for the life of the process."""
+    key = _key(ds_config)
+    if key not in _OPENED:
+        validate(ds_config)
+        builder = _builder(ds_config)
+        if not builder.is_prepared():
+            raise DatasetError(f"{ds_config.name} is not built under {builder.data_dir}: "
+                               "a training run builds it first (or call builders.prepare)")
+        _open(builder, ds_config)
+    return _OPENED[key]
+
+
+_OPENED: dict[tuple, Prepared] = {}
+
+
+def _key(ds_config) -> tuple:
+    return tuple(ds_config[field] for field in (
+        "name", "data_dir", "manual_dir", "num_samples", "seed", "val_fraction", "skip_corrupt"))
+
+
+def _open(builder, ds_config) -> Prepared:
     meta = dict(builder.info.metadata)
     skipped = tuple(meta.get("skipped", ()))
-    if skipped and not skip_corrupt:
+    if skipped and not ds_config.skip_corrupt:
         files = sorted({s["file"] for s in skipped})
         raise DatasetError(
             f"{builder.data_dir} was built with dataset.skip_corrupt=True and leaves out "
@@ -513,13 +553,12 @@ def prepare(ds_config) -> Prepared:
             f"({', '.join(files[:5])}{' ...' if len(files) > 5 else ''}): set "
             "dataset.skip_corrupt=True to use it, or delete the folder to rebuild")
     if skipped:
-        log.warning("%s: %d sample(s) with corrupt files were left out (skip_corrupt=True): %s",
-                    name, len({s["line"] for s in skipped}),
+        logging.warning("%s: %d sample(s) with corrupt files were left out (skip_corrupt=True): %s",
+                    ds_config.name, len({s["line"] for s in skipped}),
                     ", ".join(sorted({s["file"] for s in skipped})[:10]))
     norm = {k: (tuple(v["mean"]), tuple(v["std"])) for k, v in meta["normalization"].items()}
-    prepared = Prepared(
-        name=name, dataset_dir=str(builder.data_dir),
+    _OPENED[_key(ds_config)] = Prepared(
+        name=ds_config.name, dataset_dir=str(builder.data_dir),
         split_sizes={s: builder.info.splits[s].num_examples for s in SPLITS},
         normalization=norm, skipped=skipped, metadata=meta, builder=builder)
-    _PREPARED[key] = prepared
-    return prepared
+    return _OPENED[_key(ds_config)]

@@ -12,84 +12,61 @@ grain derives from the seed and the element's position, so an iterator restored 
 Batches are dicts of NumPy arrays: `bg`, `bg_fg` (N,H,W,3) float32 normalised with the
 dataset's mean/std, `mask`, `depth` (N,H,W,1) float32 in [0,1].
 
-Benchmark: `python -m jaxsegdepth.data.pipeline --benchmark` (see docs/data.md).
+Throughput: `measure_throughput`, reported by `python -m jaxsegdepth.benchmark` (docs/data.md).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import functools
 import io
 import time
 from typing import Any
 
 import grain
-import ml_collections
+import jax
 import numpy as np
 from PIL import Image
 
+from jaxsegdepth import names
 from jaxsegdepth.data import builders
 from jaxsegdepth.data.builders import DatasetError
+from jaxsegdepth.data.normalization import MODEST_NORMALIZATION, normalize
 
-INPUTS = ("bg", "bg_fg")
-TARGETS = ("mask", "depth")
-
-
-def default_config() -> ml_collections.ConfigDict:
-    """The `config.dataset` block (see configs/default.py)."""
-    return ml_collections.ConfigDict(dict(
-        name="synthetic_museum",  # synthetic_museum | modest_museum
-        data_dir="",  # prepared tfds data; "" = ~/tensorflow_datasets
-        manual_dir="",  # modest_museum: the extracted MODEST folder or its .zip (never downloaded)
-        num_samples=3000,  # synthetic_museum: size of the generated set
-        seed=0,  # synthetic_museum: generation seed
-        skip_corrupt=False,  # modest_museum: leave out samples with corrupt JPEGs (else: error)
-        val_fraction=0.3,  # reference split: seed-1 shuffle, first 70% train
-        worker_count=0,  # grain worker processes; 0 = decode in this process (read threads)
-        read_threads=2,  # threads preparing batches ahead of the consumer (in each process)
-        prefetch_batches=2,  # batches prepared ahead per reading process
-        augment=True,  # photometric augmentation of the inputs on the train split
-        hsv_prob=0.25,  # probability of hue/saturation/value jitter
-        contrast_prob=0.25,  # probability of random contrast
-    ))
+INPUTS, TARGETS = names.INPUTS, names.HEADS
 
 
-def _get(ds_config, key, default=None):
-    return ds_config.get(key, default) if hasattr(ds_config, "get") else getattr(ds_config, key, default)
+def validate(ds_config) -> None:
+    """Refuses bad dataset or loader settings (`config.dataset`) in one line."""
+    builders.validate(ds_config)
+    for field in ("worker_count", "read_threads", "prefetch_batches"):
+        minimum = 0 if field == "worker_count" else 1
+        if ds_config[field] < minimum:
+            raise DatasetError(f"dataset.{field}={ds_config[field]}: expected >= {minimum}")
+    for field in ("hsv_prob", "contrast_prob"):
+        if not 0.0 <= ds_config[field] <= 1.0:
+            raise DatasetError(f"dataset.{field}={ds_config[field]}: expected a probability "
+                               "in [0, 1]")
 
 
 def _split_name(split: str) -> str:
-    split = {"val": "validation", "valid": "validation", "eval": "validation"}.get(split, split)
     if split not in builders.SPLITS:
-        raise DatasetError(f"unknown split {split!r}: expected 'train' or 'validation'")
+        raise DatasetError(f"unknown split {split!r}: expected one of {builders.SPLITS}")
     return split
 
 
-def prepare(ds_config) -> builders.Prepared:
-    """Builds (first call) or opens the dataset; see `builders.prepare`."""
-    return builders.prepare(ds_config)
-
-
 def split_size(ds_config, split: str) -> int:
-    """Global number of examples in `split` ("train" or "validation")."""
-    return builders.prepare(ds_config).split_sizes[_split_name(split)]
+    """Global number of examples in `split` ("train" or "validation") of the built set."""
+    return builders.load(ds_config).split_sizes[_split_name(split)]
 
 
-def normalization(ds_config) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def input_normalization(ds_config) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{"bg": (mean, std), "bg_fg": (mean, std)}: float32 3-vectors for inputs in [0,1]. MODEST:
-    the SPEC values, without building the set (predict/export may run where it is not);
+    the SPEC values, without opening the set (predict/export may run where it is not);
     synthetic: measured over the generated set when it was built."""
-    if _get(ds_config, "name", "synthetic_museum") == "modest_museum":
-        norm = builders.MODEST_NORMALIZATION
+    if ds_config.name == "modest_museum":
+        norm = MODEST_NORMALIZATION
     else:
-        norm = builders.prepare(ds_config).normalization
+        norm = builders.load(ds_config).normalization
     return {k: (np.asarray(m, np.float32), np.asarray(s, np.float32)) for k, (m, s) in norm.items()}
-
-
-def denormalize(images, mean, std) -> np.ndarray:
-    """Normalised (..., 3) images back to float32 RGB in [0,1] (for drawing)."""
-    images = np.asarray(images, np.float32)
-    return np.clip(images * np.asarray(std, np.float32) + np.asarray(mean, np.float32), 0.0, 1.0)
 
 
 # ------------------------------------------------------------------------------------------
@@ -176,20 +153,9 @@ class PhotometricAugment(grain.transforms.RandomMap):
         return out
 
 
-@functools.lru_cache(maxsize=32)
-def _affine_row(mean: tuple, std: tuple, width: int, from_uint8: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(scale, offset) tiled to a whole image row (width*3,): a per-channel affine map over a
-    length-3 axis is ~8x slower in NumPy than over a (H, W*3) view."""
-    std = np.asarray(std, np.float64)
-    scale = 1.0 / (std * 255.0) if from_uint8 else 1.0 / std
-    offset = -np.asarray(mean, np.float64) / std
-    return np.tile(scale, width).astype(np.float32), np.tile(offset, width).astype(np.float32)
-
-
 @dataclasses.dataclass(frozen=True)
 class Normalize(grain.transforms.Map):
-    """Inputs -> (x - mean) / std with x in [0,1] (uint8 is divided by 255 first); targets ->
-    [0,1]. Keeps only the four arrays."""
+    """Inputs -> `normalization.normalize`; targets -> [0,1]. Keeps only the four arrays."""
 
     bg_mean: tuple
     bg_std: tuple
@@ -197,15 +163,8 @@ class Normalize(grain.transforms.Map):
     bg_fg_std: tuple
 
     def map(self, element: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = {}
-        for key, mean, std in (("bg", self.bg_mean, self.bg_std), ("bg_fg", self.bg_fg_mean, self.bg_fg_std)):
-            x = element[key]
-            h, w, c = x.shape
-            scale, offset = _affine_row(tuple(mean), tuple(std), w, x.dtype == np.uint8)
-            y = x.reshape(h, w * c).astype(np.float32)
-            y *= scale
-            y += offset
-            out[key] = y.reshape(h, w, c)
+        out = {"bg": normalize(element["bg"], self.bg_mean, self.bg_std),
+               "bg_fg": normalize(element["bg_fg"], self.bg_fg_mean, self.bg_fg_std)}
         for key in TARGETS:
             out[key] = element[key].astype(np.float32) * np.float32(1 / 255)
         return out
@@ -213,20 +172,6 @@ class Normalize(grain.transforms.Map):
 
 # ------------------------------------------------------------------------------------------
 # Loader.
-
-
-def _process_shard() -> tuple[int, int]:
-    import jax  # pylint: disable=g-import-not-at-top
-
-    return jax.process_index(), jax.process_count()
-
-
-def _ensure_absl_flags_parsed():
-    """grain reads its absl flags; outside absl.app (pytest, plain scripts) nobody parsed them."""
-    from absl import flags  # pylint: disable=g-import-not-at-top
-
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
 
 
 def create_loader(ds_config, split: str, *, resolution: int, batch_size: int, shuffle: bool,
@@ -245,14 +190,14 @@ def create_loader(ds_config, split: str, *, resolution: int, batch_size: int, sh
     `set_state(state)` resumes exactly there (same pipeline arguments and worker count).
     """
     split = _split_name(split)
-    prepared = builders.prepare(ds_config)
+    prepared = builders.load(ds_config)
     if resolution <= 0 or batch_size <= 0:
         raise DatasetError(f"resolution and batch_size must be positive, got {resolution}, {batch_size}")
     if augment is None:
-        augment = bool(_get(ds_config, "augment", False)) and split == "train"
+        augment = ds_config.augment and split == "train"
     if worker_count is None:
-        worker_count = int(_get(ds_config, "worker_count", 0))
-    index, count = shard if shard is not None else _process_shard()
+        worker_count = ds_config.worker_count
+    index, count = shard if shard is not None else (jax.process_index(), jax.process_count())
 
     ds = grain.MapDataset.source(prepared.data_source(split))
     n = len(ds)
@@ -269,17 +214,14 @@ def create_loader(ds_config, split: str, *, resolution: int, batch_size: int, sh
     ds = ds.map(DecodeResize(int(resolution)))
     if augment:
         ds = ds.random_map(PhotometricAugment(
-            hsv_prob=float(_get(ds_config, "hsv_prob", 0.25)),
-            contrast_prob=float(_get(ds_config, "contrast_prob", 0.25))))
+            hsv_prob=ds_config.hsv_prob, contrast_prob=ds_config.contrast_prob))
     norm = prepared.normalization
     ds = ds.map(Normalize(*norm["bg"], *norm["bg_fg"]))
     ds = ds.batch(int(batch_size), drop_remainder=drop_remainder)
     ds = ds.repeat(num_epochs)  # reseeds shuffle and augmentation every epoch
     ids = ds.to_iter_dataset(grain.ReadOptions(
-        num_threads=int(_get(ds_config, "read_threads", 2)),
-        prefetch_buffer_size=int(_get(ds_config, "prefetch_batches", 2))))
+        num_threads=ds_config.read_threads, prefetch_buffer_size=ds_config.prefetch_batches))
     if worker_count > 0:
-        _ensure_absl_flags_parsed()
         ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(worker_count),
                                                            per_worker_buffer_size=1))
     return ids
@@ -302,34 +244,3 @@ def measure_throughput(ds_config, resolution: int, batch_size: int = 32, worker_
     finally:
         if hasattr(it, "close"):
             it.close()
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Loader benchmark: samples/s per resolution and worker count.")
-    parser.add_argument("--benchmark", action="store_true", help="run the benchmark (default action)")
-    parser.add_argument("--name", default="synthetic_museum")
-    parser.add_argument("--data_dir", default="")
-    parser.add_argument("--manual_dir", default="")
-    parser.add_argument("--num_samples", type=int, default=3000)
-    parser.add_argument("--resolutions", default="96,160,224")
-    parser.add_argument("--workers", default="0,1,2")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--num_batches", type=int, default=20)
-    parser.add_argument("--no_augment", action="store_true")
-    args = parser.parse_args(argv)
-    cfg = default_config()
-    cfg.update(dict(name=args.name, data_dir=args.data_dir, manual_dir=args.manual_dir,
-                    num_samples=args.num_samples, augment=not args.no_augment))
-    prepared = prepare(cfg)
-    print(f"{prepared.name} at {prepared.dataset_dir}: {prepared.split_sizes}; batch {args.batch_size}, "
-          f"{args.num_batches} batches, augment={cfg.augment}")
-    resolutions = [int(r) for r in args.resolutions.split(",")]
-    workers = [int(w) for w in args.workers.split(",")]
-    print("resolution " + " ".join(f"{w:>3d} worker(s)" for w in workers))
-    for r in resolutions:
-        rates = [measure_throughput(cfg, r, args.batch_size, w, args.num_batches) for w in workers]
-        print(f"{r:>10d} " + " ".join(f"{x:>9.0f}/s  " for x in rates), flush=True)
-
-
-if __name__ == "__main__":
-    main()

@@ -23,8 +23,8 @@ Scene model (a pinhole camera inside a box-shaped room, metres):
 Everything is deterministic for `(seed, index)`: `render(seed, index)` draws from
 `np.random.default_rng([seed, index])` and a fixed noise bank.
 
-Command: `python -m jaxsegdepth.data.synthetic --out preview.png [--n 8] [--seed 0]` writes a
-PNG grid (rows: samples; columns: bg, bg_fg, mask, depth). `--speed N` times `generate`.
+Command: `python -m jaxsegdepth.data.synthetic --speed N` times `generate`. A preview grid of
+samples is drawn above the data layer: `python -m jaxsegdepth.plots samples --out preview.png`.
 """
 from __future__ import annotations
 
@@ -37,12 +37,14 @@ import time
 import numpy as np
 from PIL import Image, ImageDraw
 
+from jaxsegdepth import names
+
 SIZE = 224
 Z_NEAR = 2.0  # metres mapped to depth 1.0 (anything nearer is clipped)
 Z_FAR = 20.0  # metres mapped to depth 0.0
 JPEG_QUALITY_RGB = 90
 JPEG_QUALITY_TARGET = 95
-KEYS = ("bg", "bg_fg", "mask", "depth")
+KEYS = names.INPUTS + names.HEADS
 
 _INV_NEAR, _INV_FAR = 1.0 / Z_NEAR, 1.0 / Z_FAR
 _DEPTH_SCALE = 1.0 / (_INV_NEAR - _INV_FAR)
@@ -187,7 +189,25 @@ class _Scene:
         shade = 1.0 + np.take(amp, label) * _crop(smooth, rng, n, n) + 0.02 * _crop(fine, rng, n, n)
         shade *= 0.82 + 0.3 * np.clip((inv - _INV_FAR) * _DEPTH_SCALE, 0, 1)  # light falloff
 
-        # Floor pattern: planks, tiles or stone; walls: plain or striped wallpaper.
+        pattern, floor_delta = self._floor_pattern(x_world, z, smooth)
+        delta = np.zeros((3, 6), np.float32)  # channel-first: fast broadcasting below
+        delta[:, 0] = floor_delta * self.light
+        img = np.take(palette.T, label, axis=1)  # (3, H, W)
+        img += np.take(delta, label, axis=1) * pattern
+        if rng.uniform() < 0.3:  # striped wallpaper on the walls
+            sw = 1.0 / rng.uniform(0.15, 0.4)
+            coord = np.where(label == 4, x_world, z)
+            stripes = (np.floor(coord * sw).astype(np.int32) & 1).astype(np.float32)
+            wdelta = np.zeros((3, 6), np.float32)
+            wdelta[:, 2:5] = (self.wall * rng.uniform(-0.15, 0.15) * self.light)[:, None]
+            img += np.take(wdelta, label, axis=1) * stripes
+        img *= shade
+        np.clip(img, 0, 255, out=img)
+        self.img = np.ascontiguousarray(img.astype(np.uint8).transpose(1, 2, 0))
+
+    def _floor_pattern(self, x_world, z, smooth):
+        """Planks, tiles or stone: (pattern, the floor colour change it scales)."""
+        rng, n = self.rng, self.size
         floor_kind = int(rng.integers(3))
         if floor_kind == 0:  # planks along the room
             pw = rng.uniform(0.15, 0.3)
@@ -205,20 +225,7 @@ class _Scene:
         else:  # stone
             pattern = _crop(smooth, rng, n, n) * 0.5
             floor_delta = self.floor * 0.4
-        delta = np.zeros((3, 6), np.float32)  # channel-first: fast broadcasting below
-        delta[:, 0] = floor_delta * self.light
-        img = np.take(palette.T, label, axis=1)  # (3, H, W)
-        img += np.take(delta, label, axis=1) * pattern
-        if rng.uniform() < 0.3:  # striped wallpaper on the walls
-            sw = 1.0 / rng.uniform(0.15, 0.4)
-            coord = np.where(label == 4, x_world, z)
-            stripes = (np.floor(coord * sw).astype(np.int32) & 1).astype(np.float32)
-            wdelta = np.zeros((3, 6), np.float32)
-            wdelta[:, 2:5] = (self.wall * rng.uniform(-0.15, 0.15) * self.light)[:, None]
-            img += np.take(wdelta, label, axis=1) * stripes
-        img *= shade
-        np.clip(img, 0, 255, out=img)
-        self.img = np.ascontiguousarray(img.astype(np.uint8).transpose(1, 2, 0))
+        return pattern, floor_delta
 
     # -- pictures ---------------------------------------------------------------------------
     def _project(self, x, y, z):
@@ -527,18 +534,6 @@ def generate(seed: int, index: int, size: int = SIZE) -> dict[str, bytes]:
     return encode(render(seed, index, size))
 
 
-def preview_grid(seed: int = 0, n: int = 8, start: int = 0, size: int = SIZE) -> Image.Image:
-    """One row per sample: bg | bg_fg | mask | depth (decoded from the JPEG bytes)."""
-    pad = 4
-    grid = Image.new("RGB", (4 * size + 5 * pad, n * size + (n + 1) * pad), (255, 255, 255))
-    for r in range(n):
-        enc = generate(seed, start + r, size)
-        for c, k in enumerate(KEYS):
-            im = Image.open(io.BytesIO(enc[k])).convert("RGB")
-            grid.paste(im, (pad + c * (size + pad), pad + r * (size + pad)))
-    return grid
-
-
 def measure_speed(num: int = 200, seed: int = 0, size: int = SIZE) -> tuple[float, float]:
     """Samples/s of `generate` (render + 4 JPEG encodes) in this process: (per CPU second of this
     process, per wall-clock second). On a busy shared machine the first is the meaningful one."""
@@ -551,22 +546,14 @@ def measure_speed(num: int = 200, seed: int = 0, size: int = SIZE) -> tuple[floa
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="", help="PNG file for a preview grid")
-    parser.add_argument("--n", type=int, default=8, help="samples in the grid")
+    parser.add_argument("--speed", type=int, required=True, metavar="N",
+                        help="time generating this many samples")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--start", type=int, default=0, help="index of the first sample")
     parser.add_argument("--size", type=int, default=SIZE)
-    parser.add_argument("--speed", type=int, default=0, help="time generating this many samples")
     args = parser.parse_args(argv)
-    if not args.out and not args.speed:
-        parser.error("give --out PNG and/or --speed N")
-    if args.out:
-        preview_grid(args.seed, args.n, args.start, args.size).save(args.out)
-        print(f"wrote {args.out}: {args.n} samples (seed {args.seed}), columns bg | bg_fg | mask | depth")
-    if args.speed:
-        cpu, wall = measure_speed(args.speed, args.seed, args.size)
-        print(f"generate: {cpu:.0f} samples per CPU-second ({wall:.0f}/s wall clock) at "
-              f"{args.size}x{args.size}, render + 4 JPEG encodes, one process")
+    cpu, wall = measure_speed(args.speed, args.seed, args.size)
+    print(f"generate: {cpu:.0f} samples per CPU-second ({wall:.0f}/s wall clock) at "
+          f"{args.size}x{args.size}, render + 4 JPEG encodes, one process")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,96 @@
+"""One validation pass (exact metric sums) and the preview grid, for the trainer and `mode=evaluate`.
+
+`evaluate_split` runs the jitted eval step over every validation sample once. The last partial
+batch is padded to the batch size with repeats of its real samples, weighted 0, so metric sums
+are exact; `val_loss` averages the batch losses weighted by their numbers of real samples.
+"""
+import math
+from typing import Callable, Optional
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from jaxsegdepth import mesh as mesh_lib, metrics, names, reporting
+from jaxsegdepth.data import normalization, pipeline
+
+FETCH_EVERY = 16  # evaluation sums come to the host (float64) every this many batches
+
+
+def evaluate_split(config: ml_collections.ConfigDict, mesh, eval_step: Callable, state,
+                   resolution: int, heads, first_batch: Optional[Callable] = None,
+                   should_stop: Callable[[], bool] = lambda: False) -> Optional[dict]:
+    """Loss, loss terms and metrics of `state` over the whole validation split at `resolution`.
+
+    Keys are `val_loss`, `val_<metric>` and `val_<head>/<term>`. `first_batch(batch, host,
+    real)` is called on the first batch (the trainer draws its preview there). Returns None,
+    leaving the pass unfinished, as soon as `should_stop()` is true after a batch.
+    """
+    local_batch = mesh_lib.check_batch_size(mesh, config.batch_size)
+    keys = names.INPUTS + tuple(heads)
+    loader = pipeline.create_loader(
+        config.dataset, "validation", resolution=resolution, batch_size=local_batch,
+        shuffle=False, seed=config.seed, num_epochs=1, drop_remainder=False, augment=False)
+    per_process = math.ceil(pipeline.split_size(config.dataset, "validation")
+                            / jax.process_count())
+    iterator, last_real, totals, pending = iter(loader), None, {}, []
+
+    def fetch():
+        for sums, batch_loss, terms in jax.device_get(pending):
+            weight = float(sums.get("images", 1.0))
+            _add(totals, {k: float(v) for k, v in sums.items()})
+            _add(totals, {"loss": weight * float(batch_loss), "weight": weight,
+                          **{k: weight * float(v) for k, v in terms.items()}})
+        pending.clear()
+
+    for index in range(math.ceil(per_process / local_batch)):
+        host = next(iterator, None)
+        if host is None:  # this process ran out before another: an all-padding batch
+            host, real = last_real, 0
+        else:
+            host = {k: np.asarray(host[k]) for k in keys}
+            real = len(host["bg"])
+            last_real = host
+        take = np.arange(local_batch) % len(host["bg"])
+        padded = {k: v[take] for k, v in host.items()}
+        padded["weights"] = (np.arange(local_batch) < real).astype(np.float32)
+        batch = mesh_lib.shard_batch(mesh, padded)
+        out = eval_step(state, batch)
+        terms = {k: v for k, v in out.items() if k not in ("loss", "sums")}
+        pending.append((out["sums"], out["loss"], terms))
+        if index == 0 and first_batch is not None:
+            first_batch(batch, padded, real)
+        if len(pending) >= FETCH_EVERY:
+            fetch()
+        if should_stop():
+            return None
+    fetch()
+    weight = totals.pop("weight", 0.0)
+    result = {"val_loss": totals.pop("loss") / weight if weight else float("nan")}
+    sums = {k: v for k, v in totals.items() if "/" not in k}
+    result.update({f"val_{k}": v for k, v in metrics.summarize(sums).items()})
+    result.update({f"val_{k}": v / weight for k, v in totals.items() if "/" in k})
+    return result
+
+
+def _add(totals: dict, values: dict) -> None:
+    for key, value in values.items():
+        totals[key] = totals.get(key, 0.0) + value
+
+
+def preview_grid(config: ml_collections.ConfigDict, predict_step: Callable, state,
+                 batch: dict, host: dict, real: int, heads) -> np.ndarray:
+    """The first `num_preview` samples of a validation batch: inputs, targets, predictions.
+
+    Every process takes part (the predictions are gathered); only process 0 needs the grid.
+    """
+    predictions = predict_step(state, batch["bg"], batch["bg_fg"])
+    predictions = multihost_utils.process_allgather(predictions, tiled=True)
+    n = max(1, min(config.num_preview, real))
+    norm = pipeline.input_normalization(config.dataset)
+    columns = [(name, normalization.denormalize(host[name][:n], *norm[name]))
+               for name in names.INPUTS]
+    for head in heads:
+        columns += [(head, host[head][:n]), (f"pred {head}", np.asarray(predictions[head])[:n])]
+    return reporting.image_grid(columns)

@@ -1,0 +1,27 @@
+"""Names shared by the data, the models, the losses and the reports, defined once.
+
+A batch is a dict keyed by `INPUTS` and the heads; a model returns a dict keyed by the heads it
+declares (`models.MODELS[name].HEADS`, a subset of `HEADS`); metrics and loss terms are reported
+as `val_<metric>` and `val_<head>/<term>`.
+"""
+INPUTS = ("bg", "bg_fg")
+HEADS = ("mask", "depth")  # every head a model may predict, in display order
+MASK_METRICS = ("iou", "iou_soft")
+DEPTH_METRICS = ("rmse", "mae", "abs_rel", "sq_rel", "log10", "delta1", "delta2", "delta3")
+
+
+def metric_names(heads) -> tuple[str, ...]:
+    """The metrics evaluation reports for a model with `heads`, in display order."""
+    names = ("loss",)
+    if "mask" in heads:
+        names += MASK_METRICS
+    if "depth" in heads:
+        names += DEPTH_METRICS
+    return names
+
+
+def monitor_names(heads, loss_spec) -> tuple[str, ...]:
+    """Every per-epoch value a checkpoint can be chosen by: `train_loss`, `val_<metric>` and
+    `val_<head>/<term>` for each term of `loss_spec` ({head: {term: weight}})."""
+    terms = tuple(f"val_{head}/{term}" for head, spec in loss_spec.items() for term in spec)
+    return ("train_loss",) + tuple(f"val_{name}" for name in metric_names(heads)) + terms

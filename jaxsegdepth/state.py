@@ -1,0 +1,124 @@
+"""The one place a config becomes a model, an optimizer and a `steps.TrainState`.
+
+Every mode builds its model here: training (`create_state`, and `abstract_state` to restore
+into), the LR range test (with its own sweep as `tx`), the benchmark, and the inference modes
+(`load_for_inference`, the best or a chosen checkpoint of a run).
+"""
+import functools
+import os
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+from jaxsegdepth import checkpoints, errors, losses, mesh as mesh_lib, models, optim, steps
+
+DTYPES = ("float32", "bfloat16")
+INIT_RESOLUTION = 32  # parameter shapes do not depend on it; DSResNet needs a multiple of 32
+
+
+def validate(config: ml_collections.ConfigDict, resolutions: Sequence[int],
+             field: str = "resolutions") -> None:
+    """Refuses, in one line, a model, dtype or loss that cannot run at `resolutions` (the
+    setting `field` of the config)."""
+    if config.model not in models.MODELS:
+        raise errors.UsageError(f"model={config.model!r}: expected one of {sorted(models.MODELS)}")
+    if config.dtype not in DTYPES:
+        raise errors.UsageError(f"dtype={config.dtype!r}: expected one of {DTYPES}")
+    stride = models.MODELS[config.model].STRIDE
+    for resolution in resolutions:
+        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution <= 0:
+            raise errors.UsageError(f"{field}: resolution {resolution!r} must be a positive "
+                                    "integer")
+        if resolution % stride:
+            raise errors.UsageError(f"{field}: resolution {resolution} is not a multiple of "
+                                    f"{stride}, which {config.model} needs")
+    try:
+        spec = losses.validate_spec(config.loss)
+    except (ValueError, TypeError) as error:
+        raise errors.UsageError(f"loss: {error}") from None
+    model_heads = heads(config)
+    smallest = min(resolutions, default=None)
+    for head, terms in spec.items():
+        if head not in model_heads:
+            raise errors.UsageError(f"loss has a {head!r} term but model {config.model!r} only "
+                                    f"predicts {model_heads}")
+        for term, size in (("ms_ssim", losses.MS_SSIM_MIN_SIZE), ("ssim", losses.SSIM_WINDOW)):
+            if term in terms and smallest is not None and smallest < size:
+                raise errors.UsageError(f"{field}: loss term {term} needs resolutions >= {size}, "
+                                        f"got {smallest}")
+
+
+def heads(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The heads `config.model` declares (its output keys)."""
+    return models.MODELS[config.model].HEADS
+
+
+def create_model(config: ml_collections.ConfigDict) -> nn.Module:
+    return models.create(config.model, config.dtype)
+
+
+def create_state(config: ml_collections.ConfigDict, steps_per_epoch: int = 1,
+                 mesh: Optional[Mesh] = None,
+                 tx: Optional[optax.GradientTransformation] = None) -> steps.TrainState:
+    """The model of `config.model` in `config.dtype`, initialised from `config.seed`, under jit.
+
+    The optimizer follows `config.optimizer`/`config.schedule` (`steps_per_epoch` places the
+    schedule's boundaries) unless `tx` is given. The state is replicated on `mesh` (default:
+    every device).
+    """
+    mesh = mesh_lib.create_mesh() if mesh is None else mesh
+    init = _initializer(config, steps_per_epoch, tx)
+    return jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(jax.random.PRNGKey(config.seed))
+
+
+def abstract_state(config: ml_collections.ConfigDict, mesh: Mesh, steps_per_epoch: int = 1,
+                   tx: Optional[optax.GradientTransformation] = None) -> steps.TrainState:
+    """The shapes, dtypes and (replicated) shardings of `create_state`'s result, no compute."""
+    shapes = jax.eval_shape(_initializer(config, steps_per_epoch, tx),
+                            jax.random.PRNGKey(config.seed))
+    sharding = mesh_lib.replicated(mesh)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
+def _initializer(config, steps_per_epoch, tx):
+    if tx is None:
+        tx = optim.create_optimizer(config.optimizer,
+                                    optim.learning_rate_schedule(config, steps_per_epoch))
+    return functools.partial(steps.create_train_state, create_model(config), tx,
+                             optim.plateau(config), resolution=INIT_RESOLUTION)
+
+
+def load_for_inference(config: ml_collections.ConfigDict, workdir: str,
+                       mesh: Optional[Mesh] = None) -> steps.TrainState:
+    """The trained state of `workdir`: step `config.checkpoint.step` if >= 0, else the best
+    end-of-epoch checkpoint (the latest when there are only mid-epoch saves).
+
+    Raises `errors.RunError` naming the directory when it holds no checkpoint (or not the
+    requested step). The state is replicated on `mesh` (default: every device).
+    """
+    mesh = mesh_lib.create_mesh() if mesh is None else mesh
+    directory = checkpoints.checkpoint_dir(workdir)
+    if not os.path.isdir(directory):
+        raise errors.RunError(f"no checkpoint directory {directory}: train first, or pass "
+                              "--workdir of a trained run")
+    checkpointer = checkpoints.Checkpointer(workdir, config.checkpoint.monitor,
+                                            config.checkpoint.mode, read_only=True)
+    try:
+        available = checkpointer.all_steps()
+        step = config.checkpoint.step
+        if step < 0:
+            step = checkpointer.best_step()
+            step = checkpointer.latest_step() if step is None else step
+            if step is None:
+                raise errors.RunError(f"no checkpoint in {directory}")
+        elif step not in available:
+            raise errors.RunError(f"no checkpoint at step {step} in {directory}; available: "
+                                  f"{sorted(available)}")
+        state, _ = checkpointer.restore(abstract_state(config, mesh), step)
+    finally:
+        checkpointer.close()
+    return state

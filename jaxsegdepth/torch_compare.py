@@ -1,0 +1,260 @@
+"""DSResNet train and eval speed, PyTorch eager against this project's jitted JAX steps.
+
+  python -m jaxsegdepth.torch_compare [--res 96] [--batch 8] [--rounds 5] [--threads 0]
+      [--steps 2] [--warmup 2] [--config configs/rmse_bce_dice.py:published] [--json out.json]
+
+PyTorch is optional and not in requirements.txt: run this with a Python that has it (a CPU
+wheel in a venv made with `--system-site-packages`, so it also sees JAX), from the repository
+root. The PyTorch side is DSResNet as SPEC.md describes it (10,343,490 parameters, NCHW),
+trained with SGD and the recipe's learning rate and momentum (0.01 and 0.9 in the default,
+the reference's) on 2 rmse(sigmoid depth) + bce(mask) + 2 dice(mask, smooth 1e-6); its eval is
+the forward pass and the loss under `torch.inference_mode`. The JAX side is
+`benchmark.StepRunner`: the trainer's steps for the same recipe, whose loss must be that one.
+
+Both run in this process on the same random batch, in interleaved rounds (torch, JAX, torch,
+JAX, ...) so that a machine that slows down or speeds up affects both alike; each round times
+`--steps` train steps and 3x as many eval steps per side. Printed: median samples/s per side
+and the median of the per-round ratios JAX / torch, with the load average before and after.
+`--threads` sets torch's thread count (0: its default); JAX uses every core.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from jaxsegdepth import benchmark, errors, state as state_lib
+
+# The loss the PyTorch side computes, as a `losses.compose` spec: the JAX recipe must match it.
+TORCH_LOSS = {"depth": {"rmse": 2.0}, "mask": {"bce_dice": 1.0}}
+DEFAULT_CONFIG = "configs/rmse_bce_dice.py:published"
+
+
+def import_torch():
+    """The torch module, or a `UsageError` saying how to get it."""
+    try:
+        import torch  # pylint: disable=g-import-not-at-top
+    except ImportError:
+        raise errors.UsageError(
+            "PyTorch is not installed in this Python; it is optional and not in "
+            "requirements.txt. Install a CPU wheel into a separate environment, e.g. `python -m "
+            "venv --system-site-packages ~/torchenv && ~/torchenv/bin/pip install torch "
+            "--index-url https://download.pytorch.org/whl/cpu`, and run this script with "
+            "~/torchenv/bin/python") from None
+    return torch
+
+
+def build_network():
+    """DSResNet of SPEC.md in PyTorch: an `nn.ModuleDict` of blocks that `forward` wires up."""
+    nn = import_torch().nn
+
+    def conv(cin, cout, kernel):
+        return nn.Conv2d(cin, cout, kernel, padding=kernel // 2)
+
+    def residual(cin, cout):  # (conv3x3 -> ReLU -> BatchNorm) x 2, plus a 1x1 shortcut
+        return nn.ModuleDict({
+            "body": nn.Sequential(conv(cin, cout, 3), nn.ReLU(), nn.BatchNorm2d(cout),
+                                  conv(cout, cout, 3), nn.ReLU(), nn.BatchNorm2d(cout)),
+            "shortcut": conv(cin, cout, 1)})
+
+    def up_block(cin, cout, merges_skip):
+        parts = {"reduce": conv(cin, cout, 1), "block": residual(cin, cout)}
+        if merges_skip:
+            parts["merge"] = conv(cin, cout, 1)
+        return nn.ModuleDict(parts)
+
+    widths = (512, 256, 128, 64, 32, 16)  # decoder: the last two blocks merge two skips
+
+    def decoder():
+        blocks = {f"up{i}": up_block(cin, cout, i >= 3)
+                  for i, (cin, cout) in enumerate(zip(widths, widths[1:]))}
+        return nn.ModuleDict({**blocks, "out": conv(widths[-1], 1, 1)})
+
+    encoders = {"bg1": (3, 16), "bg2": (16, 32), "fg1": (3, 16), "fg2": (16, 32),
+                "enc1": (32, 64), "enc2": (64, 128), "enc3": (128, 256), "enc4": (256, 512)}
+    return nn.ModuleDict({**{name: residual(*io) for name, io in encoders.items()},
+                          "merge": conv(64, 32, 1), "mask": decoder(), "depth": decoder()})
+
+
+def forward(net, bg, bg_fg) -> dict:
+    """Mask and depth logits (N, 1, H, W) of `build_network`'s `net` for NCHW inputs."""
+    torch = import_torch()
+    functional = torch.nn.functional
+
+    def residual(block, x):
+        return block["body"](x) + block["shortcut"](x)
+
+    bg1 = residual(net["bg1"], bg)
+    bg2 = residual(net["bg2"], functional.max_pool2d(bg1, 2))
+    fg1 = residual(net["fg1"], bg_fg)
+    fg2 = residual(net["fg2"], functional.max_pool2d(fg1, 2))
+    x = net["merge"](torch.cat([functional.max_pool2d(bg2, 2), functional.max_pool2d(fg2, 2)], 1))
+    skips = []
+    for i in range(1, 5):  # enc4's unpooled output is the bottleneck
+        x = residual(net[f"enc{i}"], x if i == 1 else functional.max_pool2d(x, 2))
+        skips.append(x)
+    enc1, enc2, enc3, bottleneck = skips
+    joins = ((enc3, None), (enc2, None), (enc1, None), (bg2, fg2), (bg1, fg1))
+    outputs = {}
+    for head in ("mask", "depth"):
+        x = bottleneck
+        for i, (skip, extra) in enumerate(joins):
+            block = net[head][f"up{i}"]
+            x = functional.interpolate(block["reduce"](x), scale_factor=2, mode="bilinear",
+                                       align_corners=False)
+            if extra is not None:
+                skip = block["merge"](torch.cat([skip, extra], 1))
+            x = residual(block["block"], torch.cat([x, skip], 1))
+        outputs[head] = net[head]["out"](x)
+    return outputs
+
+
+def loss(outputs: dict, targets: dict):
+    """2 rmse(sigmoid depth) + bce(mask logits) + 2 dice(sigmoid mask, smooth 1e-6)."""
+    torch = import_torch()
+    functional = torch.nn.functional
+    depth = torch.sigmoid(outputs["depth"])
+    rmse = torch.sqrt(functional.mse_loss(depth, targets["depth"]) + 1e-6)
+    bce = functional.binary_cross_entropy_with_logits(outputs["mask"], targets["mask"])
+    probs, mask = torch.sigmoid(outputs["mask"]), targets["mask"]
+    dice = 1 - (2 * torch.sum(probs * mask) + 1e-6) / (torch.sum(probs) + torch.sum(mask) + 1e-6)
+    return 2 * rmse + bce + 2 * dice
+
+
+def parameter_count(net) -> int:
+    """Trainable parameters, as the reference counts them (BatchNorm statistics excluded)."""
+    return sum(p.numel() for p in net.parameters())
+
+
+def to_torch(batch: dict[str, np.ndarray]) -> dict:
+    """NHWC NumPy arrays -> contiguous NCHW torch tensors (same values)."""
+    torch = import_torch()
+    return {k: torch.from_numpy(np.ascontiguousarray(v.transpose(0, 3, 1, 2)))
+            for k, v in batch.items()}
+
+
+def torch_steps(net, optimizer, batch: dict) -> tuple:
+    """`train(n)` and `evaluate(n)`: n eager train steps, n forward passes with the loss."""
+    torch = import_torch()
+    targets = {"mask": batch["mask"], "depth": batch["depth"]}
+
+    def train(num_steps: int) -> None:
+        net.train()
+        for _ in range(num_steps):
+            optimizer.zero_grad(set_to_none=True)
+            loss(forward(net, batch["bg"], batch["bg_fg"]), targets).backward()
+            optimizer.step()
+
+    def evaluate(num_steps: int) -> None:
+        net.eval()
+        with torch.inference_mode():
+            for _ in range(num_steps):
+                loss(forward(net, batch["bg"], batch["bg_fg"]), targets)
+
+    return train, evaluate
+
+
+def jax_config(path: str):
+    """The recipe the JAX side runs (DSResNet, float32); its loss must be `TORCH_LOSS` and its
+    optimizer SGD, which is all the PyTorch side implements."""
+    config = benchmark.load_config(path, "dsresnet", "float32")
+    if config.loss.to_dict() != TORCH_LOSS:
+        raise errors.UsageError(f"--config {path}: loss {config.loss.to_dict()}, but the PyTorch "
+                                f"side computes {TORCH_LOSS}")
+    if config.optimizer.name != "sgd" or config.optimizer.weight_decay:
+        raise errors.UsageError(f"--config {path}: optimizer {config.optimizer.name} (weight decay "
+                                f"{config.optimizer.weight_decay}); the PyTorch side runs SGD")
+    return config
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line of the module doc."""
+    parser = argparse.ArgumentParser(prog="python -m jaxsegdepth.torch_compare",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--res", type=int, default=96, help="input side (a multiple of 32)")
+    parser.add_argument("--batch", type=int, default=8, help="batch size")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timed rounds")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: its default)")
+    parser.add_argument("--steps", type=int, default=2, help="train steps per side and round "
+                        "(eval runs 3x as many)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each kind first")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="the JAX side's recipe")
+    parser.add_argument("--json", default="", help="write every round's figures here")
+    args = parser.parse_args(argv)
+    for name in ("res", "batch", "rounds", "steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.threads < 0 or args.warmup < 0:
+        parser.error("--threads and --warmup must be at least 0")
+    return args
+
+
+def _sides(args: argparse.Namespace, torch) -> dict[str, tuple]:
+    """{"torch": (train, evaluate), "jax": (train, evaluate)} on one batch, compiled, warm."""
+    config = jax_config(args.config)
+    state_lib.validate(config, [args.res])
+    batch = benchmark.synthetic_batch(args.batch, args.res, config.seed)
+    torch.manual_seed(config.seed)
+    net = build_network()
+    optimizer = torch.optim.SGD(net.parameters(), lr=config.optimizer.learning_rate,
+                                momentum=config.optimizer.momentum,
+                                nesterov=config.optimizer.nesterov)
+    runner = benchmark.StepRunner(config, args.res, args.batch, batch=batch)
+    runner.compile()
+    sides = {"torch": torch_steps(net, optimizer, to_torch(batch)),
+             "jax": (runner.train, runner.evaluate)}
+    for train, evaluate in sides.values():
+        train(args.warmup)
+        evaluate(args.warmup)
+    return sides
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Interleaved rounds; per kind (train, eval) both sides' samples/s and the ratios."""
+    torch = import_torch()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sides = _sides(args, torch)
+    rates = {side: {"train": [], "eval": []} for side in sides}
+    load_start = benchmark.load_average()
+    for _ in range(args.rounds):
+        for side, (train, evaluate) in sides.items():
+            rates[side]["train"].append(benchmark.samples_per_s(train, args.steps, args.batch))
+            rates[side]["eval"].append(
+                benchmark.samples_per_s(evaluate, 3 * args.steps, args.batch))
+    result = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+              "jax": jax.__version__, "backend": jax.default_backend(), "config": args.config,
+              "res": args.res, "batch": args.batch, "rounds": args.rounds, "rates": rates,
+              "load_average": [load_start, benchmark.load_average()]}
+    for kind in ("train", "eval"):
+        ratios = [j / t for j, t in zip(rates["jax"][kind], rates["torch"][kind])]
+        result[kind] = {"torch": statistics.median(rates["torch"][kind]),
+                        "jax": statistics.median(rates["jax"][kind]),
+                        "ratio": statistics.median(ratios), "ratios": ratios}
+    return result
+
+
+def format_result(result: dict) -> str:
+    """The one-line header and the train/eval table `run`'s result prints as."""
+    lines = [f"DSResNet {result['res']}x{result['res']}, batch {result['batch']}, "
+             f"{result['rounds']} rounds: torch {result['torch']} eager ({result['torch_threads']}"
+             f" threads) vs jax {result['jax']} jit ({result['backend']}); load average "
+             f"{result['load_average'][0]} -> {result['load_average'][1]}",
+             f"{'samples/s':9} {'torch':>8} {'jax':>8} {'jax/torch':>9}"]
+    for kind in ("train", "eval"):
+        r = result[kind]
+        lines.append(f"{kind:9} {r['torch']:>8.2f} {r['jax']:>8.2f} {r['ratio']:>8.2f}x")
+    lines.append("medians of the rounds; jax/torch: median of the per-round ratios")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Runs the comparison and prints it; a missing torch or bad setting exits with `error:`."""
+    return benchmark.run_command(parse_args(argv), run, format_result)
+
+
+if __name__ == "__main__":
+    main()
