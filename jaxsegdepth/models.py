@@ -2,11 +2,12 @@
 
 Both take `bg` (background only) and `bg_fg` (the same scene with foreground objects), NHWC,
 and return a dict of float32 logits shaped (N, H, W, 1): `{"mask", "depth"}` for DSResNet,
-`{"mask"}` for MaskNet. BatchNorm follows PyTorch's defaults (running-average momentum 0.1 there,
-0.9 here; eps 1e-5), keeps its statistics in the `batch_stats` collection and has no
-`axis_name`: under `jit` over a sharded batch the statistics are already global. One small
-difference remains: Flax updates the running variance with the biased batch variance, PyTorch
-with the unbiased one (a factor N/(N-1) over N pixels of the batch, negligible at these sizes).
+`{"mask"}` for MaskNet. Both initialise and normalise as PyTorch's defaults do: every convolution's
+kernel and bias uniform in +-1/sqrt(fan_in) (`nn.Conv2d.reset_parameters`); BatchNorm scale 1,
+bias 0, eps 1e-5, running-average momentum 0.1 there (0.9 here), the running variance updated
+with the unbiased batch variance (a factor n/(n-1), n values per channel) while the batch is
+normalised with the biased one. BatchNorm keeps its statistics in the `batch_stats` collection
+and has no `axis_name`: under `jit` over a sharded batch the statistics are already global.
 
 `dtype` is the compute dtype (e.g. bfloat16 for mixed precision); parameters are always float32.
 
@@ -61,10 +62,22 @@ def _max_pool_2x(x: jax.Array) -> jax.Array:
     return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
-def _conv(features: int, kernel: int, dtype: Dtype, name: str) -> nn.Conv:
-    """A square convolution with bias and "same" padding (PyTorch `padding=kernel // 2`)."""
+def _uniform(bound: float) -> nn.initializers.Initializer:
+    """An initialiser drawing uniform(-bound, bound)."""
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
+
+
+def _conv(x: jax.Array, features: int, kernel: int, dtype: Dtype, name: str) -> jax.Array:
+    """A square convolution of `x` with bias and "same" padding (PyTorch `padding=kernel // 2`).
+
+    Kernel and bias start uniform in +-1/sqrt(fan_in), fan_in = in_channels * kernel^2, as
+    PyTorch's Conv2d (its kernel's kaiming_uniform with a = sqrt(5) has that bound).
+    """
+    init = _uniform(1 / math.sqrt(x.shape[-1] * kernel * kernel))
     return nn.Conv(features, (kernel, kernel), padding=kernel // 2, dtype=dtype,
-                   param_dtype=jnp.float32, name=name)
+                   param_dtype=jnp.float32, kernel_init=init, bias_init=init, name=name)(x)
 
 
 def _stats_dtype(x: jax.Array) -> jax.Array:
@@ -117,8 +130,9 @@ batch_norm_train.defvjp(_bn_forward, _bn_backward)
 
 
 class BatchNorm(nn.Module):
-    """nn.BatchNorm's variables (`scale`, `bias`; `batch_stats` `mean`, `var`) and results,
-    with training statistics in one pass and a hand-written backward."""
+    """nn.BatchNorm's variables (`scale`, `bias`; `batch_stats` `mean`, `var`) and outputs, with
+    PyTorch's running variance (unbiased), training statistics in one pass and a hand-written
+    backward."""
     use_running_average: bool
     momentum: float = BN_MOMENTUM
     epsilon: float = BN_EPSILON
@@ -138,9 +152,14 @@ class BatchNorm(nn.Module):
             return _bn_normalize(x, ra_mean.value, inv, scale, bias)
         y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
         if not self.is_initializing():
+            n = x.size // features
+            if n < 2:  # PyTorch refuses too: the unbiased variance needs two values
+                raise ValueError(f"BatchNorm in training needs more than one value per channel, "
+                                 f"got input shape {x.shape}")
             m = self.momentum
             ra_mean.value = m * ra_mean.value + (1 - m) * jax.lax.stop_gradient(mean)
-            ra_var.value = m * ra_var.value + (1 - m) * jax.lax.stop_gradient(var)
+            unbiased = jax.lax.stop_gradient(var) * (n / (n - 1))
+            ra_var.value = m * ra_var.value + (1 - m) * unbiased
         return y
 
 
@@ -158,7 +177,7 @@ class DoubleConv(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         for i in (1, 2):
-            x = nn.relu(_conv(self.features, 3, self.dtype, f"conv{i}")(x))
+            x = nn.relu(_conv(x, self.features, 3, self.dtype, f"conv{i}"))
             x = _batch_norm(train, self.dtype, f"bn{i}")(x)
         return x
 
@@ -171,7 +190,7 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
         out = (DoubleConv(dtype=self.dtype, features=self.features, name="convs")(x, train)
-               + _conv(self.features, 1, self.dtype, "shortcut")(x))
+               + _conv(x, self.features, 1, self.dtype, "shortcut"))
         return _max_pool_2x(out), out
 
 
@@ -186,12 +205,12 @@ class Decoder(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, skip: jax.Array, train: bool,
                  extra: jax.Array | None = None) -> jax.Array:
-        x = upsample_bilinear_2x(_conv(self.features, 1, self.dtype, "reduce")(x))
+        x = upsample_bilinear_2x(_conv(x, self.features, 1, self.dtype, "reduce"))
         if extra is not None:
-            skip = _conv(self.features, 1, self.dtype, "merge")(jnp.concatenate([skip, extra], -1))
+            skip = _conv(jnp.concatenate([skip, extra], -1), self.features, 1, self.dtype, "merge")
         x = jnp.concatenate([x, skip], -1)
         return (DoubleConv(dtype=self.dtype, features=self.features, name="convs")(x, train)
-                + _conv(self.features, 1, self.dtype, "shortcut")(x))
+                + _conv(x, self.features, 1, self.dtype, "shortcut"))
 
 
 class Head(nn.Module):
@@ -208,7 +227,7 @@ class Head(nn.Module):
         x = decoder(64, "d1")(x, skips["enc1"], train)
         x = decoder(32, "e2")(x, skips["b2"], train, extra=skips["bf2"])
         x = decoder(16, "e1")(x, skips["b1"], train, extra=skips["bf1"])
-        return _conv(1, 1, self.dtype, "out")(x).astype(jnp.float32)
+        return _conv(x, 1, 1, self.dtype, "out").astype(jnp.float32)
 
 
 def _check_pair(bg: jax.Array, bg_fg: jax.Array) -> None:
@@ -246,7 +265,7 @@ class DSResNet(nn.Module):
         pooled_bg, skips["b2"] = encoder(32, "b2")(x, train)
         x, skips["bf1"] = encoder(16, "bf1")(bg_fg, train)
         pooled_bg_fg, skips["bf2"] = encoder(32, "bf2")(x, train)
-        x = _conv(32, 1, self.dtype, "merge")(jnp.concatenate([pooled_bg, pooled_bg_fg], -1))
+        x = _conv(jnp.concatenate([pooled_bg, pooled_bg_fg], -1), 32, 1, self.dtype, "merge")
         for i, features in enumerate((64, 128, 256, 512), start=1):
             x, skips[f"enc{i}"] = encoder(features, f"enc{i}")(x, train)
         return {head: Head(dtype=self.dtype, name=f"{head}_head")(skips, train)
@@ -269,15 +288,15 @@ class MaskNet(nn.Module):
         _check_pair(bg, bg_fg)
 
         def block(x, features, name):
-            x = nn.relu(_conv(features, 3, self.dtype, f"{name}_conv")(x))
+            x = nn.relu(_conv(x, features, 3, self.dtype, f"{name}_conv"))
             x = _batch_norm(train, self.dtype, f"{name}_bn")(x)
             dropout = nn.Dropout(self.dropout_rate, deterministic=not train, name=f"{name}_dropout")
             return dropout(x)
 
         x = jnp.concatenate([block(bg, 32, "bg"), block(bg_fg, 32, "bg_fg")], -1)
-        x = _conv(32, 1, self.dtype, "merge")(x)
+        x = _conv(x, 32, 1, self.dtype, "merge")
         x = block(block(x, 64, "block1"), 64, "block2")
-        return {"mask": _conv(1, 1, self.dtype, "out")(x).astype(jnp.float32)}
+        return {"mask": _conv(x, 1, 1, self.dtype, "out").astype(jnp.float32)}
 
 
 MODELS = {"dsresnet": DSResNet, "masknet": MaskNet}

@@ -1,6 +1,7 @@
 """DSResNet and MaskNet: structure, parameter counts, shapes, BatchNorm, precision, a short fit."""
 import functools
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import traverse_util
 
 from jaxsegdepth import losses, models
 
@@ -48,6 +50,55 @@ def masknet():
     bg, bg_fg = _pair(2, 8)
     key = jax.random.key(0, impl="unsafe_rbg")  # compiles in a fraction of threefry's time
     return model, jax.jit(model.init)(key, bg, bg_fg), bg, bg_fg
+
+
+@pytest.fixture(scope="module")
+def initial_variables():
+    """Each model's variables from its real `init`, seed 0 (DSResNet's compiles for seconds)."""
+    bg = jnp.zeros((1, 32, 32, 3), jnp.float32)
+    return {name: jax.jit(models.create(name).init)(jax.random.key(0), bg, bg)
+            for name in models.MODELS}
+
+
+def _layers(params):
+    """{path: {variable name: float64 array}} of every layer in a parameter tree."""
+    layers = {}
+    for path, value in traverse_util.flatten_dict(params).items():
+        layers.setdefault("/".join(path[:-1]), {})[path[-1]] = np.asarray(value, np.float64)
+    return layers
+
+
+def _assert_uniform(values, bound, where):
+    """Values in [-bound, bound]; with 32 or more of them (enough to tell all zeros apart), mean
+    and variance within 5 standard errors of uniform(-bound, bound)'s 0 and bound^2/3 (for m
+    values the sample variance's standard error is bound^2 sqrt(4 / (45 m)))."""
+    assert np.abs(values).max() <= bound * (1 + 1e-6), where  # float32 rounding of the bound
+    m = values.size
+    if m >= 32:
+        assert abs(values.mean()) < 5 * bound / math.sqrt(3 * m), where
+        assert abs(values.var() - bound**2 / 3) < 5 * bound**2 * math.sqrt(4 / (45 * m)), where
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_initialisation_is_pytorchs_default(initial_variables, name):
+    """Every conv's kernel and bias uniform in +-1/sqrt(fan_in) as PyTorch's Conv2d; BatchNorm
+    scale 1, bias 0, running mean 0, running variance 1."""
+    variables = initial_variables[name]
+    layers = _layers(variables["params"])
+    convs = {path: layer for path, layer in layers.items() if set(layer) == {"kernel", "bias"}}
+    norms = {path: layer for path, layer in layers.items() if set(layer) == {"scale", "bias"}}
+    assert len(convs) + len(norms) == len(layers) and convs and norms
+    for path, layer in convs.items():
+        height, width, in_channels, _ = layer["kernel"].shape
+        bound = 1 / math.sqrt(in_channels * height * width)
+        _assert_uniform(layer["kernel"], bound, f"{path}/kernel")
+        _assert_uniform(layer["bias"], bound, f"{path}/bias")
+    for path, layer in norms.items():
+        assert np.all(layer["scale"] == 1) and np.all(layer["bias"] == 0), path
+    stats = _layers(variables["batch_stats"])
+    assert set(stats) == set(norms)
+    for path, layer in stats.items():
+        assert np.all(layer["mean"] == 0) and np.all(layer["var"] == 1), path
 
 
 def test_parameter_counts_match_the_reference():
@@ -109,15 +160,18 @@ def test_bilinear_upsampling_matches_pytorch_half_pixel_rule():
     np.testing.assert_allclose(models.upsample_bilinear_2x(x)[0, :, :, 0], expected, atol=1e-6)
 
 
-def test_batchnorm_follows_relu_and_updates_with_momentum_0_9(masknet):
+def test_batchnorm_follows_relu_and_updates_like_pytorch(masknet):
+    """Momentum 0.9 (PyTorch's 0.1) and the unbiased variance of the layer's input (relu(conv))."""
     model, variables, bg, bg_fg = masknet
     state = jax.jit(lambda v: model.apply(
         v, bg, bg_fg, train=True, rngs={"dropout": jax.random.key(1)},
         mutable=["batch_stats", "intermediates"], capture_intermediates=True)[1])(variables)
-    activations = np.maximum(np.asarray(state["intermediates"]["bg_conv"]["__call__"][0]), 0)
+    conv = np.asarray(state["intermediates"]["bg_conv"]["__call__"][0], np.float64)
+    activations = np.maximum(conv, 0)
     stats = state["batch_stats"]["bg_bn"]
     np.testing.assert_allclose(stats["mean"], 0.1 * activations.mean((0, 1, 2)), rtol=1e-5)
-    np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * activations.var((0, 1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * activations.var((0, 1, 2), ddof=1),
+                               rtol=1e-5)
 
 
 def test_masknet_dropout_only_in_training(masknet):
@@ -195,14 +249,35 @@ def test_dsresnet_overfits_four_samples():
 # variance that amplify any change of summation order.
 
 
+class _PlainBatchNorm(nn.Module):
+    """BatchNorm as PyTorch defines it, differentiated by autodiff: the batch normalised with its
+    biased variance (two-pass), the running variance updated with the unbiased one."""
+    train: bool
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,))
+        bias = self.param("bias", nn.initializers.zeros, (c,))
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,))
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (c,))
+        x = x.astype(self.dtype)
+        mean, var = ra_mean.value, ra_var.value
+        if self.train:
+            mean, var, n = jnp.mean(x, (0, 1, 2)), jnp.var(x, (0, 1, 2)), x.size // c
+            ra_mean.value = 0.9 * ra_mean.value + 0.1 * mean
+            ra_var.value = 0.9 * ra_var.value + 0.1 * var * n / (n - 1)
+        return (x - mean) / jnp.sqrt(var + 1e-5) * scale + bias
+
+
 def _plain(monkeypatch):
     """models.py with the plain formulations put back."""
     monkeypatch.setattr(models, "_max_pool_2x", lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)))
     monkeypatch.setattr(models, "upsample_bilinear_2x", lambda x: jax.image.resize(
         x, (x.shape[0], 2 * x.shape[1], 2 * x.shape[2], x.shape[3]), method="bilinear"))
-    monkeypatch.setattr(models, "_batch_norm", lambda train, dtype, name: nn.BatchNorm(
-        use_running_average=not train, momentum=models.BN_MOMENTUM, epsilon=models.BN_EPSILON,
-        dtype=dtype, param_dtype=jnp.float32, name=name))
+    monkeypatch.setattr(models, "_batch_norm", lambda train, dtype, name: _PlainBatchNorm(
+        train, dtype, name=name))
 
 
 def _loss_outputs_stats_grads(variables, bg, bg_fg):
@@ -219,13 +294,12 @@ def _loss_outputs_stats_grads(variables, bg, bg_fg):
     return value, state, grads
 
 
-def test_fast_formulations_match_the_plain_ones_in_float64(monkeypatch):
+def test_fast_formulations_match_the_plain_ones_in_float64(monkeypatch, initial_variables):
     with jax.enable_x64(True):
         rng = np.random.default_rng(0)
         bg, bg_fg = (jnp.asarray(rng.standard_normal((2, 96, 96, 3))) for _ in range(2))
-        variables = models.DSResNet().init(jax.random.key(0), bg.astype(jnp.float32),
-                                           bg_fg.astype(jnp.float32))
-        variables = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), variables)
+        variables = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64),
+                                 initial_variables["dsresnet"])
         fast = _loss_outputs_stats_grads(variables, bg, bg_fg)
         with monkeypatch.context() as m:
             _plain(m)
@@ -235,7 +309,26 @@ def test_fast_formulations_match_the_plain_ones_in_float64(monkeypatch):
             np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12 * float(jnp.max(jnp.abs(b))))
 
 
-def test_running_statistics_and_eval_mode_match_flax_batchnorm():
+def test_batchnorm_running_variance_is_the_unbiased_one():
+    """PyTorch's update: running var = 0.9 * 1 + 0.1 * var * n/(n-1) over the n = N*H*W values of
+    each channel; the batch itself is normalised with the biased variance."""
+    x = (np.random.default_rng(2).standard_normal((3, 5, 4, 6)) * 2 + 0.5).astype(np.float32)
+    bn = models.BatchNorm(use_running_average=False)
+    variables = bn.init(jax.random.key(0), x)
+    y, state = bn.apply(variables, x, mutable=["batch_stats"])
+    x64 = x.astype(np.float64)
+    mean, var = x64.mean((0, 1, 2)), x64.var((0, 1, 2))
+    np.testing.assert_allclose(state["batch_stats"]["mean"], 0.1 * mean, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(state["batch_stats"]["var"],
+                               0.9 + 0.1 * x64.var((0, 1, 2), ddof=1), rtol=1e-6)
+    np.testing.assert_allclose(y, (x64 - mean) / np.sqrt(var + 1e-5), atol=1e-5)
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        bn.apply(variables, x[:1, :1, :1], mutable=["batch_stats"])
+
+
+def test_outputs_running_statistics_and_eval_mode_match_flax_batchnorm():
+    """Flax's BatchNorm but for the running variance: Flax averages in the biased batch
+    variance, ours (as PyTorch) the unbiased one, n/(n-1) times larger."""
     x = jnp.asarray(np.random.default_rng(1).standard_normal((4, 6, 6, 5)) * 3 + 1, jnp.float32)
     ours, flax_bn = (cls(use_running_average=False, momentum=0.9, epsilon=1e-5)
                      for cls in (models.BatchNorm, nn.BatchNorm))
@@ -244,8 +337,10 @@ def test_running_statistics_and_eval_mode_match_flax_batchnorm():
     y_ours, s_ours = ours.apply(v_ours, x, mutable=["batch_stats"])
     y_flax, s_flax = flax_bn.apply(v_flax, x, mutable=["batch_stats"])
     np.testing.assert_allclose(y_ours, y_flax, atol=1e-5)
-    for a, b in zip(jax.tree.leaves(s_ours), jax.tree.leaves(s_flax)):
-        np.testing.assert_allclose(a, b, atol=1e-6)
+    stats_ours, stats_flax, n = s_ours["batch_stats"], s_flax["batch_stats"], 4 * 6 * 6
+    np.testing.assert_allclose(stats_ours["mean"], stats_flax["mean"], atol=1e-6)
+    np.testing.assert_allclose(stats_ours["var"] - 0.9, (stats_flax["var"] - 0.9) * n / (n - 1),
+                               atol=1e-6)
     evaluated = {"params": v_ours["params"], **s_ours}
     np.testing.assert_allclose(
         models.BatchNorm(use_running_average=True).apply(evaluated, x),
