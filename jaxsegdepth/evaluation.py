@@ -32,9 +32,13 @@ def evaluate_split(config: ml_collections.ConfigDict, mesh, eval_step: Callable,
     loader = pipeline.create_loader(
         config.dataset, "validation", resolution=resolution, batch_size=local_batch,
         shuffle=False, seed=config.seed, num_epochs=1, drop_remainder=False, augment=False)
-    per_process = math.ceil(pipeline.split_size(config.dataset, "validation")
-                            / jax.process_count())
-    iterator, last_real, totals, pending = iter(loader), None, {}, []
+    global_batches = math.ceil(pipeline.split_size(config.dataset, "validation")
+                               / (jax.process_count() * local_batch))
+    # A process whose slice of a global batch is empty (or that has no sample at all) still
+    # takes part in every step, with a batch of weight 0.
+    last_real = {k: np.zeros((1, resolution, resolution, 3 if k in names.INPUTS else 1),
+                             np.float32) for k in keys}
+    iterator, totals, pending = iter(loader), {}, []
 
     def fetch():
         for sums, batch_loss, terms in jax.device_get(pending):
@@ -44,9 +48,9 @@ def evaluate_split(config: ml_collections.ConfigDict, mesh, eval_step: Callable,
                           **{k: weight * float(v) for k, v in terms.items()}})
         pending.clear()
 
-    for index in range(math.ceil(per_process / local_batch)):
+    for index in range(global_batches):
         host = next(iterator, None)
-        if host is None:  # this process ran out before another: an all-padding batch
+        if host is None:  # this process's slice of this global batch is empty: all padding
             host, real = last_real, 0
         else:
             host = {k: np.asarray(host[k]) for k in keys}

@@ -279,8 +279,9 @@ def test_synthetic_build_sizes_and_normalization(synth_cfg):
     assert np.all(np.abs(y.mean(0)) < 0.4) and np.all(np.abs(y.std(0) - 1) < 0.3)
 
 
-def test_iterator_state_restore_is_exact(synth_cfg):
-    kw = dict(resolution=32, batch_size=4, shuffle=True, seed=11, augment=True)
+@pytest.mark.parametrize("shard", [(0, 1), (0, 2), (1, 2)])
+def test_iterator_state_restore_is_exact(synth_cfg, shard):
+    kw = dict(resolution=32, batch_size=4 // shard[1], shuffle=True, seed=11, augment=True, shard=shard)
     loader = pipeline.create_loader(synth_cfg, "train", **kw)
     it, _ = _batches(loader, 3)
     state = it.get_state()
@@ -330,14 +331,52 @@ def test_augmentation_touches_inputs_only(synth_cfg):
     assert np.allclose(pipeline.hsv_matrix(0.0, 1.0, 1.0), np.eye(3), atol=1e-6)
 
 
-def test_validation_remainder_and_sharding(synth_cfg):
-    kw = dict(resolution=32, batch_size=3, shuffle=False, seed=0, num_epochs=1, drop_remainder=False)
-    full = list(pipeline.create_loader(synth_cfg, "validation", **kw))
+def _merged(per_process):
+    """Global batches from each process's list of batches: batch g of every process that has
+    one, concatenated in process order."""
+    merged = []
+    for g in range(max(len(batches) for batches in per_process)):
+        parts = [batches[g] for batches in per_process if g < len(batches)]
+        merged.append({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+    return merged
+
+
+def test_train_batches_do_not_depend_on_the_process_count(synth_cfg):
+    cfg = synth_cfg.copy_and_resolve_references()
+    cfg.hsv_prob, cfg.contrast_prob = 1.0, 1.0  # every sample augmented
+    kw = dict(resolution=32, shuffle=True, seed=7, augment=True, num_epochs=3)
+    # 16 samples, global batch 6: 2 global batches per epoch, 4 samples left out of each epoch.
+    single = list(pipeline.create_loader(cfg, "train", batch_size=6, shard=(0, 1), **kw))
+    shards = [list(pipeline.create_loader(cfg, "train", batch_size=3, shard=(i, 2), **kw))
+              for i in range(2)]
+    assert len(single) == 6 and [len(s) for s in shards] == [6, 6]
+    assert all(len(b["bg"]) == 3 for s in shards for b in s)
+    assert _same(_merged(shards), single)
+    assert not _same(single[:2], single[2:4])  # epochs differ (reshuffled and re-augmented)
+    with pytest.raises(DatasetError, match="global batch of 18"):  # 16 samples < 2 x 9
+        pipeline.create_loader(cfg, "train", batch_size=9, shard=(1, 2), **kw)
+    with pytest.raises(DatasetError, match="shard"):
+        pipeline.create_loader(cfg, "train", batch_size=3, shard=(2, 2), **kw)
+
+
+@pytest.mark.parametrize("batch_size", [3, 5, 8])
+def test_validation_shards_cover_every_sample_once(synth_cfg, batch_size):
+    kw = dict(resolution=32, shuffle=False, seed=0, num_epochs=1, drop_remainder=False)
+    full = list(pipeline.create_loader(synth_cfg, "validation", batch_size=3, **kw))
     assert [len(b["bg"]) for b in full] == [3, 3, 2]  # 8 samples, last batch smaller
-    everything = np.concatenate([b["bg_fg"] for b in full])
-    shards = [np.concatenate([b["bg_fg"] for b in pipeline.create_loader(
-        synth_cfg, "validation", shard=(i, 2), **kw)]) for i in range(2)]
-    assert np.array_equal(shards[0], everything[0::2]) and np.array_equal(shards[1], everything[1::2])
+    single = list(pipeline.create_loader(synth_cfg, "validation", batch_size=2 * batch_size,
+                                         shard=(0, 1), **kw))
+    shards = [list(pipeline.create_loader(synth_cfg, "validation", batch_size=batch_size,
+                                          shard=(i, 2), **kw)) for i in range(2)]
+    # 3: process 1 has no last batch; 5: its last is smaller (3); 8: it has no sample at all.
+    assert [[len(b["bg"]) for b in s] for s in shards] == {
+        3: [[3, 2], [3]], 5: [[5], [3]], 8: [[8], []]}[batch_size]
+    assert _same(_merged(shards), single)
+    # Every sample exactly once, within the number of batches evaluation iterates per process.
+    rows = [r.tobytes() for s in shards for b in s for r in b["bg_fg"]]
+    assert len(rows) == len(set(rows)) == 8
+    assert set(rows) == {r.tobytes() for b in full for r in b["bg_fg"]}
+    assert all(len(s) <= -(-8 // (2 * batch_size)) for s in shards)
     with pytest.raises(DatasetError, match="split"):
         pipeline.split_size(synth_cfg, "test")
 

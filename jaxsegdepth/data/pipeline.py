@@ -1,13 +1,20 @@
-"""The grain input pipeline: sharding, shuffling, decoding, resizing, augmentation, batching.
+"""The grain input pipeline: global order, decoding, resizing, augmentation, batching, sharding.
 
-Per split, a `grain.MapDataset` chain:
-  tfds array_record source (JPEG bytes) -> this process's shard -> shuffle(seed) ->
-  DecodeResize -> PhotometricAugment (train only, inputs only) -> Normalize -> batch -> repeat
-then `to_iter_dataset` (read threads prefetch whole batches in the background) and, with
-`worker_count > 0`, `mp_prefetch` (spawned worker processes). Every transform is a
-module-level, picklable class; the random one is a grain `RandomMapTransform`, whose generator
-grain derives from the seed and the element's position, so an iterator restored with
-`set_state(get_state())` yields exactly the batches an uninterrupted one would.
+Every process builds the same global `grain.MapDataset` chain over the whole split:
+  tfds array_record source (JPEG bytes) -> shuffle(seed) -> DecodeResize ->
+  PhotometricAugment (train only, inputs only) -> Normalize
+then cuts it into blocks of `batch_size` (the per-process batch) and keeps every
+`process_count`-th block from its own index: global batch g of `batch_size * process_count`
+samples is blocks g*count .. g*count+count-1, so process i's batch g is the slice
+[i*batch_size, (i+1)*batch_size) of it and each process decodes only its own samples. The
+blocks are repeated per epoch, then `to_iter_dataset` (read threads prefetch whole batches in
+the background) and, with `worker_count > 0`, `mp_prefetch` (spawned worker processes).
+
+Grain passes each element's global index, epoch * n + position, down the chain: the shuffle
+reseeds from it per epoch and the `RandomMapTransform`'s generator is derived from it and the
+seed. So the batches, augmentation included, depend on neither the process that reads them nor
+the number of processes, and an iterator restored with `set_state(get_state())` yields exactly
+the batches an uninterrupted one would. Every transform is a module-level, picklable class.
 
 Batches are dicts of NumPy arrays: `bg`, `bg_fg` (N,H,W,3) float32 normalised with the
 dataset's mean/std, `mask`, `depth` (N,H,W,1) float32 in [0,1].
@@ -174,17 +181,35 @@ class Normalize(grain.transforms.Map):
 # Loader.
 
 
+def _samples(ds_config, prepared, split: str, *, resolution: int, shuffle: bool, seed: int,
+             augment: bool) -> grain.MapDataset:
+    """The whole split, decoded, in the global order: element epoch * n + p is position p of
+    epoch e's shuffle, augmented from that index (the same on every process)."""
+    ds = grain.MapDataset.source(prepared.data_source(split)).seed(int(seed) % 2 ** 32)
+    if shuffle:
+        ds = ds.shuffle()
+    ds = ds.map(DecodeResize(int(resolution)))
+    if augment:
+        ds = ds.random_map(PhotometricAugment(
+            hsv_prob=ds_config.hsv_prob, contrast_prob=ds_config.contrast_prob))
+    norm = prepared.normalization
+    return ds.map(Normalize(*norm["bg"], *norm["bg_fg"]))
+
+
 def create_loader(ds_config, split: str, *, resolution: int, batch_size: int, shuffle: bool,
                   seed: int, num_epochs: int | None = None, drop_remainder: bool = True,
                   augment: bool | None = None, worker_count: int | None = None,
                   shard: tuple[int, int] | None = None) -> grain.IterDataset:
-    """An iterable of batches of this process's share of `split` (see the module doc).
+    """An iterable of this process's slices of the global batches of `split` (module doc).
 
-    batch_size: per-process batch size. num_epochs: None repeats forever (each epoch
-    reshuffled and re-augmented differently, deterministically); batches never straddle
-    epochs. drop_remainder=False keeps each epoch's last, smaller batch. augment=None means
-    `ds_config.augment` on "train", False on "validation". worker_count=None means
-    `ds_config.worker_count`. shard=(index, count) overrides jax's process index/count.
+    batch_size: per-process batch size; a global batch is `batch_size * count` samples.
+    num_epochs: None repeats forever (each epoch reshuffled and re-augmented differently,
+    deterministically); batches never straddle epochs. drop_remainder=True keeps the
+    floor(n / global batch) whole global batches of each epoch, the same number on every
+    process; False keeps the last, partial global batch, whose slice may be smaller on some
+    processes and absent (no batch) on others. augment=None means `ds_config.augment` on
+    "train", False on "validation". worker_count=None means `ds_config.worker_count`.
+    shard=(index, count) overrides jax's process index/count.
 
     `iter(loader)` gives a grain DatasetIterator: `get_state()` -> a small dict (JSON-able),
     `set_state(state)` resumes exactly there (same pipeline arguments and worker count).
@@ -198,26 +223,18 @@ def create_loader(ds_config, split: str, *, resolution: int, batch_size: int, sh
     if worker_count is None:
         worker_count = ds_config.worker_count
     index, count = shard if shard is not None else (jax.process_index(), jax.process_count())
+    if not 0 <= index < count:
+        raise DatasetError(f"shard={shard}: expected (index, count) with 0 <= index < count")
 
-    ds = grain.MapDataset.source(prepared.data_source(split))
-    n = len(ds)
-    if count > 1:
-        if drop_remainder:  # equal shards, so every process runs the same number of steps
-            ds = ds[: n - n % count]
-        ds = ds[index::count]
-    if len(ds) < (batch_size if drop_remainder else 1):
-        raise DatasetError(f"{prepared.name} {split}: {len(ds)} example(s) in this process's shard, "
-                           f"fewer than one batch of {batch_size}")
-    ds = ds.seed(int(seed) % 2 ** 32)
-    if shuffle:
-        ds = ds.shuffle()
-    ds = ds.map(DecodeResize(int(resolution)))
-    if augment:
-        ds = ds.random_map(PhotometricAugment(
-            hsv_prob=ds_config.hsv_prob, contrast_prob=ds_config.contrast_prob))
-    norm = prepared.normalization
-    ds = ds.map(Normalize(*norm["bg"], *norm["bg_fg"]))
-    ds = ds.batch(int(batch_size), drop_remainder=drop_remainder)
+    ds = _samples(ds_config, prepared, split, resolution=resolution, shuffle=shuffle, seed=seed,
+                  augment=augment)
+    n, global_batch = len(ds), int(batch_size) * count
+    if drop_remainder:
+        ds = ds[: n - n % global_batch]  # whole global batches: every process, the same steps
+    if len(ds) == 0:
+        raise DatasetError(f"{prepared.name} {split}: {n} example(s), fewer than one global batch "
+                           f"of {global_batch} ({count} process(es) x batch_size {batch_size})")
+    ds = ds.batch(int(batch_size))[index::count]  # this process's block of each global batch
     ds = ds.repeat(num_epochs)  # reseeds shuffle and augmentation every epoch
     ids = ds.to_iter_dataset(grain.ReadOptions(
         num_threads=ds_config.read_threads, prefetch_buffer_size=ds_config.prefetch_batches))
