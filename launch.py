@@ -104,6 +104,8 @@ def main(argv) -> None:
         module.run(config, workdir)
     except (errors.UsageError, errors.RunError) as error:
         _fail(str(error), error.exit_code)
+    except OSError as error:  # a full disk or an unwritable output folder in any mode
+        _fail(f"cannot write: {error}", errors.RunError.exit_code)
 
 
 def _config_problem(argv: list[str]) -> str | None:

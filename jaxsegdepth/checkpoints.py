@@ -15,6 +15,7 @@ What to restore into comes from `state.abstract_state`.
 import base64
 import functools
 import json
+import math
 import os
 from typing import Any, Optional
 
@@ -74,7 +75,7 @@ class Checkpointer:
                  read_only: bool = False):
         self.directory = checkpoint_dir(workdir)
         self.monitor = monitor
-        best_fn = functools.partial(_metric, monitor)
+        best_fn = functools.partial(_metric, monitor, mode)
         policy = ocp.checkpoint_managers.AnyPreservationPolicy([
             ocp.checkpoint_managers.LatestN(n=1),
             ocp.checkpoint_managers.BestN(get_metric_fn=best_fn, reverse=(mode == "min"), n=1,
@@ -124,5 +125,9 @@ class Checkpointer:
         self.manager.close()
 
 
-def _metric(name: str, metrics: dict) -> float:
-    return float(metrics[name])
+def _metric(name: str, mode: str, metrics: dict) -> float:
+    """The monitored value; a missing or non-finite one ranks last, never first or a crash."""
+    value = float(metrics.get(name, math.nan))
+    if math.isfinite(value):
+        return value
+    return math.inf if mode == "min" else -math.inf

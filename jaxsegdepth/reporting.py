@@ -30,7 +30,8 @@ def say(message: str) -> None:
 def read_metrics(workdir: str) -> list[dict]:
     """Every epoch record of `WORKDIR/metrics.jsonl`, in order ([] when there is none).
 
-    A line that is not JSON (cut short when a run was killed mid-write) is skipped."""
+    A line that is not JSON (cut short when a run was killed mid-write; a resumed run removes
+    it, see `Reporter.resume`) is skipped."""
     path = os.path.join(workdir, METRICS_FILE)
     if not os.path.exists(path):
         return []
@@ -45,14 +46,40 @@ def read_metrics(workdir: str) -> list[dict]:
 
 
 class Reporter:
-    """metrics.jsonl lines, TensorBoard scalars and images, `predictions/epoch_NNN.png`."""
+    """metrics.jsonl lines, TensorBoard scalars and images, `predictions/epoch_NNN.png`.
 
-    def __init__(self, workdir: str, enabled: bool = True):
+    `start_step` > 0 (a resumed run): TensorBoard drops what a stopped run logged after it.
+    """
+
+    def __init__(self, workdir: str, enabled: bool = True, start_step: int = 0):
         self.workdir, self.enabled = workdir, enabled
         self._writer = None
         if enabled:
             os.makedirs(os.path.join(workdir, PREDICTIONS_DIR), exist_ok=True)
-            self._writer = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+            self._writer = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR),
+                                         purge_step=start_step or None)
+
+    def resume(self, epochs_done: int, last_record: Optional[dict]) -> None:
+        """Makes metrics.jsonl hold exactly epochs 1..`epochs_done` once each, as the checkpoint
+        a run resumes from has them: lines a killed run cut short or wrote past it go, and the
+        checkpoint's `last_record`, if its line never made it, is appended."""
+        if not self.enabled:
+            return
+        kept = {}
+        for record in read_metrics(self.workdir):
+            if record.get("epoch", 0) <= epochs_done:
+                kept.setdefault(record["epoch"], record)
+        missing = last_record is not None and last_record["epoch"] not in kept
+        if missing:
+            kept[last_record["epoch"]] = last_record
+        path = os.path.join(self.workdir, METRICS_FILE)
+        with open(path + ".tmp", "w") as f:
+            f.writelines(json.dumps(kept[epoch]) + "\n" for epoch in sorted(kept))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(path + ".tmp", path)
+        if missing:
+            self._epoch_scalars(last_record)
 
     def scalars(self, step: int, values: dict, prefix: str = "") -> None:
         if self._writer is not None:
@@ -61,11 +88,17 @@ class Reporter:
                     self._writer.add_scalar(prefix + name, value, step)
 
     def epoch(self, record: dict) -> None:
-        """Appends `record` to metrics.jsonl and logs its numbers as `epoch/<name>` scalars."""
+        """Appends `record` to metrics.jsonl (one write, on disk before this returns) and logs
+        its numbers as `epoch/<name>` scalars."""
         if not self.enabled:
             return
         with open(os.path.join(self.workdir, METRICS_FILE), "a") as f:
             f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self._epoch_scalars(record)
+
+    def _epoch_scalars(self, record: dict) -> None:
         self.scalars(record["step"], {k: v for k, v in record.items() if k != "step"}, "epoch/")
         self._writer.flush()
 

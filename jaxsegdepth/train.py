@@ -11,7 +11,10 @@ A run stops early with an `errors.Interrupted` (SIGINT/SIGTERM, after saving a c
 an `errors.NonFiniteLoss` (the last good checkpoint is kept), which launch.py reports.
 """
 import dataclasses
+import json
+import os
 import signal
+import tempfile
 import threading
 import time
 from typing import Callable, Optional
@@ -56,6 +59,8 @@ class Progress:
     loss_count: int = 0
     iterator: Optional[dict] = None  # the data iterator's state at the save (JSON)
     iterator_stage: int = -1  # the stage that iterator reads for
+    last_record: Optional[dict] = None  # the last finished epoch's metrics.jsonl line
+    settings: Optional[dict] = None  # `resume_settings` of the run, checked on resume
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,12 +95,15 @@ class Trainer:
 
 
 class _StopSignals:
-    """Turns the first SIGINT/SIGTERM into a flag the loop checks after every step; a second
-    SIGINT falls through to Python's default (KeyboardInterrupt). The handler only records:
-    printing from a signal handler can fail while stdout is being written."""
+    """The first SIGINT/SIGTERM: while `immediate` (dataset build, restore, compile of the
+    state) it raises `errors.Interrupted` at once, as nothing is worth saving yet; in the loop
+    it only records the signal, which the loop checks after every step and evaluation after
+    every batch. A second SIGINT falls through to Python's default (KeyboardInterrupt). The
+    handler never prints: a print inside a signal handler can fail while stdout is written."""
 
     def __init__(self):
         self.signum: Optional[int] = None
+        self.immediate = True
         self._previous = {}
 
     def __enter__(self):
@@ -108,6 +116,10 @@ class _StopSignals:
         del frame
         self.signum = signum
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        if self.immediate:
+            raise errors.Interrupted(f"interrupted by {signal.Signals(signum).name} before "
+                                     "training started: nothing was written half-way; rerun "
+                                     "the same command", signum)
 
     def __exit__(self, *exc):
         for signum, handler in self._previous.items():
@@ -127,45 +139,134 @@ def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> Optional[dict]:
     """Trains (or resumes) the run in `workdir`; returns the last epoch's record."""
-    builders.prepare(config.dataset)
-    mesh = mesh_lib.create_mesh()
-    per_epoch = steps_per_epoch(config)
-    train_step, eval_step, predict_step = steps.jit_steps(mesh, losses.compose(config.loss))
-    trainer = Trainer(
-        config=config, mesh=mesh, heads=state_lib.heads(config), steps_per_epoch=per_epoch,
-        train_step=train_step, eval_step=eval_step, predict_step=predict_step,
-        schedule=optim.learning_rate_schedule(config, per_epoch),
-        checkpointer=checkpoints.Checkpointer(workdir, config.checkpoint.monitor,
-                                              config.checkpoint.mode),
-        reporter=reporting.Reporter(workdir, enabled=jax.process_index() == 0))
+    _check_writable(workdir)
+    with _StopSignals() as stop:
+        builders.prepare(config.dataset)
+        mesh, per_epoch = mesh_lib.create_mesh(), steps_per_epoch(config)
+        checkpointer = checkpoints.Checkpointer(workdir, config.checkpoint.monitor,
+                                                config.checkpoint.mode)
+        try:
+            state, progress = _restore_or_create(config, checkpointer, mesh, per_epoch)
+            start = int(jax.device_get(state.step))
+            reporter = reporting.Reporter(workdir, jax.process_index() == 0, start)
+            reporter.resume(start // per_epoch, progress.last_record)
+            trainer = _trainer(config, mesh, per_epoch, checkpointer, reporter)
+            try:
+                return _train(trainer, state, progress, stop)
+            finally:
+                reporter.close()
+        except OSError as error:
+            raise errors.RunError(f"cannot write in {workdir} ({error}): rerun the same command "
+                                  "to resume from its last checkpoint once it is writable") from None
+        finally:
+            checkpointer.wait()
+            checkpointer.close()
+
+
+def _check_writable(workdir: str) -> None:
     try:
-        state, progress = _restore_or_create(trainer)
-        start = int(jax.device_get(state.step))
-        if start >= trainer.total_steps:
-            reporting.say(f"{start // per_epoch} epoch(s) already done (stage_epochs="
-                          f"{tuple(config.stage_epochs)}): nothing to train")
-            return None
-        with _StopSignals() as stop:
-            reporting.say(f"training from epoch {start // per_epoch + 1} to "
-                          f"{trainer.total_steps // per_epoch}, {per_epoch} steps of "
-                          f"{config.batch_size} per epoch; SIGINT/SIGTERM: save and stop")
-            return train_loop(trainer, state, progress, stop)
-    finally:
-        trainer.checkpointer.wait()
-        trainer.checkpointer.close()
-        trainer.reporter.close()
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=workdir):
+            pass
+    except OSError as error:
+        raise errors.UsageError(f"workdir {workdir} is not writable: {error}") from None
 
 
-def _restore_or_create(trainer: Trainer) -> tuple[steps.TrainState, Progress]:
-    config, latest = trainer.config, trainer.checkpointer.latest_step()
+def _trainer(config, mesh, per_epoch, checkpointer, reporter) -> Trainer:
+    train_step, eval_step, predict_step = steps.jit_steps(mesh, losses.compose(config.loss))
+    return Trainer(config=config, mesh=mesh, heads=state_lib.heads(config),
+                   steps_per_epoch=per_epoch, train_step=train_step, eval_step=eval_step,
+                   predict_step=predict_step,
+                   schedule=optim.learning_rate_schedule(config, per_epoch),
+                   checkpointer=checkpointer, reporter=reporter)
+
+
+def _train(trainer: Trainer, state, progress: Progress, stop: _StopSignals) -> Optional[dict]:
+    start, per_epoch = int(jax.device_get(state.step)), trainer.steps_per_epoch
+    if start >= trainer.total_steps:
+        reporting.say(f"{start // per_epoch} epoch(s) already done (stage_epochs="
+                      f"{tuple(trainer.config.stage_epochs)}): nothing to train")
+        return None
+    reporting.say(f"training from epoch {start // per_epoch + 1} to "
+                  f"{trainer.total_steps // per_epoch}, {per_epoch} steps of "
+                  f"{trainer.config.batch_size} per epoch; SIGINT/SIGTERM: save and stop")
+    stop.immediate = False
+    return train_loop(trainer, state, progress, stop)
+
+
+def _restore_or_create(config, checkpointer, mesh, per_epoch) -> tuple[steps.TrainState, Progress]:
+    latest = checkpointer.latest_step()
     if latest is None:
-        return state_lib.create_state(config, trainer.steps_per_epoch, trainer.mesh), Progress()
-    target = state_lib.abstract_state(config, trainer.mesh, trainer.steps_per_epoch)
-    state, saved = trainer.checkpointer.restore(target, latest)
-    reporting.say(f"resuming from {trainer.checkpointer.directory} step {latest}: "
-                  f"{latest // trainer.steps_per_epoch} epoch(s) done, "
-                  f"{latest % trainer.steps_per_epoch} step(s) into the next")
-    return state, Progress(**saved)
+        state = state_lib.create_state(config, per_epoch, mesh)
+        return state, Progress(settings=resume_settings(config))
+    target = state_lib.abstract_state(config, mesh, per_epoch)
+    state, saved = checkpointer.restore(target, latest)
+    progress = Progress(**saved)
+    check_resume(config, progress.settings, checkpointer.directory)
+    progress.settings = resume_settings(config)
+    reporting.say(f"resuming from {checkpointer.directory} step {latest}: "
+                  f"{latest // per_epoch} epoch(s) done, {latest % per_epoch} step(s) into the next")
+    return state, progress
+
+
+# What a resumed run must share with the run it resumes (dotted config fields). `stage_epochs`
+# and `resolutions` may extend it (see `check_resume`); everything else is free to change.
+RESUME_FIELDS = ("model", "dtype", "seed", "batch_size", "steps_per_epoch", "optimizer",
+                 "schedule", "loss", "dataset.name", "dataset.num_samples", "dataset.seed",
+                 "dataset.val_fraction", "dataset.skip_corrupt", "dataset.augment",
+                 "dataset.hsv_prob", "dataset.contrast_prob", "dataset.worker_count",
+                 "resolutions", "stage_epochs")
+
+
+def resume_settings(config: ml_collections.ConfigDict) -> dict:
+    """{dotted field: JSON value} of every leaf under `RESUME_FIELDS`."""
+    settings = {}
+    for field in RESUME_FIELDS:
+        value = config
+        for part in field.split("."):
+            value = value[part]
+        leaves = value.to_dict() if hasattr(value, "to_dict") else {"": value}
+        for key, leaf in _flatten(leaves).items():
+            settings[f"{field}.{key}" if key else field] = json.loads(json.dumps(leaf))
+    return settings
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix and key else prefix or key
+        flat.update(_flatten(value, name) if isinstance(value, dict) else {name: value})
+    return flat
+
+
+def check_resume(config: ml_collections.ConfigDict, saved: Optional[dict], directory: str) -> None:
+    """Refuses (exit 2, naming the fields) to resume a run under settings it was not trained
+    with. More epochs are allowed where that is well defined: the stages so far unchanged,
+    the last one longer or new ones after it, and a schedule whose length is not fixed (not
+    one-cycle, which is laid out over the whole run)."""
+    current, saved = resume_settings(config), saved or {}
+    changed = [f for f in current if f in saved and saved[f] != current[f]]
+    stages = ("resolutions", "stage_epochs")
+    extended = any(f in changed for f in stages) and _extends(
+        saved["resolutions"], saved["stage_epochs"], current["resolutions"],
+        current["stage_epochs"])
+    spans_run = config.schedule.name == "onecycle"
+    if extended and not spans_run:
+        changed = [f for f in changed if f not in stages]
+    if not changed:
+        return
+    note = " (a one-cycle schedule spans the whole run: it cannot be extended)" if (
+        extended and spans_run) else ""
+    shown = ", ".join(f"{f} ({saved[f]} -> {current[f]})" for f in changed)
+    raise errors.UsageError(f"cannot resume the run in {directory}: {shown} differ from its "
+                            f"checkpoint{note}; set them back, or use another --workdir")
+
+
+def _extends(old_res, old_epochs, new_res, new_epochs) -> bool:
+    """Whether stages (`new_res`, `new_epochs`) continue (`old_res`, `old_epochs`)."""
+    n = len(old_epochs)
+    return (new_res[:n] == old_res and new_epochs[:n - 1] == old_epochs[:-1]
+            and len(new_epochs) >= n and new_epochs[n - 1] >= old_epochs[-1])
 
 
 def train_loop(trainer: Trainer, state: steps.TrainState, progress: Progress,
@@ -193,12 +294,16 @@ def train_loop(trainer: Trainer, state: steps.TrainState, progress: Progress,
             bar.close()
             train_time = time.time() - started
             state, record = _end_epoch(trainer, state, progress, done, train_time,
-                                       (done - epoch_start) * config.batch_size / train_time)
-            bar, progress = None, Progress(iterator_stage=stage)
+                                       (done - epoch_start) * config.batch_size / train_time,
+                                       stop)
+            bar = None
+            progress = Progress(iterator_stage=stage, last_record=record,
+                                settings=progress.settings)
         every = config.checkpoint.every_steps
         if end_of_epoch or stop.signum or (every and done % every == 0):
             _save(trainer, state, progress, iterator, record)
-        if record is not None:  # only once its checkpoint is saved
+        if record is not None:  # only once its checkpoint is on disk: never twice, never lost
+            trainer.checkpointer.wait()
             trainer.reporter.epoch(record)
         if stop.signum:
             _stop(trainer, stop.signum, done, bar)
@@ -247,8 +352,10 @@ def _log_steps(trainer: Trainer, state, pending: list, progress: Progress, done:
 
 
 def _end_epoch(trainer: Trainer, state, progress: Progress, done: int, train_time: float,
-               samples_per_sec: float) -> tuple[steps.TrainState, dict]:
-    """Evaluates the epoch that ends at step `done`, steps the plateau; returns its record."""
+               samples_per_sec: float, stop: _StopSignals) -> tuple[steps.TrainState, dict]:
+    """Evaluates the epoch that ends at step `done`, steps the plateau; returns its record.
+    A signal during the evaluation stops the run after the current batch, saving nothing: the
+    run resumes from its last checkpoint and does this epoch's end again."""
     config = trainer.config
     epoch, stage = done // trainer.steps_per_epoch, trainer.stage_of(done - 1)
     resolution = config.resolutions[stage]
@@ -261,7 +368,14 @@ def _end_epoch(trainer: Trainer, state, progress: Progress, done: int, train_tim
 
     started = time.time()
     val = evaluation.evaluate_split(config, trainer.mesh, trainer.eval_step, state, resolution,
-                                    trainer.heads, first_batch=preview)
+                                    trainer.heads, first_batch=preview,
+                                    should_stop=lambda: stop.signum is not None)
+    if val is None:
+        trainer.checkpointer.wait()
+        raise errors.Interrupted(
+            f"interrupted by {signal.Signals(stop.signum).name} while evaluating epoch {epoch}: "
+            f"the last checkpoint is step {trainer.checkpointer.latest_step()} in "
+            f"{trainer.checkpointer.directory}; rerun the same command to resume", stop.signum)
     eval_time = time.time() - started
     lr = trainer.learning_rate(jax.device_get(state.plateau.scale), done)
     if config.schedule.name == "plateau":

@@ -26,10 +26,14 @@ raised as `DatasetError` with a message naming the file and quoting the file_map
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
+import fcntl
+import glob
 import hashlib
 import io
 import os
+import shutil
 import zipfile
 from typing import Any, Sequence
 
@@ -291,8 +295,11 @@ def _features():
 
 class SyntheticMuseumConfig(tfds.core.BuilderConfig):
     def __init__(self, *, num_samples: int = 3000, seed: int = 0, val_fraction: float = 0.3):
-        super().__init__(name=f"n{num_samples}_seed{seed}{_fraction_tag(val_fraction)}",
-                         description=f"{num_samples} generated samples, seed {seed}")
+        super().__init__(
+            name=f"n{num_samples}_seed{seed}{_fraction_tag(val_fraction)}"
+                 f"_g{synthetic.GENERATOR_VERSION}",
+            description=f"{num_samples} generated samples, seed {seed}, generator version "
+                        f"{synthetic.GENERATOR_VERSION}")
         self.num_samples, self.seed, self.val_fraction = int(num_samples), int(seed), val_fraction
 
 
@@ -488,36 +495,60 @@ def prepare(ds_config) -> Prepared:
     """Builds the dataset `ds_config` names under `ds_config.data_dir` unless it is built, and
     opens it. The one call that writes a dataset; modes make it once, before training.
 
-    Raises DatasetError with a clear message for bad configuration or bad MODEST input."""
+    Processes that share a `data_dir` build a set once: the first takes a file lock and
+    builds, the others wait for it and open what it built. tfds builds into an `incomplete.*`
+    folder and renames it when done, so a half-built set is never opened; one left behind by a
+    killed build is removed before the next build. Raises DatasetError with a clear message
+    for bad configuration or bad MODEST input."""
     validate(ds_config)
-    builder = _builder(ds_config)
-    manual = ds_config.manual_dir
-    if not builder.is_prepared():
-        if ds_config.name == "synthetic_museum":
-            logging.info("building synthetic_museum/%s under %s", builder.builder_config.name,
-                     builder.data_dir)
-        else:
-            if not manual:
-                raise DatasetError(
-                    f"dataset.name='modest_museum' is not built under {builder.data_dir} and "
-                    "dataset.manual_dir is empty: set it to the extracted MODEST Museum folder or "
-                    "its .zip (this project never downloads it)")
-            logging.info("checking %s before building modest_museum", manual)
-            builder._scan = scan_modest(manual, ds_config.skip_corrupt)  # pylint: disable=protected-access
-        builder.download_and_prepare()
-    elif ds_config.name == "modest_museum" and manual and os.path.exists(os.path.expanduser(manual)):
-        stored = builder.info.metadata.get("file_map_sha256")
-        source = _ModestSource(manual)
+    with _build_lock(_builder(ds_config)):
+        builder = _builder(ds_config)  # made again under the lock: another may have built it
+        if not builder.is_prepared():
+            _build(builder, ds_config)
+        elif ds_config.name == "modest_museum" and ds_config.manual_dir:
+            _check_file_map(builder, ds_config.manual_dir)
+        return _open(builder, ds_config)
+
+
+@contextlib.contextmanager
+def _build_lock(builder):
+    """An exclusive lock on the folder of one dataset config, held while it is built."""
+    folder = os.path.dirname(str(builder.data_dir))
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, ".build.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            digest = _file_map_digest(source)
+            yield
         finally:
-            source.close()
-        if stored and digest != stored:
-            raise DatasetError(
-                f"{builder.data_dir} holds modest_museum built from a different file_map.txt "
-                f"than the one in {manual}: delete that folder to rebuild, or point "
-                "dataset.data_dir elsewhere")
-    return _open(builder, ds_config)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _build(builder, ds_config) -> None:
+    for stale in glob.glob(os.path.join(os.path.dirname(str(builder.data_dir)), "incomplete.*")):
+        logging.warning("removing %s, left by a build that was killed", stale)
+        shutil.rmtree(stale)
+    if ds_config.name == "modest_museum":
+        logging.info("checking %s before building modest_museum", ds_config.manual_dir)
+        builder._scan = scan_modest(  # pylint: disable=protected-access
+            ds_config.manual_dir, ds_config.skip_corrupt)
+    logging.info("building %s/%s under %s", ds_config.name, builder.builder_config.name,
+                 builder.data_dir)
+    builder.download_and_prepare()
+
+
+def _check_file_map(builder, manual: str) -> None:
+    """A MODEST set built from another file_map.txt than the one in `manual` is refused."""
+    stored = builder.info.metadata.get("file_map_sha256")
+    source = _ModestSource(manual)
+    try:
+        digest = _file_map_digest(source)
+    finally:
+        source.close()
+    if stored and digest != stored:
+        raise DatasetError(
+            f"{builder.data_dir} holds modest_museum built from a different file_map.txt "
+            f"than the one in {manual}: delete that folder to rebuild, or point "
+            "dataset.data_dir elsewhere")
 
 
 def load(ds_config) -> Prepared:

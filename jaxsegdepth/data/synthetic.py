@@ -39,6 +39,9 @@ from PIL import Image, ImageDraw
 
 from jaxsegdepth import names
 
+# Part of every built set's name: bump it whenever `render` or `encode` changes their output,
+# so a set made by an older generator is rebuilt rather than silently reused.
+GENERATOR_VERSION = 1
 SIZE = 224
 Z_NEAR = 2.0  # metres mapped to depth 1.0 (anything nearer is clipped)
 Z_FAR = 20.0  # metres mapped to depth 0.0

@@ -1,0 +1,267 @@
+"""What survives what: each failure the trainer must live through, one test each.
+
+The end-to-end soak (random SIGKILL/SIGTERM, rerun until done, bit-equal to a run never stopped)
+is tests/test_soak.py; docs/reliability.md lists which test shows what.
+"""
+import errno
+import glob
+import hashlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from configs import default, masknet_bce  # noqa: E402
+from jaxsegdepth import (checkpoints, errors, evaluation, mesh as mesh_lib,  # noqa: E402
+                         reporting, state as state_lib, steps, train)
+from jaxsegdepth.data import builders, synthetic  # noqa: E402
+
+
+def _config(data_dir, **changes):
+    config = masknet_bce.get_config()
+    config.dataset.update(dict(num_samples=23, data_dir=str(data_dir)))
+    config.resolutions, config.stage_epochs = (32,), (1,)
+    config.batch_size, config.num_preview, config.compilation_cache_dir = 4, 0, "none"
+    config.schedule.name = "plateau"
+    for key, value in changes.items():
+        node, *path = config, *key.split(".")
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = value
+    return config
+
+
+def _launch(workdir, data_dir, cache_dir, **overrides):
+    values = {"dataset.num_samples": 23, "dataset.data_dir": data_dir, "resolutions": "(32,)",
+              "stage_epochs": "(1,)", "batch_size": 4, "num_preview": 0,
+              "schedule.name": "plateau", "compilation_cache_dir": cache_dir, **overrides}
+    return [sys.executable, os.path.join(ROOT, "launch.py"), "--config",
+            os.path.join(ROOT, "configs", "masknet_bce.py"), "--workdir", str(workdir),
+            *[f"--config.{k}={v}" for k, v in values.items()]]
+
+
+# -- metrics.jsonl: never twice, never lost, never swallowed ---------------------------------
+
+def _record(epoch):
+    return {"epoch": epoch, "step": 3 * epoch, "val_loss": 1.0 / epoch}
+
+
+def test_resume_keeps_each_epoch_once_and_restores_a_lost_line(tmp_path):
+    path = tmp_path / reporting.METRICS_FILE
+    lines = [json.dumps(_record(1)), json.dumps(_record(2)), json.dumps(_record(2)),
+             json.dumps(_record(3))]
+    path.write_text("\n".join(lines) + "\n" + '{"epoch": 4, "st')  # 4: cut short by a kill
+    reporter = reporting.Reporter(str(tmp_path))
+    try:
+        reporter.resume(3, _record(3))  # the checkpoint has 3 epochs done
+        assert reporting.read_metrics(str(tmp_path)) == [_record(1), _record(2), _record(3)]
+        reporter.resume(4, _record(4))  # killed after the save, before epoch 4's line
+        reporter.epoch(_record(5))
+    finally:
+        reporter.close()
+    assert reporting.read_metrics(str(tmp_path)) == [_record(e) for e in (1, 2, 3, 4, 5)]
+    assert path.read_text().count("\n") == 5
+
+
+def test_a_fresh_run_starts_an_empty_metrics_file(tmp_path):
+    (tmp_path / reporting.METRICS_FILE).write_text(json.dumps(_record(1)) + "\n")
+    reporter = reporting.Reporter(str(tmp_path))
+    try:
+        reporter.resume(0, None)  # no checkpoint: nothing before it counts
+    finally:
+        reporter.close()
+    assert reporting.read_metrics(str(tmp_path)) == []
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def masknet_state(tmp_path_factory):
+    return state_lib.create_state(_config(tmp_path_factory.mktemp("unused")),
+                                  mesh=mesh_lib.create_mesh())
+
+
+def _at(state, step):
+    return state.replace(step=jax.numpy.asarray(step, jax.numpy.int32))
+
+
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_a_non_finite_monitored_metric_ranks_last_instead_of_crashing(tmp_path, masknet_state,
+                                                                      mode):
+    checkpointer = checkpoints.Checkpointer(str(tmp_path), "val_loss", mode)
+    try:
+        checkpointer.save(_at(masknet_state, 1), {}, {"val_loss": 0.5})
+        checkpointer.save(_at(masknet_state, 2), {}, {"val_loss": math.nan})
+        checkpointer.save(_at(masknet_state, 3), {}, {"train_loss": 0.1})  # monitor dropped
+        checkpointer.wait()
+        assert checkpointer.best_step() == 1 and checkpointer.latest_step() == 3
+        assert sorted(checkpointer.all_steps()) == [1, 3]
+    finally:
+        checkpointer.close()
+
+
+def test_saving_a_step_twice_never_deletes_the_first(tmp_path, masknet_state):
+    checkpointer = checkpoints.Checkpointer(str(tmp_path))
+    try:
+        checkpointer.save(_at(masknet_state, 4), {"mark": "first"})
+        with pytest.raises(ValueError):
+            checkpointer.save(_at(masknet_state, 4), {"mark": "second"})
+        checkpointer.wait()
+        target = state_lib.abstract_state(_config(tmp_path), mesh_lib.create_mesh())
+        assert checkpointer.restore(target, 4)[1] == {"mark": "first"}
+    finally:
+        checkpointer.close()
+
+
+# -- resuming under other settings -------------------------------------------------------------
+
+def test_resume_refuses_changed_settings_naming_them(tmp_path):
+    saved = train.resume_settings(_config(tmp_path))
+    changed = _config(tmp_path, batch_size=8, **{"dataset.seed": 1, "optimizer.learning_rate": 0.1})
+    with pytest.raises(errors.UsageError) as raised:
+        train.check_resume(changed, saved, "runs/x")
+    message = str(raised.value)
+    assert message.startswith("cannot resume the run in runs/x: ")
+    for shown in ("batch_size (4 -> 8)", "dataset.seed (0 -> 1)",
+                  "optimizer.learning_rate (0.002 -> 0.1)"):
+        assert shown in message
+    assert "\n" not in message
+
+
+def test_more_epochs_resume_unless_the_schedule_spans_the_run(tmp_path):
+    saved = train.resume_settings(_config(tmp_path))
+    train.check_resume(_config(tmp_path, stage_epochs=(3,)), saved, "d")  # longer last stage
+    train.check_resume(_config(tmp_path, stage_epochs=(1, 2), resolutions=(32, 64)), saved, "d")
+    with pytest.raises(errors.UsageError, match=r"stage_epochs \(\[1\] -> \[2\]\)"):
+        train.check_resume(_config(tmp_path, stage_epochs=(2,), **{"schedule.name": "onecycle"}),
+                           train.resume_settings(_config(tmp_path, **{
+                               "schedule.name": "onecycle"})), "d")
+    with pytest.raises(errors.UsageError, match=r"resolutions \(\[32\] -> \[64\]\)"):
+        train.check_resume(_config(tmp_path, resolutions=(64,)), saved, "d")
+    with pytest.raises(errors.UsageError, match="stage_epochs"):  # fewer epochs: not a resume
+        train.check_resume(_config(tmp_path, stage_epochs=(0,)), saved, "d")
+
+
+def test_the_command_line_refuses_a_changed_resume(tmp_path, compilation_cache_dir):
+    data_dir, workdir = str(tmp_path / "data"), tmp_path / "run"
+    first = subprocess.run(_launch(workdir, data_dir, compilation_cache_dir),
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = subprocess.run(_launch(workdir, data_dir, compilation_cache_dir, seed=1,
+                                    stage_epochs="(2,)"),
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 2
+    assert second.stderr.strip().splitlines()[-1].startswith(
+        f"error: cannot resume the run in {workdir / 'checkpoints'}: seed (0 -> 1) differ")
+    assert [r["epoch"] for r in reporting.read_metrics(workdir)] == [1]
+
+
+# -- unwritable or full disks -------------------------------------------------------------------
+
+def test_an_unwritable_workdir_is_one_line_before_anything_runs(tmp_path, compilation_cache_dir):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    result = subprocess.run(_launch(blocker / "run", str(tmp_path / "data"),
+                                    compilation_cache_dir), capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"error: workdir {blocker / 'run'} is not writable: ")
+    assert "Traceback" not in result.stderr and not (tmp_path / "data").exists()
+
+
+def test_a_full_disk_during_a_save_is_a_run_error(tmp_path, monkeypatch):
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoints.Checkpointer, "save", no_space)
+    with pytest.raises(errors.RunError, match=r"cannot write in .*No space left on device"):
+        train.run(_config(tmp_path / "data"), str(tmp_path / "run"))
+
+
+# -- signals -------------------------------------------------------------------------------------
+
+def test_the_signal_handler_records_without_printing_and_raises_before_training(capsys):
+    stop = train._StopSignals()
+    with pytest.raises(errors.Interrupted) as raised:
+        stop._handle(signal.SIGTERM, None)  # immediate: before training
+    assert raised.value.exit_code == 143 and "before training started" in str(raised.value)
+    stop.immediate = False
+    stop._handle(signal.SIGTERM, None)
+    assert stop.signum == signal.SIGTERM
+    assert capsys.readouterr() == ("", "")
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def test_evaluation_stops_after_the_batch_during_which_asked(tmp_path, masknet_state):
+    config = _config(tmp_path / "data", batch_size=2)
+    builders.prepare(config.dataset)
+    _, jitted, _ = steps.jit_steps(mesh_lib.create_mesh(),
+                                   lambda outputs, targets: (0.0 * outputs["mask"].sum(), {}))
+    evaluated = []
+
+    def eval_step(state, batch):
+        evaluated.append(int(batch["weights"].sum()))
+        return jitted(state, batch)
+
+    answers = iter([False, True])  # asked after each batch: stop after the second
+    result = evaluation.evaluate_split(config, mesh_lib.create_mesh(), eval_step, masknet_state,
+                                       32, ("mask",), should_stop=lambda: next(answers))
+    assert result is None and evaluated == [2, 2]  # 7 validation samples would be 4 batches
+
+
+def test_sigterm_during_the_dataset_build_exits_143_leaving_nothing_half_built(tmp_path):
+    data_dir = tmp_path / "data"
+    command = _launch(tmp_path / "run", str(data_dir), "none",
+                      **{"dataset.num_samples": 3000})
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not glob.glob(str(data_dir / "**" / "incomplete.*"), recursive=True):
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.05)
+    signalled = time.time()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    latency = time.time() - signalled
+    assert process.returncode == 143, stderr[-3000:]
+    assert "interrupted by SIGTERM before training started" in stderr.strip().splitlines()[-1]
+    assert latency < 10, latency
+    assert glob.glob(str(data_dir / "**" / "incomplete.*"), recursive=True) == []
+    assert not glob.glob(str(data_dir / "**" / "dataset_info.json"), recursive=True)
+
+
+# -- the dataset: stale builds and generator versions ---------------------------------------------
+
+def test_a_build_killed_earlier_is_cleaned_up_and_rebuilt(tmp_path):
+    config = default.get_config().dataset
+    config.update(dict(num_samples=6, data_dir=str(tmp_path)))
+    builder_dir = tmp_path / "synthetic_museum" / f"n6_seed0_g{synthetic.GENERATOR_VERSION}"
+    stale = builder_dir / "incomplete.AbC123_1.0.0"
+    stale.mkdir(parents=True)
+    (stale / "part.array_record").write_bytes(b"half")
+    prepared = builders.prepare(config)
+    assert not stale.exists()
+    assert sum(prepared.split_sizes.values()) == 6
+    assert sorted(os.listdir(builder_dir)) == [".build.lock", "1.0.0"]
+
+
+def test_the_generator_output_is_pinned_to_its_version():
+    """Change `synthetic.render` and this fails: then bump GENERATOR_VERSION (a set built by an
+    older generator is then rebuilt instead of reused) and pin the new output here."""
+    digest = hashlib.sha256()
+    for index in range(3):
+        for _, array in sorted(synthetic.render(0, index).items()):
+            digest.update(np.ascontiguousarray(array).tobytes())
+    pinned = {1: "ccff6a128a8e276fc746831643f27995ddfb51f5c3d9db3de7bd72eb6afcd4e2"}
+    assert synthetic.GENERATOR_VERSION in pinned
+    assert digest.hexdigest() == pinned[synthetic.GENERATOR_VERSION]
