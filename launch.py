@@ -66,16 +66,21 @@ def initialize_distributed(config) -> bool:
     """`jax.distributed.initialize()` when `distributed.enabled` or JAXSEGDEPTH_DISTRIBUTED=1.
 
     Unset fields (empty address, 0 processes, process id -1) are left to JAX: cluster
-    auto-detection, or JAX_COORDINATOR_ADDRESS.
+    auto-detection, or JAX_COORDINATOR_ADDRESS. CPU processes exchange collectives over gloo.
+    A process that fails makes the others stop within `distributed.shutdown_timeout_s`
+    (JAX's coordination service) instead of waiting on a collective for ever.
     """
     settings = config.distributed
     enabled = settings.enabled or os.environ.get("JAXSEGDEPTH_DISTRIBUTED", "").lower() in (
         "1", "true", "yes")
     if enabled:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(
             coordinator_address=settings.coordinator_address or None,
             num_processes=settings.num_processes or None,
-            process_id=settings.process_id if settings.process_id >= 0 else None)
+            process_id=settings.process_id if settings.process_id >= 0 else None,
+            heartbeat_timeout_seconds=settings.heartbeat_timeout_s,
+            shutdown_timeout_seconds=settings.shutdown_timeout_s)
     return enabled
 
 
@@ -102,6 +107,13 @@ def main(argv) -> None:
         reporting.say(f"{config.mode}: {config.model} on {config.dataset.name}, workdir "
                       f"{workdir}, {jax.device_count()} {jax.devices()[0].platform} device(s)")
         module.run(config, workdir)
+    except errors.Interrupted as error:
+        # Out without the interpreter's teardown: the signal may have landed while native
+        # threads (the dataset writer, the loader's readers) were busy, and tearing those down
+        # can crash. What had to be written (the checkpoint) is complete at this point.
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(error.exit_code)
     except (errors.UsageError, errors.RunError) as error:
         _fail(str(error), error.exit_code)
     except OSError as error:  # a full disk or an unwritable output folder in any mode

@@ -16,7 +16,9 @@ def get_config() -> ml_collections.ConfigDict:
     # hosts"); also turned on by JAXSEGDEPTH_DISTRIBUTED=1. Empty/0/-1: auto-detected (Cloud TPU,
     # SLURM, Open MPI, Kubernetes) or JAX_COORDINATOR_ADDRESS.
     config.distributed = ml_collections.ConfigDict(dict(
-        enabled=False, coordinator_address="", num_processes=0, process_id=-1))
+        enabled=False, coordinator_address="", num_processes=0, process_id=-1,
+        heartbeat_timeout_s=100,  # a process silent this long is taken for dead
+        shutdown_timeout_s=60))  # how long one that ends waits for the others before failing them
     config.compilation_cache_dir = ""  # "": ~/.cache/jaxsegdepth/jax; "none": off
 
     config.dataset = ml_collections.ConfigDict(dict(

@@ -1,8 +1,10 @@
 """One validation pass (exact metric sums) and the preview grid, for the trainer and `mode=evaluate`.
 
 `evaluate_split` runs the jitted eval step over every validation sample once. The last partial
-batch is padded to the batch size with repeats of its real samples, weighted 0, so metric sums
-are exact; `val_loss` averages the batch losses weighted by their numbers of real samples.
+batch is padded to the batch size with repeats of its real samples, weighted 0 (in the metric
+sums and in the loss terms), so the result does not depend on the padding, nor on how many
+processes read the split; `val_loss` averages the batch losses weighted by their numbers of
+real samples.
 """
 import math
 from typing import Callable, Optional

@@ -33,26 +33,47 @@ def _f32(x: jax.Array) -> jax.Array:
     return jnp.asarray(x, jnp.float32)
 
 
-def bce(logits: jax.Array, targets: jax.Array) -> jax.Array:
+# Every term takes optional per-sample `weights` (N,) of 0/1: samples weighted 0 (the padding
+# of an evaluation batch) then count for nothing, so a loss does not depend on how a batch was
+# padded. Without weights each term is the plain batch formula.
+
+def _mean(values: jax.Array, weights: jax.Array | None) -> jax.Array:
+    """Mean over every element, or over the elements of the samples weighted 1."""
+    if weights is None:
+        return jnp.mean(values)
+    per_sample = jnp.mean(values.reshape(values.shape[0], -1), axis=1)
+    return jnp.sum(weights * per_sample) / jnp.sum(weights)
+
+
+def _sum(values: jax.Array, weights: jax.Array | None) -> jax.Array:
+    if weights is None:
+        return jnp.sum(values)
+    return jnp.sum(weights * jnp.sum(values.reshape(values.shape[0], -1), axis=1))
+
+
+def bce(logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None) -> jax.Array:
     """Mean binary cross-entropy of sigmoid(logits) against [0, 1] targets (stable on logits)."""
-    return jnp.mean(optax.sigmoid_binary_cross_entropy(_f32(logits), _f32(targets)))
+    return _mean(optax.sigmoid_binary_cross_entropy(_f32(logits), _f32(targets)), weights)
 
 
-def dice(probs: jax.Array, targets: jax.Array, smooth: float = 1.0) -> jax.Array:
+def dice(probs: jax.Array, targets: jax.Array, smooth: float = 1.0,
+         weights: jax.Array | None = None) -> jax.Array:
     """1 - (2 sum(p t) + smooth) / (sum(p) + sum(t) + smooth) over the whole flattened batch."""
     probs, targets = _f32(probs), _f32(targets)
-    overlap = 2 * jnp.sum(probs * targets) + smooth
-    return 1 - overlap / (jnp.sum(probs) + jnp.sum(targets) + smooth)
+    overlap = 2 * _sum(probs * targets, weights) + smooth
+    return 1 - overlap / (_sum(probs, weights) + _sum(targets, weights) + smooth)
 
 
-def bce_dice(logits: jax.Array, targets: jax.Array) -> jax.Array:
+def bce_dice(logits: jax.Array, targets: jax.Array,
+             weights: jax.Array | None = None) -> jax.Array:
     """bce + 2 * dice(sigmoid(logits), smooth=1e-6), as the reference's BCE & Dice loss."""
-    return bce(logits, targets) + 2 * dice(jax.nn.sigmoid(_f32(logits)), targets, smooth=1e-6)
+    return bce(logits, targets, weights) + 2 * dice(jax.nn.sigmoid(_f32(logits)), targets,
+                                                    smooth=1e-6, weights=weights)
 
 
-def rmse(preds: jax.Array, targets: jax.Array) -> jax.Array:
+def rmse(preds: jax.Array, targets: jax.Array, weights: jax.Array | None = None) -> jax.Array:
     """sqrt(mse + 1e-6); the epsilon keeps the gradient finite at a perfect prediction."""
-    return jnp.sqrt(jnp.mean((_f32(preds) - _f32(targets)) ** 2) + 1e-6)
+    return jnp.sqrt(_mean((_f32(preds) - _f32(targets)) ** 2, weights) + 1e-6)
 
 
 def _per_image_ssim(a: jax.Array, b: jax.Array, data_range: float, k1: float = 0.01) -> jax.Array:
@@ -69,16 +90,18 @@ def _require_size(images: jax.Array, minimum: int, what: str) -> None:
                          f"got {height}x{width}")
 
 
-def ssim(preds: jax.Array, targets: jax.Array, data_range: float = 1.0) -> jax.Array:
+def ssim(preds: jax.Array, targets: jax.Array, data_range: float = 1.0,
+         weights: jax.Array | None = None) -> jax.Array:
     """Mean SSIM over the batch (dm_pix: Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03,
     valid filtering); channels are averaged. H and W must be at least 11."""
     _require_size(preds, SSIM_WINDOW, "ssim (11x11 window, valid filtering)")
-    return jnp.mean(_per_image_ssim(preds, targets, data_range))
+    return _mean(_per_image_ssim(preds, targets, data_range), weights)
 
 
-def ssim_loss(preds: jax.Array, targets: jax.Array, data_range: float = 1.0) -> jax.Array:
+def ssim_loss(preds: jax.Array, targets: jax.Array, data_range: float = 1.0,
+              weights: jax.Array | None = None) -> jax.Array:
     """1 - ssim."""
-    return 1 - ssim(preds, targets, data_range)
+    return 1 - ssim(preds, targets, data_range, weights)
 
 
 def _avg_pool_2x(x: jax.Array) -> jax.Array:
@@ -94,7 +117,8 @@ def _relu_power(x: jax.Array, exponent: float) -> jax.Array:
     return jnp.where(positive, jnp.where(positive, x, 1.0) ** exponent, 0.0)
 
 
-def ms_ssim(preds: jax.Array, targets: jax.Array, data_range: float = 1.0) -> jax.Array:
+def ms_ssim(preds: jax.Array, targets: jax.Array, data_range: float = 1.0,
+            weights: jax.Array | None = None) -> jax.Array:
     """Multi-scale SSIM (Wang, Simoncelli & Bovik 2003), averaged over the batch.
 
     Five scales, 2x average pooling between them; the contrast-structure term at the first
@@ -113,12 +137,13 @@ def ms_ssim(preds: jax.Array, targets: jax.Array, data_range: float = 1.0) -> ja
             term = _per_image_ssim(a, b, data_range, k1=_NO_LUMINANCE_K1)
             a, b = _avg_pool_2x(a), _avg_pool_2x(b)
         result = result * _relu_power(term, weight)
-    return jnp.mean(result)
+    return _mean(result, weights)
 
 
-def ms_ssim_loss(preds: jax.Array, targets: jax.Array, data_range: float = 1.0) -> jax.Array:
+def ms_ssim_loss(preds: jax.Array, targets: jax.Array, data_range: float = 1.0,
+                 weights: jax.Array | None = None) -> jax.Array:
     """1 - ms_ssim."""
-    return 1 - ms_ssim(preds, targets, data_range)
+    return 1 - ms_ssim(preds, targets, data_range, weights)
 
 
 # Term name -> (loss function, whether it takes probabilities rather than logits).
@@ -132,7 +157,8 @@ TERMS: dict[str, tuple[Callable[[jax.Array, jax.Array], jax.Array], bool]] = {
     "ms_ssim": (ms_ssim_loss, True),
 }
 
-LossFn = Callable[[Mapping[str, jax.Array], Mapping[str, jax.Array]], tuple[jax.Array, dict]]
+# (outputs, targets, weights=None) -> (total, {"head/term": value}); see `compose`.
+LossFn = Callable[..., tuple[jax.Array, dict]]
 
 
 def validate_spec(spec: Any) -> dict[str, dict[str, float]]:
@@ -170,15 +196,16 @@ def compose(spec: Mapping[str, Mapping[str, float]]) -> LossFn:
     or an `ml_collections.ConfigDict`, and is checked now: an unknown head or term raises a
     ValueError listing the allowed names, a weight that is not a real number a TypeError.
 
-    `fn(outputs, targets)` takes dicts of logits and [0, 1] targets keyed by head (extra keys
-    are ignored), applies the sigmoid for terms on probabilities, and returns
-    `(total, terms)`: `total = sum(weight * term)` and `terms` the unweighted values keyed
-    like `"mask/bce"`. Shapes are checked at trace time (a ValueError names the head).
+    `fn(outputs, targets, weights=None)` takes dicts of logits and [0, 1] targets keyed by head
+    (extra keys are ignored) and optional per-sample 0/1 `weights` (padding weighted 0),
+    applies the sigmoid for terms on probabilities, and returns `(total, terms)`:
+    `total = sum(weight * term)` and `terms` the unweighted values keyed like `"mask/bce"`.
+    Shapes are checked at trace time (a ValueError names the head).
     """
     checked = validate_spec(spec)
 
-    def loss_fn(outputs: Mapping[str, jax.Array],
-                targets: Mapping[str, jax.Array]) -> tuple[jax.Array, dict]:
+    def loss_fn(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.Array],
+                weights: jax.Array | None = None) -> tuple[jax.Array, dict]:
         total, values = jnp.zeros((), jnp.float32), {}
         for head, terms in checked.items():
             if head not in outputs or head not in targets:
@@ -191,7 +218,8 @@ def compose(spec: Mapping[str, Mapping[str, float]]) -> LossFn:
             probs = jax.nn.sigmoid(_f32(logits))
             for term, weight in terms.items():
                 fn, on_probs = TERMS[term]
-                values[f"{head}/{term}"] = fn(probs if on_probs else logits, target)
+                values[f"{head}/{term}"] = fn(probs if on_probs else logits, target,
+                                              weights=weights)
                 total = total + weight * values[f"{head}/{term}"]
         return total, values
 

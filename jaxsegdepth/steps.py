@@ -14,9 +14,8 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh
 
-from jaxsegdepth import mesh as mesh_lib, metrics, names
+from jaxsegdepth import losses, mesh as mesh_lib, metrics, names
 
-LossFn = Callable[[dict, dict], tuple[jax.Array, dict]]
 
 
 class TrainState(train_state.TrainState):
@@ -45,7 +44,7 @@ def _targets(batch: dict) -> dict:
     return {head: batch[head] for head in names.HEADS if head in batch}
 
 
-def train_step(state: TrainState, batch: dict, *, loss_fn: LossFn) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: dict, *, loss_fn: losses.LossFn) -> tuple[TrainState, dict]:
     """One SGD step. A non-finite loss leaves the state unchanged and records the step."""
     dropout_rng = jax.random.fold_in(state.rng, state.step)
 
@@ -68,12 +67,12 @@ def train_step(state: TrainState, batch: dict, *, loss_fn: LossFn) -> tuple[Trai
     return new_state, {"loss": loss, **terms}
 
 
-def eval_step(state: TrainState, batch: dict, *, loss_fn: LossFn) -> dict:
+def eval_step(state: TrainState, batch: dict, *, loss_fn: losses.LossFn) -> dict:
     """Loss terms and additive metric sums for one batch (`batch["weights"]` masks padding)."""
     outputs = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
                              batch["bg"], batch["bg_fg"], train=False)
     targets = _targets(batch)
-    loss, terms = loss_fn(outputs, targets)
+    loss, terms = loss_fn(outputs, targets, batch.get("weights"))
     return {"loss": loss, **terms,
             "sums": metrics.batch_sums(outputs, targets, batch.get("weights"))}
 
@@ -105,7 +104,7 @@ def compiler_options(platform: str) -> dict:
     return dict(CPU_COMPILER_OPTIONS) if platform == "cpu" else {}
 
 
-def jit_steps(mesh: Mesh, loss_fn: LossFn) -> tuple[Callable, Callable, Callable]:
+def jit_steps(mesh: Mesh, loss_fn: losses.LossFn) -> tuple[Callable, Callable, Callable]:
     """`train_step`, `eval_step` and `predict_step` compiled for `mesh`.
 
     The batch is sharded on `data`, the state replicated and donated to the train step.

@@ -22,6 +22,7 @@ from typing import Callable, Optional
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from jaxsegdepth import (checkpoints, errors, evaluation, losses, mesh as mesh_lib, names, optim,
                          reporting, state as state_lib, steps)
@@ -95,31 +96,53 @@ class Trainer:
 
 
 class _StopSignals:
-    """The first SIGINT/SIGTERM: while `immediate` (dataset build, restore, compile of the
-    state) it raises `errors.Interrupted` at once, as nothing is worth saving yet; in the loop
-    it only records the signal, which the loop checks after every step and evaluation after
-    every batch. A second SIGINT falls through to Python's default (KeyboardInterrupt). The
-    handler never prints: a print inside a signal handler can fail while stdout is written."""
+    """SIGINT and SIGTERM, turned into a stop that every process makes at the same step.
+
+    One process: while `immediate` (dataset build, restore, state creation) the first signal
+    raises `errors.Interrupted` at once, as nothing is worth saving yet; in the loop it is
+    recorded, and the loop stops after the step in flight (`after_step`), evaluation after the
+    validation batch in flight. Several processes: SIGTERM is JAX's preemption notice (its
+    coordination service hears it on any one process) and `after_step` is JAX's
+    `reached_preemption_sync_point`, the same step everywhere; SIGINT is turned into that
+    notice. A second SIGINT falls through to Python's default (KeyboardInterrupt). The handler
+    never prints: a print inside a signal handler can fail while stdout is written.
+    """
 
     def __init__(self):
         self.signum: Optional[int] = None
         self.immediate = True
+        self.several = jax.process_count() > 1
         self._previous = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in (signal.SIGINT,) if self.several else (signal.SIGINT, signal.SIGTERM):
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum, frame):
         del frame
-        self.signum = signum
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        if self.several:  # JAX's notifier owns SIGTERM: every process then agrees on a step
+            signal.raise_signal(signal.SIGTERM)
+            return
+        self.signum = signum
         if self.immediate:
             raise errors.Interrupted(f"interrupted by {signal.Signals(signum).name} before "
                                      "training started: nothing was written half-way; rerun "
                                      "the same command", signum)
+
+    def after_step(self, step: int) -> Optional[int]:
+        """The signal to stop on after global step `step` (1-based), or None to go on. Every
+        process calls it after every step, so that they agree."""
+        if self.several:
+            return signal.SIGTERM if multihost_utils.reached_preemption_sync_point(step) else None
+        return self.signum
+
+    def during_evaluation(self) -> bool:
+        """Whether to stop after the validation batch in flight (one process only: several
+        cannot agree mid-pass; they stop at the first step after the evaluation)."""
+        return not self.several and self.signum is not None
 
     def __exit__(self, *exc):
         for signum, handler in self._previous.items():
@@ -286,7 +309,8 @@ def train_loop(trainer: Trainer, state: steps.TrainState, progress: Progress,
             jax.block_until_ready(pending[-1 - IN_FLIGHT]["loss"])
         bar.update(config.batch_size)
         done, end_of_epoch = step + 1, (step + 1) % per_epoch == 0
-        if len(pending) >= config.log_every_steps or end_of_epoch or stop.signum:
+        stopping = stop.after_step(done)
+        if len(pending) >= config.log_every_steps or end_of_epoch or stopping:
             _log_steps(trainer, state, pending, progress, done, bar)
             pending = []
         record = None
@@ -300,13 +324,13 @@ def train_loop(trainer: Trainer, state: steps.TrainState, progress: Progress,
             progress = Progress(iterator_stage=stage, last_record=record,
                                 settings=progress.settings)
         every = config.checkpoint.every_steps
-        if end_of_epoch or stop.signum or (every and done % every == 0):
+        if end_of_epoch or stopping or (every and done % every == 0):
             _save(trainer, state, progress, iterator, record)
         if record is not None:  # only once its checkpoint is on disk: never twice, never lost
             trainer.checkpointer.wait()
             trainer.reporter.epoch(record)
-        if stop.signum:
-            _stop(trainer, stop.signum, done, bar)
+        if stopping:
+            _stop(trainer, stopping, done, bar)
     return record
 
 
@@ -369,7 +393,7 @@ def _end_epoch(trainer: Trainer, state, progress: Progress, done: int, train_tim
     started = time.time()
     val = evaluation.evaluate_split(config, trainer.mesh, trainer.eval_step, state, resolution,
                                     trainer.heads, first_batch=preview,
-                                    should_stop=lambda: stop.signum is not None)
+                                    should_stop=stop.during_evaluation)
     if val is None:
         trainer.checkpointer.wait()
         raise errors.Interrupted(

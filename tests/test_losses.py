@@ -233,3 +233,19 @@ def test_composed_loss_rejects_mismatched_shapes_and_missing_heads():
         loss_fn({"mask": LOGITS}, {"mask": MASK[..., 0]})
     with pytest.raises(ValueError, match=r"'mask'.*targets"):
         loss_fn({"mask": LOGITS}, {"depth": DEPTH})
+
+
+@pytest.mark.parametrize("term", sorted(set(losses.TERMS) - {"ms_ssim"}))
+def test_samples_weighted_0_count_for_nothing(term):
+    """An evaluation batch padded with anything, weighted 0, has the loss of its real samples."""
+    real = {"mask": LOGITS[:2], "depth": DEPTH_LOGITS[:2]}, {"mask": MASK[:2], "depth": DEPTH[:2]}
+    padding = np.random.default_rng(7)
+    padded = [{k: np.concatenate([v, padding.normal(size=v.shape).astype(np.float32)])
+               for k, v in part.items()} for part in real]
+    weights = np.array([1, 1, 0, 0], np.float32)
+    loss_fn = losses.compose({"mask": {term: 1.0}, "depth": {term: 1.0}})
+    expected, _ = loss_fn(*real)
+    got, _ = loss_fn(*padded, weights)
+    assert float(got) == pytest.approx(float(expected), rel=1e-5, abs=1e-6)
+    assert float(loss_fn(*real, np.ones(2, np.float32))[0]) == pytest.approx(float(expected),
+                                                                             rel=1e-6)

@@ -207,7 +207,7 @@ def test_evaluation_stops_after_the_batch_during_which_asked(tmp_path, masknet_s
     config = _config(tmp_path / "data", batch_size=2)
     builders.prepare(config.dataset)
     _, jitted, _ = steps.jit_steps(mesh_lib.create_mesh(),
-                                   lambda outputs, targets: (0.0 * outputs["mask"].sum(), {}))
+                                   lambda outputs, targets, weights: (0.0 * outputs["mask"].sum(), {}))
     evaluated = []
 
     def eval_step(state, batch):
