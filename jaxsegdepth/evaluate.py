@@ -10,6 +10,10 @@ validation sample once at each resolution asked for, prints a table and writes
                          "abs_rel": ..., "sq_rel": ..., "log10": ..., "delta1": ...,
                          "delta2": ..., "delta3": ..., "mask/bce": ..., ...}}}
 
+`baselines` holds, per resolution, what a model must beat: `difference_iou` (the mask
+`max_channel |bg - bg_fg| > difference_threshold`, the threshold chosen on the training split)
+and `mean_depth_rmse` etc. (the mean training depth map predicted for every image).
+
 `iou` is at threshold 0.5, `iou_soft` on the probabilities (the reference's number); depth
 metrics are over pixels whose target is > 1e-4 (see `jaxsegdepth.metrics`). Resolutions:
 `config.evaluate.resolutions`, or when that is empty the last training stage's
@@ -65,19 +69,25 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     step = int(jax.device_get(state.step))
     heads = state_lib.heads(config)
     _, eval_step, _ = steps.jit_steps(mesh, losses.compose(config.loss))
-    per_resolution = {}
+    per_resolution, baselines = {}, {}
     for resolution in resolutions(config):  # the trainer's own pass; keys lose its "val_"
         values = evaluation.evaluate_split(config, mesh, eval_step, state, resolution, heads)
         per_resolution[str(resolution)] = {k.removeprefix("val_"): v for k, v in values.items()}
+        baselines[str(resolution)] = evaluation.trivial_baselines(config, resolution, heads)
     result = {"step": step, "split": "validation",
               "num_samples": pipeline.split_size(config.dataset, "validation"),
               "model": config.model, "dataset": config.dataset.name,
-              "resolutions": [int(r) for r in per_resolution], "metrics": per_resolution}
+              "resolutions": [int(r) for r in per_resolution], "metrics": per_resolution,
+              "baselines": baselines}
     path = os.path.join(workdir, "eval.json")
     if jax.process_index() == 0:
         with open(path, "w") as f:
             json.dump(result, f, indent=1)
     reporting.say(f"Checkpoint step {step} of {workdir}, {result['num_samples']} validation "
                   f"samples (iou: threshold 0.5; iou_soft: on probabilities):\n"
-                  f"{format_table(per_resolution, names.metric_names(heads))}\nwritten to {path}")
+                  f"{format_table(per_resolution, names.metric_names(heads))}\n"
+                  f"Trivial predictors on the same images (difference_iou: max-channel "
+                  f"|bg - bg_fg| > a threshold chosen on the training split; mean_depth_*: the "
+                  f"mean training depth map for every image):\n"
+                  f"{format_table(baselines, ())}\nwritten to {path}")
     return result

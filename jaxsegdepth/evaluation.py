@@ -100,3 +100,43 @@ def preview_grid(config: ml_collections.ConfigDict, predict_step: Callable, stat
     for head in heads:
         columns += [(head, host[head][:n]), (f"pred {head}", np.asarray(predictions[head])[:n])]
     return reporting.image_grid(columns)
+
+
+DIFF_THRESHOLDS = np.round(np.arange(0.01, 0.51, 0.01), 2)  # |bg - bg_fg| cut-offs tried
+
+
+def _split_arrays(config: ml_collections.ConfigDict, split: str, resolution: int) -> dict:
+    """A whole split at `resolution` on the host: RGB in [0, 1], targets in [0, 1]."""
+    norm = pipeline.input_normalization(config.dataset)
+    batches = list(pipeline.create_loader(
+        config.dataset, split, resolution=resolution, batch_size=64, shuffle=False,
+        seed=config.seed, num_epochs=1, drop_remainder=False, augment=False, shard=(0, 1)))
+    arrays = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+    for name in names.INPUTS:
+        arrays[name] = normalization.denormalize(arrays[name], *norm[name])
+    return arrays
+
+
+def trivial_baselines(config: ml_collections.ConfigDict, resolution: int, heads) -> dict:
+    """What a model must beat, on the validation split at `resolution`: the IoU of the mask
+    `max_channel |bg - bg_fg| > t`, with t the best of `DIFF_THRESHOLDS` on the training split,
+    and the depth metrics of predicting the mean training depth map for every image."""
+    train, val = (_split_arrays(config, split, resolution) for split in ("train", "validation"))
+
+    def difference(arrays):
+        return np.abs(arrays["bg"] - arrays["bg_fg"]).max(axis=-1, keepdims=True)
+
+    result = {}
+    if "mask" in heads:
+        train_diff = difference(train)
+        scores = [float(metrics.iou((train_diff > t).astype(np.float32), train["mask"]))
+                  for t in DIFF_THRESHOLDS]
+        best = float(DIFF_THRESHOLDS[int(np.argmax(scores))])
+        guess = (difference(val) > best).astype(np.float32)
+        result.update(difference_threshold=best,
+                      difference_iou=float(metrics.iou(guess, val["mask"])))
+    if "depth" in heads:
+        mean_map = np.broadcast_to(train["depth"].mean(axis=0), val["depth"].shape)
+        result.update({f"mean_depth_{k}": v
+                       for k, v in metrics.depth_metrics(mean_map, val["depth"]).items()})
+    return result

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from configs import default
-from jaxsegdepth import (charts, errors, evaluate, export, exported, losses, lr_range,
+from jaxsegdepth import (charts, errors, evaluate, evaluation, export, exported, losses, lr_range,
                          mesh as mesh_lib, plots, predict, reporting, state as state_lib, steps,
                          train)
 from jaxsegdepth.data import normalization, pipeline, synthetic
@@ -200,6 +200,46 @@ def test_evaluate_writes_exact_metrics(trained, tmp_path):
         got = written["metrics"][str(res)]
         assert got["iou"] == pytest.approx(np.mean(ious), abs=1e-5)
         assert got["iou_soft"] == pytest.approx(np.mean(soft), abs=1e-5)
+
+    # The trivial predictors beside the model, recomputed in NumPy float64: the best |bg - bg_fg|
+    # threshold on the training split, its IoU on the validation split.
+    def split(name):
+        batches = list(pipeline.create_loader(config.dataset, name, resolution=RES, batch_size=64,
+                                              shuffle=False, seed=0, num_epochs=1,
+                                              drop_remainder=False, augment=False))
+        norm = pipeline.input_normalization(config.dataset)
+        images = {k: np.concatenate([b[k] for b in batches]).astype(np.float64) for k in batches[0]}
+        rgb = {k: np.clip(images[k] * norm[k][1] + norm[k][0], 0, 1) for k in ("bg", "bg_fg")}
+        return np.abs(rgb["bg"] - rgb["bg_fg"]).max(-1, keepdims=True), images["mask"]
+
+    def mean_iou(pred, target):
+        inter = (pred * target).sum((1, 2, 3))
+        return np.mean((inter + 1e-6) / ((pred + target).sum((1, 2, 3)) - inter + 1e-6))
+
+    (train_diff, train_mask), (val_diff, val_mask) = split("train"), split("validation")
+    thresholds = np.round(np.arange(0.01, 0.51, 0.01), 2)
+    best = thresholds[int(np.argmax([mean_iou(train_diff > t, train_mask) for t in thresholds]))]
+    baseline = written["baselines"][str(RES)]
+    assert baseline["difference_threshold"] == pytest.approx(best)
+    assert baseline["difference_iou"] == pytest.approx(mean_iou(val_diff > best, val_mask),
+                                                       abs=1e-5)
+    assert "mean_depth_rmse" not in baseline  # MaskNet predicts no depth
+
+
+def test_the_mean_depth_map_baseline_is_numpys(trained):
+    config = _copy(trained[0])
+    got = evaluation.trivial_baselines(config, RES, ("mask", "depth"))
+
+    def depth(name):
+        return np.concatenate([b["depth"] for b in pipeline.create_loader(
+            config.dataset, name, resolution=RES, batch_size=64, shuffle=False, seed=0,
+            num_epochs=1, drop_remainder=False)]).astype(np.float64)
+
+    train, val = depth("train"), depth("validation")
+    valid = val > 1e-4
+    error = (np.broadcast_to(train.mean(0), val.shape) - val)[valid]
+    assert got["mean_depth_rmse"] == pytest.approx(np.sqrt(np.mean(error ** 2)), rel=1e-5)
+    assert got["mean_depth_mae"] == pytest.approx(np.mean(np.abs(error)), rel=1e-5)
 
 
 def test_evaluate_without_checkpoint_names_the_folder(data_dir, tmp_path):

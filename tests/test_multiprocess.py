@@ -6,6 +6,7 @@ differs between one host and many, tested with two CPU processes of one device e
   which two processes resume and one process evaluates and predicts from;
 - a stop on every process together (a non-finite loss), no process left waiting.
 """
+import json
 import os
 import signal
 import socket
@@ -148,6 +149,42 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_they_resume(shared, r
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     mask = np.asarray(Image.open(workdir / "predictions_user" / "pair_mask_prob.png"))
     assert mask.shape == (40, 56)
+
+
+def test_a_one_process_checkpoint_evaluates_in_two(shared, reference):
+    codes, outputs = _finish(_start_two(reference, shared, mode="evaluate"))
+    assert codes == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    with open(reference / "eval.json") as f:
+        evaluated = json.load(f)
+    last = reporting.read_metrics(reference)[-1]
+    assert evaluated["step"] == last["step"] and evaluated["num_samples"] == 7
+    assert evaluated["metrics"]["32"]["iou"] == pytest.approx(last["val_iou"], rel=1e-5)
+    assert evaluated["metrics"]["32"]["loss"] == pytest.approx(last["val_loss"], rel=1e-5)
+
+
+_PREPARE = """
+import sys
+from absl import flags, logging
+flags.FLAGS.mark_as_parsed()
+logging.set_verbosity(logging.INFO)
+sys.path.insert(0, {root!r})
+from configs import default
+from jaxsegdepth.data import builders
+config = default.get_config().dataset
+config.update(dict(num_samples=300, data_dir={data_dir!r}))
+print(builders.prepare(config).split_sizes["train"])
+"""
+
+
+def test_processes_starting_together_build_a_shared_dataset_once(tmp_path):
+    script = _PREPARE.format(root=ROOT, data_dir=str(tmp_path / "shared_data"))
+    processes = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    codes, outputs = _finish(processes)
+    assert codes == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    assert [out.strip().splitlines()[-1] for out, _ in outputs] == ["210", "210"]
+    builds = sum(err.count("building synthetic_museum/") for _, err in outputs)
+    assert builds == 1  # the other waited for the lock and opened the finished set
 
 
 def test_a_non_finite_loss_stops_every_process_together(shared, tmp_path):
