@@ -102,7 +102,7 @@ class Checkpointer:
         each step at most once, so an existing checkpoint is never deleted to make room.
         """
         step = int(jax.device_get(state.step))
-        self.manager.wait_until_finished()
+        self.wait()
         metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop)),
@@ -119,10 +119,20 @@ class Checkpointer:
         return restored["state"], dict(restored["loop"])
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Waits for the save in flight; one that failed (a full disk) is a `RunError`."""
+        self._unless_failed(self.manager.wait_until_finished)
 
     def close(self) -> None:
-        self.manager.close()
+        self._unless_failed(self.manager.close)
+
+    def _unless_failed(self, call) -> None:
+        # Orbax re-raises a background write's failure here, as OSError or ValueError.
+        try:
+            call()
+        except (OSError, ValueError) as error:
+            raise errors.RunError(f"writing a checkpoint in {self.directory} failed ("
+                                  f"{' '.join(str(error).split())}); rerun the same command to "
+                                  "resume from the last complete one") from None
 
 
 def _metric(name: str, mode: str, metrics: dict) -> float:

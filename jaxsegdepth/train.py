@@ -10,10 +10,12 @@ the data iterator's position and the epoch's running train loss.
 A run stops early with an `errors.Interrupted` (SIGINT/SIGTERM, after saving a checkpoint) or
 an `errors.NonFiniteLoss` (the last good checkpoint is kept), which launch.py reports.
 """
+import contextlib
 import dataclasses
 import json
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -175,15 +177,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Optional[dict]:
             reporter.resume(start // per_epoch, progress.last_record)
             trainer = _trainer(config, mesh, per_epoch, checkpointer, reporter)
             try:
-                return _train(trainer, state, progress, stop)
+                record = _train(trainer, state, progress, stop)
+                checkpointer.wait()
+                return record
             finally:
                 reporter.close()
         except OSError as error:
             raise errors.RunError(f"cannot write in {workdir} ({error}): rerun the same command "
                                   "to resume from its last checkpoint once it is writable") from None
         finally:
-            checkpointer.wait()
-            checkpointer.close()
+            # Waits for a save still in flight. While an error is on its way out, a failed save
+            # (the same full disk) must not replace it with a traceback.
+            with (contextlib.suppress(OSError, errors.RunError) if sys.exc_info()[0]
+                  else contextlib.nullcontext()):
+                checkpointer.close()
 
 
 def _check_writable(workdir: str) -> None:

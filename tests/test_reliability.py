@@ -234,8 +234,9 @@ def test_sigterm_during_the_dataset_build_exits_143_leaving_nothing_half_built(t
     _, stderr = process.communicate(timeout=120)
     latency = time.time() - signalled
     assert process.returncode == 143, stderr[-3000:]
-    assert "interrupted by SIGTERM before training started" in stderr.strip().splitlines()[-1]
-    assert latency < 10, latency
+    # (tqdm's bars may redraw after it, so the message is looked for, not taken as last line)
+    assert "error: interrupted by SIGTERM before training started" in stderr
+    assert latency < 30, latency  # measured 1-3 s; the bound only tells a stop from a hang
     assert glob.glob(str(data_dir / "**" / "incomplete.*"), recursive=True) == []
     assert not glob.glob(str(data_dir / "**" / "dataset_info.json"), recursive=True)
 
