@@ -10,6 +10,7 @@ import math
 from typing import Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
@@ -105,38 +106,52 @@ def preview_grid(config: ml_collections.ConfigDict, predict_step: Callable, stat
 DIFF_THRESHOLDS = np.round(np.arange(0.01, 0.51, 0.01), 2)  # |bg - bg_fg| cut-offs tried
 
 
-def _split_arrays(config: ml_collections.ConfigDict, split: str, resolution: int) -> dict:
-    """A whole split at `resolution` on the host: RGB in [0, 1], targets in [0, 1]."""
+def _batches(config: ml_collections.ConfigDict, split: str, resolution: int):
+    """Every sample of a split once, in batches on the host, inputs as RGB in [0, 1]."""
     norm = pipeline.input_normalization(config.dataset)
-    batches = list(pipeline.create_loader(
-        config.dataset, split, resolution=resolution, batch_size=64, shuffle=False,
-        seed=config.seed, num_epochs=1, drop_remainder=False, augment=False, shard=(0, 1)))
-    arrays = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
-    for name in names.INPUTS:
-        arrays[name] = normalization.denormalize(arrays[name], *norm[name])
-    return arrays
+    for batch in pipeline.create_loader(
+            config.dataset, split, resolution=resolution, batch_size=64, shuffle=False,
+            seed=config.seed, num_epochs=1, drop_remainder=False, augment=False, shard=(0, 1)):
+        yield {k: normalization.denormalize(v, *norm[k]) if k in names.INPUTS else v
+               for k, v in batch.items()}
+
+
+def _difference(batch: dict) -> np.ndarray:
+    return np.abs(batch["bg"] - batch["bg_fg"]).max(axis=-1, keepdims=True)
+
+
+@jax.jit
+def _iou_sums(difference, mask, thresholds):
+    """Per-image IoU of `difference > t` summed over the batch, for every threshold t."""
+    count = difference.shape[0]
+    return jax.vmap(lambda t: count * metrics.iou((difference > t).astype(jnp.float32), mask))(
+        thresholds)
 
 
 def trivial_baselines(config: ml_collections.ConfigDict, resolution: int, heads) -> dict:
     """What a model must beat, on the validation split at `resolution`: the IoU of the mask
     `max_channel |bg - bg_fg| > t`, with t the best of `DIFF_THRESHOLDS` on the training split,
-    and the depth metrics of predicting the mean training depth map for every image."""
-    train, val = (_split_arrays(config, split, resolution) for split in ("train", "validation"))
-
-    def difference(arrays):
-        return np.abs(arrays["bg"] - arrays["bg_fg"]).max(axis=-1, keepdims=True)
-
+    and the depth metrics of predicting the mean training depth map for every image. Both
+    splits are streamed batch by batch (a real training split does not fit in memory)."""
+    iou_sums, depth_sum, count = np.zeros(len(DIFF_THRESHOLDS)), 0.0, 0
+    for batch in _batches(config, "train", resolution):
+        iou_sums += np.asarray(_iou_sums(_difference(batch), batch["mask"], DIFF_THRESHOLDS))
+        depth_sum = depth_sum + batch["depth"].astype(np.float64).sum(axis=0)
+        count += len(batch["depth"])
+    best = DIFF_THRESHOLDS[int(np.argmax(iou_sums))]
+    mean_map, totals = (depth_sum / count).astype(np.float32), {}
+    for batch in _batches(config, "validation", resolution):
+        n = len(batch["mask"])
+        sums = {"iou": float(_iou_sums(_difference(batch), batch["mask"], best[None])[0]),
+                "images": n}
+        sums.update(metrics.depth_sums(np.broadcast_to(mean_map, batch["depth"].shape),
+                                       batch["depth"], np.ones(n, np.float32)))
+        _add(totals, {k: float(v) for k, v in sums.items()})
     result = {}
     if "mask" in heads:
-        train_diff = difference(train)
-        scores = [float(metrics.iou((train_diff > t).astype(np.float32), train["mask"]))
-                  for t in DIFF_THRESHOLDS]
-        best = float(DIFF_THRESHOLDS[int(np.argmax(scores))])
-        guess = (difference(val) > best).astype(np.float32)
-        result.update(difference_threshold=best,
-                      difference_iou=float(metrics.iou(guess, val["mask"])))
+        result.update(difference_threshold=float(best),
+                      difference_iou=totals["iou"] / totals["images"])
     if "depth" in heads:
-        mean_map = np.broadcast_to(train["depth"].mean(axis=0), val["depth"].shape)
-        result.update({f"mean_depth_{k}": v
-                       for k, v in metrics.depth_metrics(mean_map, val["depth"]).items()})
+        summary = metrics.summarize({k: v for k, v in totals.items() if k not in ("iou", "images")})
+        result.update({f"mean_depth_{k}": v for k, v in summary.items()})
     return result

@@ -39,10 +39,11 @@ def iou(probs: jax.Array, targets: jax.Array, threshold: float | None = 0.5) -> 
     return jnp.mean(_per_image_iou(probs, targets, threshold))
 
 
-def _depth_sums(preds: jax.Array, targets: jax.Array, weights: jax.Array) -> dict:
+def depth_sums(preds: jax.Array, targets: jax.Array, weights: jax.Array) -> dict:
     """Sums over pixels with target > MIN_DEPTH of images with weight 1, and their count.
 
-    Predictions are clipped to >= MIN_DEPTH for log10 and the delta ratios only, so a zero
+    Additive over batches; `summarize` turns the totals into metrics. Predictions are in
+    [0, 1] (not logits) and are clipped to >= MIN_DEPTH for log10 and the delta ratios only, so a zero
     prediction counts as a large (finite) error there instead of an infinity.
     """
     preds, targets = jnp.asarray(preds, jnp.float32), jnp.asarray(targets, jnp.float32)
@@ -82,7 +83,7 @@ def batch_sums(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.Array
         sums["images"] = jnp.sum(weights)
     if "depth" in outputs:
         preds = jax.nn.sigmoid(jnp.asarray(outputs["depth"], jnp.float32))
-        sums.update(_depth_sums(preds, targets["depth"], weights))
+        sums.update(depth_sums(preds, targets["depth"], weights))
     return sums
 
 
@@ -112,4 +113,4 @@ def depth_metrics(preds: jax.Array, targets: jax.Array) -> dict[str, float]:
     rmse, mae, abs_rel, sq_rel, log10 and delta1-3 over every pixel whose target > MIN_DEPTH.
     Public library API for one batch; evaluation over many batches uses `batch_sums`.
     """
-    return summarize(_depth_sums(preds, targets, jnp.ones(jnp.shape(preds)[0], jnp.float32)))
+    return summarize(depth_sums(preds, targets, jnp.ones(jnp.shape(preds)[0], jnp.float32)))

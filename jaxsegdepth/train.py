@@ -24,6 +24,7 @@ from typing import Callable, Optional
 import jax
 import ml_collections
 import numpy as np
+from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from jaxsegdepth import (checkpoints, errors, evaluation, losses, mesh as mesh_lib, names, optim,
@@ -250,23 +251,13 @@ RESUME_FIELDS = ("model", "dtype", "seed", "batch_size", "steps_per_epoch", "opt
 
 def resume_settings(config: ml_collections.ConfigDict) -> dict:
     """{dotted field: JSON value} of every leaf under `RESUME_FIELDS`."""
-    settings = {}
+    tree = {}
     for field in RESUME_FIELDS:
         value = config
         for part in field.split("."):
             value = value[part]
-        leaves = value.to_dict() if hasattr(value, "to_dict") else {"": value}
-        for key, leaf in _flatten(leaves).items():
-            settings[f"{field}.{key}" if key else field] = json.loads(json.dumps(leaf))
-    return settings
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        name = f"{prefix}.{key}" if prefix and key else prefix or key
-        flat.update(_flatten(value, name) if isinstance(value, dict) else {name: value})
-    return flat
+        tree[field] = value.to_dict() if hasattr(value, "to_dict") else value
+    return json.loads(json.dumps(traverse_util.flatten_dict(tree, sep=".")))
 
 
 def check_resume(config: ml_collections.ConfigDict, saved: Optional[dict], directory: str) -> None:
