@@ -59,6 +59,11 @@ def get_config() -> ml_collections.ConfigDict:
     # Loss as data: head -> {term: weight}; see jaxsegdepth.losses.compose.
     # RMSE + (BCE & Dice): 2 rmse(depth) + bce(mask) + 2 dice(mask, smooth 1e-6), as the reference.
     config.loss = ml_collections.ConfigDict({"depth": {"rmse": 2.0}, "mask": {"bce_dice": 1.0}})
+    # How the heads' losses are weighted in training (jaxsegdepth/weighting.py): "fixed" as
+    # above, "uncertainty" (learned log-variances, Kendall et al. 2018) or "dwa" (dynamic
+    # weight average, Liu et al. 2019, with this softmax temperature).
+    config.loss_weighting = "fixed"
+    config.dwa_temperature = 2.0
 
     config.checkpoint = ml_collections.ConfigDict(dict(
         monitor="val_loss", mode="min",  # the metric that picks the best checkpoint

@@ -6,7 +6,7 @@
 
 Run it from the repository root (recipes import `configs.default`). Like flax's ImageNet
 `fake_data_benchmark` config, everything but the data comes from a recipe: the model, the loss
-(`losses.compose(config.loss)`) and the optimizer and schedule (`state.create_state`), so the
+and its weighting (`state.jit_steps`) and the optimizer and schedule (`state.create_state`), so the
 benchmarked step cannot drift from the one `launch.py` trains. The recipe is `--config`, else
 `configs/default.py` for DSResNet and `configs/masknet_bce.py` for MaskNet (MaskNet has no depth
 head, so it takes the mask-only BCE trial); `--model`, `--dtype` and `--seed` override it.
@@ -57,7 +57,7 @@ from jax.experimental.compilation_cache import compilation_cache
 
 import configs
 from configs import default, masknet_bce
-from jaxsegdepth import errors, losses, mesh as mesh_lib, state as state_lib, steps
+from jaxsegdepth import errors, mesh as mesh_lib, state as state_lib, steps
 from jaxsegdepth.data import builders, pipeline
 
 # The recipe each model is benchmarked with when no --config is given.
@@ -218,8 +218,8 @@ def synthetic_batch(batch_size: int, resolution: int, seed: int = 0) -> dict[str
 class StepRunner:
     """The trainer's train and eval steps for `config`, on one fixed batch.
 
-    The state comes from `state.create_state(config)` (or `state`), the loss from
-    `losses.compose(config.loss)`; `batch` defaults to `synthetic_batch` of this process's share
+    The state comes from `state.create_state(config)` (or `state`), the steps from
+    `state.jit_steps(config)`; `batch` defaults to `synthetic_batch` of this process's share
     of the global `batch_size`. Call `compile()` before `train`/`evaluate`.
     """
 
@@ -228,7 +228,7 @@ class StepRunner:
                  batch: dict[str, np.ndarray] | None = None):
         self.mesh = mesh_lib.create_mesh() if mesh is None else mesh
         local_batch = mesh_lib.check_batch_size(self.mesh, batch_size, "--batch")
-        self.loss_fn = losses.compose(config.loss)
+        self.config = config
         self.state = state_lib.create_state(config, mesh=self.mesh) if state is None else state
         if batch is None:
             batch = synthetic_batch(local_batch, resolution, config.seed)
@@ -239,7 +239,7 @@ class StepRunner:
         """Clears JAX's in-memory caches, then lowers and compiles both steps (the persistent
         cache, if one is set, still serves them); returns the two times in seconds."""
         jax.clear_caches()
-        train, evaluate, _ = steps.jit_steps(self.mesh, self.loss_fn)
+        train, evaluate, _ = state_lib.jit_steps(self.config, self.mesh)
         start = time.perf_counter()
         self.train_step = train.lower(self.state, self.batch).compile()
         middle = time.perf_counter()

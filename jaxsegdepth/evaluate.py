@@ -26,8 +26,8 @@ import os
 import jax
 import ml_collections
 
-from jaxsegdepth import (checkpoints, errors, evaluation, losses, mesh as mesh_lib, names,
-                         reporting, state as state_lib, steps)
+from jaxsegdepth import (checkpoints, errors, evaluation, mesh as mesh_lib, names, reporting,
+                         state as state_lib)
 from jaxsegdepth.data import builders, pipeline
 
 
@@ -68,7 +68,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     builders.prepare(config.dataset)
     step = int(jax.device_get(state.step))
     heads = state_lib.heads(config)
-    _, eval_step, _ = steps.jit_steps(mesh, losses.compose(config.loss))
+    _, eval_step, _ = state_lib.jit_steps(config, mesh)
     per_resolution, baselines = {}, {}
     for resolution in resolutions(config):  # the trainer's own pass; keys lose its "val_"
         values = evaluation.evaluate_split(config, mesh, eval_step, state, resolution, heads)

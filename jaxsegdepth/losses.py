@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxsegdepth.names import HEADS
+from jaxsegdepth.names import HEADS, task_loss
 
 SSIM_WINDOW = 11
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -199,7 +199,8 @@ def compose(spec: Mapping[str, Mapping[str, float]]) -> LossFn:
     `fn(outputs, targets, weights=None)` takes dicts of logits and [0, 1] targets keyed by head
     (extra keys are ignored) and optional per-sample 0/1 `weights` (padding weighted 0),
     applies the sigmoid for terms on probabilities, and returns `(total, terms)`:
-    `total = sum(weight * term)` and `terms` the unweighted values keyed like `"mask/bce"`.
+    `terms` holds the unweighted values keyed like `"mask/bce"` and each head's loss
+    `sum(weight * term)` keyed `"mask/loss"`; `total` is the sum of the heads' losses.
     Shapes are checked at trace time (a ValueError names the head).
     """
     checked = validate_spec(spec)
@@ -216,11 +217,14 @@ def compose(spec: Mapping[str, Mapping[str, float]]) -> LossFn:
                 raise ValueError(f"{head!r}: outputs shape {jnp.shape(logits)} does not match "
                                  f"targets shape {jnp.shape(target)}")
             probs = jax.nn.sigmoid(_f32(logits))
+            head_total = jnp.zeros((), jnp.float32)
             for term, weight in terms.items():
                 fn, on_probs = TERMS[term]
                 values[f"{head}/{term}"] = fn(probs if on_probs else logits, target,
                                               weights=weights)
-                total = total + weight * values[f"{head}/{term}"]
+                head_total = head_total + weight * values[f"{head}/{term}"]
+            values[task_loss(head)] = head_total
+            total = total + head_total
         return total, values
 
     return loss_fn

@@ -28,8 +28,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxsegdepth import (charts, errors, losses, mesh as mesh_lib, names, optim, reporting,
-                         state as state_lib, steps)
+from jaxsegdepth import (charts, errors, mesh as mesh_lib, names, optim, reporting,
+                         state as state_lib)
 from jaxsegdepth.data import builders, pipeline
 
 
@@ -106,7 +106,7 @@ def sweep(config: ml_collections.ConfigDict) -> dict:
     schedule = optim.range_schedule(cfg.start_lr, cfg.end_lr, cfg.num_steps, cfg.spacing)
     state = state_lib.create_state(config, mesh=mesh,
                                    tx=optim.create_optimizer(config.optimizer, schedule))
-    train_step, _, _ = steps.jit_steps(mesh, losses.compose(config.loss))
+    train_step, _, _ = state_lib.jit_steps(config, mesh)
     builders.prepare(config.dataset)
     batches = iter(pipeline.create_loader(
         config.dataset, "train", resolution=resolution,

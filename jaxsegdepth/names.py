@@ -10,6 +10,11 @@ MASK_METRICS = ("iou", "iou_soft")
 DEPTH_METRICS = ("rmse", "mae", "abs_rel", "sq_rel", "log10", "delta1", "delta2", "delta3")
 
 
+def task_loss(head: str) -> str:
+    """The key of a head's whole loss (its weighted terms summed) among the loss terms."""
+    return f"{head}/loss"
+
+
 def metric_names(heads) -> tuple[str, ...]:
     """The metrics evaluation reports for a model with `heads`, in display order."""
     names = ("loss",)
@@ -21,7 +26,9 @@ def metric_names(heads) -> tuple[str, ...]:
 
 
 def monitor_names(heads, loss_spec) -> tuple[str, ...]:
-    """Every per-epoch value a checkpoint can be chosen by: `train_loss`, `val_<metric>` and
-    `val_<head>/<term>` for each term of `loss_spec` ({head: {term: weight}})."""
+    """Every per-epoch value a checkpoint can be chosen by: `train_loss`, `val_<metric>`,
+    `val_<head>/<term>` for each term of `loss_spec` ({head: {term: weight}}) and
+    `val_<head>/loss` for each of its heads."""
     terms = tuple(f"val_{head}/{term}" for head, spec in loss_spec.items() for term in spec)
+    terms += tuple(f"val_{task_loss(head)}" for head in loss_spec)
     return ("train_loss",) + tuple(f"val_{name}" for name in metric_names(heads)) + terms

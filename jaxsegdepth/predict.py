@@ -35,8 +35,8 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from jaxsegdepth import (checkpoints, errors, losses, mesh as mesh_lib, models, reporting,
-                         state as state_lib, steps)
+from jaxsegdepth import (checkpoints, errors, mesh as mesh_lib, models, reporting,
+                         state as state_lib)
 from jaxsegdepth.data import normalization, pipeline
 
 SIDE_BY_SIDE_MAX_TILE = 512  # tiles of the side-by-side picture are scaled down to this
@@ -245,7 +245,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     pairs, failures = find_pairs(cfg.bg, cfg.bg_fg)
     mesh = mesh_lib.create_mesh(jax.local_devices()[:1])
     state = state_lib.load_for_inference(config, workdir, mesh)
-    _, _, predict_step = steps.jit_steps(mesh, losses.compose(config.loss))
+    _, _, predict_step = state_lib.jit_steps(config, mesh)
     output_dir = cfg.output_dir or os.path.join(workdir, "predictions_user")
     summary = predict_pairs(
         functools.partial(predict_step, state), pairs, output_dir,

@@ -2,7 +2,8 @@
 
 Every mode builds its model here: training (`create_state`, and `abstract_state` to restore
 into), the LR range test (with its own sweep as `tx`), the benchmark, and the inference modes
-(`load_for_inference`, the best or a chosen checkpoint of a run).
+(`load_for_inference`, the best or a chosen checkpoint of a run); and compiles its steps
+(`jit_steps`, with the config's loss and loss weighting).
 """
 import functools
 import os
@@ -14,7 +15,8 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from jaxsegdepth import checkpoints, errors, losses, mesh as mesh_lib, models, optim, steps
+from jaxsegdepth import (checkpoints, errors, losses, mesh as mesh_lib, models, optim, steps,
+                         weighting)
 
 DTYPES = ("float32", "bfloat16")
 INIT_RESOLUTION = 32  # parameter shapes do not depend on it; DSResNet needs a multiple of 32
@@ -22,8 +24,8 @@ INIT_RESOLUTION = 32  # parameter shapes do not depend on it; DSResNet needs a m
 
 def validate(config: ml_collections.ConfigDict, resolutions: Sequence[int],
              field: str = "resolutions") -> None:
-    """Refuses, in one line, a model, dtype or loss that cannot run at `resolutions` (the
-    setting `field` of the config)."""
+    """Refuses, in one line, a model, dtype, loss or loss weighting that cannot run at
+    `resolutions` (the setting `field` of the config)."""
     if config.model not in models.MODELS:
         raise errors.UsageError(f"model={config.model!r}: expected one of {sorted(models.MODELS)}")
     if config.dtype not in DTYPES:
@@ -40,6 +42,7 @@ def validate(config: ml_collections.ConfigDict, resolutions: Sequence[int],
         spec = losses.validate_spec(config.loss)
     except (ValueError, TypeError) as error:
         raise errors.UsageError(f"loss: {error}") from None
+    weighting.validate(config)
     model_heads = heads(config)
     smallest = min(resolutions, default=None)
     for head, terms in spec.items():
@@ -89,7 +92,13 @@ def _initializer(config, steps_per_epoch, tx):
         tx = optim.create_optimizer(config.optimizer,
                                     optim.learning_rate_schedule(config, steps_per_epoch))
     return functools.partial(steps.create_train_state, create_model(config), tx,
-                             optim.plateau(config), resolution=INIT_RESOLUTION)
+                             optim.plateau(config), resolution=INIT_RESOLUTION,
+                             weighting=weighting.from_config(config))
+
+
+def jit_steps(config: ml_collections.ConfigDict, mesh: Mesh):
+    """`steps.jit_steps` for `config`: its loss spec and its loss weighting."""
+    return steps.jit_steps(mesh, losses.compose(config.loss), weighting.from_config(config))
 
 
 def load_for_inference(config: ml_collections.ConfigDict, workdir: str,

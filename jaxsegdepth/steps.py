@@ -14,13 +14,14 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh
 
-from jaxsegdepth import losses, mesh as mesh_lib, metrics, names
-
+from jaxsegdepth import losses, mesh as mesh_lib, metrics, names, weighting as weighting_lib
 
 
 class TrainState(train_state.TrainState):
-    """Parameters, BatchNorm statistics, optimizer and plateau state, RNG and a NaN sentinel."""
+    """Parameters, BatchNorm statistics, optimizer and plateau state, the loss weighting's
+    state, RNG and a NaN sentinel. The optimizer trains `(params, weighting.learnable(...))`."""
     batch_stats: Any
+    weighting: Any
     plateau: optax.contrib.ReduceLROnPlateauState
     rng: jax.Array
     nonfinite_step: jax.Array  # -1 while every loss has been finite, else the first bad step
@@ -28,15 +29,17 @@ class TrainState(train_state.TrainState):
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
                        plateau: optax.GradientTransformation, rng: jax.Array,
-                       resolution: int = 64) -> TrainState:
+                       resolution: int = 64,
+                       weighting: weighting_lib.Weighting = weighting_lib.FIXED) -> TrainState:
     """Initialises the model on a dummy (1, resolution, resolution, 3) pair."""
     params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
     dummy = jnp.zeros((1, resolution, resolution, 3), jnp.float32)
     variables = model.init({"params": params_rng, "dropout": dropout_rng}, dummy, dummy, train=False)
-    params = variables["params"]
+    params, weights = variables["params"], weighting.init()
     return TrainState(
         step=jnp.zeros((), jnp.int32), apply_fn=model.apply, params=params, tx=tx,
-        opt_state=tx.init(params), batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init((params, weighting.learnable(weights))),
+        batch_stats=variables.get("batch_stats", {}), weighting=weights,
         plateau=plateau.init(params), rng=state_rng, nonfinite_step=jnp.full((), -1, jnp.int32))
 
 
@@ -44,27 +47,37 @@ def _targets(batch: dict) -> dict:
     return {head: batch[head] for head in names.HEADS if head in batch}
 
 
-def train_step(state: TrainState, batch: dict, *, loss_fn: losses.LossFn) -> tuple[TrainState, dict]:
-    """One SGD step. A non-finite loss leaves the state unchanged and records the step."""
+def train_step(state: TrainState, batch: dict, *, loss_fn: losses.LossFn,
+               weighting: weighting_lib.Weighting = weighting_lib.FIXED
+               ) -> tuple[TrainState, dict]:
+    """One optimizer step on `weighting`'s objective. Metrics: `loss` (the loss spec's fixed
+    sum), its terms, and `objective` when it differs. A non-finite objective leaves the state
+    unchanged and records the step."""
     dropout_rng = jax.random.fold_in(state.rng, state.step)
 
-    def compute_loss(params):
+    def compute_objective(trained):
+        params, learned = trained
         outputs, mutated = state.apply_fn(
             {"params": params, "batch_stats": state.batch_stats}, batch["bg"], batch["bg_fg"],
             train=True, mutable=["batch_stats"], rngs={"dropout": dropout_rng})
         total, terms = loss_fn(outputs, _targets(batch))
-        return total, (terms, mutated["batch_stats"])
+        objective = weighting.objective({**state.weighting, **learned}, total, terms)
+        return objective, (total, terms, mutated["batch_stats"])
 
-    (loss, (terms, batch_stats)), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    trained = (state.params, weighting.learnable(state.weighting))
+    (objective, (loss, terms, batch_stats)), grads = jax.value_and_grad(
+        compute_objective, has_aux=True)(trained)
+    updates, opt_state = state.tx.update(grads, state.opt_state, trained)
     updates = jax.tree.map(lambda u: u * state.plateau.scale.astype(u.dtype), updates)
-    stepped = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                            opt_state=opt_state, batch_stats=batch_stats)
-    finite = jnp.isfinite(loss)
+    params, learned = optax.apply_updates(trained, updates)
+    stepped = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                            batch_stats=batch_stats, weighting={**state.weighting, **learned})
+    finite = jnp.isfinite(objective)
     kept = state.replace(step=state.step + 1, nonfinite_step=jnp.where(
         state.nonfinite_step < 0, state.step, state.nonfinite_step))
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), stepped, kept)
-    return new_state, {"loss": loss, **terms}
+    extra = {} if weighting.method == "fixed" else {"objective": objective}
+    return new_state, {"loss": loss, **terms, **extra}
 
 
 def eval_step(state: TrainState, batch: dict, *, loss_fn: losses.LossFn) -> dict:
@@ -104,14 +117,16 @@ def compiler_options(platform: str) -> dict:
     return dict(CPU_COMPILER_OPTIONS) if platform == "cpu" else {}
 
 
-def jit_steps(mesh: Mesh, loss_fn: losses.LossFn) -> tuple[Callable, Callable, Callable]:
+def jit_steps(mesh: Mesh, loss_fn: losses.LossFn,
+              weighting: weighting_lib.Weighting = weighting_lib.FIXED
+              ) -> tuple[Callable, Callable, Callable]:
     """`train_step`, `eval_step` and `predict_step` compiled for `mesh`.
 
     The batch is sharded on `data`, the state replicated and donated to the train step.
     """
     replicated, sharded = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
     options = compiler_options(mesh.devices.flat[0].platform)
-    train = jax.jit(functools.partial(train_step, loss_fn=loss_fn),
+    train = jax.jit(functools.partial(train_step, loss_fn=loss_fn, weighting=weighting),
                     in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
                     donate_argnums=0, compiler_options=options)
     evaluate = jax.jit(functools.partial(eval_step, loss_fn=loss_fn),

@@ -28,7 +28,7 @@ from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from jaxsegdepth import (checkpoints, errors, evaluation, losses, mesh as mesh_lib, names, optim,
-                         reporting, state as state_lib, steps)
+                         reporting, state as state_lib, steps, weighting)
 from jaxsegdepth.data import builders, pipeline
 
 IN_FLIGHT = 2  # training steps dispatched ahead of the last finished one
@@ -61,6 +61,7 @@ class Progress:
     """What the loop carries besides the `TrainState`, saved with it in every checkpoint."""
     loss_sum: float = 0.0  # train losses of this epoch's finished steps, added in step order
     loss_count: int = 0
+    task_loss_sums: dict = dataclasses.field(default_factory=dict)  # the same, per head
     iterator: Optional[dict] = None  # the data iterator's state at the save (JSON)
     iterator_stage: int = -1  # the stage that iterator reads for
     last_record: Optional[dict] = None  # the last finished epoch's metrics.jsonl line
@@ -78,6 +79,7 @@ class Trainer:
     eval_step: Callable
     predict_step: Callable
     schedule: Callable
+    weighting: weighting.Weighting
     checkpointer: checkpoints.Checkpointer
     reporter: reporting.Reporter
 
@@ -131,9 +133,16 @@ class _StopSignals:
             return
         self.signum = signum
         if self.immediate:
-            raise errors.Interrupted(f"interrupted by {signal.Signals(signum).name} before "
+            self.raise_if_signalled()
+
+    def raise_if_signalled(self) -> None:
+        """Raises `errors.Interrupted` if a signal came before training started. The handler
+        raises it at once, but an exception raised inside a `__del__` (which a signal may
+        interrupt) is printed and dropped by Python; this catches it again before the loop."""
+        if self.signum is not None:
+            raise errors.Interrupted(f"interrupted by {signal.Signals(self.signum).name} before "
                                      "training started: nothing was written half-way; rerun "
-                                     "the same command", signum)
+                                     "the same command", self.signum)
 
     def after_step(self, step: int) -> Optional[int]:
         """The signal to stop on after global step `step` (1-based), or None to go on. Every
@@ -204,11 +213,12 @@ def _check_writable(workdir: str) -> None:
 
 
 def _trainer(config, mesh, per_epoch, checkpointer, reporter) -> Trainer:
-    train_step, eval_step, predict_step = steps.jit_steps(mesh, losses.compose(config.loss))
+    train_step, eval_step, predict_step = state_lib.jit_steps(config, mesh)
     return Trainer(config=config, mesh=mesh, heads=state_lib.heads(config),
                    steps_per_epoch=per_epoch, train_step=train_step, eval_step=eval_step,
                    predict_step=predict_step,
                    schedule=optim.learning_rate_schedule(config, per_epoch),
+                   weighting=weighting.from_config(config),
                    checkpointer=checkpointer, reporter=reporter)
 
 
@@ -221,6 +231,7 @@ def _train(trainer: Trainer, state, progress: Progress, stop: _StopSignals) -> O
     reporting.say(f"training from epoch {start // per_epoch + 1} to "
                   f"{trainer.total_steps // per_epoch}, {per_epoch} steps of "
                   f"{trainer.config.batch_size} per epoch; SIGINT/SIGTERM: save and stop")
+    stop.raise_if_signalled()
     stop.immediate = False
     return train_loop(trainer, state, progress, stop)
 
@@ -243,8 +254,8 @@ def _restore_or_create(config, checkpointer, mesh, per_epoch) -> tuple[steps.Tra
 # What a resumed run must share with the run it resumes (dotted config fields). `stage_epochs`
 # and `resolutions` may extend it (see `check_resume`); everything else is free to change.
 RESUME_FIELDS = ("model", "dtype", "seed", "batch_size", "steps_per_epoch", "optimizer",
-                 "schedule", "loss", "dataset.name", "dataset.num_samples", "dataset.seed",
-                 "dataset.val_fraction", "dataset.skip_corrupt", "dataset.augment",
+                 "schedule", "loss", "loss_weighting", "dwa_temperature", "dataset.name",
+                 "dataset.num_samples", "dataset.seed", "dataset.val_fraction", "dataset.skip_corrupt", "dataset.augment",
                  "dataset.hsv_prob", "dataset.contrast_prob", "dataset.worker_count",
                  "resolutions", "stage_epochs")
 
@@ -368,6 +379,9 @@ def _log_steps(trainer: Trainer, state, pending: list, progress: Progress, done:
     for step_metrics in fetched:  # one by one, so the sum never depends on the grouping
         progress.loss_sum += float(step_metrics["loss"])
         progress.loss_count += 1
+        for head in trainer.weighting.tasks:
+            progress.task_loss_sums[head] = (progress.task_loss_sums.get(head, 0.0)
+                                             + float(step_metrics[names.task_loss(head)]))
     means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
     trainer.reporter.scalars(done, {**means, "lr": trainer.learning_rate(scale, done)}, "train/")
     bar.set_postfix(loss=f"{means['loss']:.4f}", refresh=False)
@@ -402,8 +416,14 @@ def _end_epoch(trainer: Trainer, state, progress: Progress, done: int, train_tim
     lr = trainer.learning_rate(jax.device_get(state.plateau.scale), done)
     if config.schedule.name == "plateau":
         state = steps.update_plateau(state, optim.plateau(config), val["val_loss"])
+    weights = trainer.weighting.report(state.weighting)  # those the epoch trained with
+    count = max(progress.loss_count, 1)
+    task_means = {task: total / count for task, total in progress.task_loss_sums.items()}
+    state = state.replace(weighting=trainer.weighting.after_epoch(state.weighting, task_means))
     record = {"epoch": epoch, "step": done, "stage": stage + 1, "resolution": resolution,
-              "lr": lr, "train_loss": progress.loss_sum / max(progress.loss_count, 1), **val,
+              "lr": lr, "train_loss": progress.loss_sum / count,
+              **{f"train_{names.task_loss(task)}": mean for task, mean in task_means.items()},
+              **val, **weights,
               "samples_per_sec": samples_per_sec, "epoch_time_s": train_time + eval_time,
               "train_time_s": train_time, "eval_time_s": eval_time}
     summary = ", ".join(f"{k} {record[k]:.4f}" for k in

@@ -55,5 +55,6 @@ def dsresnet_state():
     variables = jax.tree_util.tree_map_with_path(fill, shapes)
     return steps.TrainState(step=0, apply_fn=model.apply, params=variables["params"],
                             tx=optax.identity(), opt_state=(),
-                            batch_stats=variables["batch_stats"], plateau=None, rng=None,
+                            batch_stats=variables["batch_stats"], weighting={}, plateau=None,
+                            rng=None,
                             nonfinite_step=None)

@@ -205,6 +205,8 @@ def test_compose_weights_terms_and_reports_them_unweighted():
     expected = {"depth/rmse": _rmse(p_depth, DEPTH),
                 "depth/ssim": 1 - _ssim_skimage(p_depth.astype(np.float32), DEPTH),
                 "mask/bce": _bce(LOGITS, MASK), "mask/dice": _dice(p_mask, MASK, 1.0)}
+    expected["depth/loss"] = 2 * expected["depth/rmse"] + 0.5 * expected["depth/ssim"]
+    expected["mask/loss"] = expected["mask/bce"] + 3 * expected["mask/dice"]
     assert set(terms) == set(expected)
     for name, value in expected.items():
         assert float(terms[name]) == pytest.approx(value, abs=2e-5)

@@ -237,8 +237,9 @@ def test_sigterm_during_the_dataset_build_exits_143_leaving_nothing_half_built(t
     # (tqdm's bars may redraw after it, so the message is looked for, not taken as last line)
     assert "error: interrupted by SIGTERM before training started" in stderr
     assert latency < 30, latency  # measured 1-3 s; the bound only tells a stop from a hang
+    # Nothing half-built. (Python drops an exception raised in a `__del__` the signal
+    # interrupted; the build then ends whole and the stop comes just after it.)
     assert glob.glob(str(data_dir / "**" / "incomplete.*"), recursive=True) == []
-    assert not glob.glob(str(data_dir / "**" / "dataset_info.json"), recursive=True)
 
 
 # -- the dataset: stale builds and generator versions ---------------------------------------------

@@ -179,6 +179,44 @@ def test_sigterm_saves_a_restorable_checkpoint_and_resume_matches_an_uninterrupt
             assert got[key] == want[key], (got["epoch"], key)  # bit-equal: nothing regrouped
 
 
+def test_dwa_weights_follow_the_logged_epoch_losses_and_resume_exactly(tmp_path, shared):
+    """DSResNet, two tasks, 2 epochs then resumed to 3: weights 1 for two epochs, then, in the
+    resumed process, 2 softmax(r / 2) of the training losses logged before it started (the
+    loss history travels in the checkpoint)."""
+    common = dict(steps_per_epoch=2, loss_weighting="dwa", **{"schedule.name": "plateau"})
+    first = launch_cli(tmp_path, shared, stage_epochs="(2,)", **common)
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = launch_cli(tmp_path, shared, stage_epochs="(3,)", **common)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    records = reporting.read_metrics(tmp_path)
+    assert [(r["weight/depth"], r["weight/mask"]) for r in records[:2]] == [(1.0, 1.0)] * 2
+    ratios = np.array([records[1][f"train_{t}/loss"] / records[0][f"train_{t}/loss"]
+                       for t in ("depth", "mask")])
+    want = 2 * np.exp(ratios / 2) / np.exp(ratios / 2).sum()
+    np.testing.assert_allclose([records[2]["weight/depth"], records[2]["weight/mask"]], want,
+                               rtol=1e-6)
+    assert abs(want[0] - 1) > 1e-4  # the weights did move
+
+
+def test_uncertainty_log_variances_are_logged_every_epoch_and_checkpointed(tmp_path, shared):
+    result = launch_cli(tmp_path, shared, stage_epochs="(2,)", steps_per_epoch=2,
+                        loss_weighting="uncertainty")
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = reporting.read_metrics(tmp_path)
+    for record in records:
+        for task in ("depth", "mask"):
+            assert record[f"log_var/{task}"] != 0.0
+            assert record[f"weight/{task}"] == pytest.approx(np.exp(-record[f"log_var/{task}"]),
+                                                             rel=1e-6)
+    assert records[0]["log_var/mask"] != records[1]["log_var/mask"]
+    config = _config(loss_weighting="uncertainty")
+    state = state_lib.load_for_inference(config, str(tmp_path))  # the best epoch's checkpoint
+    record = next(r for r in records if r["step"] == int(state.step))
+    for task in ("depth", "mask"):
+        assert float(state.weighting["log_var"][task]) == record[f"log_var/{task}"]
+
+
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp_path, shared,
                                                                            monkeypatch):
     workdir = tmp_path / "run"
