@@ -14,6 +14,11 @@ validation sample once at each resolution asked for, prints a table and writes
 `max_channel |bg - bg_fg| > difference_threshold`, the threshold chosen on the training split)
 and `mean_depth_rmse` etc. (the mean training depth map predicted for every image).
 
+`photos` holds, per resolution, the mask IoU of the model (`model_iou`) and of that same
+difference threshold (`difference_iou`) on `config.evaluate.photos` held-out pairs made of
+real photographs (`jaxsegdepth.data.photos`: data of another kind than the training set);
+`WORKDIR/photos_<res>px.png` draws the first of them.
+
 `iou` is at threshold 0.5, `iou_soft` on the probabilities (the reference's number); depth
 metrics are over pixels whose target is > 1e-4 (see `jaxsegdepth.metrics`). Resolutions:
 `config.evaluate.resolutions`, or when that is empty the last training stage's
@@ -25,6 +30,7 @@ import os
 
 import jax
 import ml_collections
+from PIL import Image
 
 from jaxsegdepth import (checkpoints, errors, evaluation, mesh as mesh_lib, names, reporting,
                          state as state_lib)
@@ -45,6 +51,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     checkpoints.validate(config)
     pipeline.validate(config.dataset)
     mesh_lib.check_batch_size(mesh_lib.create_mesh(), config.batch_size)
+    if config.evaluate.photos < 0:
+        raise errors.UsageError(f"evaluate.photos={config.evaluate.photos}: expected >= 0")
+    if config.evaluate.photos:
+        mesh_lib.check_batch_size(mesh_lib.create_mesh(), config.evaluate.photos,
+                                  "evaluate.photos")
 
 
 def format_table(per_resolution: dict, order) -> str:
@@ -68,17 +79,23 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     builders.prepare(config.dataset)
     step = int(jax.device_get(state.step))
     heads = state_lib.heads(config)
-    _, eval_step, _ = state_lib.jit_steps(config, mesh)
-    per_resolution, baselines = {}, {}
+    _, eval_step, predict_step = state_lib.jit_steps(config, mesh)
+    per_resolution, baselines, photo_pairs = {}, {}, {}
     for resolution in resolutions(config):  # the trainer's own pass; keys lose its "val_"
         values = evaluation.evaluate_split(config, mesh, eval_step, state, resolution, heads)
         per_resolution[str(resolution)] = {k.removeprefix("val_"): v for k, v in values.items()}
         baselines[str(resolution)] = evaluation.trivial_baselines(config, resolution, heads)
+        if "mask" in heads and config.evaluate.photos:
+            photo_pairs[str(resolution)], grid = evaluation.photo_pairs(
+                config, mesh, predict_step, state, resolution,
+                baselines[str(resolution)]["difference_threshold"], config.evaluate.photos)
+            if jax.process_index() == 0:
+                Image.fromarray(grid).save(os.path.join(workdir, f"photos_{resolution}px.png"))
     result = {"step": step, "split": "validation",
               "num_samples": pipeline.split_size(config.dataset, "validation"),
               "model": config.model, "dataset": config.dataset.name,
               "resolutions": [int(r) for r in per_resolution], "metrics": per_resolution,
-              "baselines": baselines}
+              "baselines": baselines, "photos": photo_pairs}
     path = os.path.join(workdir, "eval.json")
     if jax.process_index() == 0:
         with open(path, "w") as f:
@@ -89,5 +106,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                   f"Trivial predictors on the same images (difference_iou: max-channel "
                   f"|bg - bg_fg| > a threshold chosen on the training split; mean_depth_*: the "
                   f"mean training depth map for every image):\n"
-                  f"{format_table(baselines, ())}\nwritten to {path}")
+                  f"{format_table(baselines, ())}\n"
+                  + (f"Held-out pairs of real photographs (masks only; model_iou against "
+                     f"difference_iou at the same threshold):\n{format_table(photo_pairs, ())}\n"
+                     if photo_pairs else "")
+                  + f"written to {path}")
     return result

@@ -1,4 +1,6 @@
-"""One validation pass (exact metric sums) and the preview grid, for the trainer and `mode=evaluate`.
+"""One validation pass (exact metric sums) and the preview grid, for the trainer and
+`mode=evaluate`; for `mode=evaluate` also the trivial predictors (`trivial_baselines`) and the
+held-out pairs of real photographs (`photo_pairs`).
 
 `evaluate_split` runs the jitted eval step over every validation sample once. The last partial
 batch is padded to the batch size with repeats of its real samples, weighted 0 (in the metric
@@ -16,7 +18,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxsegdepth import mesh as mesh_lib, metrics, names, reporting
-from jaxsegdepth.data import normalization, pipeline
+from jaxsegdepth.data import normalization, photos, pipeline
 
 FETCH_EVERY = 16  # evaluation sums come to the host (float64) every this many batches
 
@@ -155,3 +157,37 @@ def trivial_baselines(config: ml_collections.ConfigDict, resolution: int, heads)
         summary = metrics.summarize({k: v for k, v in totals.items() if k not in ("iou", "images")})
         result.update({f"mean_depth_{k}": v for k, v in summary.items()})
     return result
+
+
+PHOTO_PREVIEW = 6  # pairs drawn in the held-out photographs' grid
+
+
+def photo_pairs(config: ml_collections.ConfigDict, mesh, predict_step: Callable, state,
+                resolution: int, threshold: float, count: int) -> tuple[dict, np.ndarray]:
+    """Mask IoU of the model and of `max_channel |bg - bg_fg| > threshold` on `count` held-out
+    pairs of real photographs (`data.photos`, which the model never saw), at `resolution`,
+    decoded and normalised as the training data is; and a grid of the first pairs.
+
+    Every process takes part: each predicts its slice of the pairs, then all are gathered.
+    """
+    local = mesh_lib.check_batch_size(mesh, count, "evaluate.photos")
+    pairs = [photos.generate(0, index) for index in range(count)]
+    images = {key: np.stack([pipeline.decode_image(pair[key], "L" if key == "mask" else "RGB",
+                                                   resolution) for pair in pairs])
+              for key in (*names.INPUTS, "mask")}
+    mask = images["mask"][..., None].astype(np.float32) / 255.0
+    norm = pipeline.input_normalization(config.dataset)
+    mine = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+    batch = mesh_lib.shard_batch(mesh, {key: normalization.normalize(images[key][mine], *norm[key])
+                                        for key in names.INPUTS})
+    probs = multihost_utils.process_allgather(
+        predict_step(state, batch["bg"], batch["bg_fg"])["mask"], tiled=True)
+    difference = _difference({key: images[key].astype(np.float32) / 255.0
+                              for key in names.INPUTS})
+    result = {"pairs": count, "model_iou": float(metrics.iou(probs, mask)),
+              "difference_iou": float(metrics.iou(difference, mask, threshold))}
+    n = min(PHOTO_PREVIEW, count)
+    grid = reporting.image_grid([("bg", images["bg"][:n]), ("bg_fg", images["bg_fg"][:n]),
+                                 ("mask", mask[:n]), ("pred mask", np.asarray(probs)[:n]),
+                                 (f"|diff| > {threshold:g}", (difference[:n] > threshold))])
+    return result, grid

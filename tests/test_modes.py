@@ -21,7 +21,7 @@ from configs import default
 from jaxsegdepth import (charts, errors, evaluate, evaluation, export, exported, losses, lr_range,
                          mesh as mesh_lib, plots, predict, reporting, state as state_lib, steps,
                          train)
-from jaxsegdepth.data import normalization, pipeline, synthetic
+from jaxsegdepth.data import normalization, photos, pipeline, synthetic
 
 RES = 32
 
@@ -168,7 +168,7 @@ def test_lr_range_validate_names_the_field(data_dir, field, value, message):
 def test_evaluate_writes_exact_metrics(trained, tmp_path):
     config, workdir, record = trained
     config = _copy(config)
-    config.evaluate.resolutions = (RES, 64)
+    config.evaluate.resolutions, config.evaluate.photos = (RES, 64), 8
     evaluate.validate(config)
     result = evaluate.run(config, workdir)
     with open(os.path.join(workdir, "eval.json")) as f:
@@ -224,6 +224,33 @@ def test_evaluate_writes_exact_metrics(trained, tmp_path):
     assert baseline["difference_iou"] == pytest.approx(mean_iou(val_diff > best, val_mask),
                                                        abs=1e-5)
     assert "mean_depth_rmse" not in baseline  # MaskNet predicts no depth
+
+    # The held-out pairs of real photographs: the model's IoU and the same threshold's, in NumPy.
+    pairs = [photos.generate(0, i) for i in range(8)]
+    images = {k: np.stack([pipeline.decode_image(p[k], "L" if k == "mask" else "RGB", RES)
+                           for p in pairs]) for k in ("bg", "bg_fg", "mask")}
+    target = images["mask"][..., None] / 255.0
+    norm = pipeline.input_normalization(config.dataset)
+    inputs = {k: ((images[k] / 255.0 - norm[k][0]) / norm[k][1]).astype(np.float32)
+              for k in ("bg", "bg_fg")}
+    logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                            inputs["bg"], inputs["bg_fg"], train=False)["mask"]
+    difference = np.abs(images["bg"] / 255.0 - images["bg_fg"] / 255.0).max(-1, keepdims=True)
+    assert written["photos"][str(RES)] == pytest.approx({
+        "pairs": 8, "model_iou": mean_iou(_sigmoid(logits) > 0.5, target),
+        "difference_iou": mean_iou(difference > best, target)}, abs=1e-5)
+    assert set(written["photos"]) == {str(RES), "64"}
+    assert os.path.getsize(os.path.join(workdir, f"photos_{RES}px.png")) > 0
+
+
+def test_held_out_photo_pairs_paste_through_the_mask_only():
+    pair = photos.render(0, 3, 96)
+    outside = pair["mask"] == 0
+    assert 0 < (~outside).mean() < 0.6
+    np.testing.assert_array_equal(pair["bg_fg"][outside], pair["bg"][outside])
+    assert np.any(pair["bg_fg"][~outside] != pair["bg"][~outside])
+    assert photos.generate(0, 3, 96) == photos.generate(0, 3, 96)  # deterministic
+    assert photos.generate(0, 3, 96) != photos.generate(0, 4, 96)
 
 
 def test_the_mean_depth_map_baseline_is_numpys(trained):

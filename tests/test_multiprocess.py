@@ -38,7 +38,7 @@ def _command(workdir, shared, **overrides):
     values = {"dataset.num_samples": 23, "dataset.data_dir": shared["data"],
               "resolutions": "(32,)", "stage_epochs": "(2,)", "batch_size": 4,
               "log_every_steps": 1, "num_preview": 2, "schedule.name": "plateau",
-              "compilation_cache_dir": shared["cache"], **overrides}
+              "dataset.augment": True, "compilation_cache_dir": shared["cache"], **overrides}
     return [sys.executable, os.path.join(ROOT, "launch.py"), "--config",
             os.path.join(ROOT, "configs", "masknet_bce.py"), "--workdir", str(workdir),
             *[f"--config.{k}={v}" for k, v in values.items()]]

@@ -42,6 +42,7 @@ def _overrides(shared, **extra):
         "dataset.num_samples": NUM_SAMPLES, "dataset.data_dir": shared["data"],
         "resolutions": "(32,)", "stage_epochs": "(1,)", "batch_size": 4, "steps_per_epoch": 3,
         "log_every_steps": 2, "num_preview": 2, "compilation_cache_dir": shared["cache"],
+        "dataset.augment": True,  # resumes must reproduce the augmentation too
     }
     values.update(extra)
     return [f"--config.{k}={v}" for k, v in values.items()]

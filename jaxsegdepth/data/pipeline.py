@@ -80,7 +80,9 @@ def input_normalization(ds_config) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 # Transforms (module level and picklable: grain spawns its worker processes).
 
 
-def _decode(data: bytes, mode: str, resolution: int) -> np.ndarray:
+def decode_image(data: bytes, mode: str, resolution: int) -> np.ndarray:
+    """Encoded image bytes -> a uint8 array at resolution x resolution in PIL `mode` ("RGB",
+    "L"), resized bilinearly: the one decoding path of the datasets' images."""
     with Image.open(io.BytesIO(data)) as im:
         if im.size != (resolution, resolution):
             # JPEG: decode straight at the smallest DCT scale >= resolution (much faster).
@@ -101,7 +103,8 @@ class DecodeResize(grain.transforms.Map):
         out = {}
         for key in INPUTS + TARGETS:
             try:
-                image = _decode(record[key], "RGB" if key in INPUTS else "L", self.resolution)
+                image = decode_image(record[key], "RGB" if key in INPUTS else "L",
+                                     self.resolution)
             except Exception as e:  # noqa: BLE001 - re-raised with the sample's name
                 source = record.get("source", b"?")
                 source = source.decode() if isinstance(source, bytes) else str(source)

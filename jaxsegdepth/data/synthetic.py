@@ -396,6 +396,14 @@ def _person_parts(rng, h: int) -> np.ndarray:
     return np.asarray(img, np.uint8)
 
 
+def silhouette(rng: np.random.Generator, height: int) -> np.ndarray:
+    """A boolean figure mask `height` pixels tall, drawn as the scenes' figures are: person-like
+    (65%) or a smooth sculpture (35%)."""
+    if rng.uniform() < 0.65:
+        return _person_parts(rng, height) > 0
+    return _blob_parts(rng, height, rng.uniform(0.35, 0.9)) > 0
+
+
 def _blob_parts(rng, h: int, aspect: float) -> np.ndarray:
     """A smooth sculpture: a solid-of-revolution profile or a stack of ellipses (part 1/2)."""
     w = max(3, int(round(h * aspect)))
