@@ -233,7 +233,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp
                         "schedule.name": "constant", "stage_epochs": (2,), "resolutions": (32,),
                         "batch_size": 4, "steps_per_epoch": 3, "num_preview": 2,
                         "dataset.num_samples": NUM_SAMPLES, "dataset.data_dir": shared["data"],
-                        "compilation_cache_dir": shared["cache"]})
+                        "dataset.augment": True, "compilation_cache_dir": shared["cache"]})
     with pytest.raises(errors.NonFiniteLoss) as raised:
         train.run(config, str(workdir))
     assert raised.value.exit_code == 1
