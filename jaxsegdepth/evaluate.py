@@ -34,7 +34,7 @@ from PIL import Image
 
 from jaxsegdepth import (checkpoints, errors, evaluation, mesh as mesh_lib, names, reporting,
                          state as state_lib)
-from jaxsegdepth.data import builders, pipeline
+from jaxsegdepth.data import builders, photos, pipeline
 
 
 def resolutions(config: ml_collections.ConfigDict) -> tuple[int, ...]:
@@ -50,12 +50,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     state_lib.validate(config, resolutions(config), "evaluate.resolutions")
     checkpoints.validate(config)
     pipeline.validate(config.dataset)
-    mesh_lib.check_batch_size(mesh_lib.create_mesh(), config.batch_size)
+    mesh = mesh_lib.create_mesh()
+    mesh_lib.check_batch_size(mesh, config.batch_size)
     if config.evaluate.photos < 0:
         raise errors.UsageError(f"evaluate.photos={config.evaluate.photos}: expected >= 0")
     if config.evaluate.photos:
-        mesh_lib.check_batch_size(mesh_lib.create_mesh(), config.evaluate.photos,
-                                  "evaluate.photos")
+        mesh_lib.check_batch_size(mesh, config.evaluate.photos, "evaluate.photos")
 
 
 def format_table(per_resolution: dict, order) -> str:
@@ -81,14 +81,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     heads = state_lib.heads(config)
     _, eval_step, predict_step = state_lib.jit_steps(config, mesh)
     per_resolution, baselines, photo_pairs = {}, {}, {}
+    pairs = ([photos.generate(0, index) for index in range(config.evaluate.photos)]
+             if "mask" in heads else [])  # rendered once, decoded at each resolution
     for resolution in resolutions(config):  # the trainer's own pass; keys lose its "val_"
         values = evaluation.evaluate_split(config, mesh, eval_step, state, resolution, heads)
         per_resolution[str(resolution)] = {k.removeprefix("val_"): v for k, v in values.items()}
         baselines[str(resolution)] = evaluation.trivial_baselines(config, resolution, heads)
-        if "mask" in heads and config.evaluate.photos:
+        if pairs:
             photo_pairs[str(resolution)], grid = evaluation.photo_pairs(
                 config, mesh, predict_step, state, resolution,
-                baselines[str(resolution)]["difference_threshold"], config.evaluate.photos)
+                baselines[str(resolution)]["difference_threshold"], pairs)
             if jax.process_index() == 0:
                 Image.fromarray(grid).save(os.path.join(workdir, f"photos_{resolution}px.png"))
     result = {"step": step, "split": "validation",

@@ -18,7 +18,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxsegdepth import mesh as mesh_lib, metrics, names, reporting
-from jaxsegdepth.data import normalization, photos, pipeline
+from jaxsegdepth.data import normalization, pipeline
 
 FETCH_EVERY = 16  # evaluation sums come to the host (float64) every this many batches
 
@@ -163,15 +163,15 @@ PHOTO_PREVIEW = 6  # pairs drawn in the held-out photographs' grid
 
 
 def photo_pairs(config: ml_collections.ConfigDict, mesh, predict_step: Callable, state,
-                resolution: int, threshold: float, count: int) -> tuple[dict, np.ndarray]:
-    """Mask IoU of the model and of `max_channel |bg - bg_fg| > threshold` on `count` held-out
-    pairs of real photographs (`data.photos`, which the model never saw), at `resolution`,
-    decoded and normalised as the training data is; and a grid of the first pairs.
+                resolution: int, threshold: float, pairs: list[dict]) -> tuple[dict, np.ndarray]:
+    """Mask IoU of the model and of `max_channel |bg - bg_fg| > threshold` on held-out `pairs`
+    of real photographs (`data.photos.generate`'s JPEG bytes, which the model never saw), at
+    `resolution`, decoded and normalised as the training data is; and a grid of the first pairs.
 
     Every process takes part: each predicts its slice of the pairs, then all are gathered.
     """
+    count = len(pairs)
     local = mesh_lib.check_batch_size(mesh, count, "evaluate.photos")
-    pairs = [photos.generate(0, index) for index in range(count)]
     images = {key: np.stack([pipeline.decode_image(pair[key], "L" if key == "mask" else "RGB",
                                                    resolution) for pair in pairs])
               for key in (*names.INPUTS, "mask")}
