@@ -12,10 +12,13 @@ validation sample once at each resolution asked for, prints a table and writes
 
 `baselines` holds, per resolution, what a model must beat: `difference_iou` (the mask
 `max_channel |bg - bg_fg| > difference_threshold`, the threshold chosen on the training split)
-and `mean_depth_rmse` etc. (the mean training depth map predicted for every image).
+and `mean_depth_rmse` etc. (the mean training depth map predicted for every image), and what
+no model can beat: `ceiling_iou`, the best IoU any binary mask scores against the soft
+(resized, JPEG-coded) targets (`evaluation.ceiling_iou`).
 
-`photos` holds, per resolution, the mask IoU of the model (`model_iou`) and of that same
-difference threshold (`difference_iou`) on `config.evaluate.photos` held-out pairs made of
+`photos` holds, per resolution, the mask IoU of the model (`model_iou`), of that same
+difference threshold (`difference_iou`) and the ceiling (`ceiling_iou`) on
+`config.evaluate.photos` held-out pairs made of
 real photographs (`jaxsegdepth.data.photos`: data of another kind than the training set);
 `WORKDIR/photos_<res>px.png` draws the first of them.
 
@@ -107,7 +110,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                   f"{format_table(per_resolution, names.metric_names(heads))}\n"
                   f"Trivial predictors on the same images (difference_iou: max-channel "
                   f"|bg - bg_fg| > a threshold chosen on the training split; mean_depth_*: the "
-                  f"mean training depth map for every image):\n"
+                  f"mean training depth map for every image; ceiling_iou: the best any "
+                  f"binary mask scores against the soft targets):\n"
                   f"{format_table(baselines, ())}\n"
                   + (f"Held-out pairs of real photographs (masks only; model_iou against "
                      f"difference_iou at the same threshold):\n{format_table(photo_pairs, ())}\n"

@@ -130,11 +130,27 @@ def _iou_sums(difference, mask, thresholds):
         thresholds)
 
 
+def ceiling_iou(mask: np.ndarray) -> float:
+    """The best IoU any binary prediction can score against each soft target in `mask` (N,H,W,1),
+    summed over images. Resized and JPEG-coded, targets are soft at object borders, and IoU is
+    taken against them as they are (the reference's metric), so a perfect model scores below 1.
+    The best mask takes the k largest target values for some k (adding a pixel of value t
+    raises the overlap by t and the union by 1 - t), so the best prefix of the sorted values is
+    the optimum."""
+    t = np.asarray(mask, np.float64).reshape(len(mask), -1)
+    overlap = np.cumsum(-np.sort(-t, axis=1), axis=1)
+    union = np.arange(1, t.shape[1] + 1) + t.sum(1, keepdims=True) - overlap
+    best = np.maximum(((overlap + metrics.IOU_SMOOTH) / (union + metrics.IOU_SMOOTH)).max(1),
+                      metrics.IOU_SMOOTH / (t.sum(1) + metrics.IOU_SMOOTH))  # or nothing at all
+    return float(best.sum())
+
+
 def trivial_baselines(config: ml_collections.ConfigDict, resolution: int, heads) -> dict:
     """What a model must beat, on the validation split at `resolution`: the IoU of the mask
     `max_channel |bg - bg_fg| > t`, with t the best of `DIFF_THRESHOLDS` on the training split,
-    and the depth metrics of predicting the mean training depth map for every image. Both
-    splits are streamed batch by batch (a real training split does not fit in memory)."""
+    and the depth metrics of predicting the mean training depth map for every image. Also
+    what no model can beat: `ceiling_iou`. Both splits are streamed batch by batch (a real
+    training split does not fit in memory)."""
     iou_sums, depth_sum, count = np.zeros(len(DIFF_THRESHOLDS)), 0.0, 0
     for batch in _batches(config, "train", resolution):
         iou_sums += np.asarray(_iou_sums(_difference(batch), batch["mask"], DIFF_THRESHOLDS))
@@ -145,16 +161,18 @@ def trivial_baselines(config: ml_collections.ConfigDict, resolution: int, heads)
     for batch in _batches(config, "validation", resolution):
         n = len(batch["mask"])
         sums = {"iou": float(_iou_sums(_difference(batch), batch["mask"], best[None])[0]),
-                "images": n}
+                "ceiling_iou": ceiling_iou(batch["mask"]), "images": n}
         sums.update(metrics.depth_sums(np.broadcast_to(mean_map, batch["depth"].shape),
                                        batch["depth"], np.ones(n, np.float32)))
         _add(totals, {k: float(v) for k, v in sums.items()})
     result = {}
     if "mask" in heads:
         result.update(difference_threshold=float(best),
-                      difference_iou=totals["iou"] / totals["images"])
+                      difference_iou=totals["iou"] / totals["images"],
+                      ceiling_iou=totals["ceiling_iou"] / totals["images"])
     if "depth" in heads:
-        summary = metrics.summarize({k: v for k, v in totals.items() if k not in ("iou", "images")})
+        summary = metrics.summarize({k: v for k, v in totals.items()
+                                     if k not in ("iou", "ceiling_iou", "images")})
         result.update({f"mean_depth_{k}": v for k, v in summary.items()})
     return result
 
@@ -185,7 +203,8 @@ def photo_pairs(config: ml_collections.ConfigDict, mesh, predict_step: Callable,
     difference = _difference({key: images[key].astype(np.float32) / 255.0
                               for key in names.INPUTS})
     result = {"pairs": count, "model_iou": float(metrics.iou(probs, mask)),
-              "difference_iou": float(metrics.iou(difference, mask, threshold))}
+              "difference_iou": float(metrics.iou(difference, mask, threshold)),
+              "ceiling_iou": ceiling_iou(mask) / count}
     n = min(PHOTO_PREVIEW, count)
     grid = reporting.image_grid([("bg", images["bg"][:n]), ("bg_fg", images["bg_fg"][:n]),
                                  ("mask", mask[:n]), ("pred mask", np.asarray(probs)[:n]),

@@ -6,6 +6,7 @@ batch of 8 is padded) serves evaluate, predict, export and plots; DSResNet is on
 (conftest's `dsresnet_state`), for the depth outputs of predict and export.
 """
 import io
+import itertools
 import json
 import os
 import shutil
@@ -224,6 +225,10 @@ def test_evaluate_writes_exact_metrics(trained, tmp_path):
     assert baseline["difference_iou"] == pytest.approx(mean_iou(val_diff > best, val_mask),
                                                        abs=1e-5)
     assert "mean_depth_rmse" not in baseline  # MaskNet predicts no depth
+    # the ceiling: the best of the masks {t >= v} over every value v of each soft target
+    ceilings = [max(mean_iou((t >= v)[None], t[None]) for v in np.unique(t)) for t in val_mask]
+    assert baseline["ceiling_iou"] == pytest.approx(np.mean(ceilings), abs=1e-6)
+    assert baseline["difference_iou"] < baseline["ceiling_iou"] < 1
 
     # The held-out pairs of real photographs: the model's IoU and the same threshold's, in NumPy.
     pairs = [photos.generate(0, i) for i in range(8)]
@@ -238,9 +243,24 @@ def test_evaluate_writes_exact_metrics(trained, tmp_path):
     difference = np.abs(images["bg"] / 255.0 - images["bg_fg"] / 255.0).max(-1, keepdims=True)
     assert written["photos"][str(RES)] == pytest.approx({
         "pairs": 8, "model_iou": mean_iou(_sigmoid(logits) > 0.5, target),
-        "difference_iou": mean_iou(difference > best, target)}, abs=1e-5)
+        "difference_iou": mean_iou(difference > best, target),
+        "ceiling_iou": np.mean([max(mean_iou((t >= v)[None], t[None]) for v in np.unique(t))
+                                for t in target])}, abs=1e-5)
     assert set(written["photos"]) == {str(RES), "64"}
     assert os.path.getsize(os.path.join(workdir, f"photos_{RES}px.png")) > 0
+
+
+def test_ceiling_iou_is_the_best_of_every_binary_mask():
+    rng = np.random.default_rng(0)
+    masks = np.concatenate([rng.choice([0.0, 0.1, 0.45, 0.55, 0.9, 1.0], (5, 2, 3, 1)),
+                            np.zeros((1, 2, 3, 1))])  # the last: nothing to find
+    subsets = np.array(list(itertools.product((0.0, 1.0), repeat=6))).reshape(-1, 2, 3, 1)
+    best = []
+    for t in masks:
+        inter = (subsets * t).sum((1, 2, 3))
+        best.append(np.max((inter + 1e-6) / ((subsets + t).sum((1, 2, 3)) - inter + 1e-6)))
+    assert evaluation.ceiling_iou(masks) == pytest.approx(np.sum(best), rel=1e-12)
+    assert best[-1] == 1.0 and min(best) < 0.99  # soft pixels cost even the best mask
 
 
 def test_held_out_photo_pairs_paste_through_the_mask_only():

@@ -141,8 +141,12 @@ def test_four_devices_match_one_device():
     one, four = results["1"], results["4"]
     np.testing.assert_allclose(four["losses"], one["losses"], rtol=1e-5)
     assert one["losses"][1] != one["losses"][0]  # the first step changed the parameters
+    # Four devices add the batch's sums in another order; a ReLU input within rounding of 0
+    # can then take the other branch for a pixel, which moves a first layer's kernel by about
+    # 1/2,048 of its gradient. Measured after four steps: up to 2.9e-5 on an AMD EPYC, under
+    # 1e-6 on an Intel Xeon. The losses above (rtol 1e-5) pin down the global BatchNorm.
     for a, b in zip(four["params"] + four["stats"], one["params"] + one["stats"]):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
     assert one["sums"]["images"] == 6.0  # weights drop the two padded samples
     for key, value in one["sums"].items():
         np.testing.assert_allclose(four["sums"][key], value, rtol=1e-5)
