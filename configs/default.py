@@ -44,6 +44,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.batch_size = 8  # global, split across every device
     config.resolutions = (64, 96, 128)
     config.stage_epochs = (5, 2, 1)
+    # Per stage, the side of random square crops to train on (0: whole images); validation
+    # always sees whole images. (): no crops.
+    config.crops = ()
     config.steps_per_epoch = 0  # 0: one pass over the training split
     config.log_every_steps = 10
 

@@ -43,6 +43,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if any(isinstance(e, bool) or not isinstance(e, int) or e < 0 for e in stage_epochs):
         raise errors.UsageError(f"stage_epochs {stage_epochs} must be non-negative integers")
     state_lib.validate(config, resolutions)
+    crops = tuple(config.crops)
+    if crops:
+        if len(crops) != len(resolutions):
+            raise errors.UsageError(f"crops {crops} must be empty or have one entry per stage, "
+                                    f"like resolutions {resolutions}")
+        state_lib.validate(config, [c for c in crops if c != 0], "crops")
+        for crop, resolution in zip(crops, resolutions):
+            if crop > resolution:
+                raise errors.UsageError(f"crops: crop {crop} is larger than its stage's "
+                                        f"resolution {resolution}")
     optim.validate(config)
     checkpoints.validate(config)
     pipeline.validate(config.dataset)
@@ -91,6 +101,10 @@ class Trainer:
         """The stage (0-based) of the 0-based global `step`."""
         bounds = np.cumsum(self.config.stage_epochs) * self.steps_per_epoch
         return int(np.searchsorted(bounds, step, side="right"))
+
+    def crop_of(self, stage: int) -> int:
+        """The side of the random training crops of `stage`; 0: whole images."""
+        return int(self.config.crops[stage]) if self.config.crops else 0
 
     def learning_rate(self, plateau_scale, step: int) -> float:
         """The rate step `step` (1-based) used: the schedule's times the plateau's scale."""
@@ -257,7 +271,7 @@ RESUME_FIELDS = ("model", "dtype", "seed", "batch_size", "steps_per_epoch", "opt
                  "schedule", "loss", "loss_weighting", "dwa_temperature", "dataset.name",
                  "dataset.num_samples", "dataset.seed", "dataset.val_fraction", "dataset.skip_corrupt", "dataset.augment",
                  "dataset.hsv_prob", "dataset.contrast_prob", "dataset.worker_count",
-                 "resolutions", "stage_epochs")
+                 "resolutions", "stage_epochs", "crops")
 
 
 def resume_settings(config: ml_collections.ConfigDict) -> dict:
@@ -278,10 +292,8 @@ def check_resume(config: ml_collections.ConfigDict, saved: Optional[dict], direc
     one-cycle, which is laid out over the whole run)."""
     current, saved = resume_settings(config), saved or {}
     changed = [f for f in current if f in saved and saved[f] != current[f]]
-    stages = ("resolutions", "stage_epochs")
-    extended = any(f in changed for f in stages) and _extends(
-        saved["resolutions"], saved["stage_epochs"], current["resolutions"],
-        current["stage_epochs"])
+    stages = ("resolutions", "stage_epochs", "crops")
+    extended = any(f in changed for f in stages) and _extends(saved, current)
     spans_run = config.schedule.name == "onecycle"
     if extended and not spans_run:
         changed = [f for f in changed if f not in stages]
@@ -294,11 +306,18 @@ def check_resume(config: ml_collections.ConfigDict, saved: Optional[dict], direc
                             f"checkpoint{note}; set them back, or use another --workdir")
 
 
-def _extends(old_res, old_epochs, new_res, new_epochs) -> bool:
-    """Whether stages (`new_res`, `new_epochs`) continue (`old_res`, `old_epochs`)."""
+def _extends(old: dict, new: dict) -> bool:
+    """Whether the stages of settings `new` continue those of `old` (resolutions, epochs and
+    crops, no crops meaning 0 in every stage)."""
+    old_epochs, new_epochs = old["stage_epochs"], new["stage_epochs"]
     n = len(old_epochs)
-    return (new_res[:n] == old_res and new_epochs[:n - 1] == old_epochs[:-1]
-            and len(new_epochs) >= n and new_epochs[n - 1] >= old_epochs[-1])
+
+    def crops(settings):
+        return settings.get("crops") or [0] * len(settings["stage_epochs"])
+
+    return (new["resolutions"][:n] == old["resolutions"] and crops(new)[:n] == crops(old)
+            and new_epochs[:n - 1] == old_epochs[:-1] and len(new_epochs) >= n
+            and new_epochs[n - 1] >= old_epochs[-1])
 
 
 def train_loop(trainer: Trainer, state: steps.TrainState, progress: Progress,
@@ -349,7 +368,7 @@ def _open_iterator(trainer: Trainer, stage: int, progress: Progress):
     iterator = iter(pipeline.create_loader(
         config.dataset, "train", resolution=config.resolutions[stage],
         batch_size=mesh_lib.check_batch_size(trainer.mesh, config.batch_size), shuffle=True,
-        seed=config.seed, num_epochs=None, drop_remainder=True))
+        seed=config.seed, num_epochs=None, drop_remainder=True, crop=trainer.crop_of(stage)))
     if progress.iterator is not None and progress.iterator_stage == stage:
         iterator.set_state(checkpoints.decode_iterator_state(progress.iterator))
     progress.iterator_stage = stage
@@ -358,9 +377,11 @@ def _open_iterator(trainer: Trainer, stage: int, progress: Progress):
 
 def _epoch_bar(trainer: Trainer, epoch: int, step: int):
     per_epoch, batch = trainer.steps_per_epoch, trainer.config.batch_size
-    resolution = trainer.config.resolutions[trainer.stage_of(step)]
+    stage = trainer.stage_of(step)
+    crop = trainer.crop_of(stage)
+    size = f"{trainer.config.resolutions[stage]}px" + (f" crops {crop}" if crop else "")
     return reporting.progress_bar(
-        per_epoch * batch, f"epoch {epoch + 1}/{trainer.total_steps // per_epoch} {resolution}px",
+        per_epoch * batch, f"epoch {epoch + 1}/{trainer.total_steps // per_epoch} {size}",
         enabled=jax.process_index() == 0, initial=(step % per_epoch) * batch)
 
 

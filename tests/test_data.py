@@ -331,6 +331,27 @@ def test_augmentation_touches_inputs_only(synth_cfg):
     assert np.allclose(pipeline.hsv_matrix(0.0, 1.0, 1.0), np.eye(3), atol=1e-6)
 
 
+def test_random_crops_are_aligned_windows_of_the_whole_images(synth_cfg):
+    kw = dict(resolution=64, batch_size=4, shuffle=True, seed=7, num_epochs=1)
+    whole = list(pipeline.create_loader(synth_cfg, "train", **kw))
+    crops = list(pipeline.create_loader(synth_cfg, "train", crop=32, **kw))
+    assert _same(crops, list(pipeline.create_loader(synth_cfg, "train", crop=32, **kw)))
+    corners = set()
+    for w, c in zip(whole, crops):
+        assert all(c[k].shape == (4, 32, 32, w[k].shape[-1]) for k in w)
+        for i in range(4):  # find the window in the whole bg; all four arrays share it
+            found = [(y, x) for y in range(33) for x in range(33)
+                     if np.array_equal(w["bg"][i, y:y + 32, x:x + 32], c["bg"][i])]
+            assert len(found) == 1, found
+            y, x = found[0]
+            for k in ("bg_fg", "mask", "depth"):
+                np.testing.assert_array_equal(c[k][i], w[k][i, y:y + 32, x:x + 32])
+            corners.add(found[0])
+    assert len(corners) > 8  # placed at random, not in one place
+    with pytest.raises(DatasetError, match=r"^crop=96: expected 0 \(none\) up to the resolution 64"):
+        pipeline.create_loader(synth_cfg, "train", crop=96, **kw)
+
+
 def _merged(per_process):
     """Global batches from each process's list of batches: batch g of every process that has
     one, concatenated in process order."""

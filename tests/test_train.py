@@ -180,6 +180,30 @@ def test_sigterm_saves_a_restorable_checkpoint_and_resume_matches_an_uninterrupt
             assert got[key] == want[key], (got["epoch"], key)  # bit-equal: nothing regrouped
 
 
+def test_crops_train_on_windows_and_validate_on_whole_images(tmp_path, shared):
+    workdir, crops = tmp_path / "run", {"resolutions": "(64,)", "schedule.name": "plateau"}
+    first = launch_cli(workdir, shared, crops="(32,)", **crops)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "epoch 1/1 64px crops 32" in first.stderr
+    record = reporting.read_metrics(workdir)[0]
+    assert record["resolution"] == 64 and np.isfinite(record["val_iou"])
+    assert (record["step"], record["samples_per_sec"] > 0) == (3, True)
+    # the validation was on whole 64 px images: the same numbers from the saved state
+    config = _config(**{"dataset.num_samples": NUM_SAMPLES, "dataset.data_dir": shared["data"]})
+    state = state_lib.load_for_inference(config, str(workdir))
+    batch = next(iter(pipeline.create_loader(
+        config.dataset, "validation", resolution=64, batch_size=VAL, shuffle=False, seed=0,
+        num_epochs=1, drop_remainder=False)))
+    outputs = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                             batch["bg"], batch["bg_fg"], train=False)
+    assert record["val_iou"] == pytest.approx(metrics.summarize(
+        metrics.batch_sums(outputs, batch))["iou"], abs=1e-5)
+    # another crop is another run: a resume under it is refused, naming the field
+    refused = launch_cli(workdir, shared, crops="(0,)", stage_epochs="(2,)", **crops)
+    assert refused.returncode == 2
+    assert "crops ([32] -> [0])" in refused.stderr.strip().splitlines()[-1]
+
+
 def test_dwa_weights_follow_the_logged_epoch_losses_and_resume_exactly(tmp_path, shared):
     """DSResNet, two tasks, 2 epochs then resumed to 3: weights 1 for two epochs, then, in the
     resumed process, 2 softmax(r / 2) of the training losses logged before it started (the
@@ -289,6 +313,12 @@ def test_bad_command_line_fails_in_one_line(tmp_path, shared, config, extra, mes
     ({"checkpoint.mode": "best"}, "checkpoint.mode='best'"),
     ({"checkpoint.monitor": "val_accuracy"}, "checkpoint.monitor='val_accuracy'"),
     ({"mode": "evaluate", "evaluate.resolutions": (64, 80)}, "resolution 80 is not a multiple"),
+    ({"resolutions": (64, 96), "stage_epochs": (1, 1), "crops": (64,)},
+     "crops (64,) must be empty or have one entry per stage, like resolutions (64, 96)"),
+    ({"resolutions": (64, 96), "stage_epochs": (1, 1), "crops": (0, 80)},
+     "crops: resolution 80 is not a multiple of 32"),
+    ({"resolutions": (64, 96), "stage_epochs": (1, 1), "crops": (0, 128)},
+     "crops: crop 128 is larger than its stage's resolution 96"),
     ({"dataset.name": "modest_museum"}, "needs --config.dataset.manual_dir=DIR"),
     ({"dataset.name": "modest_museum", "dataset.manual_dir": "/nonexistent/modest"},
      "dataset.manual_dir='/nonexistent/modest' does not exist"),

@@ -2,7 +2,7 @@
 
 Every process builds the same global `grain.MapDataset` chain over the whole split:
   tfds array_record source (JPEG bytes) -> shuffle(seed) -> DecodeResize ->
-  PhotometricAugment (train only, inputs only) -> Normalize
+  RandomCrop (when asked) -> PhotometricAugment (train only, inputs only) -> Normalize
 then cuts it into blocks of `batch_size` (the per-process batch) and keeps every
 `process_count`-th block from its own index: global batch g of `batch_size * process_count`
 samples is blocks g*count .. g*count+count-1, so process i's batch g is the slice
@@ -164,6 +164,20 @@ class PhotometricAugment(grain.transforms.RandomMap):
 
 
 @dataclasses.dataclass(frozen=True)
+class RandomCrop(grain.transforms.RandomMap):
+    """One `size` x `size` window, uniformly placed, cut from all four images of a sample (the
+    inputs and targets stay aligned): training at an image's own scale for the cost of a
+    smaller one."""
+
+    size: int
+
+    def random_map(self, element: dict[str, np.ndarray], rng: np.random.Generator):
+        height, width = element[INPUTS[0]].shape[:2]
+        top, left = rng.integers(0, height - self.size + 1), rng.integers(0, width - self.size + 1)
+        return {k: v[top:top + self.size, left:left + self.size] for k, v in element.items()}
+
+
+@dataclasses.dataclass(frozen=True)
 class Normalize(grain.transforms.Map):
     """Inputs -> `normalization.normalize`; targets -> [0,1]. Keeps only the four arrays."""
 
@@ -185,13 +199,15 @@ class Normalize(grain.transforms.Map):
 
 
 def _samples(ds_config, prepared, split: str, *, resolution: int, shuffle: bool, seed: int,
-             augment: bool) -> grain.MapDataset:
+             augment: bool, crop: int) -> grain.MapDataset:
     """The whole split, decoded, in the global order: element epoch * n + p is position p of
-    epoch e's shuffle, augmented from that index (the same on every process)."""
+    epoch e's shuffle, cropped and augmented from that index (the same on every process)."""
     ds = grain.MapDataset.source(prepared.data_source(split)).seed(int(seed) % 2 ** 32)
     if shuffle:
         ds = ds.shuffle()
     ds = ds.map(DecodeResize(int(resolution)))
+    if crop:
+        ds = ds.random_map(RandomCrop(int(crop)))
     if augment:
         ds = ds.random_map(PhotometricAugment(
             hsv_prob=ds_config.hsv_prob, contrast_prob=ds_config.contrast_prob))
@@ -202,7 +218,7 @@ def _samples(ds_config, prepared, split: str, *, resolution: int, shuffle: bool,
 def create_loader(ds_config, split: str, *, resolution: int, batch_size: int, shuffle: bool,
                   seed: int, num_epochs: int | None = None, drop_remainder: bool = True,
                   augment: bool | None = None, worker_count: int | None = None,
-                  shard: tuple[int, int] | None = None) -> grain.IterDataset:
+                  shard: tuple[int, int] | None = None, crop: int = 0) -> grain.IterDataset:
     """An iterable of this process's slices of the global batches of `split` (module doc).
 
     batch_size: per-process batch size; a global batch is `batch_size * count` samples.
@@ -212,7 +228,8 @@ def create_loader(ds_config, split: str, *, resolution: int, batch_size: int, sh
     process; False keeps the last, partial global batch, whose slice may be smaller on some
     processes and absent (no batch) on others. augment=None means `ds_config.augment` on
     "train", False on "validation". worker_count=None means `ds_config.worker_count`.
-    shard=(index, count) overrides jax's process index/count.
+    shard=(index, count) overrides jax's process index/count. crop > 0 cuts a random
+    crop x crop window from every sample at `resolution` (`RandomCrop`).
 
     `iter(loader)` gives a grain DatasetIterator: `get_state()` -> a small dict (JSON-able),
     `set_state(state)` resumes exactly there (same pipeline arguments and worker count).
@@ -221,6 +238,8 @@ def create_loader(ds_config, split: str, *, resolution: int, batch_size: int, sh
     prepared = builders.load(ds_config)
     if resolution <= 0 or batch_size <= 0:
         raise DatasetError(f"resolution and batch_size must be positive, got {resolution}, {batch_size}")
+    if not 0 <= crop <= resolution:
+        raise DatasetError(f"crop={crop}: expected 0 (none) up to the resolution {resolution}")
     if augment is None:
         augment = ds_config.augment and split == "train"
     if worker_count is None:
@@ -230,7 +249,7 @@ def create_loader(ds_config, split: str, *, resolution: int, batch_size: int, sh
         raise DatasetError(f"shard={shard}: expected (index, count) with 0 <= index < count")
 
     ds = _samples(ds_config, prepared, split, resolution=resolution, shuffle=shuffle, seed=seed,
-                  augment=augment)
+                  augment=augment, crop=crop)
     n, global_batch = len(ds), int(batch_size) * count
     if drop_remainder:
         ds = ds[: n - n % global_batch]  # whole global batches: every process, the same steps
