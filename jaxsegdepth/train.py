@@ -46,8 +46,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     crops = tuple(config.crops)
     if crops:
         if len(crops) != len(resolutions):
-            raise errors.UsageError(f"crops {crops} must be empty or have one entry per stage, "
-                                    f"like resolutions {resolutions}")
+            raise errors.UsageError(
+                f"crops {crops} must have one entry per stage, like resolutions {resolutions}: "
+                f"e.g. --config.crops='{(0,) * len(resolutions)}' (0: whole images), or "
+                f"--config.crops='()' for no crops")
         state_lib.validate(config, [c for c in crops if c != 0], "crops")
         for crop, resolution in zip(crops, resolutions):
             if crop > resolution:
@@ -315,7 +317,7 @@ def _extends(old: dict, new: dict) -> bool:
     def crops(settings):
         return settings.get("crops") or [0] * len(settings["stage_epochs"])
 
-    return (new["resolutions"][:n] == old["resolutions"] and crops(new)[:n] == crops(old)
+    return (new["resolutions"][:n] == old["resolutions"] and crops(new)[:n] == crops(old)[:n]
             and new_epochs[:n - 1] == old_epochs[:-1] and len(new_epochs) >= n
             and new_epochs[n - 1] >= old_epochs[-1])
 

@@ -36,7 +36,7 @@ def shared(tmp_path_factory, compilation_cache_dir):
 
 def _command(workdir, shared, **overrides):
     values = {"dataset.num_samples": 23, "dataset.data_dir": shared["data"],
-              "resolutions": "(32,)", "stage_epochs": "(2,)", "batch_size": 4,
+              "resolutions": "(32,)", "stage_epochs": "(2,)", "crops": "()", "batch_size": 4,
               "log_every_steps": 1, "num_preview": 2, "schedule.name": "plateau",
               "dataset.augment": True, "compilation_cache_dir": shared["cache"], **overrides}
     return [sys.executable, os.path.join(ROOT, "launch.py"), "--config",

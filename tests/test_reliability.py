@@ -30,7 +30,7 @@ from jaxsegdepth.data import builders, synthetic  # noqa: E402
 def _config(data_dir, **changes):
     config = masknet_bce.get_config()
     config.dataset.update(dict(num_samples=23, data_dir=str(data_dir)))
-    config.resolutions, config.stage_epochs = (32,), (1,)
+    config.resolutions, config.stage_epochs, config.crops = (32,), (1,), ()
     config.batch_size, config.num_preview, config.compilation_cache_dir = 4, 0, "none"
     config.schedule.name = "plateau"
     for key, value in changes.items():
@@ -43,7 +43,7 @@ def _config(data_dir, **changes):
 
 def _launch(workdir, data_dir, cache_dir, **overrides):
     values = {"dataset.num_samples": 23, "dataset.data_dir": data_dir, "resolutions": "(32,)",
-              "stage_epochs": "(1,)", "batch_size": 4, "num_preview": 0,
+              "stage_epochs": "(1,)", "crops": "()", "batch_size": 4, "num_preview": 0,
               "schedule.name": "plateau", "compilation_cache_dir": cache_dir, **overrides}
     return [sys.executable, os.path.join(ROOT, "launch.py"), "--config",
             os.path.join(ROOT, "configs", "masknet_bce.py"), "--workdir", str(workdir),
@@ -150,6 +150,11 @@ def test_more_epochs_resume_unless_the_schedule_spans_the_run(tmp_path):
         train.check_resume(_config(tmp_path, resolutions=(64,)), saved, "d")
     with pytest.raises(errors.UsageError, match="stage_epochs"):  # fewer epochs: not a resume
         train.check_resume(_config(tmp_path, stage_epochs=(0,)), saved, "d")
+    # crops: a new stage may have its own; the stages done keep theirs
+    train.check_resume(_config(tmp_path, stage_epochs=(1, 2), resolutions=(32, 64),
+                               crops=(0, 32)), saved, "d")
+    with pytest.raises(errors.UsageError, match=r"crops \(\[\] -> \[32\]\)"):
+        train.check_resume(_config(tmp_path, crops=(32,)), saved, "d")
 
 
 def test_the_command_line_refuses_a_changed_resume(tmp_path, compilation_cache_dir):

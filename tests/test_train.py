@@ -40,7 +40,8 @@ def shared(tmp_path_factory, compilation_cache_dir):
 def _overrides(shared, **extra):
     values = {
         "dataset.num_samples": NUM_SAMPLES, "dataset.data_dir": shared["data"],
-        "resolutions": "(32,)", "stage_epochs": "(1,)", "batch_size": 4, "steps_per_epoch": 3,
+        "resolutions": "(32,)", "stage_epochs": "(1,)", "crops": "()", "batch_size": 4,
+        "steps_per_epoch": 3,
         "log_every_steps": 2, "num_preview": 2, "compilation_cache_dir": shared["cache"],
         "dataset.augment": True,  # resumes must reproduce the augmentation too
     }
@@ -255,6 +256,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp
         lambda step: float("inf")))
     config = _config(**{"model": "masknet", "loss": ml_collections.ConfigDict({"mask": {"bce": 1.0}}),
                         "schedule.name": "constant", "stage_epochs": (2,), "resolutions": (32,),
+                        "crops": (),
                         "batch_size": 4, "steps_per_epoch": 3, "num_preview": 2,
                         "dataset.num_samples": NUM_SAMPLES, "dataset.data_dir": shared["data"],
                         "dataset.augment": True, "compilation_cache_dir": shared["cache"]})
@@ -314,7 +316,8 @@ def test_bad_command_line_fails_in_one_line(tmp_path, shared, config, extra, mes
     ({"checkpoint.monitor": "val_accuracy"}, "checkpoint.monitor='val_accuracy'"),
     ({"mode": "evaluate", "evaluate.resolutions": (64, 80)}, "resolution 80 is not a multiple"),
     ({"resolutions": (64, 96), "stage_epochs": (1, 1), "crops": (64,)},
-     "crops (64,) must be empty or have one entry per stage, like resolutions (64, 96)"),
+     "crops (64,) must have one entry per stage, like resolutions (64, 96): e.g. "
+     "--config.crops='(0, 0)' (0: whole images), or --config.crops='()' for no crops"),
     ({"resolutions": (64, 96), "stage_epochs": (1, 1), "crops": (0, 80)},
      "crops: resolution 80 is not a multiple of 32"),
     ({"resolutions": (64, 96), "stage_epochs": (1, 1), "crops": (0, 128)},
