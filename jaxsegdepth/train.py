@@ -244,11 +244,11 @@ def _train(trainer: Trainer, state, progress: Progress, stop: _StopSignals) -> O
         reporting.say(f"{start // per_epoch} epoch(s) already done (stage_epochs="
                       f"{tuple(trainer.config.stage_epochs)}): nothing to train")
         return None
+    stop.raise_if_signalled()
+    stop.immediate = False  # before the line below: a signal after it stops with a checkpoint
     reporting.say(f"training from epoch {start // per_epoch + 1} to "
                   f"{trainer.total_steps // per_epoch}, {per_epoch} steps of "
                   f"{trainer.config.batch_size} per epoch; SIGINT/SIGTERM: save and stop")
-    stop.raise_if_signalled()
-    stop.immediate = False
     return train_loop(trainer, state, progress, stop)
 
 
