@@ -50,6 +50,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 f"crops {crops} must have one entry per stage, like resolutions {resolutions}: "
                 f"e.g. --config.crops='{(0,) * len(resolutions)}' (0: whole images), or "
                 f"--config.crops='()' for no crops")
+        # crops are training input sizes: the model's stride and the loss's minimum size apply
         state_lib.validate(config, [c for c in crops if c != 0], "crops")
         for crop, resolution in zip(crops, resolutions):
             if crop > resolution:
@@ -106,7 +107,7 @@ class Trainer:
 
     def crop_of(self, stage: int) -> int:
         """The side of the random training crops of `stage`; 0: whole images."""
-        return int(self.config.crops[stage]) if self.config.crops else 0
+        return int(stage_crops(self.config.crops, len(self.config.resolutions))[stage])
 
     def learning_rate(self, plateau_scale, step: int) -> float:
         """The rate step `step` (1-based) used: the schedule's times the plateau's scale."""
@@ -176,6 +177,11 @@ class _StopSignals:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         return False
+
+
+def stage_crops(crops, num_stages: int) -> list:
+    """`config.crops` with one entry per stage: () means whole images (0) in every stage."""
+    return list(crops) or [0] * num_stages
 
 
 def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
@@ -310,14 +316,12 @@ def check_resume(config: ml_collections.ConfigDict, saved: Optional[dict], direc
 
 def _extends(old: dict, new: dict) -> bool:
     """Whether the stages of settings `new` continue those of `old` (resolutions, epochs and
-    crops, no crops meaning 0 in every stage)."""
+    crops)."""
     old_epochs, new_epochs = old["stage_epochs"], new["stage_epochs"]
     n = len(old_epochs)
-
-    def crops(settings):
-        return settings.get("crops") or [0] * len(settings["stage_epochs"])
-
-    return (new["resolutions"][:n] == old["resolutions"] and crops(new)[:n] == crops(old)[:n]
+    old_crops = stage_crops(old.get("crops", ()), n)  # checkpoints from before crops have none
+    new_crops = stage_crops(new["crops"], len(new_epochs))
+    return (new["resolutions"][:n] == old["resolutions"] and new_crops[:n] == old_crops[:n]
             and new_epochs[:n - 1] == old_epochs[:-1] and len(new_epochs) >= n
             and new_epochs[n - 1] >= old_epochs[-1])
 

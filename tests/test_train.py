@@ -72,6 +72,19 @@ def _load_config(path, arg=None):
     return configs.load_file(os.path.join(ROOT, path) + (f":{arg}" if arg else ""))
 
 
+def _validation_metrics(workdir, shared, resolution):
+    """(step, metrics) of the run's chosen checkpoint, recomputed in one unpadded pass over
+    every validation sample at `resolution`."""
+    config = _config(**{"dataset.num_samples": NUM_SAMPLES, "dataset.data_dir": shared["data"]})
+    state = state_lib.load_for_inference(config, str(workdir))
+    batch = next(iter(pipeline.create_loader(
+        config.dataset, "validation", resolution=resolution, batch_size=VAL, shuffle=False,
+        seed=0, num_epochs=1, drop_remainder=False)))
+    outputs = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                             batch["bg"], batch["bg_fg"], train=False)
+    return int(state.step), metrics.summarize(metrics.batch_sums(outputs, batch))
+
+
 # -- end to end -----------------------------------------------------------------------------
 
 def test_train_writes_outputs_and_resumes_without_repeating_epochs(tmp_path, shared):
@@ -105,15 +118,8 @@ def test_train_writes_outputs_and_resumes_without_repeating_epochs(tmp_path, sha
         assert tag in blob
 
     # The evaluation is exact: the same metrics from an unpadded pass over the 7 samples.
-    config = _config(**{"dataset.num_samples": NUM_SAMPLES, "dataset.data_dir": shared["data"]})
-    state = state_lib.load_for_inference(config, str(workdir))
-    assert int(state.step) == 3
-    batch = next(iter(pipeline.create_loader(
-        config.dataset, "validation", resolution=32, batch_size=VAL, shuffle=False, seed=0,
-        num_epochs=1, drop_remainder=False)))
-    outputs = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                             batch["bg"], batch["bg_fg"], train=False)
-    expected = metrics.summarize(metrics.batch_sums(outputs, batch))
+    step, expected = _validation_metrics(workdir, shared, resolution=32)
+    assert step == 3
     assert record["val_iou"] == pytest.approx(expected["iou"], abs=1e-5)
     assert record["val_iou_soft"] == pytest.approx(expected["iou_soft"], abs=1e-5)
     assert record["val_rmse"] == pytest.approx(expected["rmse"], abs=1e-5)
@@ -190,15 +196,8 @@ def test_crops_train_on_windows_and_validate_on_whole_images(tmp_path, shared):
     assert record["resolution"] == 64 and np.isfinite(record["val_iou"])
     assert (record["step"], record["samples_per_sec"] > 0) == (3, True)
     # the validation was on whole 64 px images: the same numbers from the saved state
-    config = _config(**{"dataset.num_samples": NUM_SAMPLES, "dataset.data_dir": shared["data"]})
-    state = state_lib.load_for_inference(config, str(workdir))
-    batch = next(iter(pipeline.create_loader(
-        config.dataset, "validation", resolution=64, batch_size=VAL, shuffle=False, seed=0,
-        num_epochs=1, drop_remainder=False)))
-    outputs = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                             batch["bg"], batch["bg_fg"], train=False)
-    assert record["val_iou"] == pytest.approx(metrics.summarize(
-        metrics.batch_sums(outputs, batch))["iou"], abs=1e-5)
+    assert record["val_iou"] == pytest.approx(
+        _validation_metrics(workdir, shared, resolution=64)[1]["iou"], abs=1e-5)
     # another crop is another run: a resume under it is refused, naming the field
     refused = launch_cli(workdir, shared, crops="(0,)", stage_epochs="(2,)", **crops)
     assert refused.returncode == 2
