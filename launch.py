@@ -111,7 +111,7 @@ def main(argv) -> None:
         # Out without the interpreter's teardown: the signal may have landed while native
         # threads (the dataset writer, the loader's readers) were busy, and tearing those down
         # can crash. What had to be written (the checkpoint) is complete at this point.
-        print(f"error: {error}", file=sys.stderr, flush=True)
+        print(f"error: {error.message}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(error.exit_code)
     except (errors.UsageError, errors.RunError) as error:

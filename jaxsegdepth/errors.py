@@ -22,9 +22,14 @@ class NonFiniteLoss(RunError):
 
 
 class Interrupted(RunError):
-    """SIGINT/SIGTERM stopped the run after saving a checkpoint (exit 128 + the signal's number)."""
+    """SIGINT/SIGTERM stopped the run after saving a checkpoint (exit 128 + the signal's number).
+
+    Raised from a signal handler, it can pass through library code that rewrites an
+    exception's `args` on its way (tensorflow-datasets prefixes the example it was encoding),
+    so the message to show is kept apart, in `message`."""
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)
+        self.message = message
         self.signum = signum
         self.exit_code = 128 + signum

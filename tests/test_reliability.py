@@ -208,6 +208,20 @@ def test_the_signal_handler_records_without_printing_and_raises_before_training(
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def test_an_interrupt_rewritten_by_the_dataset_writer_keeps_its_message():
+    # tensorflow-datasets re-raises what interrupts an example's encoding with the example
+    # prepended to its args (a SIGTERM during the dataset build did this to the handler's)
+    from tensorflow_datasets.core.utils import py_utils
+    with pytest.raises(errors.Interrupted) as raised:
+        try:
+            raise errors.Interrupted("interrupted by SIGTERM before training started", 15)
+        except errors.Interrupted as error:
+            py_utils.reraise(error, prefix="Failed to encode example:\n{'bg': ...}\n")
+    assert str(raised.value).startswith("Failed to encode example")
+    assert raised.value.message == "interrupted by SIGTERM before training started"
+    assert raised.value.exit_code == 143
+
+
 def test_evaluation_stops_after_the_batch_during_which_asked(tmp_path, masknet_state):
     config = _config(tmp_path / "data", batch_size=2)
     builders.prepare(config.dataset)
