@@ -34,27 +34,24 @@ def get_config() -> ml_collections.ConfigDict:
         prefetch_batches=2,  # batches prepared ahead per reading process
         # Photometric augmentation of the inputs on the train split: the reference's recipes
         # (`:published`) turn it on; the synthetic scenes have no photometric shift between
-        # the splits, and it slowed learning on them (README, "Results").
+        # the splits, and it slowed learning on them (docs/results.md).
         augment=False,
         hsv_prob=0.25,  # probability of hue/saturation/value jitter
         contrast_prob=0.25))  # probability of random contrast
 
-    # Progressive resizing: stage i trains `stage_epochs[i]` epochs at `resolutions[i]`.
-    # The CPU-sized default (see README, "Results"); `:published` gives the reference's.
-    # The last stage trains on 128 px windows of the 224 px images (the stored size, where the
-    # masks are sharp) and validates on whole 224 px images.
     config.batch_size = 8  # global, split across every device
-    config.resolutions = (96, 128, 224)
-    config.stage_epochs = (5, 1, 2)
-    # Per stage, the side of random square crops to train on (0: whole images); validation
-    # always sees whole images. (): no crops.
-    config.crops = (0, 0, 128)
+    # Progressive resizing, one stage a (resolution, epochs) or (resolution, epochs, crop):
+    # train `epochs` epochs at `resolution`, on random `crop`-pixel windows when given
+    # (validation always sees whole images). The CPU-sized default (docs/results.md): the
+    # last stage trains on 128 px windows of the stored 224 px images, where the masks are
+    # sharp. `:published` gives the reference's schedule.
+    config.stages = ((96, 5), (128, 1), (224, 2, 128))
     config.steps_per_epoch = 0  # 0: one pass over the training split
     config.log_every_steps = 10
 
     # The reference trains with SGD (momentum 0.9, lr 0.01, reduce-on-plateau), which the
     # `:published` configs keep. On the CPU budget Adam with a one-cycle schedule gets much
-    # further in the same number of steps (README, "Results").
+    # further in the same number of steps (docs/results.md).
     config.optimizer = ml_collections.ConfigDict(dict(
         name="adam", learning_rate=0.002, momentum=0.9, nesterov=False, weight_decay=0.0,
         grad_clip_norm=0.0))
@@ -108,7 +105,7 @@ def get_config() -> ml_collections.ConfigDict:
     return config
 
 
-def use_published(config: ml_collections.ConfigDict, *, resolutions, stage_epochs, learning_rate,
+def use_published(config: ml_collections.ConfigDict, *, stages, learning_rate,
                   augment: bool = True, batch_size: int = 128) -> ml_collections.ConfigDict:
     """Switches `config` to a reference schedule on the real MODEST Museum data.
 
@@ -117,8 +114,7 @@ def use_published(config: ml_collections.ConfigDict, *, resolutions, stage_epoch
     """
     config.dataset.name = "modest_museum"
     config.dataset.augment = augment
-    config.resolutions, config.stage_epochs = tuple(resolutions), tuple(stage_epochs)
-    config.crops = ()  # the reference trains on whole images
+    config.stages = tuple(stages)  # the reference trains on whole images
     config.optimizer.name, config.optimizer.learning_rate = "sgd", learning_rate
     config.optimizer.momentum = 0.9
     config.schedule.name = "plateau"
@@ -146,5 +142,5 @@ def masknet_trial(term: str, arg=None) -> ml_collections.ConfigDict:
     config.model = "masknet"
     config.loss = ml_collections.ConfigDict({"mask": {term: 1.0}})
     if check_arg(arg):
-        use_published(config, resolutions=(96,), stage_epochs=(2,), learning_rate=0.01)
+        use_published(config, stages=((96, 2),), learning_rate=0.01)
     return config

@@ -17,7 +17,7 @@ def get_config(arg=None):
     config.lr_range.spacing = "exp"
     config.lr_range.num_steps = 400
     if default.check_arg(arg):
-        default.use_published(config, resolutions=(96,), stage_epochs=(1,), learning_rate=0.01)
+        default.use_published(config, stages=((96, 1),), learning_rate=0.01)
         config.lr_range.batch_size = 256
         config.lr_range.resolution = 96
     return config

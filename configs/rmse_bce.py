@@ -12,5 +12,5 @@ def get_config(arg=None):
     config = default.get_config()
     config.loss = ml_collections.ConfigDict({"depth": {"rmse": 2.0}, "mask": {"bce": 1.0}})
     if default.check_arg(arg):
-        default.use_published(config, resolutions=(96,), stage_epochs=(2,), learning_rate=0.01)
+        default.use_published(config, stages=((96, 2),), learning_rate=0.01)
     return config

@@ -10,6 +10,5 @@ from configs import default
 def get_config(arg=None):
     config = default.get_config()
     if default.check_arg(arg):
-        default.use_published(config, resolutions=(96, 160, 224), stage_epochs=(3, 5, 3),
-                              learning_rate=0.01)
+        default.use_published(config, stages=((96, 3), (160, 5), (224, 3)), learning_rate=0.01)
     return config

@@ -12,9 +12,9 @@ def get_config(arg=None):
     config = default.get_config()
     config.dataset.augment = False
     if default.check_arg(arg):
-        default.use_published(config, resolutions=(96, 160), stage_epochs=(3, 3),
-                              learning_rate=0.1, augment=False)
+        default.use_published(config, stages=((96, 3), (160, 3)), learning_rate=0.1,
+                              augment=False)
     config.schedule.name = "step"
     config.schedule.factor = 0.1
-    config.schedule.boundaries = (config.stage_epochs[0],)
+    config.schedule.boundaries = (config.stages[0][1],)  # after the first stage
     return config

@@ -12,6 +12,5 @@ def get_config(arg=None):
     config = default.get_config()
     config.loss = ml_collections.ConfigDict({"depth": {"ssim": 2.0}, "mask": {"dice": 1.0}})
     if default.check_arg(arg):
-        default.use_published(config, resolutions=(96, 160), stage_epochs=(3, 5),
-                              learning_rate=0.01)
+        default.use_published(config, stages=((96, 3), (160, 5)), learning_rate=0.01)
     return config

@@ -36,20 +36,17 @@ import ml_collections
 from PIL import Image
 
 from jaxsegdepth import (checkpoints, errors, evaluation, mesh as mesh_lib, names, reporting,
-                         state as state_lib)
+                         stages, state as state_lib)
 from jaxsegdepth.data import builders, photos, pipeline
 
 
 def resolutions(config: ml_collections.ConfigDict) -> tuple[int, ...]:
-    """`config.evaluate.resolutions`, or `(config.resolutions[-1],)` when that is empty."""
-    return tuple(config.evaluate.resolutions) or (config.resolutions[-1],)
+    """`config.evaluate.resolutions`, or the last stage's resolution when that is empty."""
+    return tuple(config.evaluate.resolutions) or (stages.of(config)[-1].resolution,)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Refuses, in one line, settings this mode would trip over (before anything loads)."""
-    if not config.resolutions and not config.evaluate.resolutions:
-        raise errors.UsageError("evaluate.resolutions is empty and so is resolutions: give the "
-                                "input sides to evaluate at")
     state_lib.validate(config, resolutions(config), "evaluate.resolutions")
     checkpoints.validate(config)
     pipeline.validate(config.dataset)

@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 
 from jaxsegdepth import (charts, errors, mesh as mesh_lib, names, optim, reporting,
-                         state as state_lib)
+                         stages, state as state_lib)
 from jaxsegdepth.data import builders, pipeline
 
 
@@ -48,7 +48,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise errors.UsageError(f"lr_range.smoothing={cfg.smoothing}: expected a value in (0, 1]")
     if not cfg.diverge_factor > 1.0:
         raise errors.UsageError(f"lr_range.diverge_factor={cfg.diverge_factor}: expected > 1")
-    state_lib.validate(config, (cfg.resolution or config.resolutions[0],), "lr_range.resolution")
+    state_lib.validate(config, (cfg.resolution or stages.of(config)[0].resolution,), "lr_range.resolution")
     optim.validate(config)
     pipeline.validate(config.dataset)
     mesh_lib.check_batch_size(mesh_lib.create_mesh(), cfg.batch_size or config.batch_size,
@@ -100,7 +100,7 @@ class _Record:
 def sweep(config: ml_collections.ConfigDict) -> dict:
     """Runs the sweep; returns the record written to `lr_range.json` (see the module doc)."""
     cfg = config.lr_range
-    resolution = cfg.resolution or config.resolutions[0]
+    resolution = cfg.resolution or stages.of(config)[0].resolution
     global_batch = cfg.batch_size or config.batch_size
     mesh = mesh_lib.create_mesh()
     schedule = optim.range_schedule(cfg.start_lr, cfg.end_lr, cfg.num_steps, cfg.spacing)

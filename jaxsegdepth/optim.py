@@ -7,7 +7,7 @@ state holds a `scale` that the train step multiplies into every update (see `ste
 import ml_collections
 import optax
 
-from jaxsegdepth import errors
+from jaxsegdepth import errors, stages
 
 SCHEDULES = ("constant", "step", "plateau", "onecycle")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -37,7 +37,7 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
         boundaries = {int(epoch) * steps_per_epoch: schedule.factor for epoch in schedule.boundaries}
         return optax.piecewise_constant_schedule(lr, boundaries)
     if schedule.name == "onecycle":
-        total_steps = sum(config.stage_epochs) * steps_per_epoch
+        total_steps = stages.total_epochs(config) * steps_per_epoch
         return optax.cosine_onecycle_schedule(
             total_steps, lr, pct_start=schedule.pct_start, div_factor=schedule.div_factor,
             final_div_factor=schedule.final_div_factor)

@@ -23,7 +23,7 @@ INIT_RESOLUTION = 32  # parameter shapes do not depend on it; DSResNet needs a m
 
 
 def validate(config: ml_collections.ConfigDict, resolutions: Sequence[int],
-             field: str = "resolutions") -> None:
+             field: str = "stages") -> None:
     """Refuses, in one line, a model, dtype, loss or loss weighting that cannot run at
     `resolutions` (the setting `field` of the config)."""
     if config.model not in models.MODELS:

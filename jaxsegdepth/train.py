@@ -28,7 +28,7 @@ from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from jaxsegdepth import (checkpoints, errors, evaluation, losses, mesh as mesh_lib, names, optim,
-                         reporting, state as state_lib, steps, weighting)
+                         reporting, stages, state as state_lib, steps, weighting)
 from jaxsegdepth.data import builders, pipeline
 
 IN_FLIGHT = 2  # training steps dispatched ahead of the last finished one
@@ -36,26 +36,10 @@ IN_FLIGHT = 2  # training steps dispatched ahead of the last finished one
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Refuses, in one line, any setting a training run would trip over (before compiling)."""
-    resolutions, stage_epochs = tuple(config.resolutions), tuple(config.stage_epochs)
-    if not resolutions or len(resolutions) != len(stage_epochs):
-        raise errors.UsageError(f"resolutions {resolutions} and stage_epochs {stage_epochs} must be "
-                                "non-empty and of the same length (one training stage each)")
-    if any(isinstance(e, bool) or not isinstance(e, int) or e < 0 for e in stage_epochs):
-        raise errors.UsageError(f"stage_epochs {stage_epochs} must be non-negative integers")
-    state_lib.validate(config, resolutions)
-    crops = tuple(config.crops)
-    if crops:
-        if len(crops) != len(resolutions):
-            raise errors.UsageError(
-                f"crops {crops} must have one entry per stage, like resolutions {resolutions}: "
-                f"e.g. --config.crops='{(0,) * len(resolutions)}' (0: whole images), or "
-                f"--config.crops='()' for no crops")
-        # crops are training input sizes: the model's stride and the loss's minimum size apply
-        state_lib.validate(config, [c for c in crops if c != 0], "crops")
-        for crop, resolution in zip(crops, resolutions):
-            if crop > resolution:
-                raise errors.UsageError(f"crops: crop {crop} is larger than its stage's "
-                                        f"resolution {resolution}")
+    schedule = stages.of(config)
+    state_lib.validate(config, [stage.resolution for stage in schedule], "stages")
+    # crops are training input sizes: the model's stride and the loss's minimum size apply
+    state_lib.validate(config, [stage.crop for stage in schedule if stage.crop], "stages (crop)")
     optim.validate(config)
     checkpoints.validate(config)
     pipeline.validate(config.dataset)
@@ -87,6 +71,7 @@ class Trainer:
     config: ml_collections.ConfigDict
     mesh: jax.sharding.Mesh
     heads: tuple
+    stages: tuple  # of `stages.Stage`
     steps_per_epoch: int
     train_step: Callable
     eval_step: Callable
@@ -98,16 +83,12 @@ class Trainer:
 
     @property
     def total_steps(self) -> int:
-        return self.steps_per_epoch * int(sum(self.config.stage_epochs))
+        return self.steps_per_epoch * sum(stage.epochs for stage in self.stages)
 
     def stage_of(self, step: int) -> int:
         """The stage (0-based) of the 0-based global `step`."""
-        bounds = np.cumsum(self.config.stage_epochs) * self.steps_per_epoch
+        bounds = np.cumsum([stage.epochs for stage in self.stages]) * self.steps_per_epoch
         return int(np.searchsorted(bounds, step, side="right"))
-
-    def crop_of(self, stage: int) -> int:
-        """The side of the random training crops of `stage`; 0: whole images."""
-        return int(stage_crops(self.config.crops, len(self.config.resolutions))[stage])
 
     def learning_rate(self, plateau_scale, step: int) -> float:
         """The rate step `step` (1-based) used: the schedule's times the plateau's scale."""
@@ -179,11 +160,6 @@ class _StopSignals:
         return False
 
 
-def stage_crops(crops, num_stages: int) -> list:
-    """`config.crops` with one entry per stage: () means whole images (0) in every stage."""
-    return list(crops) or [0] * num_stages
-
-
 def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
     """Full global batches in one pass over the training split, capped by `steps_per_epoch`."""
     train_size = pipeline.split_size(config.dataset, "train")
@@ -237,7 +213,7 @@ def _check_writable(workdir: str) -> None:
 def _trainer(config, mesh, per_epoch, checkpointer, reporter) -> Trainer:
     train_step, eval_step, predict_step = state_lib.jit_steps(config, mesh)
     return Trainer(config=config, mesh=mesh, heads=state_lib.heads(config),
-                   steps_per_epoch=per_epoch, train_step=train_step, eval_step=eval_step,
+                   stages=tuple(stages.of(config)), steps_per_epoch=per_epoch, train_step=train_step, eval_step=eval_step,
                    predict_step=predict_step,
                    schedule=optim.learning_rate_schedule(config, per_epoch),
                    weighting=weighting.from_config(config),
@@ -247,8 +223,8 @@ def _trainer(config, mesh, per_epoch, checkpointer, reporter) -> Trainer:
 def _train(trainer: Trainer, state, progress: Progress, stop: _StopSignals) -> Optional[dict]:
     start, per_epoch = int(jax.device_get(state.step)), trainer.steps_per_epoch
     if start >= trainer.total_steps:
-        reporting.say(f"{start // per_epoch} epoch(s) already done (stage_epochs="
-                      f"{tuple(trainer.config.stage_epochs)}): nothing to train")
+        reporting.say(f"{start // per_epoch} epoch(s) already done (stages="
+                      f"{tuple(trainer.config.stages)}): nothing to train")
         return None
     stop.raise_if_signalled()
     stop.immediate = False  # before the line below: a signal after it stops with a checkpoint
@@ -273,13 +249,13 @@ def _restore_or_create(config, checkpointer, mesh, per_epoch) -> tuple[steps.Tra
     return state, progress
 
 
-# What a resumed run must share with the run it resumes (dotted config fields). `stage_epochs`
-# and `resolutions` may extend it (see `check_resume`); everything else is free to change.
+# What a resumed run must share with the run it resumes (dotted config fields). `stages` may
+# extend it (see `check_resume`); everything else is free to change.
 RESUME_FIELDS = ("model", "dtype", "seed", "batch_size", "steps_per_epoch", "optimizer",
                  "schedule", "loss", "loss_weighting", "dwa_temperature", "dataset.name",
-                 "dataset.num_samples", "dataset.seed", "dataset.val_fraction", "dataset.skip_corrupt", "dataset.augment",
-                 "dataset.hsv_prob", "dataset.contrast_prob", "dataset.worker_count",
-                 "resolutions", "stage_epochs", "crops")
+                 "dataset.num_samples", "dataset.seed", "dataset.val_fraction",
+                 "dataset.skip_corrupt", "dataset.augment", "dataset.hsv_prob", "dataset.contrast_prob", "dataset.worker_count", "stages")
+_OLD_STAGE_FIELDS = ("resolutions", "stage_epochs", "crops")  # what checkpoints before 0.3 hold
 
 
 def resume_settings(config: ml_collections.ConfigDict) -> dict:
@@ -290,6 +266,7 @@ def resume_settings(config: ml_collections.ConfigDict) -> dict:
         for part in field.split("."):
             value = value[part]
         tree[field] = value.to_dict() if hasattr(value, "to_dict") else value
+    tree["stages"] = stages.as_json(config.stages)
     return json.loads(json.dumps(traverse_util.flatten_dict(tree, sep=".")))
 
 
@@ -298,13 +275,12 @@ def check_resume(config: ml_collections.ConfigDict, saved: Optional[dict], direc
     with. More epochs are allowed where that is well defined: the stages so far unchanged,
     the last one longer or new ones after it, and a schedule whose length is not fixed (not
     one-cycle, which is laid out over the whole run)."""
-    current, saved = resume_settings(config), saved or {}
+    current, saved = resume_settings(config), _with_stages(saved or {})
     changed = [f for f in current if f in saved and saved[f] != current[f]]
-    stages = ("resolutions", "stage_epochs", "crops")
-    extended = any(f in changed for f in stages) and _extends(saved, current)
+    extended = "stages" in changed and _extends(saved["stages"], current["stages"])
     spans_run = config.schedule.name == "onecycle"
     if extended and not spans_run:
-        changed = [f for f in changed if f not in stages]
+        changed.remove("stages")
     if not changed:
         return
     note = " (a one-cycle schedule spans the whole run: it cannot be extended)" if (
@@ -314,16 +290,24 @@ def check_resume(config: ml_collections.ConfigDict, saved: Optional[dict], direc
                             f"checkpoint{note}; set them back, or use another --workdir")
 
 
-def _extends(old: dict, new: dict) -> bool:
-    """Whether the stages of settings `new` continue those of `old` (resolutions, epochs and
-    crops)."""
-    old_epochs, new_epochs = old["stage_epochs"], new["stage_epochs"]
-    n = len(old_epochs)
-    old_crops = stage_crops(old.get("crops", ()), n)  # checkpoints from before crops have none
-    new_crops = stage_crops(new["crops"], len(new_epochs))
-    return (new["resolutions"][:n] == old["resolutions"] and new_crops[:n] == old_crops[:n]
-            and new_epochs[:n - 1] == old_epochs[:-1] and len(new_epochs) >= n
-            and new_epochs[n - 1] >= old_epochs[-1])
+def _with_stages(saved: dict) -> dict:
+    """Settings saved before `stages` existed (resolutions, stage_epochs, crops) as `stages`."""
+    if "stages" in saved or "resolutions" not in saved:
+        return saved
+    crops = saved.get("crops") or [0] * len(saved["resolutions"])
+    rest = {k: v for k, v in saved.items() if k not in _OLD_STAGE_FIELDS}
+    return {**rest, "stages": [list(stage) for stage in
+                               zip(saved["resolutions"], saved["stage_epochs"], crops)]}
+
+
+def _extends(old: list, new: list) -> bool:
+    """Whether stages `new` continue stages `old`: those done unchanged, the last one as
+    long or longer at the same size and crop, new stages after it."""
+    n = len(old)
+    if len(new) < n or new[:n - 1] != old[:n - 1]:
+        return False
+    (resolution, epochs, crop), (new_resolution, new_epochs, new_crop) = old[-1], new[n - 1]
+    return (new_resolution, new_crop) == (resolution, crop) and new_epochs >= epochs
 
 
 def train_loop(trainer: Trainer, state: steps.TrainState, progress: Progress,
@@ -372,9 +356,9 @@ def _open_iterator(trainer: Trainer, stage: int, progress: Progress):
     """The training batches of `stage`, from where `progress` left them when it is that stage's."""
     config = trainer.config
     iterator = iter(pipeline.create_loader(
-        config.dataset, "train", resolution=config.resolutions[stage],
+        config.dataset, "train", resolution=trainer.stages[stage].resolution,
         batch_size=mesh_lib.check_batch_size(trainer.mesh, config.batch_size), shuffle=True,
-        seed=config.seed, num_epochs=None, drop_remainder=True, crop=trainer.crop_of(stage)))
+        seed=config.seed, num_epochs=None, drop_remainder=True, crop=trainer.stages[stage].crop))
     if progress.iterator is not None and progress.iterator_stage == stage:
         iterator.set_state(checkpoints.decode_iterator_state(progress.iterator))
     progress.iterator_stage = stage
@@ -383,9 +367,8 @@ def _open_iterator(trainer: Trainer, stage: int, progress: Progress):
 
 def _epoch_bar(trainer: Trainer, epoch: int, step: int):
     per_epoch, batch = trainer.steps_per_epoch, trainer.config.batch_size
-    stage = trainer.stage_of(step)
-    crop = trainer.crop_of(stage)
-    size = f"{trainer.config.resolutions[stage]}px" + (f" crops {crop}" if crop else "")
+    resolution, _, crop = trainer.stages[trainer.stage_of(step)]
+    size = f"{resolution}px" + (f" crops {crop}" if crop else "")
     return reporting.progress_bar(
         per_epoch * batch, f"epoch {epoch + 1}/{trainer.total_steps // per_epoch} {size}",
         enabled=jax.process_index() == 0, initial=(step % per_epoch) * batch)
@@ -421,7 +404,7 @@ def _end_epoch(trainer: Trainer, state, progress: Progress, done: int, train_tim
     run resumes from its last checkpoint and does this epoch's end again."""
     config = trainer.config
     epoch, stage = done // trainer.steps_per_epoch, trainer.stage_of(done - 1)
-    resolution = config.resolutions[stage]
+    resolution = trainer.stages[stage].resolution
 
     def preview(batch, host, real):
         if config.num_preview > 0:

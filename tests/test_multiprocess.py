@@ -36,7 +36,7 @@ def shared(tmp_path_factory, compilation_cache_dir):
 
 def _command(workdir, shared, **overrides):
     values = {"dataset.num_samples": 23, "dataset.data_dir": shared["data"],
-              "resolutions": "(32,)", "stage_epochs": "(2,)", "crops": "()", "batch_size": 4,
+              "stages": "((32, 2),)", "batch_size": 4,
               "log_every_steps": 1, "num_preview": 2, "schedule.name": "plateau",
               "dataset.augment": True, "compilation_cache_dir": shared["cache"], **overrides}
     return [sys.executable, os.path.join(ROOT, "launch.py"), "--config",
@@ -116,7 +116,7 @@ def test_two_processes_train_the_same_run_as_one_with_two_devices(shared, refere
 def test_sigterm_to_one_process_stops_both_at_one_step_and_they_resume(shared, reference,
                                                                         tmp_path):
     workdir = tmp_path / "run"
-    processes = _start_two(workdir, shared, stage_epochs="(2,)")
+    processes = _start_two(workdir, shared, stages="((32, 2),)")
     for line in processes[0].stdout:  # both are in the loop once process 0 says so
         if line.startswith("training from epoch"):
             break
@@ -131,7 +131,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_they_resume(shared, r
     _, saved = _latest_state(workdir)
     assert max(saved) == step
 
-    codes, outputs = _finish(_start_two(workdir, shared, stage_epochs="(2,)"))
+    codes, outputs = _finish(_start_two(workdir, shared, stages="((32, 2),)"))
     assert codes == [0, 0], outputs[0][1][-2000:]
     assert f"resuming from {workdir / 'checkpoints'} step {step}" in outputs[0][0]
     _assert_same_run(workdir, reference)

@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from jaxsegdepth.data import builders, synthetic  # noqa: E402
 def _config(data_dir, **changes):
     config = masknet_bce.get_config()
     config.dataset.update(dict(num_samples=23, data_dir=str(data_dir)))
-    config.resolutions, config.stage_epochs, config.crops = (32,), (1,), ()
+    config.stages = ((32, 1),)
     config.batch_size, config.num_preview, config.compilation_cache_dir = 4, 0, "none"
     config.schedule.name = "plateau"
     for key, value in changes.items():
@@ -42,8 +43,8 @@ def _config(data_dir, **changes):
 
 
 def _launch(workdir, data_dir, cache_dir, **overrides):
-    values = {"dataset.num_samples": 23, "dataset.data_dir": data_dir, "resolutions": "(32,)",
-              "stage_epochs": "(1,)", "crops": "()", "batch_size": 4, "num_preview": 0,
+    values = {"dataset.num_samples": 23, "dataset.data_dir": data_dir, "stages": "((32, 1),)",
+              "batch_size": 4, "num_preview": 0,
               "schedule.name": "plateau", "compilation_cache_dir": cache_dir, **overrides}
     return [sys.executable, os.path.join(ROOT, "launch.py"), "--config",
             os.path.join(ROOT, "configs", "masknet_bce.py"), "--workdir", str(workdir),
@@ -140,21 +141,31 @@ def test_resume_refuses_changed_settings_naming_them(tmp_path):
 
 def test_more_epochs_resume_unless_the_schedule_spans_the_run(tmp_path):
     saved = train.resume_settings(_config(tmp_path))
-    train.check_resume(_config(tmp_path, stage_epochs=(3,)), saved, "d")  # longer last stage
-    train.check_resume(_config(tmp_path, stage_epochs=(1, 2), resolutions=(32, 64)), saved, "d")
-    with pytest.raises(errors.UsageError, match=r"stage_epochs \(\[1\] -> \[2\]\)"):
-        train.check_resume(_config(tmp_path, stage_epochs=(2,), **{"schedule.name": "onecycle"}),
+    train.check_resume(_config(tmp_path, stages=((32, 3),)), saved, "d")  # longer last stage
+    train.check_resume(_config(tmp_path, stages=((32, 1), (64, 2))), saved, "d")
+    with pytest.raises(errors.UsageError, match=re.escape("stages ([[32, 1, 0]] -> [[32, 2, 0]])"
+                                                          " differ from its checkpoint (a one-cycle")):
+        train.check_resume(_config(tmp_path, stages=((32, 2),), **{"schedule.name": "onecycle"}),
                            train.resume_settings(_config(tmp_path, **{
                                "schedule.name": "onecycle"})), "d")
-    with pytest.raises(errors.UsageError, match=r"resolutions \(\[32\] -> \[64\]\)"):
-        train.check_resume(_config(tmp_path, resolutions=(64,)), saved, "d")
-    with pytest.raises(errors.UsageError, match="stage_epochs"):  # fewer epochs: not a resume
-        train.check_resume(_config(tmp_path, stage_epochs=(0,)), saved, "d")
+    with pytest.raises(errors.UsageError, match=re.escape("stages ([[32, 1, 0]] -> [[64, 1, 0]])")):
+        train.check_resume(_config(tmp_path, stages=((64, 1),)), saved, "d")
+    with pytest.raises(errors.UsageError, match="stages"):  # fewer epochs: not a resume
+        train.check_resume(_config(tmp_path, stages=((32, 0),)), saved, "d")
     # crops: a new stage may have its own; the stages done keep theirs
-    train.check_resume(_config(tmp_path, stage_epochs=(1, 2), resolutions=(32, 64),
-                               crops=(0, 32)), saved, "d")
-    with pytest.raises(errors.UsageError, match=r"crops \(\[\] -> \[32\]\)"):
-        train.check_resume(_config(tmp_path, crops=(32,)), saved, "d")
+    train.check_resume(_config(tmp_path, stages=((32, 1), (64, 2, 32))), saved, "d")
+    with pytest.raises(errors.UsageError, match=re.escape("stages ([[32, 1, 0]] -> [[32, 1, 32]])")):
+        train.check_resume(_config(tmp_path, stages=((32, 1, 32),)), saved, "d")
+
+
+def test_checkpoints_from_before_stages_resume_under_the_same_schedule(tmp_path):
+    """Settings saved by 0.2 (resolutions, stage_epochs, crops) are read as `stages`."""
+    saved = {k: v for k, v in train.resume_settings(_config(tmp_path)).items() if k != "stages"}
+    saved.update(resolutions=[32, 64], stage_epochs=[1, 1], crops=[0, 32])
+    train.check_resume(_config(tmp_path, stages=((32, 1), (64, 1, 32))), saved, "d")
+    with pytest.raises(errors.UsageError, match=re.escape(
+            "stages ([[32, 1, 0], [64, 1, 32]] -> [[32, 1, 0], [64, 1, 0]])")):
+        train.check_resume(_config(tmp_path, stages=((32, 1), (64, 1))), saved, "d")
 
 
 def test_the_command_line_refuses_a_changed_resume(tmp_path, compilation_cache_dir):
@@ -163,7 +174,7 @@ def test_the_command_line_refuses_a_changed_resume(tmp_path, compilation_cache_d
                            capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     second = subprocess.run(_launch(workdir, data_dir, compilation_cache_dir, seed=1,
-                                    stage_epochs="(2,)"),
+                                    stages="((32, 2),)"),
                             capture_output=True, text=True, timeout=600)
     assert second.returncode == 2
     assert second.stderr.strip().splitlines()[-1].startswith(

@@ -38,8 +38,8 @@ DETERMINISTIC = ("epoch", "step", "stage", "resolution", "lr", "train_loss", "va
 
 
 def _overrides(data_dir, cache_dir):
-    values = {"dataset.num_samples": 40, "dataset.data_dir": data_dir, "resolutions": "(64,)",
-              "stage_epochs": f"({EPOCHS},)", "crops": "()", "batch_size": 4, "log_every_steps": 1,
+    values = {"dataset.num_samples": 40, "dataset.data_dir": data_dir,
+              "stages": f"((64, {EPOCHS}),)", "batch_size": 4, "log_every_steps": 1,
               "checkpoint.every_steps": 2, "num_preview": 1, "schedule.name": "plateau",
               "dataset.augment": True, "compilation_cache_dir": cache_dir}
     return [f"--config.{k}={v}" for k, v in values.items()]

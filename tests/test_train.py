@@ -25,7 +25,7 @@ sys.path.insert(0, ROOT)
 import configs  # noqa: E402
 import launch  # noqa: E402
 from jaxsegdepth import (checkpoints, errors, metrics, mesh as mesh_lib, optim,  # noqa: E402
-                         reporting, state as state_lib, train)
+                         reporting, stages, state as state_lib, train)
 from jaxsegdepth.data import pipeline  # noqa: E402
 
 NUM_SAMPLES, TRAIN, VAL = 23, 16, 7
@@ -40,7 +40,7 @@ def shared(tmp_path_factory, compilation_cache_dir):
 def _overrides(shared, **extra):
     values = {
         "dataset.num_samples": NUM_SAMPLES, "dataset.data_dir": shared["data"],
-        "resolutions": "(32,)", "stage_epochs": "(1,)", "crops": "()", "batch_size": 4,
+        "stages": "((32, 1),)", "batch_size": 4,
         "steps_per_epoch": 3,
         "log_every_steps": 2, "num_preview": 2, "compilation_cache_dir": shared["cache"],
         "dataset.augment": True,  # resumes must reproduce the augmentation too
@@ -97,7 +97,7 @@ def test_train_writes_outputs_and_resumes_without_repeating_epochs(tmp_path, sha
     assert [r["epoch"] for r in records] == [1]
     record = records[0]
     assert record["step"] == 3 and record["resolution"] == 32 and record["stage"] == 1
-    config = _config(stage_epochs=(1,), **plateau)
+    config = _config(stages=((32, 1),), **plateau)
     assert record["lr"] == pytest.approx(float(optim.learning_rate_schedule(config, 3)(2)))
     for key in ("train_loss", "val_loss", "val_iou", "val_iou_soft", "val_rmse", "val_mae",
                 "val_abs_rel", "val_delta1", "val_depth/rmse", "val_mask/bce_dice",
@@ -125,7 +125,7 @@ def test_train_writes_outputs_and_resumes_without_repeating_epochs(tmp_path, sha
     assert record["val_rmse"] == pytest.approx(expected["rmse"], abs=1e-5)
 
     # Same command, one more epoch: epoch 2 only, continuing at step 4.
-    second = launch_cli(workdir, shared, stage_epochs="(2,)", **plateau)
+    second = launch_cli(workdir, shared, stages="((32, 2),)", **plateau)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming" in second.stdout
     records = reporting.read_metrics(workdir)
@@ -138,7 +138,7 @@ def test_train_writes_outputs_and_resumes_without_repeating_epochs(tmp_path, sha
         checkpointer.close()
 
     # Nothing left to do: exits cleanly without another epoch.
-    third = launch_cli(workdir, shared, stage_epochs="(2,)", **plateau)
+    third = launch_cli(workdir, shared, stages="((32, 2),)", **plateau)
     assert third.returncode == 0 and "nothing to train" in third.stdout
     assert len(reporting.read_metrics(workdir)) == 2
 
@@ -149,13 +149,13 @@ def test_sigterm_saves_a_restorable_checkpoint_and_resume_matches_an_uninterrupt
     # A schedule that does not depend on the total number of epochs (one-cycle would).
     common = dict(config="configs/masknet_bce.py", steps_per_epoch=0, log_every_steps=1,
                   **{"schedule.name": "plateau"})
-    straight = launch_cli(tmp_path / "straight", shared, stage_epochs="(3,)", **common)
+    straight = launch_cli(tmp_path / "straight", shared, stages="((32, 3),)", **common)
     assert straight.returncode == 0, straight.stderr[-3000:]
     expected = reporting.read_metrics(tmp_path / "straight")
     assert [r["step"] for r in expected] == [4, 8, 12]
 
     workdir = tmp_path / "stopped"
-    process = launch_cli(workdir, shared, stage_epochs="(3,)", wait=False, **common)
+    process = launch_cli(workdir, shared, stages="((32, 3),)", wait=False, **common)
     for line in process.stdout:  # signal handlers are in place once this line is out
         if line.startswith("training from epoch"):
             break
@@ -178,7 +178,7 @@ def test_sigterm_saves_a_restorable_checkpoint_and_resume_matches_an_uninterrupt
     assert progress["loss_count"] == latest % 4  # the steps of the unfinished epoch
     assert progress["iterator_stage"] == 0 and progress["iterator"] is not None
 
-    resumed = launch_cli(workdir, shared, stage_epochs="(3,)", **common)
+    resumed = launch_cli(workdir, shared, stages="((32, 3),)", **common)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     records = reporting.read_metrics(workdir)
     assert [r["epoch"] for r in records][:3] == [1, 2, 3]
@@ -188,8 +188,8 @@ def test_sigterm_saves_a_restorable_checkpoint_and_resume_matches_an_uninterrupt
 
 
 def test_crops_train_on_windows_and_validate_on_whole_images(tmp_path, shared):
-    workdir, crops = tmp_path / "run", {"resolutions": "(64,)", "schedule.name": "plateau"}
-    first = launch_cli(workdir, shared, crops="(32,)", **crops)
+    workdir, plateau = tmp_path / "run", {"schedule.name": "plateau"}
+    first = launch_cli(workdir, shared, stages="((64, 1, 32),)", **plateau)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "epoch 1/1 64px crops 32" in first.stderr
     record = reporting.read_metrics(workdir)[0]
@@ -199,9 +199,9 @@ def test_crops_train_on_windows_and_validate_on_whole_images(tmp_path, shared):
     assert record["val_iou"] == pytest.approx(
         _validation_metrics(workdir, shared, resolution=64)[1]["iou"], abs=1e-5)
     # another crop is another run: a resume under it is refused, naming the field
-    refused = launch_cli(workdir, shared, crops="(0,)", stage_epochs="(2,)", **crops)
+    refused = launch_cli(workdir, shared, stages="((64, 2),)", **plateau)
     assert refused.returncode == 2
-    assert "crops ([32] -> [0])" in refused.stderr.strip().splitlines()[-1]
+    assert "stages ([[64, 1, 32]] -> [[64, 2, 0]])" in refused.stderr.strip().splitlines()[-1]
 
 
 def test_dwa_weights_follow_the_logged_epoch_losses_and_resume_exactly(tmp_path, shared):
@@ -209,9 +209,9 @@ def test_dwa_weights_follow_the_logged_epoch_losses_and_resume_exactly(tmp_path,
     resumed process, 2 softmax(r / 2) of the training losses logged before it started (the
     loss history travels in the checkpoint)."""
     common = dict(steps_per_epoch=2, loss_weighting="dwa", **{"schedule.name": "plateau"})
-    first = launch_cli(tmp_path, shared, stage_epochs="(2,)", **common)
+    first = launch_cli(tmp_path, shared, stages="((32, 2),)", **common)
     assert first.returncode == 0, first.stderr[-3000:]
-    resumed = launch_cli(tmp_path, shared, stage_epochs="(3,)", **common)
+    resumed = launch_cli(tmp_path, shared, stages="((32, 3),)", **common)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout + resumed.stderr
     records = reporting.read_metrics(tmp_path)
@@ -225,7 +225,7 @@ def test_dwa_weights_follow_the_logged_epoch_losses_and_resume_exactly(tmp_path,
 
 
 def test_uncertainty_log_variances_are_logged_every_epoch_and_checkpointed(tmp_path, shared):
-    result = launch_cli(tmp_path, shared, stage_epochs="(2,)", steps_per_epoch=2,
+    result = launch_cli(tmp_path, shared, stages="((32, 2),)", steps_per_epoch=2,
                         loss_weighting="uncertainty")
     assert result.returncode == 0, result.stderr[-3000:]
     records = reporting.read_metrics(tmp_path)
@@ -254,9 +254,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp
     monkeypatch.setattr(optim, "learning_rate_schedule", lambda config, steps: (
         lambda step: float("inf")))
     config = _config(**{"model": "masknet", "loss": ml_collections.ConfigDict({"mask": {"bce": 1.0}}),
-                        "schedule.name": "constant", "stage_epochs": (2,), "resolutions": (32,),
-                        "crops": (),
-                        "batch_size": 4, "steps_per_epoch": 3, "num_preview": 2,
+                        "schedule.name": "constant", "stages": ((32, 2),), "batch_size": 4, "steps_per_epoch": 3, "num_preview": 2,
                         "dataset.num_samples": NUM_SAMPLES, "dataset.data_dir": shared["data"],
                         "dataset.augment": True, "compilation_cache_dir": shared["cache"]})
     with pytest.raises(errors.NonFiniteLoss) as raised:
@@ -275,8 +273,9 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp
 # -- configuration --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("override, message", [
-    ({"resolutions": "(64,96,128)"}, "resolutions (64, 96, 128) and stage_epochs (1,)"),
-    ({"resolutions": "(48,)"}, "resolution 48 is not a multiple of 32"),
+    ({"stages": "(64,1)"}, "stages=(64, 1) is one stage, not a tuple of stages: write "
+                           "--config.stages='((64, 1),)'"),
+    ({"stages": "((48,1),)"}, "stages: resolution 48 is not a multiple of 32"),
 ])
 def test_bad_config_fails_before_compiling(tmp_path, shared, override, message):
     started = time.time()
@@ -308,19 +307,19 @@ def test_bad_command_line_fails_in_one_line(tmp_path, shared, config, extra, mes
     ({"model": "masknet"}, "loss has a 'depth' term but model 'masknet' only predicts"),
     ({"model": "unet"}, "model='unet'"),
     ({"dtype": "float16"}, "dtype='float16'"),
-    ({"stage_epochs": (1, 2, 3, 4, 5)}, "must be non-empty and of the same length"),
+    ({"stages": ()}, "stages=(): expected a non-empty tuple of (resolution, epochs) or "),
+    ({"stages": ((64, 1), (96, 1, 32, 0))}, "stages: stage 2 is (96, 1, 32, 0): expected "
+                                            "(resolution, epochs) or (resolution, epochs, crop)"),
+    ({"stages": ((64, -1),)}, "stages: stage 1 (64, -1, 0) has -1 epochs: expected >= 0"),
     ({"optimizer.name": "rmsprop"}, "optimizer.name='rmsprop'"),
     ({"schedule.name": "cosine"}, "schedule.name='cosine'"),
     ({"checkpoint.mode": "best"}, "checkpoint.mode='best'"),
     ({"checkpoint.monitor": "val_accuracy"}, "checkpoint.monitor='val_accuracy'"),
     ({"mode": "evaluate", "evaluate.resolutions": (64, 80)}, "resolution 80 is not a multiple"),
-    ({"resolutions": (64, 96), "stage_epochs": (1, 1), "crops": (64,)},
-     "crops (64,) must have one entry per stage, like resolutions (64, 96): e.g. "
-     "--config.crops='(0, 0)' (0: whole images), or --config.crops='()' for no crops"),
-    ({"resolutions": (64, 96), "stage_epochs": (1, 1), "crops": (0, 80)},
-     "crops: resolution 80 is not a multiple of 32"),
-    ({"resolutions": (64, 96), "stage_epochs": (1, 1), "crops": (0, 128)},
-     "crops: crop 128 is larger than its stage's resolution 96"),
+    ({"stages": ((64, 1), (96, 1, 80))}, "stages (crop): resolution 80 is not a multiple of 32"),
+    ({"stages": ((64, 1), (96, 1, 128))},
+     "stages: stage 2 (96, 1, 128) crops 128 px windows: expected 0 (whole images) up to its "
+     "resolution 96"),
     ({"dataset.name": "modest_museum"}, "needs --config.dataset.manual_dir=DIR"),
     ({"dataset.name": "modest_museum", "dataset.manual_dir": "/nonexistent/modest"},
      "dataset.manual_dir='/nonexistent/modest' does not exist"),
@@ -353,7 +352,7 @@ def test_every_recipe_is_valid_and_has_a_published_schedule(recipe, tmp_path):
     _validate(_load_config(recipe))
     published = _load_config(recipe, "published")
     assert published.dataset.name == "modest_museum"
-    assert len(published.resolutions) == len(published.stage_epochs)
+    assert all(stage.crop == 0 for stage in stages.of(published))  # whole images
     with pytest.raises(errors.UsageError, match="manual_dir"):
         _validate(published)
     published.dataset.manual_dir = str(tmp_path)
@@ -364,17 +363,17 @@ def test_every_recipe_is_valid_and_has_a_published_schedule(recipe, tmp_path):
 
 def test_published_recipes_follow_the_reference():
     one = _load_config("configs/rmse_bce_dice.py", "published")
-    assert (one.resolutions, one.stage_epochs) == ((96, 160, 224), (3, 5, 3))
+    assert one.stages == ((96, 3), (160, 5), (224, 3))
     assert one.optimizer.learning_rate == 0.01 and one.schedule.name == "plateau"
     assert one.schedule.patience == 2 and one.schedule.factor == 0.1
     assert one.optimizer.name == "sgd" and one.optimizer.momentum == 0.9
     best = _load_config("configs/rmse_bce_dice_best.py", "published")
-    assert (best.resolutions, best.stage_epochs) == ((96, 160), (3, 3))
+    assert best.stages == ((96, 3), (160, 3))
     assert best.optimizer.name == "sgd" and best.optimizer.learning_rate == 0.1
     assert not best.dataset.augment
     assert best.schedule.name == "step" and tuple(best.schedule.boundaries) == (3,)
     two = _load_config("configs/ssim_dice.py", "published")
-    assert (two.resolutions, two.stage_epochs) == ((96, 160), (3, 5))
+    assert two.stages == ((96, 3), (160, 5))
     sweep = _load_config("configs/lr_range_test.py", "published")
     assert sweep.mode == "lr_range_test" and sweep.lr_range.batch_size == 256
     assert (sweep.lr_range.start_lr, sweep.lr_range.end_lr, sweep.lr_range.num_steps) == (
