@@ -328,7 +328,10 @@ def train_loop(trainer: Trainer, state: steps.TrainState, progress: Progress,
         bar.update(config.batch_size)
         done, end_of_epoch = step + 1, (step + 1) % per_epoch == 0
         stopping = stop.after_step(done)
-        if len(pending) >= config.log_every_steps or end_of_epoch or stopping:
+        every = config.checkpoint.every_steps
+        saving = end_of_epoch or stopping or bool(every and done % every == 0)
+        # a save carries the epoch's loss sums: every finished step must be in them by then
+        if len(pending) >= config.log_every_steps or saving:
             _log_steps(trainer, state, pending, progress, done, bar)
             pending = []
         record = None
@@ -341,8 +344,7 @@ def train_loop(trainer: Trainer, state: steps.TrainState, progress: Progress,
             bar = None
             progress = Progress(iterator_stage=stage, last_record=record,
                                 settings=progress.settings)
-        every = config.checkpoint.every_steps
-        if end_of_epoch or stopping or (every and done % every == 0):
+        if saving:
             _save(trainer, state, progress, iterator, record)
         if record is not None:  # only once its checkpoint is on disk: never twice, never lost
             trainer.checkpointer.wait()
