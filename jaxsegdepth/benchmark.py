@@ -31,7 +31,7 @@ fixed random batch shaped like the pipeline's. Then:
 
 Prints two tables and, with `--json`, writes every number (and the machine's load average,
 which matters on shared CPUs: compare ratios measured in one run, not absolute figures).
-PyTorch side by side: `python -m jaxsegdepth.torch_compare`.
+PyTorch side by side: `python tools/torch_compare.py` (a script of the repository).
 """
 from __future__ import annotations
 
@@ -522,7 +522,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def run_command(args: argparse.Namespace, run_fn: Callable, format_fn: Callable) -> dict:
     """`run_fn(args)`, its `format_fn` table printed and, with `--json`, written; a bad setting
-    or failed run prints `error: ...` and exits with its status. Shared with torch_compare."""
+    or failed run prints `error: ...` and exits with its status. Shared with tools/torch_compare.py."""
     try:
         result = run_fn(args)
     except (errors.UsageError, errors.RunError) as error:

@@ -1,11 +1,14 @@
 """The benchmark command at a tiny setting, its FLOP counts, its recipes (the trainer's loss and
-optimizer), the bfloat16 training path, and the PyTorch comparison script (its PyTorch half
-only where torch is installed: it is optional).
+optimizer), the bfloat16 training path, and the PyTorch comparison script `tools/torch_compare.py`
+(its PyTorch half only where torch is installed: it is optional).
 
 (bfloat16 outputs against float32 on the same parameters: tests/test_models.py.)
 """
+import importlib.util
 import json
 import math
+import os
+import subprocess
 import sys
 
 import flax.linen as nn
@@ -16,7 +19,13 @@ import optax
 import pytest
 
 from configs import default, masknet_bce
-from jaxsegdepth import benchmark, errors, losses, models, steps, torch_compare
+from jaxsegdepth import benchmark, errors, losses, models, steps
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TORCH_COMPARE = os.path.join(ROOT, "tools", "torch_compare.py")
+_spec = importlib.util.spec_from_file_location("torch_compare", TORCH_COMPARE)
+torch_compare = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(torch_compare)
 
 STEP_FIELDS = (
     "model", "resolution", "dtype", "batch", "loss", "optimizer", "train_samples_per_s",
@@ -207,7 +216,14 @@ def test_bfloat16_dsresnet_trains():
         jnp.dtype(jnp.float32)}
 
 
-# ---- jaxsegdepth/torch_compare.py -------------------------------------------------------------
+# ---- tools/torch_compare.py -------------------------------------------------------------------
+
+
+def test_torch_compare_runs_as_a_script_from_a_clone():
+    result = subprocess.run([sys.executable, "tools/torch_compare.py", "--help"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("usage: python tools/torch_compare.py")
 
 
 def test_torch_compare_arguments():

@@ -1,5 +1,6 @@
-"""The package's shape: imports point down the layers, no mode imports another, and the library
-(`models`, `losses`, `metrics`) imports nothing of the training stack."""
+"""The package's shape: imports point down the layers, no mode imports another, the library
+(`models`, `losses`, `metrics`) imports nothing of the training stack, and the repository's
+scripts in tools/ stay out of the package."""
 import ast
 import os
 import subprocess
@@ -19,9 +20,9 @@ LAYERS = {
     "mesh": 3, "optim": 3, "steps": 3, "checkpoints": 3, "reporting": 3, "charts": 3,
     "state": 4, "evaluation": 4,
     "train": 5, "evaluate": 5, "predict": 5, "lr_range": 5, "export": 5, "plots": 5,
-    "benchmark": 5, "torch_compare": 6,
+    "benchmark": 5,
 }
-MODES_FLOOR = 5  # torch_compare (6) is the PyTorch yardstick built on the benchmark
+MODES_FLOOR = 5
 LIBRARY_THIRD_PARTY = {"jax", "flax", "optax", "dm_pix", "numpy"}
 STANDARD_LIBRARY = set(sys.stdlib_module_names)
 
@@ -90,3 +91,12 @@ def test_configs_import_only_ml_collections_and_each_other():
         if name.endswith(".py"):
             imported = {m.split(".")[0] for m in _imports(os.path.join(ROOT, "configs", name))}
             assert imported - STANDARD_LIBRARY <= {"ml_collections", "configs"}, (name, imported)
+
+
+def test_the_scripts_in_tools_are_neither_installed_nor_imported_by_the_package():
+    tomllib = pytest.importorskip("tomllib")
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        packages = tomllib.load(f)["tool"]["setuptools"]["packages"]
+    assert "jaxsegdepth" in packages and not [p for p in packages if p.split(".")[0] == "tools"]
+    for module, path in _modules().items():
+        assert not [name for name in _imports(path) if name.split(".")[0] == "tools"], module

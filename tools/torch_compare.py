@@ -1,14 +1,16 @@
 """DSResNet train and eval speed, PyTorch eager against this project's jitted JAX steps.
 
-  python -m jaxsegdepth.torch_compare [--res 96] [--batch 8] [--rounds 5] [--threads 0]
+  python tools/torch_compare.py [--res 96] [--batch 8] [--rounds 5] [--threads 0]
       [--steps 2] [--warmup 2] [--config configs/rmse_bce_dice.py:published] [--json out.json]
 
-PyTorch is optional and not in requirements.txt: run this with a Python that has it (a CPU
-wheel in a venv made with `--system-site-packages`, so it also sees JAX), from the repository
-root. The PyTorch side is DSResNet as SPEC.md describes it (10,343,490 parameters, NCHW),
-trained with SGD and the recipe's learning rate and momentum (0.01 and 0.9 in the default,
-the reference's) on 2 rmse(sigmoid depth) + bce(mask) + 2 dice(mask, smooth 1e-6); its eval is
-the forward pass and the loss under `torch.inference_mode`. The JAX side is
+A script of the repository, not of the installed package: run it from the root of a clone (it
+puts that root on `sys.path`, and the recipe paths are relative to it). PyTorch is optional
+and not in requirements.txt: run this with a Python that has it (a CPU wheel in a venv made
+with `--system-site-packages`, so it also sees JAX). The PyTorch side is the reference's
+DSResNet, the network of `jaxsegdepth.models.DSResNet` (10,343,490 parameters, NCHW), trained
+with SGD and the recipe's learning rate and momentum (0.01 and 0.9 in the default, the
+reference's) on 2 rmse(sigmoid depth) + bce(mask) + 2 dice(mask, smooth 1e-6); its eval is the
+forward pass and the loss under `torch.inference_mode`. The JAX side is
 `benchmark.StepRunner`: the trainer's steps for the same recipe, whose loss must be that one.
 
 Both run in this process on the same random batch, in interleaved rounds (torch, JAX, torch,
@@ -20,13 +22,18 @@ and the median of the per-round ratios JAX / torch, with the load average before
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 from typing import Any, Sequence
 
 import jax
 import numpy as np
 
-from jaxsegdepth import benchmark, errors, state as state_lib
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # `python tools/torch_compare.py` puts only tools/ on the path
+
+from jaxsegdepth import benchmark, errors, state as state_lib  # noqa: E402
 
 # The loss the PyTorch side computes, as a `losses.compose` spec: the JAX recipe must match it.
 TORCH_LOSS = {"depth": {"rmse": 2.0}, "mask": {"bce_dice": 1.0}}
@@ -48,7 +55,7 @@ def import_torch():
 
 
 def build_network():
-    """DSResNet of SPEC.md in PyTorch: an `nn.ModuleDict` of blocks that `forward` wires up."""
+    """DSResNet in PyTorch: an `nn.ModuleDict` of blocks that `forward` wires up."""
     nn = import_torch().nn
 
     def conv(cin, cout, kernel):
@@ -172,7 +179,7 @@ def jax_config(path: str):
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line of the module doc."""
-    parser = argparse.ArgumentParser(prog="python -m jaxsegdepth.torch_compare",
+    parser = argparse.ArgumentParser(prog="python tools/torch_compare.py",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--res", type=int, default=96, help="input side (a multiple of 32)")
     parser.add_argument("--batch", type=int, default=8, help="batch size")
