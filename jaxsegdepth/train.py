@@ -314,7 +314,9 @@ def train_loop(trainer: Trainer, state: steps.TrainState, progress: Progress,
                stop: _StopSignals) -> Optional[dict]:
     """Steps from `state.step` to the end; evaluates, reports and saves at every epoch's end."""
     config, per_epoch = trainer.config, trainer.steps_per_epoch
-    iterator, bar, pending, record = None, None, [], None
+    every = config.checkpoint.every_steps
+    iterator, bar, record = None, None, None
+    pending, unlogged = [], []  # step metrics on the device; on the host, not logged yet
     for step in range(int(jax.device_get(state.step)), trainer.total_steps):
         epoch, stage = step // per_epoch, trainer.stage_of(step)
         if progress.iterator_stage != stage or iterator is None:
@@ -328,9 +330,14 @@ def train_loop(trainer: Trainer, state: steps.TrainState, progress: Progress,
         bar.update(config.batch_size)
         done, end_of_epoch = step + 1, (step + 1) % per_epoch == 0
         stopping = stop.after_step(done)
-        if len(pending) >= config.log_every_steps or end_of_epoch or stopping:
-            _log_steps(trainer, state, pending, progress, done, bar)
+        saves = end_of_epoch or stopping or (every and done % every == 0)
+        logs = len(pending) + len(unlogged) >= config.log_every_steps or end_of_epoch or stopping
+        if saves or logs:  # every finished step is in `progress` before a save
+            unlogged += _collect_steps(trainer, state, pending, progress, bar)
             pending = []
+        if logs:
+            _log_steps(trainer, state, unlogged, done, bar)
+            unlogged = []
         record = None
         if end_of_epoch:
             bar.close()
@@ -341,8 +348,7 @@ def train_loop(trainer: Trainer, state: steps.TrainState, progress: Progress,
             bar = None
             progress = Progress(iterator_stage=stage, last_record=record,
                                 settings=progress.settings)
-        every = config.checkpoint.every_steps
-        if end_of_epoch or stopping or (every and done % every == 0):
+        if saves:
             _save(trainer, state, progress, iterator, record)
         if record is not None:  # only once its checkpoint is on disk: never twice, never lost
             trainer.checkpointer.wait()
@@ -374,9 +380,10 @@ def _epoch_bar(trainer: Trainer, epoch: int, step: int):
         enabled=jax.process_index() == 0, initial=(step % per_epoch) * batch)
 
 
-def _log_steps(trainer: Trainer, state, pending: list, progress: Progress, done: int, bar) -> None:
-    """Brings the pending step metrics to the host and logs them; stops on a non-finite loss."""
-    fetched, bad, scale = jax.device_get((pending, state.nonfinite_step, state.plateau.scale))
+def _collect_steps(trainer: Trainer, state, pending: list, progress: Progress, bar) -> list:
+    """Brings the pending step metrics to the host and adds them to `progress`; returns them.
+    Stops on a non-finite loss, so that nothing after it is saved."""
+    fetched, bad = jax.device_get((pending, state.nonfinite_step))
     if int(bad) >= 0:
         bar.close()
         trainer.checkpointer.wait()
@@ -392,6 +399,12 @@ def _log_steps(trainer: Trainer, state, pending: list, progress: Progress, done:
         for head in trainer.weighting.tasks:
             progress.task_loss_sums[head] = (progress.task_loss_sums.get(head, 0.0)
                                              + float(step_metrics[names.task_loss(head)]))
+    return fetched
+
+
+def _log_steps(trainer: Trainer, state, fetched: list, done: int, bar) -> None:
+    """Logs the means of the host step metrics `fetched` to TensorBoard and the progress bar."""
+    scale = jax.device_get(state.plateau.scale)
     means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
     trainer.reporter.scalars(done, {**means, "lr": trainer.learning_rate(scale, done)}, "train/")
     bar.set_postfix(loss=f"{means['loss']:.4f}", refresh=False)

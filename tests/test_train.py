@@ -146,9 +146,10 @@ def test_train_writes_outputs_and_resumes_without_repeating_epochs(tmp_path, sha
 def test_sigterm_saves_a_restorable_checkpoint_and_resume_matches_an_uninterrupted_run(
         tmp_path, shared):
     """MaskNet (dropout, plateau): stopped by SIGTERM, resumed, equal to a run never stopped."""
-    # A schedule that does not depend on the total number of epochs (one-cycle would).
-    common = dict(config="configs/masknet_bce.py", steps_per_epoch=0, log_every_steps=1,
-                  **{"schedule.name": "plateau"})
+    # A schedule that does not depend on the total number of epochs (one-cycle would); saves
+    # between log steps.
+    common = dict(config="configs/masknet_bce.py", steps_per_epoch=0, log_every_steps=3,
+                  **{"schedule.name": "plateau", "checkpoint.every_steps": 1})
     straight = launch_cli(tmp_path / "straight", shared, stages="((32, 3),)", **common)
     assert straight.returncode == 0, straight.stderr[-3000:]
     expected = reporting.read_metrics(tmp_path / "straight")
@@ -183,7 +184,7 @@ def test_sigterm_saves_a_restorable_checkpoint_and_resume_matches_an_uninterrupt
     records = reporting.read_metrics(workdir)
     assert [r["epoch"] for r in records][:3] == [1, 2, 3]
     for got, want in zip(records[:3], expected):
-        for key in ("step", "train_loss", "val_loss", "val_iou", "lr"):
+        for key in ("step", "train_loss", "train_mask/loss", "val_loss", "val_iou", "lr"):
             assert got[key] == want[key], (got["epoch"], key)  # bit-equal: nothing regrouped
 
 
