@@ -7,6 +7,11 @@ and the stage (resolution) are derived from the step. Rerunning the same command
 the latest checkpoint, mid-epoch included: the state carries the step, and `Progress` carries
 the data iterator's position and the epoch's running train loss.
 
+`config.init_from` starts a new run from another run's checkpoint (see `state`): its
+parameters and batch statistics; the optimizer, schedule, RNG and step start fresh. The inputs
+are normalised with `config.dataset`'s statistics, as every run is. A run that already has a
+checkpoint continues its own.
+
 A run stops early with an `errors.Interrupted` (SIGINT/SIGTERM, after saving a checkpoint) or
 an `errors.NonFiniteLoss` (the last good checkpoint is kept), which launch.py reports.
 """
@@ -174,12 +179,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Optional[dict]:
     """Trains (or resumes) the run in `workdir`; returns the last epoch's record."""
     _check_writable(workdir)
     with _StopSignals() as stop:
+        mesh = mesh_lib.create_mesh()
+        warm = _warm_start(config, workdir, mesh)
         builders.prepare(config.dataset)
-        mesh, per_epoch = mesh_lib.create_mesh(), steps_per_epoch(config)
+        per_epoch = steps_per_epoch(config)
         checkpointer = checkpoints.Checkpointer(workdir, config.checkpoint.monitor,
                                                 config.checkpoint.mode)
         try:
-            state, progress = _restore_or_create(config, checkpointer, mesh, per_epoch)
+            state, progress = _restore_or_create(config, checkpointer, mesh, per_epoch, warm)
             start = int(jax.device_get(state.step))
             reporter = reporting.Reporter(workdir, jax.process_index() == 0, start)
             reporter.resume(start // per_epoch, progress.last_record)
@@ -234,10 +241,24 @@ def _train(trainer: Trainer, state, progress: Progress, stop: _StopSignals) -> O
     return train_loop(trainer, state, progress, stop)
 
 
-def _restore_or_create(config, checkpointer, mesh, per_epoch) -> tuple[steps.TrainState, Progress]:
+def _warm_start(config, workdir: str, mesh) -> Optional[dict]:
+    """The model variables `config.init_from` names, checked and read before anything is built
+    or compiled; None without it, or when `workdir` has a checkpoint to resume from."""
+    if not config.init_from or checkpoints.has_checkpoint(workdir):
+        return None
+    variables, source = state_lib.load_variables(config, mesh)
+    reporting.say(f"starting from the parameters and batch statistics of {source}; "
+                  "optimizer, schedule and step start fresh")
+    return variables
+
+
+def _restore_or_create(config, checkpointer, mesh, per_epoch, warm: Optional[dict]
+                       ) -> tuple[steps.TrainState, Progress]:
     latest = checkpointer.latest_step()
     if latest is None:
         state = state_lib.create_state(config, per_epoch, mesh)
+        if warm is not None:
+            state = state.replace(**warm)
         return state, Progress(settings=resume_settings(config))
     target = state_lib.abstract_state(config, mesh, per_epoch)
     state, saved = checkpointer.restore(target, latest)
@@ -254,7 +275,8 @@ def _restore_or_create(config, checkpointer, mesh, per_epoch) -> tuple[steps.Tra
 RESUME_FIELDS = ("model", "dtype", "seed", "batch_size", "steps_per_epoch", "optimizer",
                  "schedule", "loss", "loss_weighting", "dwa_temperature", "dataset.name",
                  "dataset.num_samples", "dataset.seed", "dataset.val_fraction",
-                 "dataset.skip_corrupt", "dataset.augment", "dataset.hsv_prob", "dataset.contrast_prob", "dataset.worker_count", "stages")
+                 "dataset.skip_corrupt", "dataset.augment", "dataset.hsv_prob",
+                 "dataset.contrast_prob", "dataset.worker_count", "stages", "init_from")
 _OLD_STAGE_FIELDS = ("resolutions", "stage_epochs", "crops")  # what checkpoints before 0.3 hold
 
 
