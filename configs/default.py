@@ -12,6 +12,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = "dsresnet"  # dsresnet | masknet
     config.dtype = "float32"  # compute dtype; parameters stay float32
     config.seed = 0
+    # Another run's checkpoint, PATH or PATH:STEP (PATH its workdir or checkpoints folder; STEP
+    # default: its best, else latest). train: start from its parameters and batch statistics
+    # (optimizer, schedule and step fresh); evaluate/predict/export: use it instead of WORKDIR's.
+    config.init_from = ""
     # Several hosts: jax.distributed.initialize() before anything else (README, "GPUs and several
     # hosts"); also turned on by JAXSEGDEPTH_DISTRIBUTED=1. Empty/0/-1: auto-detected (Cloud TPU,
     # SLURM, Open MPI, Kubernetes) or JAX_COORDINATOR_ADDRESS.

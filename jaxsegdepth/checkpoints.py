@@ -7,6 +7,10 @@
   the data iterator's state (`iterator`, for the stage in `iterator_stage`) and the partial
   epoch's running train loss, so a rerun resumes exactly where the last save left off.
 
+A warm start and the inference modes read only the parts of a checkpoint they use
+(`variable_shapes` from the metadata, then `restore_parts`), whatever optimizer its run
+trained with.
+
 The manager keeps the latest checkpoint and the best one by `config.checkpoint.monitor`
 (`mode` "min" or "max"); only end-of-epoch saves carry metrics, so a mid-epoch save (every N
 steps, or on SIGTERM) is kept only while it is the latest. Saving is asynchronous.
@@ -22,11 +26,13 @@ from typing import Any, Optional
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 from jaxsegdepth import errors, steps
 
 CHECKPOINT_DIR = "checkpoints"
 MODES = ("min", "max")
+VARIABLES = ("params", "batch_stats")  # the parts of the state that are the model
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -41,6 +47,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+
+def has_checkpoint(workdir: str) -> bool:
+    """Whether `workdir` holds a complete checkpoint (nothing is created)."""
+    if not os.path.isdir(checkpoint_dir(workdir)):
+        return False
+    checkpointer = Checkpointer(workdir, read_only=True)
+    try:
+        return checkpointer.latest_step() is not None
+    finally:
+        checkpointer.close()
 
 
 # -- iterator state as JSON -----------------------------------------------------------------
@@ -117,6 +134,30 @@ class Checkpointer:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), loop=ocp.args.JsonRestore()))
         return restored["state"], dict(restored["loop"])
+
+    def restore_loop(self, step: int) -> dict:
+        """The `loop` JSON saved at `step` alone."""
+        restored = self.manager.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore()))
+        return dict(restored["loop"])
+
+    def variable_shapes(self, step: int) -> dict[str, tuple]:
+        """{"params/.../kernel": shape, "batch_stats/...": shape} saved at `step`, from the
+        metadata (no array is read)."""
+        with ocp.PyTreeCheckpointer() as reader:
+            tree = reader.metadata(self._state_path(step)).item_metadata.tree
+        flat = traverse_util.flatten_dict({k: tree[k] for k in VARIABLES if k in tree}, sep="/")
+        return {path: tuple(leaf.shape) for path, leaf in flat.items()}
+
+    def restore_parts(self, step: int, target: dict) -> dict:
+        """Only `target`'s parts of the state at `step` (e.g. {"params": ..., "batch_stats":
+        ...}), into its shapes and shardings; the rest of the checkpoint is not read."""
+        with ocp.PyTreeCheckpointer() as reader:
+            return reader.restore(self._state_path(step), args=ocp.args.PyTreeRestore(
+                target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=True))
+
+    def _state_path(self, step: int) -> str:
+        return os.path.join(self.directory, str(step), "state")
 
     def wait(self) -> None:
         """Waits for the save in flight; one that failed (a full disk) is a `RunError`."""

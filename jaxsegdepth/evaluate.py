@@ -1,10 +1,12 @@
 """`mode=evaluate`: the full metric table of a trained checkpoint on the validation split.
 
-Loads the best checkpoint of `WORKDIR` (or `--config.checkpoint.step=N`), evaluates every
-validation sample once at each resolution asked for, prints a table and writes
-`WORKDIR/eval.json`:
+Loads the best checkpoint of `WORKDIR` (or `--config.checkpoint.step=N`), or of another run
+with `--config.init_from=PATH[:STEP]`, evaluates every validation sample of `config.dataset`
+(whatever the checkpoint was trained on, normalised with that dataset's statistics) once at
+each resolution asked for, prints a table and writes `WORKDIR/eval.json`:
 
-    {"step": 1234, "split": "validation", "num_samples": 120000, "model": "dsresnet",
+    {"step": 1234, "checkpoint": "/abs/run", "split": "validation", "num_samples": 120000,
+     "model": "dsresnet",
      "resolutions": [224],
      "metrics": {"224": {"loss": ..., "iou": ..., "iou_soft": ..., "rmse": ..., "mae": ...,
                          "abs_rel": ..., "sq_rel": ..., "log10": ..., "delta1": ...,
@@ -76,6 +78,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Evaluates the chosen checkpoint; writes `WORKDIR/eval.json` and prints the table."""
     mesh = mesh_lib.create_mesh()
     state = state_lib.load_for_inference(config, workdir, mesh)  # fails clearly if none
+    source = os.path.abspath(state_lib.parse_init_from(config.init_from)[0] or workdir)
+    os.makedirs(workdir, exist_ok=True)
     builders.prepare(config.dataset)
     step = int(jax.device_get(state.step))
     heads = state_lib.heads(config)
@@ -93,7 +97,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 baselines[str(resolution)]["difference_threshold"], pairs)
             if jax.process_index() == 0:
                 Image.fromarray(grid).save(os.path.join(workdir, f"photos_{resolution}px.png"))
-    result = {"step": step, "split": "validation",
+    result = {"step": step, "checkpoint": source, "split": "validation",
               "num_samples": pipeline.split_size(config.dataset, "validation"),
               "model": config.model, "dataset": config.dataset.name,
               "resolutions": [int(r) for r in per_resolution], "metrics": per_resolution,
@@ -102,8 +106,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if jax.process_index() == 0:
         with open(path, "w") as f:
             json.dump(result, f, indent=1)
-    reporting.say(f"Checkpoint step {step} of {workdir}, {result['num_samples']} validation "
-                  f"samples (iou: threshold 0.5; iou_soft: on probabilities):\n"
+    reporting.say(f"Checkpoint step {step} of {source}, {result['num_samples']} validation "
+                  f"samples of {config.dataset.name} (iou: threshold 0.5; iou_soft: on "
+                  f"probabilities):\n"
                   f"{format_table(per_resolution, names.metric_names(heads))}\n"
                   f"Trivial predictors on the same images (difference_iou: max-channel "
                   f"|bg - bg_fg| > a threshold chosen on the training split; mean_depth_*: the "

@@ -1,5 +1,7 @@
 """`mode=predict`: run a trained model on your own background / composite image pairs.
 
+The model: WORKDIR's checkpoint, or another run's with `--config.init_from=PATH[:STEP]`.
+
 Input (`config.predict.bg`, `config.predict.bg_fg`): two image files, or two folders whose files
 are paired by name without the extension (`bg/room1.jpg` with `bg_fg/room1.png`). Any size and
 any format PIL reads (EXIF rotation applied, converted to RGB).

@@ -7,6 +7,11 @@ and the stage (resolution) are derived from the step. Rerunning the same command
 the latest checkpoint, mid-epoch included: the state carries the step, and `Progress` carries
 the data iterator's position and the epoch's running train loss.
 
+`config.init_from` starts a new run from another run's checkpoint (see `state`): its
+parameters and batch statistics; the optimizer, schedule, RNG and step start fresh. The inputs
+are normalised with `config.dataset`'s statistics, as every run is. A run that already has a
+checkpoint continues its own.
+
 A run stops early with an `errors.Interrupted` (SIGINT/SIGTERM, after saving a checkpoint) or
 an `errors.NonFiniteLoss` (the last good checkpoint is kept), which launch.py reports.
 """
@@ -174,12 +179,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Optional[dict]:
     """Trains (or resumes) the run in `workdir`; returns the last epoch's record."""
     _check_writable(workdir)
     with _StopSignals() as stop:
+        mesh = mesh_lib.create_mesh()
+        warm = _warm_start(config, workdir, mesh)
         builders.prepare(config.dataset)
-        mesh, per_epoch = mesh_lib.create_mesh(), steps_per_epoch(config)
+        per_epoch = steps_per_epoch(config)
         checkpointer = checkpoints.Checkpointer(workdir, config.checkpoint.monitor,
                                                 config.checkpoint.mode)
         try:
-            state, progress = _restore_or_create(config, checkpointer, mesh, per_epoch)
+            state, progress = _restore_or_create(config, checkpointer, mesh, per_epoch, warm)
             start = int(jax.device_get(state.step))
             reporter = reporting.Reporter(workdir, jax.process_index() == 0, start)
             reporter.resume(start // per_epoch, progress.last_record)
@@ -234,10 +241,24 @@ def _train(trainer: Trainer, state, progress: Progress, stop: _StopSignals) -> O
     return train_loop(trainer, state, progress, stop)
 
 
-def _restore_or_create(config, checkpointer, mesh, per_epoch) -> tuple[steps.TrainState, Progress]:
+def _warm_start(config, workdir: str, mesh) -> Optional[dict]:
+    """The model variables `config.init_from` names, checked and read before anything is built
+    or compiled; None without it, or when `workdir` has a checkpoint to resume from."""
+    if not config.init_from or checkpoints.has_checkpoint(workdir):
+        return None
+    variables, source = state_lib.load_variables(config, mesh)
+    reporting.say(f"starting from the parameters and batch statistics of {source}; "
+                  "optimizer, schedule and step start fresh")
+    return variables
+
+
+def _restore_or_create(config, checkpointer, mesh, per_epoch, warm: Optional[dict]
+                       ) -> tuple[steps.TrainState, Progress]:
     latest = checkpointer.latest_step()
     if latest is None:
         state = state_lib.create_state(config, per_epoch, mesh)
+        if warm is not None:
+            state = state.replace(**warm)
         return state, Progress(settings=resume_settings(config))
     target = state_lib.abstract_state(config, mesh, per_epoch)
     state, saved = checkpointer.restore(target, latest)
@@ -254,7 +275,8 @@ def _restore_or_create(config, checkpointer, mesh, per_epoch) -> tuple[steps.Tra
 RESUME_FIELDS = ("model", "dtype", "seed", "batch_size", "steps_per_epoch", "optimizer",
                  "schedule", "loss", "loss_weighting", "dwa_temperature", "dataset.name",
                  "dataset.num_samples", "dataset.seed", "dataset.val_fraction",
-                 "dataset.skip_corrupt", "dataset.augment", "dataset.hsv_prob", "dataset.contrast_prob", "dataset.worker_count", "stages")
+                 "dataset.skip_corrupt", "dataset.augment", "dataset.hsv_prob",
+                 "dataset.contrast_prob", "dataset.worker_count", "stages", "init_from")
 _OLD_STAGE_FIELDS = ("resolutions", "stage_epochs", "crops")  # what checkpoints before 0.3 hold
 
 
@@ -314,7 +336,9 @@ def train_loop(trainer: Trainer, state: steps.TrainState, progress: Progress,
                stop: _StopSignals) -> Optional[dict]:
     """Steps from `state.step` to the end; evaluates, reports and saves at every epoch's end."""
     config, per_epoch = trainer.config, trainer.steps_per_epoch
-    iterator, bar, pending, record = None, None, [], None
+    every = config.checkpoint.every_steps
+    iterator, bar, record = None, None, None
+    pending, unlogged = [], []  # step metrics on the device; on the host, not logged yet
     for step in range(int(jax.device_get(state.step)), trainer.total_steps):
         epoch, stage = step // per_epoch, trainer.stage_of(step)
         if progress.iterator_stage != stage or iterator is None:
@@ -328,12 +352,14 @@ def train_loop(trainer: Trainer, state: steps.TrainState, progress: Progress,
         bar.update(config.batch_size)
         done, end_of_epoch = step + 1, (step + 1) % per_epoch == 0
         stopping = stop.after_step(done)
-        every = config.checkpoint.every_steps
-        saving = end_of_epoch or stopping or bool(every and done % every == 0)
-        # a save carries the epoch's loss sums: every finished step must be in them by then
-        if len(pending) >= config.log_every_steps or saving:
-            _log_steps(trainer, state, pending, progress, done, bar)
+        saves = end_of_epoch or stopping or (every and done % every == 0)
+        logs = len(pending) + len(unlogged) >= config.log_every_steps or end_of_epoch or stopping
+        if saves or logs:  # every finished step is in `progress` before a save
+            unlogged += _collect_steps(trainer, state, pending, progress, bar)
             pending = []
+        if logs:
+            _log_steps(trainer, state, unlogged, done, bar)
+            unlogged = []
         record = None
         if end_of_epoch:
             bar.close()
@@ -344,7 +370,7 @@ def train_loop(trainer: Trainer, state: steps.TrainState, progress: Progress,
             bar = None
             progress = Progress(iterator_stage=stage, last_record=record,
                                 settings=progress.settings)
-        if saving:
+        if saves:
             _save(trainer, state, progress, iterator, record)
         if record is not None:  # only once its checkpoint is on disk: never twice, never lost
             trainer.checkpointer.wait()
@@ -376,9 +402,10 @@ def _epoch_bar(trainer: Trainer, epoch: int, step: int):
         enabled=jax.process_index() == 0, initial=(step % per_epoch) * batch)
 
 
-def _log_steps(trainer: Trainer, state, pending: list, progress: Progress, done: int, bar) -> None:
-    """Brings the pending step metrics to the host and logs them; stops on a non-finite loss."""
-    fetched, bad, scale = jax.device_get((pending, state.nonfinite_step, state.plateau.scale))
+def _collect_steps(trainer: Trainer, state, pending: list, progress: Progress, bar) -> list:
+    """Brings the pending step metrics to the host and adds them to `progress`; returns them.
+    Stops on a non-finite loss, so that nothing after it is saved."""
+    fetched, bad = jax.device_get((pending, state.nonfinite_step))
     if int(bad) >= 0:
         bar.close()
         trainer.checkpointer.wait()
@@ -394,6 +421,12 @@ def _log_steps(trainer: Trainer, state, pending: list, progress: Progress, done:
         for head in trainer.weighting.tasks:
             progress.task_loss_sums[head] = (progress.task_loss_sums.get(head, 0.0)
                                              + float(step_metrics[names.task_loss(head)]))
+    return fetched
+
+
+def _log_steps(trainer: Trainer, state, fetched: list, done: int, bar) -> None:
+    """Logs the means of the host step metrics `fetched` to TensorBoard and the progress bar."""
+    scale = jax.device_get(state.plateau.scale)
     means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
     trainer.reporter.scalars(done, {**means, "lr": trainer.learning_rate(scale, done)}, "train/")
     bar.set_postfix(loss=f"{means['loss']:.4f}", refresh=False)

@@ -22,7 +22,8 @@ from configs import default
 from jaxsegdepth import (charts, errors, evaluate, evaluation, export, exported, losses, lr_range,
                          mesh as mesh_lib, plots, predict, reporting, state as state_lib, steps,
                          train)
-from jaxsegdepth.data import normalization, photos, pipeline, synthetic
+from jaxsegdepth.data import builders, normalization, photos, pipeline, synthetic
+from tools import modest_photos
 
 RES = 32
 
@@ -81,6 +82,12 @@ def _reference_normalize(image, mean, std):
     """The reference formula, in float64: uint8 RGB / 255, minus the mean, over the std."""
     return (np.asarray(image, np.float64) / 255.0 - np.asarray(mean, np.float64)) / np.asarray(
         std, np.float64)
+
+
+def _mean_iou(pred, target) -> float:
+    """Per-image IoU of (N, H, W, 1) predictions against targets, averaged, in float64."""
+    inter = (pred * target).sum((1, 2, 3))
+    return np.mean((inter + 1e-6) / ((pred + target).sum((1, 2, 3)) - inter + 1e-6))
 
 
 def _image(path, width, height, seed) -> None:
@@ -213,20 +220,16 @@ def test_evaluate_writes_exact_metrics(trained, tmp_path):
         rgb = {k: np.clip(images[k] * norm[k][1] + norm[k][0], 0, 1) for k in ("bg", "bg_fg")}
         return np.abs(rgb["bg"] - rgb["bg_fg"]).max(-1, keepdims=True), images["mask"]
 
-    def mean_iou(pred, target):
-        inter = (pred * target).sum((1, 2, 3))
-        return np.mean((inter + 1e-6) / ((pred + target).sum((1, 2, 3)) - inter + 1e-6))
-
     (train_diff, train_mask), (val_diff, val_mask) = split("train"), split("validation")
     thresholds = np.round(np.arange(0.01, 0.51, 0.01), 2)
-    best = thresholds[int(np.argmax([mean_iou(train_diff > t, train_mask) for t in thresholds]))]
+    best = thresholds[int(np.argmax([_mean_iou(train_diff > t, train_mask) for t in thresholds]))]
     baseline = written["baselines"][str(RES)]
     assert baseline["difference_threshold"] == pytest.approx(best)
-    assert baseline["difference_iou"] == pytest.approx(mean_iou(val_diff > best, val_mask),
+    assert baseline["difference_iou"] == pytest.approx(_mean_iou(val_diff > best, val_mask),
                                                        abs=1e-5)
     assert "mean_depth_rmse" not in baseline  # MaskNet predicts no depth
     def ceiling(masks):  # the best of the masks {t >= v} over every value v of each target
-        return np.mean([max(mean_iou((t >= v)[None], t[None]) for v in np.unique(t))
+        return np.mean([max(_mean_iou((t >= v)[None], t[None]) for v in np.unique(t))
                         for t in masks])
 
     assert baseline["ceiling_iou"] == pytest.approx(ceiling(val_mask), abs=1e-6)
@@ -244,11 +247,56 @@ def test_evaluate_writes_exact_metrics(trained, tmp_path):
                             inputs["bg"], inputs["bg_fg"], train=False)["mask"]
     difference = np.abs(images["bg"] / 255.0 - images["bg_fg"] / 255.0).max(-1, keepdims=True)
     assert written["photos"][str(RES)] == pytest.approx({
-        "pairs": 8, "model_iou": mean_iou(_sigmoid(logits) > 0.5, target),
-        "difference_iou": mean_iou(difference > best, target),
+        "pairs": 8, "model_iou": _mean_iou(_sigmoid(logits) > 0.5, target),
+        "difference_iou": _mean_iou(difference > best, target),
         "ceiling_iou": ceiling(target)}, abs=1e-5)
     assert set(written["photos"]) == {str(RES), "64"}
     assert os.path.getsize(os.path.join(workdir, f"photos_{RES}px.png")) > 0
+
+
+def test_evaluate_scores_an_init_from_checkpoint_on_another_dataset(trained, tmp_path):
+    """The synthetic-trained MaskNet on a MODEST-layout folder of photo pairs: the checkpoint
+    from init_from, the data and its normalisation (MODEST's) from config.dataset, the
+    results in the new workdir; the trained run's folder is left as it was."""
+    base, workdir, record = trained
+    folder = str(tmp_path / "photos")
+    modest_photos.write(folder, pairs=20, size=64)
+    config = _copy(base)
+    config.init_from, config.evaluate.photos = workdir, 0
+    config.optimizer.name = "sgd"  # not the run's: only the model has to fit
+    config.dataset.update(dict(name="modest_museum", manual_dir=folder,
+                               data_dir=str(tmp_path / "tfds")))
+    before = sorted(os.listdir(workdir))
+    evaluate.validate(config)
+    evaluate.run(config, str(tmp_path / "eval"))
+    assert sorted(os.listdir(workdir)) == before
+    with open(tmp_path / "eval" / "eval.json") as f:
+        written = json.load(f)
+    assert (written["dataset"], written["num_samples"], written["step"]) == (
+        "modest_museum", 6, record["step"])
+    assert written["checkpoint"] == os.path.abspath(workdir)
+
+    # NumPy: the folder's validation pairs (the reference split of its 20 lines), decoded,
+    # normalised with MODEST's statistics, through the trained parameters
+    with open(os.path.join(folder, "file_map.txt")) as f:
+        lines = [line.split("\t") for line in f.read().splitlines()]
+
+    def read(index, column, mode):
+        path = os.path.join(folder, builders.FOLDERS[column], lines[index][column] + ".jpeg")
+        with open(path, "rb") as f:
+            return pipeline.decode_image(f.read(), mode, RES)
+
+    val = builders.reference_split(20)[1]
+    inputs = [_reference_normalize(np.stack([read(i, column, "RGB") for i in val]),
+                                   *normalization.MODEST_NORMALIZATION[key]).astype(np.float32)
+              for column, key in enumerate(("bg", "bg_fg"))]
+    target = np.stack([read(i, 2, "L") for i in val])[..., None] / 255.0
+    state = state_lib.load_for_inference(base, workdir)
+    probs = _sigmoid(state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                                    *inputs, train=False)["mask"])
+    got = written["metrics"][str(RES)]
+    assert got["iou"] == pytest.approx(_mean_iou(probs > 0.5, target), abs=1e-5)
+    assert got["iou_soft"] == pytest.approx(_mean_iou(probs, target), abs=1e-5)
 
 
 def test_ceiling_iou_is_the_best_of_every_binary_mask():

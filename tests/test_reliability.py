@@ -182,6 +182,40 @@ def test_the_command_line_refuses_a_changed_resume(tmp_path, compilation_cache_d
     assert [r["epoch"] for r in reporting.read_metrics(workdir)] == [1]
 
 
+class _Killed(BaseException):
+    """Stands for a SIGKILL: not an Exception, so nothing in the trainer handles it."""
+
+
+TRAIN_LOSSES = ("train_loss", "train_mask/loss")
+
+
+def test_a_kill_after_a_save_between_log_steps_resumes_to_the_same_train_losses(tmp_path,
+                                                                               monkeypatch):
+    """A checkpoint every step, a log every 3 (4 steps an epoch): killed right after the save
+    of step 6, whose steps 5 and 6 were not logged yet, the resumed run's epoch 2 still averages
+    all four of its steps, bit for bit."""
+    config = _config(tmp_path / "data", stages=((32, 2),), log_every_steps=3,
+                     **{"checkpoint.every_steps": 1})
+    train.run(config, str(tmp_path / "straight"))
+    save = checkpoints.Checkpointer.save
+
+    def save_then_die(self, state, loop, metrics=None):
+        save(self, state, loop, metrics)
+        if int(state.step) == 6:
+            self.wait()
+            raise _Killed
+
+    monkeypatch.setattr(checkpoints.Checkpointer, "save", save_then_die)
+    with pytest.raises(_Killed):
+        train.run(config, str(tmp_path / "killed"))
+    monkeypatch.undo()
+    train.run(config, str(tmp_path / "killed"))
+    expected, resumed = (reporting.read_metrics(tmp_path / name) for name in ("straight", "killed"))
+    assert [r["step"] for r in resumed] == [r["step"] for r in expected] == [4, 8]
+    for got, want in zip(resumed, expected):
+        assert {k: got[k] for k in TRAIN_LOSSES} == {k: want[k] for k in TRAIN_LOSSES}
+
+
 # -- unwritable or full disks -------------------------------------------------------------------
 
 def test_an_unwritable_workdir_is_one_line_before_anything_runs(tmp_path, compilation_cache_dir):

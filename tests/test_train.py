@@ -8,6 +8,8 @@ import glob
 import importlib
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,8 +59,8 @@ def launch_cli(workdir, shared, config="configs/rmse_bce_dice.py", wait=True, **
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
 
 
-def _config(**changes):
-    config = _load_config("configs/rmse_bce_dice.py")
+def _config(path="configs/rmse_bce_dice.py", **changes):
+    config = _load_config(path)
     for key, value in changes.items():
         node = config
         *path, last = key.split(".")
@@ -66,6 +68,14 @@ def _config(**changes):
             node = node[part]
         node[last] = value
     return config
+
+
+def _masknet_config(shared, **changes):
+    """In process, the MaskNet run `launch_cli(..., config="configs/masknet_bce.py")` makes."""
+    return _config("configs/masknet_bce.py", **{
+        "stages": ((32, 1),), "batch_size": 4, "steps_per_epoch": 3, "log_every_steps": 2,
+        "num_preview": 2, "dataset.num_samples": NUM_SAMPLES, "dataset.data_dir": shared["data"],
+        "dataset.augment": True, "compilation_cache_dir": shared["cache"], **changes})
 
 
 def _load_config(path, arg=None):
@@ -146,9 +156,10 @@ def test_train_writes_outputs_and_resumes_without_repeating_epochs(tmp_path, sha
 def test_sigterm_saves_a_restorable_checkpoint_and_resume_matches_an_uninterrupted_run(
         tmp_path, shared):
     """MaskNet (dropout, plateau): stopped by SIGTERM, resumed, equal to a run never stopped."""
-    # A schedule that does not depend on the total number of epochs (one-cycle would).
-    common = dict(config="configs/masknet_bce.py", steps_per_epoch=0, log_every_steps=1,
-                  **{"schedule.name": "plateau"})
+    # A schedule that does not depend on the total number of epochs (one-cycle would); saves
+    # between log steps.
+    common = dict(config="configs/masknet_bce.py", steps_per_epoch=0, log_every_steps=3,
+                  **{"schedule.name": "plateau", "checkpoint.every_steps": 1})
     straight = launch_cli(tmp_path / "straight", shared, stages="((32, 3),)", **common)
     assert straight.returncode == 0, straight.stderr[-3000:]
     expected = reporting.read_metrics(tmp_path / "straight")
@@ -183,7 +194,7 @@ def test_sigterm_saves_a_restorable_checkpoint_and_resume_matches_an_uninterrupt
     records = reporting.read_metrics(workdir)
     assert [r["epoch"] for r in records][:3] == [1, 2, 3]
     for got, want in zip(records[:3], expected):
-        for key in ("step", "train_loss", "val_loss", "val_iou", "lr"):
+        for key in ("step", "train_loss", "train_mask/loss", "val_loss", "val_iou", "lr"):
             assert got[key] == want[key], (got["epoch"], key)  # bit-equal: nothing regrouped
 
 
@@ -272,7 +283,12 @@ def test_uncertainty_log_variances_are_logged_every_epoch_and_checkpointed(tmp_p
                                                              rel=1e-6)
     assert records[0]["log_var/mask"] != records[1]["log_var/mask"]
     config = _config(loss_weighting="uncertainty")
-    state = state_lib.load_for_inference(config, str(tmp_path))  # the best epoch's checkpoint
+    checkpointer = checkpoints.Checkpointer(str(tmp_path))
+    try:
+        state, _ = checkpointer.restore(state_lib.abstract_state(config, mesh_lib.create_mesh()),
+                                        checkpointer.best_step())
+    finally:
+        checkpointer.close()
     record = next(r for r in records if r["step"] == int(state.step))
     for task in ("depth", "mask"):
         assert float(state.weighting["log_var"][task]) == record[f"log_var/{task}"]
@@ -289,10 +305,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp
     # step 5 is the first that is not finite.
     monkeypatch.setattr(optim, "learning_rate_schedule", lambda config, steps: (
         lambda step: float("inf")))
-    config = _config(**{"model": "masknet", "loss": ml_collections.ConfigDict({"mask": {"bce": 1.0}}),
-                        "schedule.name": "constant", "stages": ((32, 2),), "batch_size": 4, "steps_per_epoch": 3, "num_preview": 2,
-                        "dataset.num_samples": NUM_SAMPLES, "dataset.data_dir": shared["data"],
-                        "dataset.augment": True, "compilation_cache_dir": shared["cache"]})
+    config = _masknet_config(shared, stages=((32, 2),), **{"schedule.name": "constant"})
     with pytest.raises(errors.NonFiniteLoss) as raised:
         train.run(config, str(workdir))
     assert raised.value.exit_code == 1
@@ -304,6 +317,108 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp
         assert checkpointer.all_steps() == [3]
     finally:
         checkpointer.close()
+
+
+# -- warm start (init_from) -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def masknet_source(tmp_path_factory, shared):
+    """(config, workdir) of a one-epoch MaskNet run under SGD and a plateau schedule: its one
+    checkpoint, step 3, is what the runs below start from."""
+    config = _masknet_config(shared, **{"optimizer.name": "sgd", "schedule.name": "plateau"})
+    workdir = str(tmp_path_factory.mktemp("source"))
+    train.run(config, workdir)
+    return config, workdir
+
+
+def _same(tree, other) -> bool:
+    leaves, others = jax.tree.leaves(tree), jax.tree.leaves(other)
+    return len(leaves) == len(others) and all(
+        np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(leaves, others))
+
+
+def test_init_from_takes_the_checkpoints_model_and_starts_the_rest_fresh(
+        masknet_source, shared, tmp_path, monkeypatch):
+    source_config, source = masknet_source
+    started = {}
+    monkeypatch.setattr(train, "train_loop", lambda trainer, state, progress, stop: (
+        started.update(state=jax.device_get(state), progress=progress)))
+    # Adam and one-cycle here: the source's SGD state does not fit, and is not read
+    config = _masknet_config(shared, init_from=os.path.join(source, "checkpoints") + ":3")
+    train.run(config, str(tmp_path))
+    state = started["state"]
+    checkpointer = checkpoints.Checkpointer(source)
+    try:
+        saved, _ = checkpointer.restore(state_lib.abstract_state(source_config,
+                                                                 mesh_lib.create_mesh()), 3)
+    finally:
+        checkpointer.close()
+    fresh = jax.device_get(state_lib.create_state(config, 3))
+    for part in ("params", "batch_stats"):
+        assert _same(getattr(state, part), jax.device_get(getattr(saved, part))), part
+        assert not _same(getattr(state, part), getattr(fresh, part)), part
+    for part in ("step", "opt_state", "plateau", "rng", "weighting", "nonfinite_step"):
+        assert _same(getattr(state, part), getattr(fresh, part)), part
+    assert int(state.step) == 0 and int(saved.step) == 3
+    assert started["progress"].settings["init_from"] == config.init_from
+
+
+def test_a_warm_started_run_resumes_its_own_checkpoint(masknet_source, shared, tmp_path,
+                                                        capsys):
+    copy, workdir = tmp_path / "source", str(tmp_path / "run")
+    shutil.copytree(masknet_source[1], copy)
+    config = _masknet_config(shared, init_from=str(copy), **{"schedule.name": "plateau"})
+    train.run(config, workdir)
+    assert "starting from the parameters and batch statistics of step 3" in capsys.readouterr().out
+    shutil.rmtree(copy)  # a resume reads nothing of it
+    config.stages = ((32, 2),)
+    train.run(config, workdir)
+    assert "resuming from" in capsys.readouterr().out
+    assert [r["epoch"] for r in reporting.read_metrics(workdir)] == [1, 2]
+    config.init_from = masknet_source[1]
+    with pytest.raises(errors.UsageError, match=re.escape(
+            f"init_from ({copy} -> {masknet_source[1]}) differ from its checkpoint")):
+        train.run(config, workdir)
+
+
+def test_init_from_another_models_checkpoint_stops_in_one_line(masknet_source, shared,
+                                                                tmp_path):
+    source, started = masknet_source[1], time.time()
+    result = launch_cli(tmp_path / "run", shared, init_from=source)  # a DSResNet run
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: init_from={source}: step 3 of {source}/checkpoints is a masknet checkpoint, "
+        "which model=dsresnet cannot load (--config.model=masknet can)")
+    assert "Traceback" not in result.stderr and time.time() - started < 60
+
+
+def test_init_from_names_a_missing_run_or_step_and_a_variable_that_does_not_fit(
+        masknet_source, shared, tmp_path):
+    config, source = masknet_source
+    state = state_lib.load_for_inference(config, source)
+    kernel = state.params["out"]["kernel"]
+    odd = state.replace(params={**state.params, "out": {
+        **state.params["out"], "kernel": jax.numpy.zeros(kernel.shape[:-1] + (2,))}})
+    checkpointer = checkpoints.Checkpointer(str(tmp_path / "odd"))
+    try:
+        checkpointer.save(odd, {"settings": {"model": "masknet"}})
+    finally:
+        checkpointer.close()
+    for init_from, step, message in [
+            (str(tmp_path / "nowhere"), -1, f"init_from={tmp_path / 'nowhere'}: no checkpoints "
+             "folder there (expected a run's workdir or its checkpoints folder, optionally "
+             "with :STEP)"),
+            (f"{source}:7", -1, f"init_from={source}:7: no checkpoint at step 7 in "
+             f"{source}/checkpoints; available: [3]"),
+            (source, 3, "checkpoint.step=3 picks among WORKDIR's checkpoints: with init_from, "
+             f"write init_from={source}:3"),
+            (str(tmp_path / "odd"), -1, f"init_from={tmp_path / 'odd'}: step 3 of "
+             f"{tmp_path / 'odd' / 'checkpoints'} does not fit model=masknet: params/out/kernel "
+             "is (1, 1, 64, 2) in the checkpoint, (1, 1, 64, 1) in masknet")]:
+        wrong = _masknet_config(shared, init_from=init_from, **{"checkpoint.step": step})
+        with pytest.raises(errors.UsageError) as raised:
+            state_lib.load_variables(wrong)
+        assert str(raised.value) == message
 
 
 # -- configuration --------------------------------------------------------------------------
