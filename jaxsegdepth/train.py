@@ -220,8 +220,8 @@ def _check_writable(workdir: str) -> None:
 def _trainer(config, mesh, per_epoch, checkpointer, reporter) -> Trainer:
     train_step, eval_step, predict_step = state_lib.jit_steps(config, mesh)
     return Trainer(config=config, mesh=mesh, heads=state_lib.heads(config),
-                   stages=tuple(stages.of(config)), steps_per_epoch=per_epoch, train_step=train_step, eval_step=eval_step,
-                   predict_step=predict_step,
+                   stages=tuple(stages.of(config)), steps_per_epoch=per_epoch,
+                   train_step=train_step, eval_step=eval_step, predict_step=predict_step,
                    schedule=optim.learning_rate_schedule(config, per_epoch),
                    weighting=weighting.from_config(config),
                    checkpointer=checkpointer, reporter=reporter)

@@ -198,42 +198,6 @@ def test_sigterm_saves_a_restorable_checkpoint_and_resume_matches_an_uninterrupt
             assert got[key] == want[key], (got["epoch"], key)  # bit-equal: nothing regrouped
 
 
-class _Killed(Exception):
-    """Stands for a SIGKILL: the process ends without another line of the loop."""
-
-
-def test_a_run_killed_after_a_periodic_save_resumes_with_the_same_train_losses(
-        tmp_path, shared, monkeypatch):
-    """Checkpoints every 2 steps, train losses logged every 3: the run dies just after the
-    mid-epoch save of step 2, then resumes; its metrics.jsonl equals an uninterrupted run's,
-    train losses included (the save carries steps 1-2, which no log interval had taken yet)."""
-    changes = {"model": "masknet", "loss": ml_collections.ConfigDict({"mask": {"bce": 1.0}}),
-               "schedule.name": "plateau", "stages": ((32, 2),), "batch_size": 4,
-               "steps_per_epoch": 3, "log_every_steps": 3, "checkpoint.every_steps": 2,
-               "num_preview": 0, "dataset.num_samples": NUM_SAMPLES,
-               "dataset.data_dir": shared["data"], "dataset.augment": True,
-               "compilation_cache_dir": shared["cache"]}
-    train.run(_config(**changes), str(tmp_path / "straight"))
-    save = train._save
-
-    def save_then_die(trainer, state, progress, iterator, record):
-        save(trainer, state, progress, iterator, record)
-        if int(jax.device_get(state.step)) == 2:
-            trainer.checkpointer.wait()
-            raise _Killed
-
-    monkeypatch.setattr(train, "_save", save_then_die)
-    with pytest.raises(_Killed):
-        train.run(_config(**changes), str(tmp_path / "killed"))
-    monkeypatch.setattr(train, "_save", save)
-    train.run(_config(**changes), str(tmp_path / "killed"))
-    expected, records = (reporting.read_metrics(tmp_path / name) for name in ("straight", "killed"))
-    assert [r["step"] for r in records] == [r["step"] for r in expected] == [3, 6]
-    for got, want in zip(records, expected):
-        for key in ("train_loss", "train_mask/loss", "val_loss", "val_iou", "lr"):
-            assert got[key] == want[key], (got["epoch"], key)
-
-
 def test_crops_train_on_windows_and_validate_on_whole_images(tmp_path, shared):
     workdir, plateau = tmp_path / "run", {"schedule.name": "plateau"}
     first = launch_cli(workdir, shared, stages="((64, 1, 32),)", **plateau)
