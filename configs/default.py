@@ -33,15 +33,20 @@ def get_config() -> ml_collections.ConfigDict:
         seed=0,  # synthetic_museum: generation seed
         skip_corrupt=False,  # modest_museum: leave out samples with corrupt JPEGs (else: error)
         val_fraction=0.3,  # reference split: seed-1 shuffle, first 70% train
-        worker_count=0,  # grain worker processes; 0 = decode in this process (read threads)
-        read_threads=2,  # threads preparing batches ahead of the consumer (in each process)
-        prefetch_batches=2,  # batches prepared ahead per reading process
+        # Loader: grain worker processes (0 = read in this process) and the threads each uses;
+        # "auto" chooses from the CPU count (printed at start; docs/data.md).
+        worker_count="auto",
+        read_threads="auto",
+        prefetch_batches=2,  # batches prepared ahead per reading process (>= its threads)
         # Photometric augmentation of the inputs on the train split: the reference's recipes
         # (`:published`) turn it on; the synthetic scenes have no photometric shift between
         # the splits, and it slowed learning on them (docs/results.md).
         augment=False,
         hsv_prob=0.25,  # probability of hue/saturation/value jitter
-        contrast_prob=0.25))  # probability of random contrast
+        contrast_prob=0.25),  # probability of random contrast
+        # Not type-safe, so worker_count/read_threads take "auto" or an int, from Python too
+        # (a command-line override arrives as a string); `pipeline.validate` checks them all.
+        type_safe=False)
 
     config.batch_size = 8  # global, split across every device
     # Progressive resizing, one stage a (resolution, epochs) or (resolution, epochs, crop):

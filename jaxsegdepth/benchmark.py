@@ -1,8 +1,9 @@
 """Speed benchmark: the trainer's jitted train and eval steps, compile, memory, FLOP/s, loader.
 
   python -m jaxsegdepth.benchmark [--config configs/X.py[:arg]] [--model dsresnet,masknet]
-      [--resolutions 96,160,224] [--batch 8] [--dtype float32,bfloat16] [--seed N] [--steps 2]
-      [--repeats 5] [--workers 0,1,2] [--skip-loader] [--json out.json]
+      [--resolutions 96,160,224] [--batch 8|max] [--dtype float32,bfloat16] [--seed N]
+      [--steps 2] [--repeats 5] [--workers auto,0,2] [--threads auto,1] [--input-steps 3]
+      [--skip-loader] [--json out.json]
 
 Run it from the repository root (recipes import `configs.default`). Like flax's ImageNet
 `fake_data_benchmark` config, everything but the data comes from a recipe: the model, the loss
@@ -12,8 +13,9 @@ benchmarked step cannot drift from the one `launch.py` trains. The recipe is `--
 head, so it takes the mask-only BCE trial); `--model`, `--dtype` and `--seed` override it.
 
 For every model x resolution x dtype x batch it compiles `steps.jit_steps` over
-`mesh.create_mesh()` (BatchNorm statistics, the NaN sentinel, eval metrics included) for a
-fixed random batch shaped like the pipeline's. Then:
+`mesh.create_mesh()` (BatchNorm statistics, the NaN sentinel, eval metrics, on-device
+normalisation included) for a fixed random uint8 batch shaped like the loader's (`--batch max`:
+the largest that fits the device, `largest_batch`). Then:
 
 - compile time, first run and cached: with JAX's persistent compilation cache pointed at a fresh
   temporary folder (`--compile-cache`), both steps are compiled once into the empty cache, then
@@ -27,9 +29,13 @@ fixed random batch shaped like the pipeline's. Then:
   (`device.memory_stats()`, GPUs) and XLA's memory analysis of each compiled step;
 - the input pipeline's delivered samples/s (`data.pipeline.measure_throughput`) on the synthetic
   set of `configs/default.py`'s dataset block (built by `builders.prepare` if needed) at every
-  resolution x worker count, and its ratio to the fastest train step.
+  resolution x worker count x read threads ("auto" resolved), per CPU core, the bytes per
+  sample it ships, and its ratio to the fastest train step;
+- whether the train step waits for data (`benchmark_input`): per resolution, the loader alone,
+  the step alone and the two overlapped as the trainer runs them, and the share of step time
+  spent waiting.
 
-Prints two tables and, with `--json`, writes every number (and the machine's load average,
+Prints the tables and, with `--json`, writes every number (and the machine's load average,
 which matters on shared CPUs: compare ratios measured in one run, not absolute figures).
 PyTorch side by side: `python tools/torch_compare.py` (a script of the repository).
 """
@@ -57,9 +63,13 @@ from jax.experimental.compilation_cache import compilation_cache
 
 import configs
 from configs import default, masknet_bce
-from jaxsegdepth import errors, mesh as mesh_lib, state as state_lib, steps
+from jaxsegdepth import errors, mesh as mesh_lib, names, state as state_lib, steps
 from jaxsegdepth.data import builders, pipeline
+from jaxsegdepth.data.normalization import MODEST_NORMALIZATION
 
+# The input statistics the benchmarked steps normalise with: their values do not change the
+# speed, and a fixed set needs no dataset built.
+NORMALIZATION = MODEST_NORMALIZATION
 # The recipe each model is benchmarked with when no --config is given.
 DEFAULT_RECIPES = {"dsresnet": default, "masknet": masknet_bce}
 
@@ -206,13 +216,14 @@ def _config_from_file(path: str) -> ml_collections.ConfigDict:
 
 
 def synthetic_batch(batch_size: int, resolution: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """A batch shaped like the pipeline's: normalised inputs, [0, 1] depth, 0/1 mask."""
+    """A batch as the loader ships it: uint8 images, a 0/255 mask, sample indices."""
     rng = np.random.default_rng(seed)
     shape = (batch_size, resolution, resolution)
-    return {"bg": rng.standard_normal(shape + (3,), np.float32),
-            "bg_fg": rng.standard_normal(shape + (3,), np.float32),
-            "mask": (rng.random(shape + (1,)) > 0.9).astype(np.float32),
-            "depth": rng.random(shape + (1,), np.float32)}
+    return {"bg": rng.integers(0, 256, shape + (3,), np.uint8),
+            "bg_fg": rng.integers(0, 256, shape + (3,), np.uint8),
+            "mask": np.where(rng.random(shape + (1,)) > 0.9, 255, 0).astype(np.uint8),
+            "depth": rng.integers(0, 256, shape + (1,), np.uint8),
+            names.INDEX: np.arange(batch_size, dtype=np.int32)}
 
 
 class StepRunner:
@@ -239,7 +250,7 @@ class StepRunner:
         """Clears JAX's in-memory caches, then lowers and compiles both steps (the persistent
         cache, if one is set, still serves them); returns the two times in seconds."""
         jax.clear_caches()
-        train, evaluate, _ = state_lib.jit_steps(self.config, self.mesh)
+        train, evaluate, _ = state_lib.jit_steps(self.config, self.mesh, NORMALIZATION)
         start = time.perf_counter()
         self.train_step = train.lower(self.state, self.batch).compile()
         middle = time.perf_counter()
@@ -331,22 +342,125 @@ def loader_config(data_dir: str = "", num_samples: int | None = None) -> ml_coll
     return ds_config
 
 
-def benchmark_loader(ds_config, resolutions: Sequence[int], workers: Sequence[int],
+def _train_step_bytes(config: ml_collections.ConfigDict, resolution: int, batch_size: int,
+                      mesh) -> int:
+    """Device bytes XLA plans for one compiled train step (per device): arguments, outputs
+    and temporaries, less what is aliased (the donated state)."""
+    runner = StepRunner(config, resolution, batch_size, mesh=mesh)
+    train, _, _ = state_lib.jit_steps(config, mesh, NORMALIZATION)
+    analysis = train.lower(runner.state, runner.batch).compile().memory_analysis()
+    return (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+            + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+
+
+def largest_batch(config: ml_collections.ConfigDict, resolution: int, mesh=None, *,
+                  step: int = 64, headroom: float = 0.9, cap: int = 16384,
+                  plan: Callable[[int], int] | None = None,
+                  limit: int | None = None) -> dict[str, Any]:
+    """The largest global batch, a multiple of `step`, whose train step should fit in
+    `headroom` of the device's memory: the bytes XLA plans at `step` and 2 x `step` give a
+    fixed part and a part per sample, extrapolated to the device's limit (the benchmark then
+    runs it, and steps down if it still does not fit). `plan(batch)` and `limit` default to
+    `_train_step_bytes` and the device's `bytes_limit`."""
+    mesh = mesh_lib.create_mesh() if mesh is None else mesh
+    if limit is None:
+        limit = (mesh.devices.flat[0].memory_stats() or {}).get("bytes_limit")
+    if not limit:
+        raise errors.UsageError("--batch max needs a device that reports its memory limit (a "
+                                f"GPU or TPU); this run has {mesh.devices.flat[0].platform}: "
+                                "give --batch sizes")
+    plan = plan or (lambda batch: _train_step_bytes(config, resolution, batch, mesh))
+    small, large = plan(step), plan(2 * step)
+    per_sample = max((large - small) / step, 1.0)
+    fixed = small - per_sample * step
+    batch = int((headroom * limit - fixed) / per_sample) // step * step
+    return {"batch": max(step, min(batch, cap)), "bytes_limit": limit,
+            "planned_bytes": {step: small, 2 * step: large}, "bytes_per_sample": per_sample,
+            "fixed_bytes": fixed, "headroom": headroom}
+
+
+def _out_of_memory(error: Exception) -> bool:
+    return "RESOURCE_EXHAUSTED" in str(error) or "out of memory" in str(error).lower()
+
+
+def bytes_per_sample(batch: dict[str, np.ndarray]) -> float:
+    """Bytes a batch ships to the device, per sample."""
+    arrays = list(batch.values())
+    return sum(a.nbytes for a in arrays) / len(arrays[0])
+
+
+def _with_settings(ds_config, workers, threads):
+    ds_config = ds_config.copy_and_resolve_references()
+    ds_config.worker_count, ds_config.read_threads = workers, threads
+    return ds_config
+
+
+def benchmark_loader(ds_config, resolutions: Sequence[int], workers: Sequence, threads: Sequence,
                      batch_size: int, num_batches: int) -> list[dict]:
-    """Delivered samples/s of the input pipeline for every resolution x worker count.
+    """Delivered samples/s of the input pipeline for every resolution x worker count x read
+    threads ("auto" allowed: resolved as the trainer would), per CPU core too, and the bytes
+    per sample it ships.
 
     Loader workers read absl flags: outside `absl.app`, mark them parsed first (see `main`).
     """
     builders.prepare(ds_config)  # build the set once (if it is not built), outside the timing
+    cpus = pipeline.cpu_count()
     rows = []
     for resolution in resolutions:
-        for worker_count in workers:
-            rate = pipeline.measure_throughput(ds_config, resolution, batch_size=batch_size,
-                                               worker_count=worker_count, num_batches=num_batches)
-            rows.append({"resolution": resolution, "workers": worker_count, "batch": batch_size,
-                         "num_batches": num_batches, "samples_per_s": rate,
+        one = next(iter(pipeline.create_loader(ds_config, "train", resolution=resolution,
+                                               batch_size=batch_size, shuffle=True, seed=0,
+                                               worker_count=0)))
+        for worker_count, read_threads in itertools.product(workers, threads):
+            config = _with_settings(ds_config, worker_count, read_threads)
+            settings = pipeline.loader_settings(config)
+            rate = pipeline.measure_throughput(config, resolution, batch_size=batch_size,
+                                               num_batches=num_batches)
+            rows.append({"resolution": resolution, "workers": settings.worker_count,
+                         "threads": settings.read_threads, "asked": [worker_count, read_threads],
+                         "batch": batch_size, "num_batches": num_batches, "samples_per_s": rate,
+                         "cpu_count": cpus, "samples_per_s_per_core": rate / cpus,
+                         "bytes_per_sample": bytes_per_sample(one),
                          "load_average": load_average()})
     return rows
+
+
+def benchmark_input(config: ml_collections.ConfigDict, ds_config, resolution: int,
+                    batch_size: int, num_steps: int, warmup: int = 2) -> dict[str, Any]:
+    """Would the train step wait for data? At `resolution` and `batch_size`, with the loader's
+    "auto" settings (or `ds_config`'s): the loader alone, the train step alone (one fixed
+    batch), and the two together as the trainer runs them: each step dispatched, then the next
+    batch read and put on the device while the step runs (JAX's asynchronous dispatch is the
+    double buffer). `wait_fraction` = the share of the overlapped step time spent waiting."""
+    loader_rate = pipeline.measure_throughput(ds_config, resolution, batch_size=batch_size,
+                                              num_batches=max(num_steps, 10))
+    runner = StepRunner(config, resolution, batch_size)
+    runner.compile()
+    runner.train(warmup)
+    step_rate = samples_per_s(runner.train, num_steps, batch_size)
+    local_batch = mesh_lib.check_batch_size(runner.mesh, batch_size, "--batch")
+    iterator = iter(pipeline.create_loader(ds_config, "train", resolution=resolution,
+                                           batch_size=local_batch, shuffle=True, seed=0))
+
+    def overlapped(count: int):
+        out = None
+        for _ in range(count):
+            batch = mesh_lib.shard_batch(runner.mesh, next(iterator))
+            runner.state, out = runner.train_step(runner.state, batch)
+        return jax.block_until_ready(out)
+
+    try:
+        overlapped(warmup)
+        together = samples_per_s(overlapped, num_steps, batch_size)
+    finally:
+        if hasattr(iterator, "close"):
+            iterator.close()
+    settings = pipeline.loader_settings(ds_config)
+    return {"model": config.model, "dtype": config.dtype, "resolution": resolution,
+            "batch": batch_size, "steps": num_steps, "workers": settings.worker_count,
+            "threads": settings.read_threads, "loader_samples_per_s": loader_rate,
+            "step_samples_per_s": step_rate, "overlapped_samples_per_s": together,
+            "wait_fraction": max(0.0, 1.0 - together / step_rate),
+            "input_bound": loader_rate < step_rate, "load_average": load_average()}
 
 
 def _attach_step_ratios(loader_rows: list[dict], step_rows: list[dict]) -> None:
@@ -406,13 +520,31 @@ def format_tables(result: dict) -> str:
     for model, recipe in result["recipes"].items():
         lines.append(f"{model}: {recipe['config']}, loss {recipe['loss']}, optimizer "
                      f"{recipe['optimizer']}")
+    if result.get("largest_batch"):
+        found = result["largest_batch"]
+        lines.append(f"--batch max: {found['batch']} (planned "
+                     f"{found['bytes_per_sample'] / 2**20:.1f} MiB per sample, limit "
+                     f"{found['bytes_limit'] / 2**30:.1f} GiB x {found['headroom']:g})")
     if result.get("loader"):
-        lines += ["", f"{'loader res':>10} {'workers':>7} {'samples/s':>10} {'train/s':>8} "
-                      f"{'loader/step':>11}"]
+        lines += ["", f"{'loader res':>10} {'workers':>7} {'threads':>7} {'samples/s':>10} "
+                      f"{'per core':>8} {'KB/sample':>9} {'train/s':>8} {'loader/step':>11}"]
         for r in result["loader"]:
-            lines.append(f"{r['resolution']:>10} {r['workers']:>7} {r['samples_per_s']:>10.1f} "
+            lines.append(f"{r['resolution']:>10} {r['workers']:>7} {r['threads']:>7} "
+                         f"{r['samples_per_s']:>10.1f} {r['samples_per_s_per_core']:>8.1f} "
+                         f"{r['bytes_per_sample'] / 1e3:>9.1f} "
                          f"{_fmt(r['fastest_train_samples_per_s'], '.2f'):>8} "
                          f"{_fmt(r['loader_to_step_ratio'], '.2f'):>11}")
+        lines.append(f"on {result['loader'][0]['cpu_count']} CPU(s); workers/threads as run "
+                     "('auto' resolved)")
+    if result.get("input"):
+        lines += ["", f"{'input res':>10} {'batch':>5} {'loader/s':>9} {'step/s':>8} "
+                      f"{'together/s':>10} {'waiting':>7} {'input-bound':>11}"]
+        for r in result["input"]:
+            lines.append(f"{r['resolution']:>10} {r['batch']:>5} {r['loader_samples_per_s']:>9.1f} "
+                         f"{r['step_samples_per_s']:>8.2f} {r['overlapped_samples_per_s']:>10.2f} "
+                         f"{100 * r['wait_fraction']:>6.0f}% {str(r['input_bound']):>11}")
+        lines.append("together: the trainer's loop, loader and step overlapped; waiting: the "
+                     "share of its step time lost to the input")
     return "\n".join(lines)
 
 
@@ -433,7 +565,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "(default: configs/default.py; configs/masknet_bce.py for masknet)")
     parser.add_argument("--model", default="dsresnet", help="model name(s): dsresnet, masknet")
     parser.add_argument("--resolutions", default="96,160,224", help="comma-separated sizes")
-    parser.add_argument("--batch", default="8", help="global batch size(s), comma-separated")
+    parser.add_argument("--batch", default="8", help="global batch size(s), comma-separated, or "
+                        "'max': the largest that fits the device (GPU/TPU)")
     parser.add_argument("--dtype", default="float32,bfloat16", help="compute dtype(s)")
     parser.add_argument("--seed", type=int, default=None, help="initialisation seed (default: "
                         "the recipe's)")
@@ -441,12 +574,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "(eval runs 3x as many)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
-    parser.add_argument("--workers", default="0,1,2", help="loader worker counts")
+    parser.add_argument("--workers", default="auto", help="loader worker counts ('auto' or "
+                        "integers, comma-separated)")
+    parser.add_argument("--threads", default="auto", help="loader read threads per process "
+                        "('auto' or integers, comma-separated)")
+    parser.add_argument("--input-steps", type=int, default=3,
+                        help="train steps fed by the loader per resolution, to see whether the "
+                             "step waits for data (0: skip)")
     parser.add_argument("--skip-loader", action="store_true", help="don't measure the loader")
     parser.add_argument("--skip-steps", action="store_true",
                         help="measure the loader only (no train/eval steps)")
-    parser.add_argument("--loader-batch", type=int, default=0,
-                        help="loader batch size (0: the first --batch)")
+    parser.add_argument("--loader-batch", type=int, default=32,
+                        help="loader batch size of the loader table")
     parser.add_argument("--loader-batches", type=int, default=20, help="timed loader batches")
     parser.add_argument("--data-dir", default="", help="prepared tfds data ('' = the default)")
     parser.add_argument("--num-samples", type=int, default=None,
@@ -466,6 +605,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _settings(text: str, flag: str) -> list:
+    """'auto' and integers from a comma-separated loader setting."""
+    values = []
+    for item in _names(text):
+        if item.lower() == pipeline.AUTO:
+            values.append(pipeline.AUTO)
+        elif item.isdigit():
+            values.append(int(item))
+        else:
+            raise errors.UsageError(f"{flag} {text}: expected 'auto' or integers, comma-separated")
+    return values
+
+
+def _batches(args: argparse.Namespace) -> list:
+    """--batch as integers, and "max" where asked."""
+    batches = []
+    for item in _names(args.batch):
+        if item.lower() != "max" and not item.isdigit():
+            raise errors.UsageError(f"--batch {args.batch}: expected integers or 'max', "
+                                    "comma-separated")
+        batches.append("max" if item.lower() == "max" else int(item))
+    return batches
+
+
 def _configs(args: argparse.Namespace) -> dict[tuple[str, str], ml_collections.ConfigDict]:
     """One checked config per model x dtype, before anything compiles (`UsageError` if bad)."""
     recipes = {}
@@ -475,9 +638,39 @@ def _configs(args: argparse.Namespace) -> dict[tuple[str, str], ml_collections.C
             state_lib.validate(config, _ints(args.resolutions), "--resolutions")
             recipes[model, dtype] = config
     mesh = mesh_lib.create_mesh()
-    for batch_size in _ints(args.batch):
-        mesh_lib.check_batch_size(mesh, batch_size, "--batch")
+    for batch_size in _batches(args):
+        if batch_size != "max":
+            mesh_lib.check_batch_size(mesh, batch_size, "--batch")
+    _settings(args.workers, "--workers")
+    _settings(args.threads, "--threads")
     return recipes
+
+
+def _fitting_step(config, resolution: int, batch_size, args, directory, result) -> dict:
+    """`benchmark_step` at `batch_size`; "max" is `largest_batch`'s, stepped down by a tenth
+    while the device runs out of memory."""
+    if batch_size != "max":
+        return benchmark_step(config, resolution, batch_size, steps_per_run=args.steps,
+                              repeats=args.repeats, warmup=args.warmup,
+                              cache=directory is not None)
+    found = largest_batch(config, resolution)
+    found.update(model=config.model, dtype=config.dtype, resolution=resolution, tried=[])
+    result.setdefault("largest_batch", found)
+    step = 64
+    batch_size = found["batch"]
+    while True:
+        found["tried"].append(batch_size)
+        try:
+            row = benchmark_step(config, resolution, batch_size, steps_per_run=args.steps,
+                                 repeats=args.repeats, warmup=args.warmup,
+                                 cache=directory is not None)
+            found["batch"] = batch_size
+            return row
+        except Exception as error:  # pylint: disable=broad-except
+            if not _out_of_memory(error) or batch_size <= step:
+                raise
+            jax.clear_caches()
+            batch_size = max(step, int(batch_size * 0.9) // step * step)
 
 
 def _benchmark_steps(args: argparse.Namespace, recipes: dict, result: dict) -> None:
@@ -487,21 +680,28 @@ def _benchmark_steps(args: argparse.Namespace, recipes: dict, result: dict) -> N
         result["compile_cache_dir"] = directory
         for model, resolution, dtype, batch_size in itertools.product(
                 _names(args.model), _ints(args.resolutions), _names(args.dtype),
-                _ints(args.batch)):
-            row = benchmark_step(recipes[model, dtype], resolution, batch_size,
-                                 steps_per_run=args.steps, repeats=args.repeats,
-                                 warmup=args.warmup, cache=directory is not None)
+                _batches(args)):
+            row = _fitting_step(recipes[model, dtype], resolution, batch_size, args, directory,
+                                result)
             result["steps"].append(row)
-            print(f"  {model} {resolution} {dtype} batch {batch_size}: train "
+            print(f"  {model} {resolution} {dtype} batch {row['batch']}: train "
                   f"{row['train_samples_per_s']:.2f}/s, eval {row['eval_samples_per_s']:.2f}/s",
                   file=sys.stderr, flush=True)
+
+
+def _input_batch(args: argparse.Namespace, result: dict, resolution: int) -> int:
+    """The batch the input check runs: the first --batch (for "max", the one found)."""
+    first = _batches(args)[0]
+    if first != "max":
+        return first
+    return next(r["batch"] for r in result["steps"] if r["resolution"] == resolution)
 
 
 def run(args: argparse.Namespace) -> dict:
     """Every measurement the arguments ask for, as one JSON-able dict."""
     recipes = _configs(args)
     result = {"environment": environment(), "arguments": vars(args),
-              "load_average_start": load_average(), "steps": [], "loader": [],
+              "load_average_start": load_average(), "steps": [], "loader": [], "input": [],
               "recipes": {model: {"config": recipe_name(args.config, model),
                                   "loss": config.loss.to_dict(),
                                   "optimizer": config.optimizer.name}
@@ -512,10 +712,19 @@ def run(args: argparse.Namespace) -> dict:
         ds_config = loader_config(args.data_dir, args.num_samples)
         result["dataset"] = ds_config.to_dict()
         result["loader"] = benchmark_loader(ds_config, _ints(args.resolutions),
-                                            _ints(args.workers),
-                                            args.loader_batch or _ints(args.batch)[0],
-                                            args.loader_batches)
+                                            _settings(args.workers, "--workers"),
+                                            _settings(args.threads, "--threads"),
+                                            args.loader_batch, args.loader_batches)
         _attach_step_ratios(result["loader"], result["steps"])
+        if args.input_steps and not args.skip_steps:
+            config = next(iter(recipes.values()))
+            for resolution in _ints(args.resolutions):
+                row = benchmark_input(config, ds_config, resolution,
+                                      _input_batch(args, result, resolution), args.input_steps)
+                result["input"].append(row)
+                print(f"  input {resolution}: loader {row['loader_samples_per_s']:.1f}/s, step "
+                      f"{row['step_samples_per_s']:.2f}/s, together "
+                      f"{row['overlapped_samples_per_s']:.2f}/s", file=sys.stderr, flush=True)
     result["load_average_end"] = load_average()
     return result
 
@@ -538,7 +747,7 @@ def run_command(args: argparse.Namespace, run_fn: Callable, format_fn: Callable)
 def main(argv: Sequence[str] | None = None) -> dict:
     """Runs the benchmark and prints its tables."""
     args = parse_args(argv)
-    if not args.skip_loader and any(_ints(args.workers)) and not flags.FLAGS.is_parsed():
+    if not args.skip_loader and not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
     return run_command(args, run, format_tables)
 

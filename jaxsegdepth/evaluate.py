@@ -83,7 +83,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     builders.prepare(config.dataset)
     step = int(jax.device_get(state.step))
     heads = state_lib.heads(config)
-    _, eval_step, predict_step = state_lib.jit_steps(config, mesh)
+    _, eval_step, predict_step = state_lib.jit_steps(
+        config, mesh, pipeline.input_normalization(config.dataset))
     per_resolution, baselines, photo_pairs = {}, {}, {}
     pairs = ([photos.generate(0, index) for index in range(config.evaluate.photos)]
              if "mask" in heads else [])  # rendered once, decoded at each resolution

@@ -18,7 +18,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxsegdepth import mesh as mesh_lib, metrics, names, reporting
-from jaxsegdepth.data import normalization, pipeline
+from jaxsegdepth.data import pipeline
 
 FETCH_EVERY = 16  # evaluation sums come to the host (float64) every this many batches
 
@@ -36,13 +36,13 @@ def evaluate_split(config: ml_collections.ConfigDict, mesh, eval_step: Callable,
     keys = names.INPUTS + tuple(heads)
     loader = pipeline.create_loader(
         config.dataset, "validation", resolution=resolution, batch_size=local_batch,
-        shuffle=False, seed=config.seed, num_epochs=1, drop_remainder=False, augment=False)
+        shuffle=False, seed=config.seed, num_epochs=1, drop_remainder=False)
     global_batches = math.ceil(pipeline.split_size(config.dataset, "validation")
                                / (jax.process_count() * local_batch))
     # A process whose slice of a global batch is empty (or that has no sample at all) still
     # takes part in every step, with a batch of weight 0.
     last_real = {k: np.zeros((1, resolution, resolution, 3 if k in names.INPUTS else 1),
-                             np.float32) for k in keys}
+                             np.uint8) for k in keys}
     iterator, totals, pending = iter(loader), {}, []
 
     def fetch():
@@ -97,25 +97,27 @@ def preview_grid(config: ml_collections.ConfigDict, predict_step: Callable, stat
     predictions = predict_step(state, batch["bg"], batch["bg_fg"])
     predictions = multihost_utils.process_allgather(predictions, tiled=True)
     n = max(1, min(config.num_preview, real))
-    norm = pipeline.input_normalization(config.dataset)
-    columns = [(name, normalization.denormalize(host[name][:n], *norm[name]))
-               for name in names.INPUTS]
+    columns = [(name, host[name][:n]) for name in names.INPUTS]
     for head in heads:
-        columns += [(head, host[head][:n]), (f"pred {head}", np.asarray(predictions[head])[:n])]
+        columns += [(head, _unit(host[head][:n])),
+                    (f"pred {head}", np.asarray(predictions[head])[:n])]
     return reporting.image_grid(columns)
 
 
 DIFF_THRESHOLDS = np.round(np.arange(0.01, 0.51, 0.01), 2)  # |bg - bg_fg| cut-offs tried
 
 
+def _unit(images: np.ndarray) -> np.ndarray:
+    """uint8 images -> float32 in [0, 1]."""
+    return images.astype(np.float32) * np.float32(1 / 255)
+
+
 def _batches(config: ml_collections.ConfigDict, split: str, resolution: int):
-    """Every sample of a split once, in batches on the host, inputs as RGB in [0, 1]."""
-    norm = pipeline.input_normalization(config.dataset)
+    """Every sample of a split once, in batches on the host, images as floats in [0, 1]."""
     for batch in pipeline.create_loader(
             config.dataset, split, resolution=resolution, batch_size=64, shuffle=False,
-            seed=config.seed, num_epochs=1, drop_remainder=False, augment=False, shard=(0, 1)):
-        yield {k: normalization.denormalize(v, *norm[k]) if k in names.INPUTS else v
-               for k, v in batch.items()}
+            seed=config.seed, num_epochs=1, drop_remainder=False, shard=(0, 1)):
+        yield {k: _unit(batch[k]) for k in names.INPUTS + names.HEADS}
 
 
 def _difference(batch: dict) -> np.ndarray:
@@ -193,15 +195,12 @@ def photo_pairs(config: ml_collections.ConfigDict, mesh, predict_step: Callable,
     images = {key: np.stack([pipeline.decode_image(pair[key], "L" if key == "mask" else "RGB",
                                                    resolution) for pair in pairs])
               for key in (*names.INPUTS, "mask")}
-    mask = images["mask"][..., None].astype(np.float32) / 255.0
-    norm = pipeline.input_normalization(config.dataset)
+    mask = _unit(images["mask"][..., None])
     mine = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
-    batch = mesh_lib.shard_batch(mesh, {key: normalization.normalize(images[key][mine], *norm[key])
-                                        for key in names.INPUTS})
+    batch = mesh_lib.shard_batch(mesh, {key: images[key][mine] for key in names.INPUTS})
     probs = multihost_utils.process_allgather(
         predict_step(state, batch["bg"], batch["bg_fg"])["mask"], tiled=True)
-    difference = _difference({key: images[key].astype(np.float32) / 255.0
-                              for key in names.INPUTS})
+    difference = _difference({key: _unit(images[key]) for key in names.INPUTS})
     result = {"pairs": count, "model_iou": float(metrics.iou(probs, mask)),
               "difference_iou": float(metrics.iou(difference, mask, threshold)),
               "ceiling_iou": ceiling_iou(mask) / count}

@@ -1,10 +1,11 @@
 """`mode=export`: a trained model as one self-contained, serialized `jax.export` artifact.
 
-The exported function is `steps.predict_step` with the trained state baked in: it maps a pair of
-*normalised* NHWC float32 images `(bg, bg_fg)` to a dict of probabilities (`sigmoid` of the
-logits), `{"mask": (N,H,W,1), "depth": (N,H,W,1)}` (MaskNet: only `"mask"`). Parameters and
-BatchNorm statistics are constants, so running it needs JAX and the artifact, not this
-package's model code:
+The exported function is `steps.predict_step` with the trained state and the dataset's
+normalisation baked in: it maps a pair of NHWC uint8 RGB images `(bg, bg_fg)` to a dict of
+probabilities (`sigmoid` of the logits), `{"mask": (N,H,W,1), "depth": (N,H,W,1)}` (MaskNet:
+only `"mask"`). (In 0.2 it took float32 inputs already normalised; `model.json`'s
+`input_dtype` says which an artifact takes.) Parameters, BatchNorm statistics and the mean/std
+are constants, so running it needs JAX and the artifact, not this package's model code:
 
     import jax
     with open("WORKDIR/export/model.jax_exported", "rb") as f:
@@ -12,7 +13,7 @@ package's model code:
     out = exported.call(bg, bg_fg)          # {"mask": ..., "depth": ...}
 
 `exported.load(path)` does the same and also reads the JSON metadata written next to the
-artifact (resolution, batch, normalisation mean/std to apply to the [0, 1] RGB inputs).
+artifact (resolution, batch, the normalisation mean/std it applies).
 
 Files, in `export.output_dir` (default `WORKDIR/export`):
 - `model.jax_exported`: `Exported.serialize()` bytes (StableHLO plus calling convention).
@@ -25,11 +26,10 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxsegdepth import (checkpoints, errors, mesh as mesh_lib, reporting, state as state_lib,
                          steps)
-from jaxsegdepth.data import pipeline
+from jaxsegdepth.data import pipeline, preprocess
 from jaxsegdepth.exported import ARTIFACT, METADATA
 
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
@@ -51,10 +51,10 @@ def validate(config) -> None:
     pipeline.validate(config.dataset)
 
 
-def export_fn(state, *, resolution: int, batch_size: int = 0,
+def export_fn(state, normalization: dict, *, resolution: int, batch_size: int = 0,
               platforms: Sequence[str] | None = None) -> jax.export.Exported:
-    """Exports `steps.predict_step` with `state` (a `steps.TrainState`) baked in, for
-    `resolution`x`resolution` inputs.
+    """Exports `steps.predict_step` with `state` (a `steps.TrainState`) and the inputs'
+    `normalization` ({input: (mean, std)}) baked in, for `resolution`x`resolution` uint8 inputs.
 
     `batch_size=0` gives a symbolic batch dimension (any N >= 1 at call time). `platforms`
     (e.g. `("cpu", "cuda")`) lowers for each, so the artifact runs on any of them; `None` lowers
@@ -64,9 +64,11 @@ def export_fn(state, *, resolution: int, batch_size: int = 0,
     state = state.replace(params=jax.device_get(state.params),
                           batch_stats=jax.device_get(state.batch_stats))
     batch = jax.export.symbolic_shape("batch")[0] if batch_size == 0 else batch_size
-    spec = jax.ShapeDtypeStruct((batch, resolution, resolution, 3), jnp.float32)
+    spec = jax.ShapeDtypeStruct((batch, resolution, resolution, 3), jnp.uint8)
+    predict = functools.partial(steps.predict_step, state,
+                                preprocess=preprocess.from_normalization(normalization))
     try:
-        return jax.export.export(jax.jit(functools.partial(steps.predict_step, state)),
+        return jax.export.export(jax.jit(predict),
                                  platforms=tuple(platforms) if platforms else None)(spec, spec)
     except Exception as error:  # shape polymorphism is the usual culprit; say what to try
         if batch_size == 0:
@@ -75,11 +77,13 @@ def export_fn(state, *, resolution: int, batch_size: int = 0,
         raise
 
 
-def export_state(state, output_dir: str, *, resolution: int, batch_size: int = 0,
-                 platforms: Sequence[str] | None = None,
+def export_state(state, output_dir: str, normalization: dict, *, resolution: int,
+                 batch_size: int = 0, platforms: Sequence[str] | None = None,
                  metadata: dict | None = None) -> tuple[str, jax.export.Exported]:
-    """Exports a `steps.TrainState`'s model to `output_dir`; returns the artifact's path and it."""
-    exported = export_fn(state, resolution=resolution, batch_size=batch_size, platforms=platforms)
+    """Exports a `steps.TrainState`'s model with the inputs' `normalization` to `output_dir`;
+    returns the artifact's path and it."""
+    exported = export_fn(state, normalization, resolution=resolution, batch_size=batch_size,
+                         platforms=platforms)
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, ARTIFACT)
     with open(path, "wb") as f:
@@ -87,8 +91,11 @@ def export_state(state, output_dir: str, *, resolution: int, batch_size: int = 0
     meta = {
         "inputs": ["bg", "bg_fg"],
         "input_shape": [batch_size or None, resolution, resolution, 3],
-        "input_dtype": "float32",
-        "input_note": "RGB scaled to [0, 1], then (x - mean) / std per channel (see normalization)",
+        "input_dtype": "uint8",
+        "input_note": "RGB 0-255; the model normalises ((x / 255 - mean) / std per channel, "
+                      "see normalization)",
+        "normalization": {k: [list(map(float, m)), list(map(float, s))]
+                          for k, (m, s) in normalization.items()},
         "outputs": {head: [None if jax.export.is_symbolic_dim(d) else int(d) for d in aval.shape]
                     for head, aval in jax.tree.unflatten(exported.out_tree,
                                                          exported.out_avals).items()},
@@ -108,13 +115,9 @@ def run(config, workdir: str) -> str:
                                          mesh_lib.create_mesh(jax.local_devices()[:1]))
     cfg = config.export
     output_dir = cfg.output_dir or os.path.join(workdir, "export")
-    metadata = {
-        "model": config.model,
-        "step": int(jax.device_get(state.step)),
-        "normalization": {k: [np.asarray(m).tolist(), np.asarray(s).tolist()]
-                          for k, (m, s) in pipeline.input_normalization(config.dataset).items()},
-    }
-    path, exported = export_state(state, output_dir, resolution=cfg.resolution,
+    metadata = {"model": config.model, "step": int(jax.device_get(state.step))}
+    path, exported = export_state(state, output_dir, pipeline.input_normalization(config.dataset),
+                                  resolution=cfg.resolution,
                                   batch_size=cfg.batch_size,
                                   platforms=tuple(cfg.platforms) or None, metadata=metadata)
     reporting.say(f"Exported {config.model} (step {metadata['step']}) for batch "

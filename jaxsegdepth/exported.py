@@ -2,11 +2,13 @@
 
     from jaxsegdepth import exported
     model = exported.load("WORKDIR/export")        # the folder, or model.jax_exported itself
-    probabilities = model(model.normalize(bg_uint8, "bg"), model.normalize(bg_fg_uint8, "bg_fg"))
+    probabilities = model(bg_uint8, bg_fg_uint8)      # NHWC RGB, 0-255
 
-The artifact (`model.jax_exported`, `Exported.serialize()` bytes) maps a pair of normalised NHWC
-float32 images to `{head: probability}`; `model.json` next to it holds the metadata (input
-shape, normalisation mean/std, step, platforms).
+The artifact (`model.jax_exported`, `Exported.serialize()` bytes) maps a pair of NHWC uint8 RGB
+images to `{head: probability}`, normalising inside; `model.json` next to it holds the metadata
+(input shape and dtype, the normalisation mean/std it applies, step, platforms). Artifacts
+exported by 0.2 take float32 inputs already normalised (their `input_dtype`); calling one
+converts the inputs to its dtype, the normalisation is then the caller's.
 """
 import dataclasses
 import json
@@ -15,9 +17,6 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from jaxsegdepth import errors
-from jaxsegdepth.data import normalization
 
 ARTIFACT = "model.jax_exported"
 METADATA = "model.json"
@@ -30,14 +29,22 @@ class LoadedModel:
     metadata: dict
 
     def __call__(self, bg, bg_fg) -> dict:
-        return self.exported.call(jnp.asarray(bg, jnp.float32), jnp.asarray(bg_fg, jnp.float32))
+        dtype = self.exported.in_avals[0].dtype
+        return self.exported.call(*(_as_input(x, dtype, name)
+                                    for name, x in (("bg", bg), ("bg_fg", bg_fg))))
 
-    def normalize(self, images: np.ndarray, which: str) -> np.ndarray:
-        """uint8 or [0, 1] float RGB images -> the normalised inputs for `which` (`bg`/`bg_fg`)."""
-        if "normalization" not in self.metadata:
-            raise errors.RunError(f"no normalisation mean/std: {METADATA} was not next to "
-                                  f"{ARTIFACT} when it was loaded")
-        return normalization.normalize(images, *self.metadata["normalization"][which])
+
+def _as_input(images, dtype, name: str) -> jax.Array:
+    """`images` in the artifact's input dtype. A uint8 artifact takes 0-255 values of any
+    numeric dtype; anything else (e.g. [0, 1] floats) is refused rather than truncated."""
+    images = np.asarray(images)
+    if dtype == np.uint8 and images.dtype != np.uint8:
+        if images.size and not (np.all(images == np.round(images)) and images.min() >= 0
+                                and images.max() <= 255):
+            raise ValueError(f"{name}: this model takes RGB values 0-255 (uint8); got "
+                             f"{images.dtype} in [{images.min()}, {images.max()}] (scale [0, 1] "
+                             "images by 255)")
+    return jnp.asarray(images, dtype)
 
 
 def load(path: str) -> LoadedModel:

@@ -106,13 +106,14 @@ def sweep(config: ml_collections.ConfigDict) -> dict:
     schedule = optim.range_schedule(cfg.start_lr, cfg.end_lr, cfg.num_steps, cfg.spacing)
     state = state_lib.create_state(config, mesh=mesh,
                                    tx=optim.create_optimizer(config.optimizer, schedule))
-    train_step, _, _ = state_lib.jit_steps(config, mesh)
     builders.prepare(config.dataset)
+    train_step, _, _ = state_lib.jit_steps(
+        config, mesh, pipeline.input_normalization(config.dataset))
     batches = iter(pipeline.create_loader(
         config.dataset, "train", resolution=resolution,
         batch_size=mesh_lib.check_batch_size(mesh, global_batch), shuffle=True,
         seed=config.seed, num_epochs=None, drop_remainder=True))
-    keys = names.INPUTS + tuple(config.loss.keys())  # the inputs and the targets the loss uses
+    keys = names.INPUTS + tuple(config.loss.keys()) + (names.INDEX,)  # what the train step uses
     bar = reporting.progress_bar(cfg.num_steps, "LR range test", enabled=jax.process_index() == 0,
                                  unit="step")
     record = _Record(cfg, schedule, bar)

@@ -1,11 +1,12 @@
 """Names shared by the data, the models, the losses and the reports, defined once.
 
-A batch is a dict keyed by `INPUTS` and the heads; a model returns a dict keyed by the heads it
-declares (`models.MODELS[name].HEADS`, a subset of `HEADS`); metrics and loss terms are reported
-as `val_<metric>` and `val_<head>/<term>`.
+A batch is a dict keyed by `INPUTS`, the heads and `INDEX`; a model returns a dict keyed by
+the heads it declares (`models.MODELS[name].HEADS`, a subset of `HEADS`); metrics and loss
+terms are reported as `val_<metric>` and `val_<head>/<term>`.
 """
 INPUTS = ("bg", "bg_fg")
 HEADS = ("mask", "depth")  # every head a model may predict, in display order
+INDEX = "index"  # a training batch's global sample indices, which draw its augmentation
 MASK_METRICS = ("iou", "iou_soft")
 DEPTH_METRICS = ("rmse", "mae", "abs_rel", "sq_rel", "log10", "delta1", "delta2", "delta3")
 

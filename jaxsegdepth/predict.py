@@ -9,8 +9,9 @@ any format PIL reads (EXIF rotation applied, converted to RGB).
 Each pair is resized (bilinear) to a model size - `predict.resolution` squared if set, else its
 own size with each side rounded to the nearest multiple of the model's stride (32 for DSResNet,
 at least one stride), after scaling down so the longer side is at most `predict.max_side`
-(0: no cap) - normalised with the dataset's mean/std (`pipeline.input_normalization`), and the
-predictions are resized back to the original size.
+(0: no cap) - and handed to the predict step as uint8, which normalises it on the device with
+the dataset's mean/std (`pipeline.input_normalization`); the predictions are resized back to
+the original size.
 
 Written to `predict.output_dir` (default `WORKDIR/predictions_user`), per pair `NAME`:
 - `NAME_mask_prob.png`  mask probability, 8-bit grey (0-255 for 0-1)
@@ -39,7 +40,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from jaxsegdepth import (checkpoints, errors, mesh as mesh_lib, models, reporting,
                          state as state_lib)
-from jaxsegdepth.data import normalization, pipeline
+from jaxsegdepth.data import pipeline
 
 SIDE_BY_SIDE_MAX_TILE = 512  # tiles of the side-by-side picture are scaled down to this
 
@@ -166,12 +167,11 @@ def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 # -- one pair -------------------------------------------------------------------------------
 
-def predict_pair(predict_fn: Callable, bg: np.ndarray, bg_fg: np.ndarray, norm: dict,
+def predict_pair(predict_fn: Callable, bg: np.ndarray, bg_fg: np.ndarray,
                  model_hw: tuple[int, int]) -> dict:
     """{head: (H, W) float32 probability} at the input's size for one uint8 RGB pair: resized
-    to `model_hw`, normalised with `norm` ({input: (mean, std)}), run by `predict_fn`."""
-    inputs = [normalization.normalize(resize(image, model_hw), *norm[name])[None]
-              for name, image in (("bg", bg), ("bg_fg", bg_fg))]
+    to `model_hw` and run by `predict_fn` (which normalises)."""
+    inputs = [resize(image, model_hw)[None] for image in (bg, bg_fg)]
     outputs = jax.device_get(predict_fn(*inputs))
     return {head: np.clip(resize(np.asarray(value[0, ..., 0], np.float32), bg.shape[:2]), 0, 1)
             for head, value in outputs.items()}
@@ -209,7 +209,7 @@ def write_outputs(output_dir: str, name: str, bg: np.ndarray, bg_fg: np.ndarray,
 
 # -- many pairs -----------------------------------------------------------------------------
 
-def predict_pairs(predict_fn: Callable, pairs: list[Pair], output_dir: str, norm: dict, *,
+def predict_pairs(predict_fn: Callable, pairs: list[Pair], output_dir: str, *,
                   stride: int, threshold: float = 0.5, resolution: int = 0, max_side: int = 0,
                   colormap: str = "viridis", failures: Optional[list[Failure]] = None) -> dict:
     """Predicts and writes every pair; a failing pair is recorded, not raised. Returns the
@@ -225,7 +225,7 @@ def predict_pairs(predict_fn: Callable, pairs: list[Pair], output_dir: str, norm
                                  f"{bg_fg.shape[1]}x{bg_fg.shape[0]} (width x height): the two "
                                  "images of a pair must have the same size")
             model_hw = model_size(*bg.shape[:2], stride, resolution, max_side)
-            outputs = predict_pair(predict_fn, bg, bg_fg, norm, model_hw)
+            outputs = predict_pair(predict_fn, bg, bg_fg, model_hw)
             written[pair.name] = write_outputs(output_dir, pair.name, bg, bg_fg, outputs,
                                                threshold, colormap)
             reporting.say(f"predicted {pair.name} ({bg.shape[1]}x{bg.shape[0]})")
@@ -247,11 +247,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     pairs, failures = find_pairs(cfg.bg, cfg.bg_fg)
     mesh = mesh_lib.create_mesh(jax.local_devices()[:1])
     state = state_lib.load_for_inference(config, workdir, mesh)
-    _, _, predict_step = state_lib.jit_steps(config, mesh)
+    _, _, predict_step = state_lib.jit_steps(
+        config, mesh, pipeline.input_normalization(config.dataset))
     output_dir = cfg.output_dir or os.path.join(workdir, "predictions_user")
     summary = predict_pairs(
         functools.partial(predict_step, state), pairs, output_dir,
-        pipeline.input_normalization(config.dataset), stride=models.MODELS[config.model].STRIDE,
+        stride=models.MODELS[config.model].STRIDE,
         threshold=cfg.threshold, resolution=cfg.resolution, max_side=cfg.max_side,
         colormap=cfg.colormap, failures=failures)
     done = f"{len(summary['written'])} pair(s) written to {output_dir}"

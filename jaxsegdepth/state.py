@@ -26,6 +26,7 @@ from jax.sharding import Mesh
 
 from jaxsegdepth import (checkpoints, errors, losses, mesh as mesh_lib, models, optim, steps,
                          weighting)
+from jaxsegdepth.data import preprocess
 
 DTYPES = ("float32", "bfloat16")
 INIT_RESOLUTION = 32  # parameter shapes do not depend on it; DSResNet needs a multiple of 32
@@ -105,9 +106,13 @@ def _initializer(config, steps_per_epoch, tx):
                              weighting=weighting.from_config(config))
 
 
-def jit_steps(config: ml_collections.ConfigDict, mesh: Mesh):
-    """`steps.jit_steps` for `config`: its loss spec and its loss weighting."""
-    return steps.jit_steps(mesh, losses.compose(config.loss), weighting.from_config(config))
+def jit_steps(config: ml_collections.ConfigDict, mesh: Mesh, normalization: dict):
+    """`steps.jit_steps` for `config`: its loss spec, its loss weighting and its augmentation,
+    with the dataset's input `normalization` ({input: (mean, std)},
+    `pipeline.input_normalization`)."""
+    return steps.jit_steps(mesh, losses.compose(config.loss),
+                           preprocess.from_config(config.dataset, normalization, config.seed),
+                           weighting.from_config(config))
 
 
 def load_for_inference(config: ml_collections.ConfigDict, workdir: str,

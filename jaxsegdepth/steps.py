@@ -1,8 +1,10 @@
 """Training state and the pure step functions, jitted over a device mesh.
 
-The steps know nothing of files, loggers or configs: they take a state and arrays and
-return a state and metrics. `jit_steps` compiles them with the batch sharded on the mesh's
-`data` axis and the state replicated; under `jit` BatchNorm statistics are global.
+The steps know nothing of files, loggers or configs: they take a state and the loader's uint8
+arrays and return a state and metrics. Each first runs its `data.preprocess.Preprocess` on the
+device (normalisation; photometric augmentation in the train step), then the model. `jit_steps`
+compiles them with the batch sharded on the mesh's `data` axis and the state replicated; under
+`jit` BatchNorm statistics are global.
 """
 import functools
 from typing import Any, Callable
@@ -15,6 +17,7 @@ from flax.training import train_state
 from jax.sharding import Mesh
 
 from jaxsegdepth import losses, mesh as mesh_lib, metrics, names, weighting as weighting_lib
+from jaxsegdepth.data.preprocess import Preprocess
 
 
 class TrainState(train_state.TrainState):
@@ -47,13 +50,14 @@ def _targets(batch: dict) -> dict:
     return {head: batch[head] for head in names.HEADS if head in batch}
 
 
-def train_step(state: TrainState, batch: dict, *, loss_fn: losses.LossFn,
+def train_step(state: TrainState, batch: dict, *, loss_fn: losses.LossFn, preprocess: Preprocess,
                weighting: weighting_lib.Weighting = weighting_lib.FIXED
                ) -> tuple[TrainState, dict]:
-    """One optimizer step on `weighting`'s objective. Metrics: `loss` (the loss spec's fixed
-    sum), its terms, and `objective` when it differs. A non-finite objective leaves the state
-    unchanged and records the step."""
+    """One optimizer step on `weighting`'s objective, on the augmented, normalised `batch`.
+    Metrics: `loss` (the loss spec's fixed sum), its terms, and `objective` when it differs.
+    A non-finite objective leaves the state unchanged and records the step."""
     dropout_rng = jax.random.fold_in(state.rng, state.step)
+    batch = preprocess(batch, train=True)
 
     def compute_objective(trained):
         params, learned = trained
@@ -80,8 +84,10 @@ def train_step(state: TrainState, batch: dict, *, loss_fn: losses.LossFn,
     return new_state, {"loss": loss, **terms, **extra}
 
 
-def eval_step(state: TrainState, batch: dict, *, loss_fn: losses.LossFn) -> dict:
+def eval_step(state: TrainState, batch: dict, *, loss_fn: losses.LossFn,
+              preprocess: Preprocess) -> dict:
     """Loss terms and additive metric sums for one batch (`batch["weights"]` masks padding)."""
+    batch = preprocess(batch, train=False)
     outputs = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
                              batch["bg"], batch["bg_fg"], train=False)
     targets = _targets(batch)
@@ -90,11 +96,13 @@ def eval_step(state: TrainState, batch: dict, *, loss_fn: losses.LossFn) -> dict
             "sums": metrics.batch_sums(outputs, targets, batch.get("weights"))}
 
 
-def predict_step(state: TrainState, bg: jax.Array, bg_fg: jax.Array) -> dict:
-    """Probabilities (sigmoid of the logits) for every head the model has: the one inference
-    function, jitted by `jit_steps` and wrapped by `export`."""
+def predict_step(state: TrainState, bg: jax.Array, bg_fg: jax.Array, *,
+                 preprocess: Preprocess) -> dict:
+    """Probabilities (sigmoid of the logits) for every head the model has, from a uint8 (or
+    [0, 1] float) RGB pair: the one inference function, jitted by `jit_steps` and wrapped by
+    `export`."""
     outputs = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                             bg, bg_fg, train=False)
+                             *preprocess.inputs(bg, bg_fg), train=False)
     return {head: jax.nn.sigmoid(logits.astype(jnp.float32)) for head, logits in outputs.items()}
 
 
@@ -117,7 +125,7 @@ def compiler_options(platform: str) -> dict:
     return dict(CPU_COMPILER_OPTIONS) if platform == "cpu" else {}
 
 
-def jit_steps(mesh: Mesh, loss_fn: losses.LossFn,
+def jit_steps(mesh: Mesh, loss_fn: losses.LossFn, preprocess: Preprocess,
               weighting: weighting_lib.Weighting = weighting_lib.FIXED
               ) -> tuple[Callable, Callable, Callable]:
     """`train_step`, `eval_step` and `predict_step` compiled for `mesh`.
@@ -126,12 +134,14 @@ def jit_steps(mesh: Mesh, loss_fn: losses.LossFn,
     """
     replicated, sharded = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
     options = compiler_options(mesh.devices.flat[0].platform)
-    train = jax.jit(functools.partial(train_step, loss_fn=loss_fn, weighting=weighting),
+    train = jax.jit(functools.partial(train_step, loss_fn=loss_fn, preprocess=preprocess,
+                                      weighting=weighting),
                     in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
                     donate_argnums=0, compiler_options=options)
-    evaluate = jax.jit(functools.partial(eval_step, loss_fn=loss_fn),
+    evaluate = jax.jit(functools.partial(eval_step, loss_fn=loss_fn, preprocess=preprocess),
                        in_shardings=(replicated, sharded), out_shardings=replicated,
                        compiler_options=options)
-    predict = jax.jit(predict_step, in_shardings=(replicated, sharded, sharded),
+    predict = jax.jit(functools.partial(predict_step, preprocess=preprocess),
+                      in_shardings=(replicated, sharded, sharded),
                       out_shardings=sharded, compiler_options=options)
     return train, evaluate, predict

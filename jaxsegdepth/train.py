@@ -100,7 +100,8 @@ class Trainer:
         return float(self.schedule(max(step - 1, 0))) * float(plateau_scale)
 
     def shard(self, host_batch: dict) -> dict:
-        return mesh_lib.shard_batch(self.mesh, {k: host_batch[k] for k in names.INPUTS + self.heads})
+        keys = names.INPUTS + self.heads + (names.INDEX,)
+        return mesh_lib.shard_batch(self.mesh, {k: host_batch[k] for k in keys})
 
 
 class _StopSignals:
@@ -182,6 +183,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Optional[dict]:
         mesh = mesh_lib.create_mesh()
         warm = _warm_start(config, workdir, mesh)
         builders.prepare(config.dataset)
+        _say_loader(config)
         per_epoch = steps_per_epoch(config)
         checkpointer = checkpoints.Checkpointer(workdir, config.checkpoint.monitor,
                                                 config.checkpoint.mode)
@@ -217,8 +219,17 @@ def _check_writable(workdir: str) -> None:
         raise errors.UsageError(f"workdir {workdir} is not writable: {error}") from None
 
 
+def _say_loader(config) -> None:
+    """The loader's processes and threads, once, with what "auto" was resolved from."""
+    settings = pipeline.loader_settings(config.dataset)
+    reporting.say(f"loader: {settings.worker_count} worker process(es), "
+                  f"{settings.read_threads} read thread(s) each"
+                  + (f" (from {settings.reason})" if settings.reason else ""))
+
+
 def _trainer(config, mesh, per_epoch, checkpointer, reporter) -> Trainer:
-    train_step, eval_step, predict_step = state_lib.jit_steps(config, mesh)
+    train_step, eval_step, predict_step = state_lib.jit_steps(
+        config, mesh, pipeline.input_normalization(config.dataset))
     return Trainer(config=config, mesh=mesh, heads=state_lib.heads(config),
                    stages=tuple(stages.of(config)), steps_per_epoch=per_epoch,
                    train_step=train_step, eval_step=eval_step, predict_step=predict_step,
@@ -289,6 +300,8 @@ def resume_settings(config: ml_collections.ConfigDict) -> dict:
             value = value[part]
         tree[field] = value.to_dict() if hasattr(value, "to_dict") else value
     tree["stages"] = stages.as_json(config.stages)
+    # The iterator's state is per worker process: the count "auto" resolves to must match.
+    tree["dataset.worker_count"] = pipeline.loader_settings(config.dataset).worker_count
     return json.loads(json.dumps(traverse_util.flatten_dict(tree, sep=".")))
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from configs import default, masknet_bce
 from jaxsegdepth import benchmark, errors, losses, models, steps
+from jaxsegdepth.data import pipeline, preprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCH_COMPARE = os.path.join(ROOT, "tools", "torch_compare.py")
@@ -35,8 +36,11 @@ STEP_FIELDS = (
     "train_flops_per_s", "eval_flops_per_s", "peak_tflops", "train_fraction_of_peak",
     "eval_fraction_of_peak", "host_peak_rss_mb", "device_memory_mb", "executable_memory_mb",
     "load_average")
-LOADER_FIELDS = ("resolution", "workers", "batch", "samples_per_s",
-                 "fastest_train_samples_per_s", "loader_to_step_ratio")
+LOADER_FIELDS = ("resolution", "workers", "threads", "batch", "samples_per_s", "cpu_count",
+                 "samples_per_s_per_core", "bytes_per_sample", "fastest_train_samples_per_s",
+                 "loader_to_step_ratio")
+INPUT_FIELDS = ("resolution", "batch", "workers", "threads", "loader_samples_per_s",
+                "step_samples_per_s", "overlapped_samples_per_s", "wait_fraction", "input_bound")
 
 
 def _counted_forward_gflop(model: nn.Module, resolution: int) -> float:
@@ -120,8 +124,20 @@ def test_the_benchmark_runs_the_trainers_recipe(model, recipe):
     runner = benchmark.StepRunner(config, 32, 2, state=state)
     targets = benchmark.synthetic_batch(2, 32, seed=2)
     assert runner.config is config
-    assert {k: np.asarray(v).shape for k, v in runner.batch.items()} == {
-        k: v.shape for k, v in targets.items()}
+    assert {k: (np.asarray(v).shape, np.asarray(v).dtype) for k, v in runner.batch.items()} == {
+        k: (v.shape, v.dtype) for k, v in targets.items()}
+
+
+def test_the_synthetic_batch_is_shaped_like_the_loaders():
+    """uint8 images, a 0/255 mask and uint8 depth, int32 global sample indices."""
+    batch = benchmark.synthetic_batch(3, 32, seed=1)
+    assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
+        "bg": ((3, 32, 32, 3), np.uint8), "bg_fg": ((3, 32, 32, 3), np.uint8),
+        "mask": ((3, 32, 32, 1), np.uint8), "depth": ((3, 32, 32, 1), np.uint8),
+        "index": ((3,), np.int32)}
+    assert set(np.unique(batch["mask"])) == {0, 255}
+    np.testing.assert_array_equal(batch["index"], [0, 1, 2])
+    np.testing.assert_array_equal(benchmark.synthetic_batch(3, 32, seed=1)["bg"], batch["bg"])
 
 
 def test_a_recipe_file_with_its_argument_and_overrides():
@@ -154,7 +170,8 @@ def test_benchmark_at_a_tiny_setting_writes_every_field(tmp_path, capsys):
     benchmark.main(["--model", "masknet", "--resolutions", "32", "--batch", "2",
                     "--dtype", "float32,bfloat16", "--steps", "1", "--repeats", "2",
                     "--warmup", "1", "--workers", "0", "--data-dir", str(tmp_path / "tfds"),
-                    "--num-samples", "12", "--loader-batches", "2", "--json", str(out)])
+                    "--num-samples", "12", "--loader-batch", "2", "--loader-batches", "2",
+                    "--json", str(out)])
     table = capsys.readouterr().out
     assert "train/s" in table and "loader/step" in table
     assert "masknet: configs/masknet_bce.py, loss {'mask': {'bce': 1.0}}, optimizer adam" in table
@@ -188,10 +205,47 @@ def test_benchmark_at_a_tiny_setting_writes_every_field(tmp_path, capsys):
     (loader,) = result["loader"]
     assert set(LOADER_FIELDS) <= set(loader)
     assert loader["samples_per_s"] > 0 and loader["workers"] == 0
+    assert loader["threads"] == pipeline.loader_settings(benchmark.loader_config()).read_threads
+    assert loader["samples_per_s_per_core"] == pytest.approx(
+        loader["samples_per_s"] / loader["cpu_count"])
+    assert loader["bytes_per_sample"] == 32 * 32 * (3 + 3 + 1 + 1) + 4  # uint8 images, int32 index
     fastest = max(r["train_samples_per_s"] for r in result["steps"])
     assert loader["loader_to_step_ratio"] == pytest.approx(loader["samples_per_s"] / fastest)
+    (fed,) = result["input"]  # the first recipe (float32) at the first batch, fed by the loader
+    assert set(INPUT_FIELDS) <= set(fed) and (fed["batch"], fed["dtype"]) == (2, "float32")
+    assert min(fed["loader_samples_per_s"], fed["step_samples_per_s"],
+               fed["overlapped_samples_per_s"]) > 0
+    assert fed["wait_fraction"] == pytest.approx(
+        max(0.0, 1 - fed["overlapped_samples_per_s"] / fed["step_samples_per_s"]))
+    assert fed["input_bound"] == (fed["loader_samples_per_s"] < fed["step_samples_per_s"])
+    assert "input-bound" in table
     # the benchmark leaves no persistent cache configured behind it
     assert jax.config.jax_compilation_cache_dir != result["compile_cache_dir"]
+
+
+def test_the_largest_batch_extrapolates_the_planned_memory():
+    """A plan of 1 GB + 10 MB per sample under a 16 GB limit: (0.9 x 16e9 - 1e9) / 1e7 = 1340
+    samples, rounded down to a multiple of 64."""
+    found = benchmark.largest_batch(None, 224, mesh=object(), plan=lambda b: 1e9 + 1e7 * b,
+                                    limit=16e9)
+    assert found["batch"] == 1280 and found["bytes_per_sample"] == pytest.approx(1e7)
+    assert found["fixed_bytes"] == pytest.approx(1e9)
+    tight = benchmark.largest_batch(None, 224, mesh=object(), plan=lambda b: 1e9 + 1e7 * b,
+                                    limit=1e9)
+    assert tight["batch"] == 64  # never below one step of 64
+    capped = benchmark.largest_batch(None, 224, mesh=object(), plan=lambda b: 1e3 * b,
+                                     limit=1e12, cap=4096)
+    assert capped["batch"] == 4096
+
+
+def test_batch_max_needs_a_device_that_reports_its_memory(capsys):
+    if jax.default_backend() != "cpu":
+        pytest.skip("checks the CPU's refusal")
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(["--model", "masknet", "--resolutions", "32", "--batch", "max",
+                        "--dtype", "float32", "--skip-loader"])
+    assert exit_info.value.code == 2
+    assert "--batch max needs a device that reports its memory limit" in capsys.readouterr().err
 
 
 def test_bfloat16_dsresnet_trains():
@@ -201,10 +255,11 @@ def test_bfloat16_dsresnet_trains():
     config = benchmark.load_config("", "dsresnet", "bfloat16")
     state = _host_initialised_state(models.create("dsresnet", "bfloat16"), optax.adam(1e-3), 32)
     batch = benchmark.synthetic_batch(4, 32)
-    batch["mask"][:] = 0.0
-    batch["mask"][:, 8:24, 8:24] = 1.0
-    batch["bg_fg"][:, 8:24, 8:24] += 2.0
-    batch["depth"] = 0.7 - 0.4 * batch["mask"]
+    batch["mask"][:] = 0
+    batch["mask"][:, 8:24, 8:24] = 255
+    square = batch["bg_fg"][:, 8:24, 8:24].astype(np.int32)
+    batch["bg_fg"][:, 8:24, 8:24] = np.minimum(square + 128, 255).astype(np.uint8)  # brighter
+    batch["depth"] = np.where(batch["mask"] > 0, 77, 179).astype(np.uint8)  # 0.3 in, 0.7 out
     runner = benchmark.StepRunner(config, 32, 4, state=state, batch=batch)
     runner.compile()
     history = [float(runner.train(1)["loss"]) for _ in range(8)]
@@ -262,7 +317,9 @@ def test_torch_network_is_the_spec_and_its_loss_is_the_recipes():
     torch = pytest.importorskip("torch")
     net = torch_compare.build_network()
     assert torch_compare.parameter_count(net) == 10_343_490
-    batch = benchmark.synthetic_batch(2, 32, seed=3)
+    # what the JAX steps feed the model: normalised inputs, [0, 1] targets
+    batch = jax.device_get(preprocess.from_normalization(benchmark.NORMALIZATION)(
+        benchmark.synthetic_batch(2, 32, seed=3), train=False))
     inputs = torch_compare.to_torch(batch)
     with torch.no_grad():
         outputs = torch_compare.forward(net.eval(), inputs["bg"], inputs["bg_fg"])

@@ -129,25 +129,25 @@ def test_modest_build_split_and_loading(tmp_path, as_zip):
     assert np.allclose(norm["bg"][0], normalization.MODEST_NORMALIZATION["bg"][0])
     assert np.allclose(norm["bg_fg"][1], normalization.MODEST_NORMALIZATION["bg_fg"][1])
 
-    # Full resolution: de-normalised inputs equal the decoded files exactly (no resize).
+    # Full resolution: the batch is the decoded files, as uint8 (no resize), and the global
+    # sample indices.
     (batch,) = list(pipeline.create_loader(cfg, "validation", resolution=224, batch_size=3,
                                            shuffle=False, seed=0, num_epochs=1))
     assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
-        "bg": ((3, 224, 224, 3), np.float32), "bg_fg": ((3, 224, 224, 3), np.float32),
-        "mask": ((3, 224, 224, 1), np.float32), "depth": ((3, 224, 224, 1), np.float32)}
-    for k in ("mask", "depth"):
-        assert batch[k].min() >= 0 and batch[k].max() <= 1 and batch[k].max() > 0.5
+        "bg": ((3, 224, 224, 3), np.uint8), "bg_fg": ((3, 224, 224, 3), np.uint8),
+        "mask": ((3, 224, 224, 1), np.uint8), "depth": ((3, 224, 224, 1), np.uint8),
+        "index": ((3,), np.int32)}
+    assert batch["index"].tolist() == [0, 1, 2]
     for j, idx in enumerate(ref_val):
         stems = lines[idx].split("\t")
-        want = np.asarray(Image.open(os.path.join(folder, "bg_fg", stems[1] + ".jpeg")).convert("RGB")) / 255.0
-        got = normalization.denormalize(batch["bg_fg"][j], *norm["bg_fg"])
-        assert np.abs(got - want).max() < 1e-5
-        want_mask = np.asarray(Image.open(os.path.join(folder, "bg_fg_mask", stems[2] + ".jpeg")).convert("L")) / 255.0
-        assert np.abs(batch["mask"][j, ..., 0] - want_mask).max() < 1e-6
+        want = np.asarray(Image.open(os.path.join(folder, "bg_fg", stems[1] + ".jpeg")).convert("RGB"))
+        np.testing.assert_array_equal(batch["bg_fg"][j], want)
+        want_mask = np.asarray(Image.open(os.path.join(folder, "bg_fg_mask", stems[2] + ".jpeg")).convert("L"))
+        np.testing.assert_array_equal(batch["mask"][j, ..., 0], want_mask)
 
     # Reduced resolution (and the 200x180 and grayscale files): within JPEG-scaling/resize tolerance.
     batches = list(pipeline.create_loader(cfg, "train", resolution=64, batch_size=4, shuffle=False,
-                                          seed=0, num_epochs=1, drop_remainder=False, augment=False))
+                                          seed=0, num_epochs=1, drop_remainder=False))
     assert [b["bg"].shape for b in batches] == [(4, 64, 64, 3), (3, 64, 64, 3)]
     for j, idx in enumerate(ref_train):
         stems = lines[idx].split("\t")
@@ -155,7 +155,7 @@ def test_modest_build_split_and_loading(tmp_path, as_zip):
         for key, folder_name, stem in (("bg", "bg", stems[0]), ("bg_fg", "bg_fg", stems[1])):
             img = Image.open(os.path.join(folder, folder_name, stem + ".jpeg")).convert("RGB")
             want = np.asarray(img.resize((64, 64), Image.BILINEAR)) / 255.0
-            got = normalization.denormalize(b[key][j % 4], *norm[key])
+            got = b[key][j % 4] / 255.0
             assert np.abs(got - want).mean() < 0.03, (key, idx)
             if idx == 2 and key == "bg_fg":  # grayscale file -> three equal channels
                 assert np.allclose(got[..., 0], got[..., 1]) and np.allclose(got[..., 1], got[..., 2])
@@ -258,7 +258,8 @@ def test_synthetic_mask_and_depth_agree():
 def test_default_config_fields():
     cfg = _dataset_config()
     for key, value in dict(name="synthetic_museum", data_dir="", manual_dir="", skip_corrupt=False,
-                           worker_count=0, hsv_prob=0.25, contrast_prob=0.25, val_fraction=0.3).items():
+                           worker_count="auto", read_threads="auto", hsv_prob=0.25,
+                           contrast_prob=0.25, val_fraction=0.3).items():
         assert cfg[key] == value
     assert cfg.num_samples > 0 and isinstance(cfg.augment, bool)
 
@@ -273,15 +274,15 @@ def test_synthetic_build_sizes_and_normalization(synth_cfg):
     # The stored statistics are those of the decoded training inputs (within sampling noise).
     batches = list(pipeline.create_loader(synth_cfg, "validation", resolution=64, batch_size=8,
                                           shuffle=False, seed=0, num_epochs=1))
-    x = normalization.denormalize(batches[0]["bg_fg"], *norm["bg_fg"]).reshape(-1, 3)
+    x = (batches[0]["bg_fg"] / 255.0).reshape(-1, 3)
     assert np.allclose(x.mean(0), norm["bg_fg"][0], atol=0.08)
-    y = batches[0]["bg_fg"].reshape(-1, 3)  # normalised: about zero mean, unit std
+    y = normalization.normalize(batches[0]["bg_fg"], *norm["bg_fg"]).reshape(-1, 3)
     assert np.all(np.abs(y.mean(0)) < 0.4) and np.all(np.abs(y.std(0) - 1) < 0.3)
 
 
 @pytest.mark.parametrize("shard", [(0, 1), (0, 2), (1, 2)])
 def test_iterator_state_restore_is_exact(synth_cfg, shard):
-    kw = dict(resolution=32, batch_size=4 // shard[1], shuffle=True, seed=11, augment=True, shard=shard)
+    kw = dict(resolution=32, batch_size=4 // shard[1], shuffle=True, seed=11, crop=24, shard=shard)
     loader = pipeline.create_loader(synth_cfg, "train", **kw)
     it, _ = _batches(loader, 3)
     state = it.get_state()
@@ -308,29 +309,6 @@ def test_worker_processes_match_in_process_and_restore(synth_cfg):
     restored.close()
 
 
-def test_augmentation_touches_inputs_only(synth_cfg):
-    kw = dict(resolution=32, batch_size=8, shuffle=True, seed=2, num_epochs=1)
-    plain = list(pipeline.create_loader(synth_cfg, "train", augment=False, **kw))
-    cfg = synth_cfg.copy_and_resolve_references()
-    cfg.hsv_prob, cfg.contrast_prob = 1.0, 1.0
-    aug = list(pipeline.create_loader(cfg, "train", augment=True, **kw))
-    assert _same(aug, list(pipeline.create_loader(cfg, "train", augment=True, **kw)))  # deterministic
-    for p, a in zip(plain, aug):
-        for k in ("mask", "depth"):
-            assert np.array_equal(p[k], a[k])
-        for k in ("bg", "bg_fg"):
-            per_sample = np.abs(p[k] - a[k]).reshape(len(p[k]), -1).max(1)
-            assert np.all(per_sample > 1e-3)
-    # The transform itself: same change for both inputs of a grey image -> stays grey.
-    grey = np.full((4, 4, 3), 128, np.uint8)
-    element = {"bg": grey, "bg_fg": grey.copy(), "mask": np.zeros((4, 4, 1), np.uint8),
-               "depth": np.ones((4, 4, 1), np.uint8)}
-    out = pipeline.PhotometricAugment(1.0, 1.0).random_map(element, np.random.default_rng(0))
-    assert out["mask"] is element["mask"] and out["depth"] is element["depth"]
-    assert np.allclose(out["bg"], out["bg_fg"]) and np.allclose(out["bg"], out["bg"][..., :1], atol=1e-5)
-    assert np.allclose(pipeline.hsv_matrix(0.0, 1.0, 1.0), np.eye(3), atol=1e-6)
-
-
 def test_random_crops_are_aligned_windows_of_the_whole_images(synth_cfg):
     kw = dict(resolution=64, batch_size=4, shuffle=True, seed=7, num_epochs=1)
     whole = list(pipeline.create_loader(synth_cfg, "train", **kw))
@@ -338,7 +316,8 @@ def test_random_crops_are_aligned_windows_of_the_whole_images(synth_cfg):
     assert _same(crops, list(pipeline.create_loader(synth_cfg, "train", crop=32, **kw)))
     corners = set()
     for w, c in zip(whole, crops):
-        assert all(c[k].shape == (4, 32, 32, w[k].shape[-1]) for k in w)
+        assert all(c[k].shape == (4, 32, 32, w[k].shape[-1]) for k in w if k != "index")
+        np.testing.assert_array_equal(c["index"], w["index"])
         for i in range(4):  # find the window in the whole bg; all four arrays share it
             found = [(y, x) for y in range(33) for x in range(33)
                      if np.array_equal(w["bg"][i, y:y + 32, x:x + 32], c["bg"][i])]
@@ -363,17 +342,18 @@ def _merged(per_process):
 
 
 def test_train_batches_do_not_depend_on_the_process_count(synth_cfg):
-    cfg = synth_cfg.copy_and_resolve_references()
-    cfg.hsv_prob, cfg.contrast_prob = 1.0, 1.0  # every sample augmented
-    kw = dict(resolution=32, shuffle=True, seed=7, augment=True, num_epochs=3)
+    cfg = synth_cfg
+    kw = dict(resolution=32, shuffle=True, seed=7, crop=24, num_epochs=3)
     # 16 samples, global batch 6: 2 global batches per epoch, 4 samples left out of each epoch.
     single = list(pipeline.create_loader(cfg, "train", batch_size=6, shard=(0, 1), **kw))
     shards = [list(pipeline.create_loader(cfg, "train", batch_size=3, shard=(i, 2), **kw))
               for i in range(2)]
     assert len(single) == 6 and [len(s) for s in shards] == [6, 6]
     assert all(len(b["bg"]) == 3 for s in shards for b in s)
-    assert _same(_merged(shards), single)
-    assert not _same(single[:2], single[2:4])  # epochs differ (reshuffled and re-augmented)
+    assert _same(_merged(shards), single)  # images, crops and sample indices (augmentation's)
+    assert not _same(single[:2], single[2:4])  # epochs differ (reshuffled and re-cropped)
+    assert [b["index"].tolist() for b in single[2:4]] == [
+        [16 + int(i) for i in b["index"]] for b in single[:2]]  # epoch e: e * 16 + position
     with pytest.raises(DatasetError, match="global batch of 18"):  # 16 samples < 2 x 9
         pipeline.create_loader(cfg, "train", batch_size=9, shard=(1, 2), **kw)
     with pytest.raises(DatasetError, match="shard"):
@@ -406,4 +386,24 @@ def test_decode_error_names_the_sample():
     good = synthetic.generate(0, 0)
     record = dict(good, bg_fg=good["bg_fg"][:200], source=b"file_map.txt line 9 ('a\\tb\\tc\\td')")
     with pytest.raises(DatasetError, match="'bg_fg' image of file_map.txt line 9"):
-        pipeline.DecodeResize(32).map(record)
+        pipeline.decode_sample(record, 32)
+
+
+def test_auto_loader_settings_follow_the_cpu_count_and_overrides_are_checked():
+    cfg = _dataset_config()  # worker_count = read_threads = "auto"
+    assert pipeline.loader_settings(cfg, cpus=2)[:2] == (0, 2)  # this CI machine's size
+    assert pipeline.loader_settings(cfg, cpus=4)[:2] == (0, 4)
+    assert pipeline.loader_settings(cfg, cpus=5)[:2] == (2, 2)
+    assert pipeline.loader_settings(cfg, cpus=16)[:2] == (7, 2)  # one CPU left to the loop
+    assert "on 16 CPU(s)" in pipeline.loader_settings(cfg, cpus=16).reason
+    cfg.worker_count, cfg.read_threads = "3", 1  # a command-line override arrives as a string
+    assert pipeline.loader_settings(cfg, cpus=64) == (3, 1, "")
+    cfg.read_threads = "auto"
+    assert pipeline.loader_settings(cfg, cpus=64)[:2] == (3, 2)
+    for field, value, minimum in (("worker_count", "many", 0), ("worker_count", -1, 0),
+                                  ("read_threads", 0, 1), ("read_threads", 1.5, 1)):
+        bad = _dataset_config()
+        bad[field] = value
+        with pytest.raises(DatasetError, match=rf"^dataset\.{field}={value!r}: expected 'auto' "
+                                               rf"or an integer >= {minimum}$"):
+            pipeline.validate(bad)

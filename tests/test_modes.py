@@ -22,7 +22,7 @@ from configs import default
 from jaxsegdepth import (charts, errors, evaluate, evaluation, export, exported, losses, lr_range,
                          mesh as mesh_lib, plots, predict, reporting, state as state_lib, steps,
                          train)
-from jaxsegdepth.data import builders, normalization, photos, pipeline, synthetic
+from jaxsegdepth.data import builders, normalization, photos, pipeline, preprocess, synthetic
 from tools import modest_photos
 
 RES = 32
@@ -66,8 +66,19 @@ def one_device():
 
 @pytest.fixture(scope="module")
 def predict_jit(one_device):
-    """`steps.jit_steps`' predict step on `one_device`, as `predict` runs it."""
-    return steps.jit_steps(one_device, losses.compose(default.get_config().loss))[2]
+    """`predict_jit(normalization)`: `steps.jit_steps`' predict step on `one_device` with the
+    inputs' {input: (mean, std)}, as `predict` runs it (uint8 in, normalised inside)."""
+    made = {}
+
+    def make(norm):
+        key = json.dumps({k: [np.asarray(m).tolist(), np.asarray(s).tolist()]
+                          for k, (m, s) in norm.items()}, sort_keys=True)
+        if key not in made:
+            made[key] = steps.jit_steps(one_device, losses.compose(default.get_config().loss),
+                                        preprocess.from_normalization(norm))[2]
+        return made[key]
+
+    return make
 
 
 def _copy(config):
@@ -196,10 +207,13 @@ def test_evaluate_writes_exact_metrics(trained, tmp_path):
                                         batch_size=5, shuffle=False, seed=0, num_epochs=1,
                                         drop_remainder=False)
         ious, soft = [], []
-        for batch in loader:
+        norm = pipeline.input_normalization(config.dataset)
+        for batch in loader:  # uint8, as the loader ships it: normalised here, in float64
+            inputs = [_reference_normalize(batch[k], *norm[k]).astype(np.float32)
+                      for k in ("bg", "bg_fg")]
             logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                                    batch["bg"], batch["bg_fg"], train=False)["mask"]
-            p, t = _sigmoid(logits), np.asarray(batch["mask"], np.float64)
+                                    *inputs, train=False)["mask"]
+            p, t = _sigmoid(logits), np.asarray(batch["mask"], np.float64) / 255.0
             for pred, values in (((p > 0.5).astype(np.float64), ious), (p, soft)):
                 inter = (pred * t).sum((1, 2, 3))
                 union = (pred + t).sum((1, 2, 3)) - inter
@@ -214,11 +228,11 @@ def test_evaluate_writes_exact_metrics(trained, tmp_path):
     def split(name):
         batches = list(pipeline.create_loader(config.dataset, name, resolution=RES, batch_size=64,
                                               shuffle=False, seed=0, num_epochs=1,
-                                              drop_remainder=False, augment=False))
-        norm = pipeline.input_normalization(config.dataset)
-        images = {k: np.concatenate([b[k] for b in batches]).astype(np.float64) for k in batches[0]}
-        rgb = {k: np.clip(images[k] * norm[k][1] + norm[k][0], 0, 1) for k in ("bg", "bg_fg")}
-        return np.abs(rgb["bg"] - rgb["bg_fg"]).max(-1, keepdims=True), images["mask"]
+                                              drop_remainder=False))
+        # uint8 as stored: RGB and the mask in [0, 1]
+        images = {k: np.concatenate([b[k] for b in batches]).astype(np.float64) / 255.0
+                  for k in ("bg", "bg_fg", "mask")}
+        return np.abs(images["bg"] - images["bg_fg"]).max(-1, keepdims=True), images["mask"]
 
     (train_diff, train_mask), (val_diff, val_mask) = split("train"), split("validation")
     thresholds = np.round(np.arange(0.01, 0.51, 0.01), 2)
@@ -329,7 +343,7 @@ def test_the_mean_depth_map_baseline_is_numpys(trained):
     def depth(name):
         return np.concatenate([b["depth"] for b in pipeline.create_loader(
             config.dataset, name, resolution=RES, batch_size=64, shuffle=False, seed=0,
-            num_epochs=1, drop_remainder=False)]).astype(np.float64)
+            num_epochs=1, drop_remainder=False)]).astype(np.float64) / 255.0  # uint8 as stored
 
     train, val = depth("train"), depth("validation")
     valid = val > 1e-4
@@ -484,8 +498,9 @@ def test_predict_one_pair_with_depth_at_original_size(dsresnet_state, predict_ji
     pairs, failures = predict.find_pairs(str(tmp_path / "a.png"), str(tmp_path / "b.jpg"))
     assert failures == [] and [p.name for p in pairs] == ["b"]
     norm = normalization.MODEST_NORMALIZATION
-    summary = predict.predict_pairs(lambda bg, bg_fg: predict_jit(state, bg, bg_fg), pairs,
-                                    str(tmp_path / "out"), norm, stride=32, colormap="magma")
+    predict_step = predict_jit(norm)
+    summary = predict.predict_pairs(lambda bg, bg_fg: predict_step(state, bg, bg_fg), pairs,
+                                    str(tmp_path / "out"), stride=32, colormap="magma")
     assert summary["failed"] == [] and summary["written"] == {"b": [
         str(tmp_path / "out" / f"b_{suffix}") for suffix in (
             "mask_prob.png", "mask.png", "depth.png", "depth.npy", "side_by_side.png")]}
@@ -542,34 +557,50 @@ def test_export_mode_matches_predict_step_for_any_batch(trained, one_device, pre
     meta = loaded.metadata
     assert meta["step"] == 3 and meta["input_shape"] == [None, RES, RES, 3]
     assert meta["platforms"] == ["cpu", "cuda"] and meta["outputs"] == {"mask": [None, RES, RES, 1]}
+    # the artifact takes uint8 and applies the dataset's statistics, which model.json records
+    assert meta["input_dtype"] == "uint8"
+    assert [aval.dtype for aval in loaded.exported.in_avals] == [np.dtype(np.uint8)] * 2
     norm = pipeline.input_normalization(config.dataset)
+    assert sorted(meta["normalization"]) == sorted(norm) == ["bg", "bg_fg"]
+    for key, (mean, std) in norm.items():
+        np.testing.assert_array_equal(np.float32(meta["normalization"][key][0]), mean)
+        np.testing.assert_array_equal(np.float32(meta["normalization"][key][1]), std)
     state = state_lib.load_for_inference(config, workdir, one_device)
+    predict_step = predict_jit(norm)
     rng = np.random.default_rng(0)
     for n in (1, 3):  # the batch dimension is symbolic
         images = {key: rng.integers(0, 256, (n, RES, RES, 3), np.uint8) for key in norm}
-        inputs = {key: loaded.normalize(images[key], key) for key in norm}
-        for key, (mean, std) in norm.items():
-            np.testing.assert_allclose(inputs[key], _reference_normalize(images[key], mean, std),
-                                       rtol=1e-6, atol=1e-6)
-        out = loaded(inputs["bg"], inputs["bg_fg"])
-        ref = predict_jit(state, inputs["bg"], inputs["bg_fg"])
+        out = loaded(images["bg"], images["bg_fg"])
+        ref = predict_step(state, images["bg"], images["bg_fg"])
         assert out["mask"].shape == (n, RES, RES, 1)
         np.testing.assert_allclose(out["mask"], ref["mask"], atol=1e-6)
+        # and both are the model on the reference normalisation (float64, then float32)
+        inputs = [_reference_normalize(images[key], *norm[key]).astype(np.float32)
+                  for key in ("bg", "bg_fg")]
+        logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                                *inputs, train=False)["mask"]
+        np.testing.assert_allclose(out["mask"], _sigmoid(logits), atol=1e-5)
 
 
 def test_export_dsresnet_runs_with_only_the_artifact(dsresnet_state, predict_jit, tmp_path):
     state = dsresnet_state
-    export.export_state(state, str(tmp_path / "export"), resolution=RES, batch_size=1,
+    norm = normalization.MODEST_NORMALIZATION
+    export.export_state(state, str(tmp_path / "export"), norm, resolution=RES, batch_size=1,
                         platforms=None)
+    with open(tmp_path / "export" / exported.METADATA) as f:
+        meta = json.load(f)
+    assert meta["input_dtype"] == "uint8"
+    assert meta["normalization"] == {k: [list(m), list(s)] for k, (m, s) in norm.items()}
     alone = tmp_path / "alone"
     alone.mkdir()
     shutil.copy(tmp_path / "export" / exported.ARTIFACT, alone)
     rng = np.random.default_rng(1)
-    bg, bg_fg = (rng.normal(size=(1, RES, RES, 3)).astype(np.float32) for _ in range(2))
-    ref = predict_jit(state, bg, bg_fg)
-    # what a user without this package does: only jax.export
+    bg, bg_fg = (rng.integers(0, 256, (1, RES, RES, 3), np.uint8) for _ in range(2))
+    ref = predict_jit(norm)(state, bg, bg_fg)
+    # what a user without this package does: only jax.export, uint8 RGB in
     with open(alone / exported.ARTIFACT, "rb") as f:
         artifact = jax.export.deserialize(bytearray(f.read()))
+    assert [aval.dtype for aval in artifact.in_avals] == [np.dtype(np.uint8)] * 2
     out = artifact.call(bg, bg_fg)
     assert sorted(out) == ["depth", "mask"]
     for head in ("mask", "depth"):
@@ -578,12 +609,16 @@ def test_export_dsresnet_runs_with_only_the_artifact(dsresnet_state, predict_jit
     with pytest.raises(ValueError, match=r"expected \(1, 32, 32, 3\) and called with "
                                          r"\(2, 32, 32, 3\)"):  # a fixed batch is fixed
         artifact.call(np.concatenate([bg, bg]), np.concatenate([bg_fg, bg_fg]))
-    # and with the package but without model.json: it runs; it cannot normalise
+    # and with the package but without model.json: it runs, normalising inside; other dtypes
+    # holding the same 0-255 values are cast to the artifact's uint8
     loaded = exported.load(str(alone))
     assert loaded.metadata == {}
     np.testing.assert_allclose(loaded(bg, bg_fg)["depth"], ref["depth"], atol=1e-6)
-    with pytest.raises(errors.RunError, match="model.json was not next to model.jax_exported"):
-        loaded.normalize(np.zeros((1, RES, RES, 3), np.uint8), "bg")
+    np.testing.assert_array_equal(loaded(bg.astype(np.int64), bg_fg.astype(np.float32))["depth"],
+                                  loaded(bg, bg_fg)["depth"])
+    with pytest.raises(ValueError, match=r"^bg: this model takes RGB values 0-255 \(uint8\); "
+                                         r"got float32 in \[0.0, 1.0\]"):
+        loaded(np.linspace(0, 1, bg.size, dtype=np.float32).reshape(bg.shape), bg_fg)
 
 
 # -- plots ----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ PACKAGE = os.path.join(ROOT, "jaxsegdepth")
 LAYERS = {
     "names": 0, "errors": 0,
     "models": 1, "losses": 1, "metrics": 1, "data.normalization": 1, "exported": 1,
-    "data.synthetic": 2, "data.builders": 2, "data.pipeline": 2, "data.photos": 2,
+    "data.synthetic": 2, "data.builders": 2, "data.pipeline": 2, "data.photos": 2, "data.preprocess": 2,
     "weighting": 2, "stages": 2,
     "mesh": 3, "optim": 3, "steps": 3, "checkpoints": 3, "reporting": 3, "charts": 3,
     "state": 4, "evaluation": 4,

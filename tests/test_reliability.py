@@ -25,7 +25,7 @@ sys.path.insert(0, ROOT)
 from configs import default, masknet_bce  # noqa: E402
 from jaxsegdepth import (checkpoints, errors, evaluation, mesh as mesh_lib,  # noqa: E402
                          reporting, state as state_lib, steps, train)
-from jaxsegdepth.data import builders, synthetic  # noqa: E402
+from jaxsegdepth.data import builders, pipeline, preprocess, synthetic  # noqa: E402
 
 
 def _config(data_dir, **changes):
@@ -271,8 +271,10 @@ def test_an_interrupt_rewritten_by_the_dataset_writer_keeps_its_message():
 def test_evaluation_stops_after_the_batch_during_which_asked(tmp_path, masknet_state):
     config = _config(tmp_path / "data", batch_size=2)
     builders.prepare(config.dataset)
-    _, jitted, _ = steps.jit_steps(mesh_lib.create_mesh(),
-                                   lambda outputs, targets, weights: (0.0 * outputs["mask"].sum(), {}))
+    _, jitted, _ = steps.jit_steps(
+        mesh_lib.create_mesh(),
+        lambda outputs, targets, weights: (0.0 * outputs["mask"].sum(), {}),
+        preprocess.from_normalization(pipeline.input_normalization(config.dataset)))
     evaluated = []
 
     def eval_step(state, batch):

@@ -13,8 +13,11 @@ import optax
 import pytest
 
 from jaxsegdepth import losses, models, optim, steps
+from jaxsegdepth.data import preprocess
+from jaxsegdepth.data.normalization import MODEST_NORMALIZATION
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PREPROCESS = preprocess.from_normalization(MODEST_NORMALIZATION)  # normalise, no augmentation
 
 
 def _plateau_config(patience=2, factor=0.1, lr=0.01, min_lr=1e-6):
@@ -50,7 +53,7 @@ def test_plateau_scale_multiplies_the_update():
     assert float(state.plateau.scale) == pytest.approx(0.1)
     batch = _batch(np.random.default_rng(0), 4, 8)
     loss_fn = losses.compose({"mask": {"bce": 1.0}})
-    step = jax.jit(functools.partial(steps.train_step, loss_fn=loss_fn))
+    step = jax.jit(functools.partial(steps.train_step, loss_fn=loss_fn, preprocess=PREPROCESS))
     full = _masknet_state(plateau)
     new_full, _ = step(full, batch)
     new_cut, _ = step(state, batch)  # same params, same step and rng, a tenth of the update
@@ -61,22 +64,27 @@ def test_plateau_scale_multiplies_the_update():
 
 
 def _batch(rng, n, size):
-    return {"bg": rng.normal(size=(n, size, size, 3)).astype(np.float32),
-            "bg_fg": rng.normal(size=(n, size, size, 3)).astype(np.float32),
-            "mask": (rng.random((n, size, size, 1)) > 0.7).astype(np.float32),
-            "depth": rng.random((n, size, size, 1)).astype(np.float32)}
+    """A batch as the loader ships it: uint8 images, a 0/255 mask, sample indices."""
+    return {"bg": rng.integers(0, 256, (n, size, size, 3), np.uint8),
+            "bg_fg": rng.integers(0, 256, (n, size, size, 3), np.uint8),
+            "mask": np.where(rng.random((n, size, size, 1)) > 0.7, 255, 0).astype(np.uint8),
+            "depth": rng.integers(0, 256, (n, size, size, 1), np.uint8),
+            "index": np.arange(n, dtype=np.int32)}
 
 
 def test_non_finite_loss_keeps_params_and_records_the_first_bad_step():
     plateau = optim.plateau(_plateau_config())
     state = _masknet_state(plateau)
     loss_fn = losses.compose({"mask": {"bce": 1.0}})
-    step = jax.jit(functools.partial(steps.train_step, loss_fn=loss_fn))
+    step = jax.jit(functools.partial(steps.train_step, loss_fn=loss_fn, preprocess=PREPROCESS))
     rng = np.random.default_rng(1)
     state, metrics = step(state, _batch(rng, 4, 8))
     assert np.isfinite(float(metrics["loss"])) and int(state.nonfinite_step) == -1
     before = jax.device_get(state.params)
     bad = _batch(rng, 4, 8)
+    # uint8 has no NaN: this batch's bg is the same image as [0, 1] floats (the steps take
+    # those too), one value NaN
+    bad["bg"] = bad["bg"].astype(np.float32) / 255
     bad["bg"][0, 0, 0, 0] = np.nan
     state, metrics = step(state, bad)
     assert np.isnan(float(metrics["loss"]))
@@ -90,13 +98,19 @@ def test_non_finite_loss_keeps_params_and_records_the_first_bad_step():
 EQUIVALENCE = textwrap.dedent("""
     import json, jax, numpy as np, optax
     from jaxsegdepth import losses, mesh as mesh_lib, models, steps
+    from jaxsegdepth.data import preprocess
+    from jaxsegdepth.data.normalization import MODEST_NORMALIZATION
     assert jax.device_count() == 4, jax.devices()
     rng = np.random.default_rng(0)
     n, size = 8, 16
-    batches = [{"bg": rng.normal(size=(n, size, size, 3)).astype(np.float32),
-                "bg_fg": rng.normal(size=(n, size, size, 3)).astype(np.float32),
-                "mask": (rng.random((n, size, size, 1)) > 0.7).astype(np.float32),
-                "depth": rng.random((n, size, size, 1)).astype(np.float32)} for _ in range(2)]
+    # uint8 batches as the loader ships them; global sample indices draw the augmentation
+    batches = [{"bg": rng.integers(0, 256, (n, size, size, 3), np.uint8),
+                "bg_fg": rng.integers(0, 256, (n, size, size, 3), np.uint8),
+                "mask": np.where(rng.random((n, size, size, 1)) > 0.7, 255, 0).astype(np.uint8),
+                "depth": rng.integers(0, 256, (n, size, size, 1), np.uint8),
+                "index": np.arange(b * n, (b + 1) * n, dtype=np.int32)} for b in range(2)]
+    pre = preprocess.from_normalization(
+        MODEST_NORMALIZATION, preprocess.Photometric(hsv_prob=0.5, contrast_prob=0.5), seed=3)
     weights = np.array([1, 1, 1, 1, 1, 1, 0, 0], np.float32)
     model = models.create("masknet", "float32")  # BatchNorm and dropout: both see the global batch
     tx = optax.sgd(0.05, momentum=0.9)
@@ -107,7 +121,7 @@ EQUIVALENCE = textwrap.dedent("""
     results = {}
     for devices in (1, 4):
         mesh = mesh_lib.create_mesh(jax.devices()[:devices])
-        train, evaluate, _ = steps.jit_steps(mesh, loss_fn)
+        train, evaluate, _ = steps.jit_steps(mesh, loss_fn, pre)
         state = jax.device_put(host_state, mesh_lib.replicated(mesh))
         step_losses = []
         for batch in batches * 2:
@@ -129,7 +143,8 @@ EQUIVALENCE = textwrap.dedent("""
 def test_four_devices_match_one_device():
     """Same global batches: 4 jitted MaskNet steps on 4 devices equal those on 1 device.
 
-    BatchNorm statistics and the dropout masks are those of the global batch either way.
+    BatchNorm statistics and the dropout masks are those of the global batch either way, and
+    the photometric augmentation is each sample's, drawn from its index, wherever it lands.
     """
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)

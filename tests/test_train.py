@@ -90,9 +90,14 @@ def _validation_metrics(workdir, shared, resolution):
     batch = next(iter(pipeline.create_loader(
         config.dataset, "validation", resolution=resolution, batch_size=VAL, shuffle=False,
         seed=0, num_epochs=1, drop_remainder=False)))
+    # uint8 as the loader ships it: the reference normalisation in float64, targets in [0, 1]
+    norm = pipeline.input_normalization(config.dataset)
+    inputs = [((batch[k] / 255.0 - np.asarray(norm[k][0], np.float64))
+               / np.asarray(norm[k][1], np.float64)).astype(np.float32) for k in ("bg", "bg_fg")]
+    targets = {k: (batch[k] / 255.0).astype(np.float32) for k in ("mask", "depth")}
     outputs = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                             batch["bg"], batch["bg_fg"], train=False)
-    return int(state.step), metrics.summarize(metrics.batch_sums(outputs, batch))
+                             *inputs, train=False)
+    return int(state.step), metrics.summarize(metrics.batch_sums(outputs, targets))
 
 
 # -- end to end -----------------------------------------------------------------------------

@@ -11,6 +11,8 @@ import pytest
 
 from configs import default
 from jaxsegdepth import errors, losses, models, optim, steps, weighting
+from jaxsegdepth.data import preprocess
+from jaxsegdepth.data.normalization import MODEST_NORMALIZATION
 
 TASKS = ("depth", "mask")
 TERMS = {"depth/loss": jnp.float32(0.3), "mask/loss": jnp.float32(0.8)}
@@ -71,10 +73,12 @@ def test_dwa_weights_follow_liu_and_start_at_one():
 
 
 def _batch(size=8):
+    """A mask-only batch as the loader ships it: uint8 images, a 0/255 mask, sample indices."""
     rng = np.random.default_rng(0)
-    return {"bg": rng.normal(size=(4, size, size, 3)).astype(np.float32),
-            "bg_fg": rng.normal(size=(4, size, size, 3)).astype(np.float32),
-            "mask": (rng.uniform(size=(4, size, size, 1)) > 0.7).astype(np.float32)}
+    return {"bg": rng.integers(0, 256, (4, size, size, 3), np.uint8),
+            "bg_fg": rng.integers(0, 256, (4, size, size, 3), np.uint8),
+            "mask": np.where(rng.uniform(size=(4, size, size, 1)) > 0.7, 255, 0).astype(np.uint8),
+            "index": np.arange(4, dtype=np.int32)}
 
 
 def test_an_uncertainty_step_trains_the_log_variance_with_the_model():
@@ -87,7 +91,9 @@ def test_an_uncertainty_step_trains_the_log_variance_with_the_model():
         method = weighting.Weighting(name, ("mask",))
         state = steps.create_train_state(models.MaskNet(), optax.sgd(0.1), plateau,
                                          jax.random.PRNGKey(0), resolution=8, weighting=method)
-        step = jax.jit(functools.partial(steps.train_step, loss_fn=loss_fn, weighting=method))
+        step = jax.jit(functools.partial(
+            steps.train_step, loss_fn=loss_fn,
+            preprocess=preprocess.from_normalization(MODEST_NORMALIZATION), weighting=method))
         new[name] = step(state, _batch())
     (fixed_state, fixed_metrics), (state, metrics) = new["fixed"], new["uncertainty"]
     assert "objective" not in fixed_metrics

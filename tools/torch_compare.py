@@ -34,6 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # `python tools/torch_compare.py` puts only tools/ on the path
 
 from jaxsegdepth import benchmark, errors, state as state_lib  # noqa: E402
+from jaxsegdepth.data import preprocess  # noqa: E402
 
 # The loss the PyTorch side computes, as a `losses.compose` spec: the JAX recipe must match it.
 TORCH_LOSS = {"depth": {"rmse": 2.0}, "mask": {"bce_dice": 1.0}}
@@ -204,6 +205,9 @@ def _sides(args: argparse.Namespace, torch) -> dict[str, tuple]:
     config = jax_config(args.config)
     state_lib.validate(config, [args.res])
     batch = benchmark.synthetic_batch(args.batch, args.res, config.seed)
+    # The torch network takes what the JAX steps feed the model: normalised float32.
+    model_batch = jax.device_get(preprocess.from_normalization(benchmark.NORMALIZATION)(
+        batch, train=False))
     torch.manual_seed(config.seed)
     net = build_network()
     optimizer = torch.optim.SGD(net.parameters(), lr=config.optimizer.learning_rate,
@@ -211,7 +215,7 @@ def _sides(args: argparse.Namespace, torch) -> dict[str, tuple]:
                                 nesterov=config.optimizer.nesterov)
     runner = benchmark.StepRunner(config, args.res, args.batch, batch=batch)
     runner.compile()
-    sides = {"torch": torch_steps(net, optimizer, to_torch(batch)),
+    sides = {"torch": torch_steps(net, optimizer, to_torch(model_batch)),
              "jax": (runner.train, runner.evaluate)}
     for train, evaluate in sides.values():
         train(args.warmup)

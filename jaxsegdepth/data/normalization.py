@@ -1,11 +1,12 @@
-"""The one normalise/denormalise pair for model inputs, and the reference's statistics.
+"""The one input normalisation, and the reference's statistics.
 
 Inputs are RGB scaled to [0, 1] (uint8 is divided by 255), then standardised per channel with
-the dataset's mean and std; the loader, `mode=predict`, exported models and the preview grids
-all go through these two functions. NumPy only, so exported-model users need nothing else.
+the dataset's mean and std. The loader ships uint8; the jitted steps normalise on the device
+(`data.preprocess`), exported models inside themselves. `normalize` takes NumPy or JAX arrays
+(traced ones too) and returns the same kind.
 """
-import functools
-
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 # SPEC normalisation of MODEST Museum (inputs only), per channel: (mean, std).
@@ -15,29 +16,12 @@ MODEST_NORMALIZATION = {
 }
 
 
-@functools.lru_cache(maxsize=64)
-def _affine_row(mean: tuple, std: tuple, width: int, from_uint8: bool):
-    """(scale, offset) tiled over one image row of `width` RGB pixels: a per-channel affine map
-    over a length-3 axis is ~8x slower in NumPy than over a (..., W*3) view."""
+def normalize(images, mean, std):
+    """(..., 3) uint8 or [0, 1] float RGB -> float32 `(x - mean) / std` with x in [0, 1]: one
+    multiply-add per value (the scale folds in the 1/255 of uint8)."""
+    xp = jnp if isinstance(images, jax.Array) else np
+    images = images if xp is jnp else np.asarray(images)
     std = np.asarray(std, np.float64)
-    scale = 1.0 / (std * 255.0) if from_uint8 else 1.0 / std
+    scale = 1.0 / (std * 255.0) if images.dtype == np.uint8 else 1.0 / std
     offset = -np.asarray(mean, np.float64) / std
-    return np.tile(scale, width).astype(np.float32), np.tile(offset, width).astype(np.float32)
-
-
-def normalize(images: np.ndarray, mean, std) -> np.ndarray:
-    """(..., W, 3) uint8 or [0, 1] float RGB -> float32 `(x - mean) / std` with x in [0, 1]."""
-    images = np.asarray(images)
-    *lead, width, channels = images.shape
-    scale, offset = _affine_row(tuple(map(float, mean)), tuple(map(float, std)), width,
-                                images.dtype == np.uint8)
-    rows = images.reshape(*lead, width * channels).astype(np.float32)
-    rows *= scale
-    rows += offset
-    return rows.reshape(images.shape)
-
-
-def denormalize(images: np.ndarray, mean, std) -> np.ndarray:
-    """Normalised (..., 3) images back to float32 RGB in [0, 1] (for drawing)."""
-    images = np.asarray(images, np.float32)
-    return np.clip(images * np.asarray(std, np.float32) + np.asarray(mean, np.float32), 0.0, 1.0)
+    return images.astype(xp.float32) * scale.astype(np.float32) + offset.astype(np.float32)

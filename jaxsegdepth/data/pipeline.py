@@ -1,53 +1,113 @@
-"""The grain input pipeline: global order, decoding, resizing, augmentation, batching, sharding.
+"""The grain input pipeline: global order, batching, sharding, decoding, resizing, crops.
 
-Every process builds the same global `grain.MapDataset` chain over the whole split:
-  tfds array_record source (JPEG bytes) -> shuffle(seed) -> DecodeResize ->
-  RandomCrop (when asked) -> PhotometricAugment (train only, inputs only) -> Normalize
+Every process builds the same global `grain.MapDataset` chain over the split's record numbers:
+  range(n) -> shuffle(seed) -> Keys (record number, global element index)
 then cuts it into blocks of `batch_size` (the per-process batch) and keeps every
 `process_count`-th block from its own index: global batch g of `batch_size * process_count`
 samples is blocks g*count .. g*count+count-1, so process i's batch g is the slice
-[i*batch_size, (i+1)*batch_size) of it and each process decodes only its own samples. The
-blocks are repeated per epoch, then `to_iter_dataset` (read threads prefetch whole batches in
-the background) and, with `worker_count > 0`, `mp_prefetch` (spawned worker processes).
+[i*batch_size, (i+1)*batch_size) of it. The blocks are repeated per epoch and `ReadBatch`
+reads, decodes, resizes (and crops) each of this process's blocks, so a process decodes only
+its own samples; then `to_iter_dataset` (read threads prepare whole batches in the
+background) and, with worker processes, `mp_prefetch`.
 
 Grain passes each element's global index, epoch * n + position, down the chain: the shuffle
-reseeds from it per epoch and the `RandomMapTransform`'s generator is derived from it and the
-seed. So the batches, augmentation included, depend on neither the process that reads them nor
-the number of processes, and an iterator restored with `set_state(get_state())` yields exactly
+reseeds from it per epoch, and `Keys` keeps it with the sample, so the crop's window is drawn
+from it and the seed, and the jitted train step draws the photometric augmentation from it
+(`data.preprocess`). So the batches depend on neither the process that reads them nor the
+number of processes, and an iterator restored with `set_state(get_state())` yields exactly
 the batches an uninterrupted one would. Every transform is a module-level, picklable class.
 
-Batches are dicts of NumPy arrays: `bg`, `bg_fg` (N,H,W,3) float32 normalised with the
-dataset's mean/std, `mask`, `depth` (N,H,W,1) float32 in [0,1].
+Batches are dicts of NumPy arrays, as the images were stored: `bg`, `bg_fg` (N,H,W,3) and
+`mask`, `depth` (N,H,W,1) uint8, `index` (N,) int32. The steps normalise on the device: a
+quarter of float32's bytes cross to it.
 
-Throughput: `measure_throughput`, reported by `python -m jaxsegdepth.benchmark` (docs/data.md).
+`dataset.worker_count` / `read_threads` = "auto" are chosen from the CPU count
+(`loader_settings`). Throughput: `measure_throughput`, reported per core by
+`python -m jaxsegdepth.benchmark` (docs/data.md).
 """
 from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
+import cv2
 import grain
 import jax
 import numpy as np
+import simplejpeg
 from PIL import Image
 
 from jaxsegdepth import names
 from jaxsegdepth.data import builders
 from jaxsegdepth.data.builders import DatasetError
-from jaxsegdepth.data.normalization import MODEST_NORMALIZATION, normalize
+from jaxsegdepth.data.normalization import MODEST_NORMALIZATION
 
 INPUTS, TARGETS = names.INPUTS, names.HEADS
+SINGLE_PROCESS_CPUS = 4  # "auto" reads in this process up to this many CPUs (`loader_settings`)
+
+
+AUTO = "auto"
+
+
+class LoaderSettings(NamedTuple):
+    """How many processes and threads read: `worker_count` grain worker processes (0: this
+    process), each preparing `read_threads` batches at a time."""
+    worker_count: int
+    read_threads: int
+    reason: str = ""  # how "auto" chose them
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on (a container's or taskset's share, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _count(ds_config, field: str, minimum: int):
+    """`dataset.<field>` as an int >= minimum, or AUTO; anything else is a DatasetError. (A
+    command-line override of an "auto" field arrives as a string.)"""
+    value = ds_config[field]
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == AUTO:
+            return AUTO
+        value = int(text) if text.isdigit() else None
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise DatasetError(f"dataset.{field}={ds_config[field]!r}: expected {AUTO!r} or an "
+                           f"integer >= {minimum}")
+    return value
+
+
+def loader_settings(ds_config, cpus: int | None = None) -> LoaderSettings:
+    """`dataset.worker_count` and `read_threads`, "auto" resolved for `cpus` (default: this
+    process's). Decoding releases the GIL but a sample's reading, parsing and batching hold
+    it, so one process feeds about 2-3 cores (docs/data.md): up to 4 CPUs, read threads in
+    this process, one per CPU; beyond, one worker process per 2 CPUs beyond the first (the
+    first is left to the training loop), each with 2 read threads."""
+    cpus = cpu_count() if cpus is None else cpus
+    workers, threads = _count(ds_config, "worker_count", 0), _count(ds_config, "read_threads", 1)
+    many = cpus > SINGLE_PROCESS_CPUS
+    auto_workers = max(1, (cpus - 1) // 2) if many else 0
+    auto_threads = 2 if (workers if workers != AUTO else auto_workers) else max(2, cpus)
+    chosen = LoaderSettings(auto_workers if workers == AUTO else workers,
+                            auto_threads if threads == AUTO else threads)
+    if AUTO not in (workers, threads):
+        return chosen
+    return chosen._replace(reason=f"dataset.worker_count={ds_config.worker_count}, "
+                                  f"read_threads={ds_config.read_threads} on {cpus} CPU(s)")
 
 
 def validate(ds_config) -> None:
     """Refuses bad dataset or loader settings (`config.dataset`) in one line."""
     builders.validate(ds_config)
-    for field in ("worker_count", "read_threads", "prefetch_batches"):
-        minimum = 0 if field == "worker_count" else 1
-        if ds_config[field] < minimum:
-            raise DatasetError(f"dataset.{field}={ds_config[field]}: expected >= {minimum}")
+    loader_settings(ds_config)
+    if ds_config.prefetch_batches < 1:
+        raise DatasetError(f"dataset.prefetch_batches={ds_config.prefetch_batches}: expected >= 1")
     for field in ("hsv_prob", "contrast_prob"):
         if not 0.0 <= ds_config[field] <= 1.0:
             raise DatasetError(f"dataset.{field}={ds_config[field]}: expected a probability "
@@ -80,156 +140,113 @@ def input_normalization(ds_config) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 # Transforms (module level and picklable: grain spawns its worker processes).
 
 
+def _read(data: bytes, mode: str, resolution: int) -> np.ndarray:
+    """Encoded bytes -> uint8 (h, w, 3) for "RGB", (h, w) for "L", at least `resolution` a side
+    when the image has it. JPEG: libjpeg-turbo (simplejpeg) decodes straight at the smallest
+    DCT scale that keeps `resolution`, without the GIL; anything else, and what it refuses
+    (e.g. CMYK), through PIL."""
+    if data[:2] == b"\xff\xd8":
+        try:
+            image = simplejpeg.decode_jpeg(data, colorspace="RGB" if mode == "RGB" else "GRAY",
+                                           min_height=resolution, min_width=resolution)
+            return image if mode == "RGB" else image[..., 0]
+        except ValueError:
+            pass
+    with Image.open(io.BytesIO(data)) as im:
+        im.draft(im.mode, (resolution, resolution))
+        return np.asarray(im.convert(mode))  # grayscale inputs -> RGB, RGB targets -> L
+
+
 def decode_image(data: bytes, mode: str, resolution: int) -> np.ndarray:
     """Encoded image bytes -> a uint8 array at resolution x resolution in PIL `mode` ("RGB",
-    "L"), resized bilinearly: the one decoding path of the datasets' images."""
-    with Image.open(io.BytesIO(data)) as im:
-        if im.size != (resolution, resolution):
-            # JPEG: decode straight at the smallest DCT scale >= resolution (much faster).
-            im.draft(im.mode, (resolution, resolution))
-        im = im.convert(mode)  # grayscale inputs -> RGB, RGB targets -> L
-        if im.size != (resolution, resolution):
-            im = im.resize((resolution, resolution), Image.BILINEAR)
-        return np.asarray(im)
+    "L"): the one decoding path of the datasets' images. One OpenCV resize: bilinear, or
+    area-averaged when shrinking 2x or more (a JPEG's DCT scale leaves less than 2x to go;
+    area costs ~5x bilinear)."""
+    image = _read(data, mode, resolution)
+    height, width = image.shape[:2]
+    if (height, width) != (resolution, resolution):
+        far = min(height, width) >= 2 * resolution
+        image = cv2.resize(image, (resolution, resolution),
+                           interpolation=cv2.INTER_AREA if far else cv2.INTER_LINEAR)
+    return image
+
+
+def decode_sample(record: dict[str, Any], resolution: int) -> dict[str, np.ndarray]:
+    """A record's JPEG bytes -> uint8 arrays at `resolution`: bg, bg_fg (r,r,3); mask, depth
+    (r,r,1). A failure is a `DatasetError` naming the image and the sample's source."""
+    out = {}
+    for key in INPUTS + TARGETS:
+        try:
+            image = decode_image(record[key], "RGB" if key in INPUTS else "L", resolution)
+        except Exception as e:  # noqa: BLE001 - re-raised with the sample's name
+            source = record.get("source", b"?")
+            source = source.decode() if isinstance(source, bytes) else str(source)
+            raise DatasetError(f"cannot decode the {key!r} image of {source}: "
+                               f"{type(e).__name__}: {e}") from None
+        out[key] = image if key in INPUTS else image[..., None]
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
-class DecodeResize(grain.transforms.Map):
-    """JPEG bytes -> uint8 arrays at `resolution`: bg, bg_fg (r,r,3); mask, depth (r,r,1)."""
+class Keys(grain.transforms.MapWithIndex):
+    """A record number -> (record number, global element index): what a sample is read and
+    cropped by, and what the train step draws its augmentation from."""
 
+    def map_with_index(self, index: int, record: int) -> np.ndarray:
+        return np.array([record, index], np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadBatch(grain.transforms.Map):
+    """(B, 2) keys -> one batch: each record read, decoded at `resolution` and, with `crop`,
+    cut to one uniformly placed crop x crop window shared by its four images (inputs and
+    targets stay aligned; the window is drawn from the seed and the element index). One
+    transform per batch, writing into the batch's arrays: per-sample Python overhead and the
+    copy of stacking are gone (docs/data.md)."""
+
+    source: Any
     resolution: int
+    crop: int = 0
+    seed: int = 0
 
-    def map(self, record: dict[str, Any]) -> dict[str, np.ndarray]:
-        out = {}
-        for key in INPUTS + TARGETS:
-            try:
-                image = decode_image(record[key], "RGB" if key in INPUTS else "L",
-                                     self.resolution)
-            except Exception as e:  # noqa: BLE001 - re-raised with the sample's name
-                source = record.get("source", b"?")
-                source = source.decode() if isinstance(source, bytes) else str(source)
-                raise DatasetError(f"cannot decode the {key!r} image of {source}: "
-                                   f"{type(e).__name__}: {e}") from None
-            out[key] = image if key in INPUTS else image[..., None]
-        return out
+    def _window(self, element: int) -> tuple[slice, slice]:
+        if not self.crop:
+            return slice(None), slice(None)
+        rng = np.random.default_rng((self.seed, int(element)))
+        top, left = rng.integers(0, self.resolution - self.crop + 1, size=2)
+        return slice(top, top + self.crop), slice(left, left + self.crop)
 
-
-_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float64)
-_FROM_YIQ = np.linalg.inv(_TO_YIQ)
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
-
-
-def hsv_matrix(hue_turns: float, saturation: float, value: float) -> np.ndarray:
-    """3x3 RGB matrix M: hue rotation about the grey axis (in YIQ), saturation scaling (chroma),
-    value scaling; applied as `rgb @ M.T`. (0, 1, 1) is the identity."""
-    a = 2.0 * np.pi * hue_turns
-    c, s = np.cos(a) * saturation, np.sin(a) * saturation
-    chroma = np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
-    return (value * _FROM_YIQ @ chroma @ _TO_YIQ).astype(np.float32)
-
-
-@dataclasses.dataclass(frozen=True)
-class PhotometricAugment(grain.transforms.RandomMap):
-    """Inputs only, targets never: with probability `hsv_prob` a hue/saturation/value jitter,
-    with `contrast_prob` a contrast change about the image's mean luminance. One draw per
-    sample, applied identically to bg and bg_fg (they are two shots of one scene). Output
-    inputs are float32 in [0,1] when changed, else left as they are (uint8)."""
-
-    hsv_prob: float = 0.25
-    contrast_prob: float = 0.25
-    hue: float = 0.05  # max hue rotation, in turns (18 degrees)
-    saturation: float = 0.3  # saturation factor in [1 - s, 1 + s]
-    value: float = 0.2  # value (brightness) factor in [1 - v, 1 + v]
-    contrast: float = 0.2  # contrast factor in [1 - c, 1 + c]
-
-    def random_map(self, element: dict[str, np.ndarray], rng: np.random.Generator):
-        u = rng.random(6)  # always the same number of draws
-        do_hsv, do_contrast = u[0] < self.hsv_prob, u[1] < self.contrast_prob
-        if not (do_hsv or do_contrast):
-            return element
-        matrix = hsv_matrix((2 * u[2] - 1) * self.hue, 1 + (2 * u[3] - 1) * self.saturation,
-                            1 + (2 * u[4] - 1) * self.value) if do_hsv else None
-        matrix_t = np.ascontiguousarray(matrix.T) if do_hsv else None
-        factor = 1 + (2 * u[5] - 1) * self.contrast
-        out = dict(element)
-        for key in INPUTS:
-            x = element[key].astype(np.float32) * np.float32(1 / 255)
-            if matrix_t is not None:
-                x = np.clip(x @ matrix_t, 0.0, 1.0)
-            if do_contrast:
-                mean = float((x @ _LUMA).mean())
-                x = np.clip((x - mean) * np.float32(factor) + np.float32(mean), 0.0, 1.0)
-            out[key] = x
-        return out
-
-
-@dataclasses.dataclass(frozen=True)
-class RandomCrop(grain.transforms.RandomMap):
-    """One `size` x `size` window, uniformly placed, cut from all four images of a sample (the
-    inputs and targets stay aligned): training at an image's own scale for the cost of a
-    smaller one."""
-
-    size: int
-
-    def random_map(self, element: dict[str, np.ndarray], rng: np.random.Generator):
-        height, width = element[INPUTS[0]].shape[:2]
-        top, left = rng.integers(0, height - self.size + 1), rng.integers(0, width - self.size + 1)
-        return {k: v[top:top + self.size, left:left + self.size] for k, v in element.items()}
-
-
-@dataclasses.dataclass(frozen=True)
-class Normalize(grain.transforms.Map):
-    """Inputs -> `normalization.normalize`; targets -> [0,1]. Keeps only the four arrays."""
-
-    bg_mean: tuple
-    bg_std: tuple
-    bg_fg_mean: tuple
-    bg_fg_std: tuple
-
-    def map(self, element: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = {"bg": normalize(element["bg"], self.bg_mean, self.bg_std),
-               "bg_fg": normalize(element["bg_fg"], self.bg_fg_mean, self.bg_fg_std)}
-        for key in TARGETS:
-            out[key] = element[key].astype(np.float32) * np.float32(1 / 255)
-        return out
+    def map(self, keys: np.ndarray) -> dict[str, np.ndarray]:
+        size, count = self.crop or self.resolution, len(keys)
+        batch = {key: np.empty((count, size, size, 3 if key in INPUTS else 1), np.uint8)
+                 for key in INPUTS + TARGETS}
+        for row, (record, element) in enumerate(keys):
+            window = self._window(element)
+            for key, image in decode_sample(self.source[int(record)], self.resolution).items():
+                batch[key][row] = image[window]
+        batch[names.INDEX] = keys[:, 1].astype(np.int32)
+        return batch
 
 
 # ------------------------------------------------------------------------------------------
 # Loader.
 
 
-def _samples(ds_config, prepared, split: str, *, resolution: int, shuffle: bool, seed: int,
-             augment: bool, crop: int) -> grain.MapDataset:
-    """The whole split, decoded, in the global order: element epoch * n + p is position p of
-    epoch e's shuffle, cropped and augmented from that index (the same on every process)."""
-    ds = grain.MapDataset.source(prepared.data_source(split)).seed(int(seed) % 2 ** 32)
-    if shuffle:
-        ds = ds.shuffle()
-    ds = ds.map(DecodeResize(int(resolution)))
-    if crop:
-        ds = ds.random_map(RandomCrop(int(crop)))
-    if augment:
-        ds = ds.random_map(PhotometricAugment(
-            hsv_prob=ds_config.hsv_prob, contrast_prob=ds_config.contrast_prob))
-    norm = prepared.normalization
-    return ds.map(Normalize(*norm["bg"], *norm["bg_fg"]))
-
-
 def create_loader(ds_config, split: str, *, resolution: int, batch_size: int, shuffle: bool,
                   seed: int, num_epochs: int | None = None, drop_remainder: bool = True,
-                  augment: bool | None = None, worker_count: int | None = None,
+                  worker_count: int | None = None,
                   shard: tuple[int, int] | None = None, crop: int = 0) -> grain.IterDataset:
     """An iterable of this process's slices of the global batches of `split` (module doc).
 
     batch_size: per-process batch size; a global batch is `batch_size * count` samples.
-    num_epochs: None repeats forever (each epoch reshuffled and re-augmented differently,
+    num_epochs: None repeats forever (each epoch reshuffled and re-cropped differently,
     deterministically); batches never straddle epochs. drop_remainder=True keeps the
     floor(n / global batch) whole global batches of each epoch, the same number on every
     process; False keeps the last, partial global batch, whose slice may be smaller on some
-    processes and absent (no batch) on others. augment=None means `ds_config.augment` on
-    "train", False on "validation". worker_count=None means `ds_config.worker_count`.
+    processes and absent (no batch) on others. worker_count=None means `loader_settings`'
+    (`dataset.worker_count`, "auto" resolved); the read threads are always its.
     shard=(index, count) overrides jax's process index/count. crop > 0 cuts a random
-    crop x crop window from every sample at `resolution` (`RandomCrop`).
+    crop x crop window from every sample at `resolution` (`ReadBatch`).
 
     `iter(loader)` gives a grain DatasetIterator: `get_state()` -> a small dict (JSON-able),
     `set_state(state)` resumes exactly there (same pipeline arguments and worker count).
@@ -237,19 +254,22 @@ def create_loader(ds_config, split: str, *, resolution: int, batch_size: int, sh
     split = _split_name(split)
     prepared = builders.load(ds_config)
     if resolution <= 0 or batch_size <= 0:
-        raise DatasetError(f"resolution and batch_size must be positive, got {resolution}, {batch_size}")
+        raise DatasetError(f"resolution and batch_size must be positive, got {resolution}, "
+                           f"{batch_size}")
     if not 0 <= crop <= resolution:
         raise DatasetError(f"crop={crop}: expected 0 (none) up to the resolution {resolution}")
-    if augment is None:
-        augment = ds_config.augment and split == "train"
+    settings = loader_settings(ds_config)
     if worker_count is None:
-        worker_count = ds_config.worker_count
+        worker_count = settings.worker_count
     index, count = shard if shard is not None else (jax.process_index(), jax.process_count())
     if not 0 <= index < count:
         raise DatasetError(f"shard={shard}: expected (index, count) with 0 <= index < count")
 
-    ds = _samples(ds_config, prepared, split, resolution=resolution, shuffle=shuffle, seed=seed,
-                  augment=augment, crop=crop)
+    source = prepared.data_source(split)
+    ds = grain.MapDataset.range(len(source)).seed(int(seed) % 2 ** 32)
+    if shuffle:
+        ds = ds.shuffle()
+    ds = ds.map_with_index(Keys())  # the global order: element e * n + p, epoch e, position p
     n, global_batch = len(ds), int(batch_size) * count
     if drop_remainder:
         ds = ds[: n - n % global_batch]  # whole global batches: every process, the same steps
@@ -257,18 +277,21 @@ def create_loader(ds_config, split: str, *, resolution: int, batch_size: int, sh
         raise DatasetError(f"{prepared.name} {split}: {n} example(s), fewer than one global batch "
                            f"of {global_batch} ({count} process(es) x batch_size {batch_size})")
     ds = ds.batch(int(batch_size))[index::count]  # this process's block of each global batch
-    ds = ds.repeat(num_epochs)  # reseeds shuffle and augmentation every epoch
+    ds = ds.repeat(num_epochs)  # reseeds the shuffle and crops every epoch
+    ds = ds.map(ReadBatch(source, int(resolution), int(crop), int(seed) % 2 ** 32))
     ids = ds.to_iter_dataset(grain.ReadOptions(
-        num_threads=ds_config.read_threads, prefetch_buffer_size=ds_config.prefetch_batches))
+        num_threads=settings.read_threads,
+        prefetch_buffer_size=max(ds_config.prefetch_batches, settings.read_threads)))
     if worker_count > 0:
         ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(worker_count),
                                                            per_worker_buffer_size=1))
     return ids
 
 
-def measure_throughput(ds_config, resolution: int, batch_size: int = 32, worker_count: int = 0,
+def measure_throughput(ds_config, resolution: int, batch_size: int = 32,
+                       worker_count: int | None = None,
                        num_batches: int = 20, warmup: int = 3, split: str = "train") -> float:
-    """Samples/s the loader delivers (augmentation as configured for `split`), measured over
+    """Samples/s the loader delivers (worker_count=None: `loader_settings`'), measured over
     `num_batches` batches after `warmup` (worker start-up excluded)."""
     loader = create_loader(ds_config, split, resolution=resolution, batch_size=batch_size,
                            shuffle=True, seed=0, worker_count=worker_count)

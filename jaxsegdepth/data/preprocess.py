@@ -1,0 +1,142 @@
+"""On the device, inside the jitted steps: a uint8 batch from the loader -> the model's inputs.
+
+The loader ships bg, bg_fg (N,H,W,3), mask, depth (N,H,W,1) as uint8 and `index` (N,) int32,
+each sample's global element index (epoch * n + position, the same on every process). Here:
+
+- train only, when asked: photometric augmentation of the inputs, targets never. Sample i's
+  draws come from `fold_in(PRNGKey(seed), index[i])`, so they are a pure function of the seed
+  and the sample, whatever the batch, device or process count, and a resume repeats them;
+- the inputs normalised with the dataset's mean/std (`normalization.normalize`), the targets
+  scaled to [0, 1], everything float32; `index` dropped.
+
+Pure JAX, batched: a few elementwise passes over the batch, negligible next to the model.
+"""
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsegdepth import names
+from jaxsegdepth.data.normalization import normalize
+
+_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_FROM_YIQ = np.linalg.inv(_TO_YIQ)
+LUMA = (0.299, 0.587, 0.114)  # Rec. 601 weights of the contrast's mean luminance
+NUM_DRAWS = 6  # uniforms per sample: hsv?, contrast?, hue, saturation, value, contrast factor
+
+
+@dataclasses.dataclass(frozen=True)
+class Photometric:
+    """With probability `hsv_prob` a hue/saturation/value jitter, with `contrast_prob` a
+    contrast change about the image's mean luminance; one draw per sample, applied identically
+    to bg and bg_fg (two shots of one scene)."""
+
+    hsv_prob: float = 0.25
+    contrast_prob: float = 0.25
+    hue: float = 0.05  # max hue rotation, in turns (18 degrees)
+    saturation: float = 0.3  # saturation factor in [1 - s, 1 + s]
+    value: float = 0.2  # value (brightness) factor in [1 - v, 1 + v]
+    contrast: float = 0.2  # contrast factor in [1 - c, 1 + c]
+
+
+def draws(seed: int, index: jax.Array) -> jax.Array:
+    """(N, NUM_DRAWS) uniforms in [0, 1): row i depends only on `seed` and `index[i]`."""
+    key = jax.random.PRNGKey(seed)
+    return jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i), (NUM_DRAWS,)))(
+        index)
+
+
+def hsv_matrices(hue_turns: jax.Array, saturation: jax.Array, value: jax.Array) -> jax.Array:
+    """(N, 3, 3) RGB matrices M: a hue rotation about the grey axis (in YIQ), saturation
+    scaling of the chroma, value scaling; a pixel maps as `M @ rgb`. (0, 1, 1) is the
+    identity."""
+    angle = 2.0 * jnp.pi * hue_turns
+    c, s = jnp.cos(angle) * saturation, jnp.sin(angle) * saturation
+    one, zero = jnp.ones_like(c), jnp.zeros_like(c)
+    chroma = jnp.stack([jnp.stack([one, zero, zero], -1), jnp.stack([zero, c, -s], -1),
+                        jnp.stack([zero, s, c], -1)], -2)
+    from_yiq, to_yiq = (jnp.asarray(m, jnp.float32) for m in (_FROM_YIQ, _TO_YIQ))
+    return value[:, None, None] * jnp.einsum("ij,njk,kl->nil", from_yiq, chroma, to_yiq,
+                                             precision=jax.lax.Precision.HIGHEST)
+
+
+def unit(x: jax.Array) -> jax.Array:
+    """uint8 -> float32 in [0, 1]; floats (already in [0, 1]) -> float32."""
+    return x.astype(jnp.float32) * (1.0 / 255.0) if x.dtype == jnp.uint8 else x.astype(jnp.float32)
+
+
+def _per_sample(x: jax.Array) -> jax.Array:
+    return x[:, None, None, None]
+
+
+def _mix_channels(images: jax.Array, matrices: jax.Array) -> jax.Array:
+    """out[..., d] = sum_c M[d, c] x[..., c], as exact float32 multiply-adds (a matmul would
+    run at TF32 on GPUs)."""
+    return jnp.stack([sum(images[..., c] * matrices[:, d, c][:, None, None] for c in range(3))
+                      for d in range(3)], axis=-1)
+
+
+def photometric(images: dict, index: jax.Array, seed: int, params: Photometric) -> dict:
+    """{input: (N,H,W,3) float in [0, 1]} -> the same, augmented per `params` (module doc)."""
+    u = draws(seed, index)
+    do_hsv, do_contrast = u[:, 0] < params.hsv_prob, u[:, 1] < params.contrast_prob
+    matrices = hsv_matrices((2 * u[:, 2] - 1) * params.hue,
+                            1 + (2 * u[:, 3] - 1) * params.saturation,
+                            1 + (2 * u[:, 4] - 1) * params.value)
+    factor = _per_sample(1 + (2 * u[:, 5] - 1) * params.contrast)
+    out = {}
+    for key, x in images.items():
+        x = jnp.where(_per_sample(do_hsv), jnp.clip(_mix_channels(x, matrices), 0.0, 1.0), x)
+        luma = sum(x[..., c] * LUMA[c] for c in range(3)).mean(axis=(1, 2))
+        mean = _per_sample(luma)
+        x = jnp.where(_per_sample(do_contrast),
+                      jnp.clip((x - mean) * factor + mean, 0.0, 1.0), x)
+        out[key] = x
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+    """What the steps do to a loader batch before the model (module doc).
+
+    normalization: {input: (mean, std)}, the dataset's statistics for inputs in [0, 1].
+    augment: the train step's photometric augmentation, None for none; `seed` draws it.
+    """
+
+    normalization: dict
+    augment: Optional[Photometric] = None
+    seed: int = 0
+
+    def inputs(self, bg: jax.Array, bg_fg: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """uint8 (or [0, 1] float) RGB pair -> normalised float32 model inputs."""
+        return tuple(normalize(x, *self.normalization[key])
+                     for key, x in zip(names.INPUTS, (bg, bg_fg)))
+
+    def __call__(self, batch: dict, *, train: bool) -> dict:
+        """A loader batch -> normalised float32 inputs, [0, 1] targets, other arrays (e.g.
+        evaluation's `weights`) as they are; augmented when `train` and `augment` is set."""
+        out = {k: unit(v) if k in names.HEADS else v for k, v in batch.items()
+               if k != names.INDEX and k not in names.INPUTS}
+        images = {key: batch[key] for key in names.INPUTS}
+        if train and self.augment is not None:
+            images = photometric({k: unit(v) for k, v in images.items()}, batch[names.INDEX],
+                                 self.seed, self.augment)
+        out["bg"], out["bg_fg"] = self.inputs(images["bg"], images["bg_fg"])
+        return out
+
+
+def from_normalization(normalization: dict, augment: Optional[Photometric] = None,
+                       seed: int = 0) -> Preprocess:
+    """A `Preprocess` from {input: (mean, std)} of any array-likes."""
+    return Preprocess({k: (tuple(map(float, m)), tuple(map(float, s)))
+                       for k, (m, s) in normalization.items()}, augment, int(seed))
+
+
+def from_config(ds_config, normalization: dict, seed: int) -> Preprocess:
+    """The `Preprocess` of `config.dataset` (its augment, hsv_prob, contrast_prob) and a run's
+    seed, with the dataset's `normalization`."""
+    augment = Photometric(hsv_prob=ds_config.hsv_prob, contrast_prob=ds_config.contrast_prob) \
+        if ds_config.augment else None
+    return from_normalization(normalization, augment, seed)
