@@ -354,14 +354,15 @@ def _train_step_bytes(config: ml_collections.ConfigDict, resolution: int, batch_
 
 
 def largest_batch(config: ml_collections.ConfigDict, resolution: int, mesh=None, *,
-                  step: int = 64, headroom: float = 0.9, cap: int = 16384,
+                  step: int = 64, headroom: float = 0.9, cap: int = 4096,
                   plan: Callable[[int], int] | None = None,
                   limit: int | None = None) -> dict[str, Any]:
     """The largest global batch, a multiple of `step`, whose train step should fit in
     `headroom` of the device's memory: the bytes XLA plans at `step` and 2 x `step` give a
     fixed part and a part per sample, extrapolated to the device's limit (the benchmark then
-    runs it, and steps down if it still does not fit). `plan(batch)` and `limit` default to
-    `_train_step_bytes` and the device's `bytes_limit`."""
+    runs it, and steps down if it still does not fit), at most `cap` (so that the loader's set,
+    8,400 training scenes in tools/gpu_check.sh, holds a batch). `plan(batch)` and `limit`
+    default to `_train_step_bytes` and the device's `bytes_limit`."""
     mesh = mesh_lib.create_mesh() if mesh is None else mesh
     if limit is None:
         limit = (mesh.devices.flat[0].memory_stats() or {}).get("bytes_limit")
