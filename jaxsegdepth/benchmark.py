@@ -230,7 +230,7 @@ class StepRunner:
     """The trainer's train and eval steps for `config`, on one fixed batch.
 
     The state comes from `state.create_state(config)` (or `state`), the steps from
-    `state.jit_steps(config)`; `batch` defaults to `synthetic_batch` of this process's share
+    `state.jit_steps(config, mesh, NORMALIZATION)`; `batch` defaults to `synthetic_batch` of this process's share
     of the global `batch_size`. Call `compile()` before `train`/`evaluate`.
     """
 
@@ -361,7 +361,7 @@ def largest_batch(config: ml_collections.ConfigDict, resolution: int, mesh=None,
     `headroom` of the device's memory: the bytes XLA plans at `step` and 2 x `step` give a
     fixed part and a part per sample, extrapolated to the device's limit (the benchmark then
     runs it, and steps down if it still does not fit), at most `cap` (so that the loader's set,
-    8,400 training scenes in tools/gpu_check.sh, holds a batch). `plan(batch)` and `limit`
+    4,200 training scenes in tools/gpu_check.sh, holds a batch). `plan(batch)` and `limit`
     default to `_train_step_bytes` and the device's `bytes_limit`."""
     mesh = mesh_lib.create_mesh() if mesh is None else mesh
     if limit is None:
@@ -408,9 +408,12 @@ def benchmark_loader(ds_config, resolutions: Sequence[int], workers: Sequence, t
     cpus = pipeline.cpu_count()
     rows = []
     for resolution in resolutions:
-        one = next(iter(pipeline.create_loader(ds_config, "train", resolution=resolution,
-                                               batch_size=batch_size, shuffle=True, seed=0,
-                                               worker_count=0)))
+        sample_iterator = iter(pipeline.create_loader(
+            ds_config, "train", resolution=resolution, batch_size=batch_size, shuffle=True,
+            seed=0, worker_count=0))
+        shipped = bytes_per_sample(next(sample_iterator))
+        if hasattr(sample_iterator, "close"):
+            sample_iterator.close()
         for worker_count, read_threads in itertools.product(workers, threads):
             config = _with_settings(ds_config, worker_count, read_threads)
             settings = pipeline.loader_settings(config)
@@ -420,7 +423,7 @@ def benchmark_loader(ds_config, resolutions: Sequence[int], workers: Sequence, t
                          "threads": settings.read_threads, "asked": [worker_count, read_threads],
                          "batch": batch_size, "num_batches": num_batches, "samples_per_s": rate,
                          "cpu_count": cpus, "samples_per_s_per_core": rate / cpus,
-                         "bytes_per_sample": bytes_per_sample(one),
+                         "bytes_per_sample": shipped,
                          "load_average": load_average()})
     return rows
 
@@ -521,11 +524,11 @@ def format_tables(result: dict) -> str:
     for model, recipe in result["recipes"].items():
         lines.append(f"{model}: {recipe['config']}, loss {recipe['loss']}, optimizer "
                      f"{recipe['optimizer']}")
-    if result.get("largest_batch"):
-        found = result["largest_batch"]
-        lines.append(f"--batch max: {found['batch']} (planned "
-                     f"{found['bytes_per_sample'] / 2**20:.1f} MiB per sample, limit "
-                     f"{found['bytes_limit'] / 2**30:.1f} GiB x {found['headroom']:g})")
+    for found in result.get("largest_batch", []):
+        lines.append(f"--batch max, {found['model']} {found['resolution']} {found['dtype']}: "
+                     f"{found['batch']} (planned {found['bytes_per_sample'] / 2**20:.1f} MiB per "
+                     f"sample, limit {found['bytes_limit'] / 2**30:.1f} GiB x "
+                     f"{found['headroom']:g}; tried {found['tried']})")
     if result.get("loader"):
         lines += ["", f"{'loader res':>10} {'workers':>7} {'threads':>7} {'samples/s':>10} "
                       f"{'per core':>8} {'KB/sample':>9} {'train/s':>8} {'loader/step':>11}"]
@@ -648,7 +651,7 @@ def _configs(args: argparse.Namespace) -> dict[tuple[str, str], ml_collections.C
 
 
 def _fitting_step(config, resolution: int, batch_size, args, directory, result) -> dict:
-    """`benchmark_step` at `batch_size`; "max" is `largest_batch`'s, stepped down by a tenth
+    """`benchmark_step` at `batch_size`; "max" is `largest_batch`'s, stepped down by a fifth
     while the device runs out of memory."""
     if batch_size != "max":
         return benchmark_step(config, resolution, batch_size, steps_per_run=args.steps,
@@ -656,7 +659,7 @@ def _fitting_step(config, resolution: int, batch_size, args, directory, result) 
                               cache=directory is not None)
     found = largest_batch(config, resolution)
     found.update(model=config.model, dtype=config.dtype, resolution=resolution, tried=[])
-    result.setdefault("largest_batch", found)
+    result["largest_batch"].append(found)
     step = 64
     batch_size = found["batch"]
     while True:
@@ -671,7 +674,7 @@ def _fitting_step(config, resolution: int, batch_size, args, directory, result) 
             if not _out_of_memory(error) or batch_size <= step:
                 raise
             jax.clear_caches()
-            batch_size = max(step, int(batch_size * 0.9) // step * step)
+            batch_size = max(step, int(batch_size * 0.8) // step * step)
 
 
 def _benchmark_steps(args: argparse.Namespace, recipes: dict, result: dict) -> None:
@@ -690,12 +693,14 @@ def _benchmark_steps(args: argparse.Namespace, recipes: dict, result: dict) -> N
                   file=sys.stderr, flush=True)
 
 
-def _input_batch(args: argparse.Namespace, result: dict, resolution: int) -> int:
-    """The batch the input check runs: the first --batch (for "max", the one found)."""
+def _input_batch(args: argparse.Namespace, result: dict, resolution: int, ds_config) -> int:
+    """The batch the input check runs: the first --batch (for "max", the one found), at most
+    the loader's training split (in whole multiples of the device count)."""
     first = _batches(args)[0]
-    if first != "max":
-        return first
-    return next(r["batch"] for r in result["steps"] if r["resolution"] == resolution)
+    if first == "max":
+        first = next(r["batch"] for r in result["steps"] if r["resolution"] == resolution)
+    devices = jax.device_count()
+    return min(first, pipeline.split_size(ds_config, "train") // devices * devices)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -703,6 +708,7 @@ def run(args: argparse.Namespace) -> dict:
     recipes = _configs(args)
     result = {"environment": environment(), "arguments": vars(args),
               "load_average_start": load_average(), "steps": [], "loader": [], "input": [],
+              "largest_batch": [],
               "recipes": {model: {"config": recipe_name(args.config, model),
                                   "loss": config.loss.to_dict(),
                                   "optimizer": config.optimizer.name}
@@ -721,7 +727,8 @@ def run(args: argparse.Namespace) -> dict:
             config = next(iter(recipes.values()))
             for resolution in _ints(args.resolutions):
                 row = benchmark_input(config, ds_config, resolution,
-                                      _input_batch(args, result, resolution), args.input_steps)
+                                      _input_batch(args, result, resolution, ds_config),
+                                      args.input_steps)
                 result["input"].append(row)
                 print(f"  input {resolution}: loader {row['loader_samples_per_s']:.1f}/s, step "
                       f"{row['step_samples_per_s']:.2f}/s, together "

@@ -18,7 +18,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxsegdepth import mesh as mesh_lib, metrics, names, reporting
-from jaxsegdepth.data import pipeline
+from jaxsegdepth.data import pipeline, preprocess
 
 FETCH_EVERY = 16  # evaluation sums come to the host (float64) every this many batches
 
@@ -99,7 +99,7 @@ def preview_grid(config: ml_collections.ConfigDict, predict_step: Callable, stat
     n = max(1, min(config.num_preview, real))
     columns = [(name, host[name][:n]) for name in names.INPUTS]
     for head in heads:
-        columns += [(head, _unit(host[head][:n])),
+        columns += [(head, preprocess.unit(host[head][:n])),
                     (f"pred {head}", np.asarray(predictions[head])[:n])]
     return reporting.image_grid(columns)
 
@@ -107,17 +107,12 @@ def preview_grid(config: ml_collections.ConfigDict, predict_step: Callable, stat
 DIFF_THRESHOLDS = np.round(np.arange(0.01, 0.51, 0.01), 2)  # |bg - bg_fg| cut-offs tried
 
 
-def _unit(images: np.ndarray) -> np.ndarray:
-    """uint8 images -> float32 in [0, 1]."""
-    return images.astype(np.float32) * np.float32(1 / 255)
-
-
 def _batches(config: ml_collections.ConfigDict, split: str, resolution: int):
     """Every sample of a split once, in batches on the host, images as floats in [0, 1]."""
     for batch in pipeline.create_loader(
             config.dataset, split, resolution=resolution, batch_size=64, shuffle=False,
             seed=config.seed, num_epochs=1, drop_remainder=False, shard=(0, 1)):
-        yield {k: _unit(batch[k]) for k in names.INPUTS + names.HEADS}
+        yield {k: preprocess.unit(batch[k]) for k in names.INPUTS + names.HEADS}
 
 
 def _difference(batch: dict) -> np.ndarray:
@@ -195,12 +190,12 @@ def photo_pairs(config: ml_collections.ConfigDict, mesh, predict_step: Callable,
     images = {key: np.stack([pipeline.decode_image(pair[key], "L" if key == "mask" else "RGB",
                                                    resolution) for pair in pairs])
               for key in (*names.INPUTS, "mask")}
-    mask = _unit(images["mask"][..., None])
+    mask = preprocess.unit(images["mask"][..., None])
     mine = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
     batch = mesh_lib.shard_batch(mesh, {key: images[key][mine] for key in names.INPUTS})
     probs = multihost_utils.process_allgather(
         predict_step(state, batch["bg"], batch["bg_fg"])["mask"], tiled=True)
-    difference = _difference({key: _unit(images[key]) for key in names.INPUTS})
+    difference = _difference({key: preprocess.unit(images[key]) for key in names.INPUTS})
     result = {"pairs": count, "model_iou": float(metrics.iou(probs, mask)),
               "difference_iou": float(metrics.iou(difference, mask, threshold)),
               "ceiling_iou": ceiling_iou(mask) / count}

@@ -36,8 +36,13 @@ class LoadedModel:
 
 def _as_input(images, dtype, name: str) -> jax.Array:
     """`images` in the artifact's input dtype. A uint8 artifact takes 0-255 values of any
-    numeric dtype; anything else (e.g. [0, 1] floats) is refused rather than truncated."""
+    numeric dtype; anything else (e.g. [0, 1] floats) is refused rather than truncated. A 0.2
+    artifact (normalised float32) refuses uint8 images, which it would take unnormalised."""
     images = np.asarray(images)
+    if dtype != np.uint8 and images.dtype == np.uint8:
+        raise ValueError(f"{name}: this model (exported by 0.2) takes float32 inputs already "
+                         "normalised, not uint8: apply data.normalization.normalize with its "
+                         f"{METADATA}'s mean/std, or export it again")
     if dtype == np.uint8 and images.dtype != np.uint8:
         if images.size and not (np.all(images == np.round(images)) and images.min() >= 0
                                 and images.max() <= 255):

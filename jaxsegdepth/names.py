@@ -6,7 +6,9 @@ terms are reported as `val_<metric>` and `val_<head>/<term>`.
 """
 INPUTS = ("bg", "bg_fg")
 HEADS = ("mask", "depth")  # every head a model may predict, in display order
-INDEX = "index"  # a training batch's global sample indices, which draw its augmentation
+# A batch's global element indices (epoch * n + position in the shuffled order), which draw
+# the train step's augmentation; not the records' own `index` field (their place in the split).
+INDEX = "index"
 MASK_METRICS = ("iou", "iou_soft")
 DEPTH_METRICS = ("rmse", "mae", "abs_rel", "sq_rel", "log10", "delta1", "delta2", "delta3")
 

@@ -320,6 +320,10 @@ def check_resume(config: ml_collections.ConfigDict, saved: Optional[dict], direc
         return
     note = " (a one-cycle schedule spans the whole run: it cannot be extended)" if (
         extended and spans_run) else ""
+    if "dataset.worker_count" in changed:
+        note += (f" (dataset.worker_count={config.dataset.worker_count} is resolved on this "
+                 f"host; give --config.dataset.worker_count={saved['dataset.worker_count']}, "
+                 "the checkpoint's)")
     shown = ", ".join(f"{f} ({saved[f]} -> {current[f]})" for f in changed)
     raise errors.UsageError(f"cannot resume the run in {directory}: {shown} differ from its "
                             f"checkpoint{note}; set them back, or use another --workdir")

@@ -392,7 +392,7 @@ def test_decode_error_names_the_sample():
 def test_auto_loader_settings_follow_the_cpu_count_and_overrides_are_checked():
     cfg = _dataset_config()  # worker_count = read_threads = "auto"
     assert pipeline.loader_settings(cfg, cpus=2)[:2] == (0, 2)  # this CI machine's size
-    assert pipeline.loader_settings(cfg, cpus=4)[:2] == (0, 4)
+    assert pipeline.loader_settings(cfg, cpus=4)[:2] == (0, 3)
     assert pipeline.loader_settings(cfg, cpus=5)[:2] == (2, 2)
     assert pipeline.loader_settings(cfg, cpus=16)[:2] == (7, 2)  # one CPU left to the loop
     assert "on 16 CPU(s)" in pipeline.loader_settings(cfg, cpus=16).reason
@@ -400,10 +400,21 @@ def test_auto_loader_settings_follow_the_cpu_count_and_overrides_are_checked():
     assert pipeline.loader_settings(cfg, cpus=64) == (3, 1, "")
     cfg.read_threads = "auto"
     assert pipeline.loader_settings(cfg, cpus=64)[:2] == (3, 2)
+    cfg.worker_count = 0  # one process on a big host: a few threads, not one per CPU
+    assert pipeline.loader_settings(cfg, cpus=64)[:2] == (0, 3)
     for field, value, minimum in (("worker_count", "many", 0), ("worker_count", -1, 0),
                                   ("read_threads", 0, 1), ("read_threads", 1.5, 1)):
         bad = _dataset_config()
         bad[field] = value
         with pytest.raises(DatasetError, match=rf"^dataset\.{field}={value!r}: expected 'auto' "
                                                rf"or an integer >= {minimum}$"):
+            pipeline.validate(bad)
+    # The block is not type-safe (for "auto"), so validate checks the other fields' types.
+    for field, value, expected in (("augment", "False", "bool"), ("num_samples", "64", "int"),
+                                   ("hsv_prob", "0.5", "number"), ("seed", 1.5, "int"),
+                                   ("skip_corrupt", 1, "bool")):
+        bad = _dataset_config()
+        bad[field] = value
+        with pytest.raises(DatasetError, match=rf"^dataset\.{field}={value!r}: expected a "
+                                               rf"{expected}$"):
             pipeline.validate(bad)

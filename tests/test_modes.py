@@ -621,6 +621,20 @@ def test_export_dsresnet_runs_with_only_the_artifact(dsresnet_state, predict_jit
         loaded(np.linspace(0, 1, bg.size, dtype=np.float32).reshape(bg.shape), bg_fg)
 
 
+def test_a_0_2_artifact_takes_normalised_floats_and_refuses_uint8(tmp_path):
+    """Artifacts of 0.2 took normalised float32: `LoadedModel` still runs them on floats and
+    refuses uint8 images, which such a model would take unnormalised."""
+    spec = jax.ShapeDtypeStruct((1, 4, 4, 3), np.float32)
+    old = jax.export.export(jax.jit(lambda bg, bg_fg: {"mask": (bg - bg_fg)[..., :1]}))(spec, spec)
+    (tmp_path / exported.ARTIFACT).write_bytes(old.serialize())
+    loaded = exported.load(str(tmp_path))
+    x = np.full((1, 4, 4, 3), 0.5, np.float32)
+    np.testing.assert_array_equal(loaded(x, 0.25 * x)["mask"], np.full((1, 4, 4, 1), 0.375))
+    with pytest.raises(ValueError, match=r"^bg: this model \(exported by 0\.2\) takes float32 "
+                                         r"inputs already normalised, not uint8"):
+        loaded(np.zeros((1, 4, 4, 3), np.uint8), x)
+
+
 # -- plots ----------------------------------------------------------------------------------
 
 def test_curves_from_a_training_run(trained):

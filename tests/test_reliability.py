@@ -139,6 +139,17 @@ def test_resume_refuses_changed_settings_naming_them(tmp_path):
     assert "\n" not in message
 
 
+def test_resume_on_a_host_where_auto_gives_other_workers_says_what_to_set(tmp_path):
+    """grain's iterator state is per worker process: "auto" resolving to another count (another
+    host) is refused, with the checkpoint's count to give."""
+    here = train.resume_settings(_config(tmp_path))["dataset.worker_count"]
+    saved = dict(train.resume_settings(_config(tmp_path)), **{"dataset.worker_count": here + 7})
+    with pytest.raises(errors.UsageError, match=rf"dataset\.worker_count \({here + 7} -> {here}\) "
+                       r"differ .* \(dataset\.worker_count=auto is resolved on this host; give "
+                       rf"--config\.dataset\.worker_count={here + 7}, the checkpoint's\)"):
+        train.check_resume(_config(tmp_path), saved, "runs/x")
+
+
 def test_more_epochs_resume_unless_the_schedule_spans_the_run(tmp_path):
     saved = train.resume_settings(_config(tmp_path))
     train.check_resume(_config(tmp_path, stages=((32, 3),)), saved, "d")  # longer last stage

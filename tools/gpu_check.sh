@@ -6,7 +6,7 @@
 #     FLOP/s and fraction of the chip's dense bf16 peak (steps[0], largest_batch);
 #   - the loader on this host at 224 px with the "auto" settings and in one process
 #     (loader: samples/s, per core, bytes per sample);
-#   (the synthetic set of 12,000 scenes, 8,400 for training, so that one global batch fits)
+#   (the synthetic set of 6,000 scenes, 4,200 for training, so that a batch of up to 4,096 fits)
 #   - whether training is input-bound: the loader alone, the step alone and the two overlapped
 #     as the trainer runs them (input[0]: wait_fraction, input_bound).
 # Run from anywhere: bash tools/gpu_check.sh [out.json]. Needs `pip install -r requirements.txt`
@@ -24,5 +24,5 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}"
 python -m jaxsegdepth.benchmark --model dsresnet --resolutions 224 --dtype bfloat16 \
   --batch max --steps 5 --repeats 3 --warmup 2 --compile-cache off \
   --workers auto,0 --threads auto --loader-batch 128 --loader-batches 20 \
-  --input-steps 10 --num-samples 12000 --json "$out"
+  --input-steps 10 --num-samples 6000 --json "$out"
 echo "wrote $out"

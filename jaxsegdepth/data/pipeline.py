@@ -46,10 +46,12 @@ from jaxsegdepth.data.builders import DatasetError
 from jaxsegdepth.data.normalization import MODEST_NORMALIZATION
 
 INPUTS, TARGETS = names.INPUTS, names.HEADS
+AUTO = "auto"  # dataset.worker_count / read_threads chosen from the CPU count
 SINGLE_PROCESS_CPUS = 4  # "auto" reads in this process up to this many CPUs (`loader_settings`)
-
-
-AUTO = "auto"
+# The dataset block is not type-safe (so "auto" and ints both go in): the type of each field.
+FIELD_TYPES = {"name": str, "data_dir": str, "manual_dir": str, "num_samples": int, "seed": int,
+               "skip_corrupt": bool, "val_fraction": (int, float), "prefetch_batches": int,
+               "augment": bool, "hsv_prob": (int, float), "contrast_prob": (int, float)}
 
 
 class LoaderSettings(NamedTuple):
@@ -68,7 +70,7 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def _count(ds_config, field: str, minimum: int):
+def _loader_count(ds_config, field: str, minimum: int):
     """`dataset.<field>` as an int >= minimum, or AUTO; anything else is a DatasetError. (A
     command-line override of an "auto" field arrives as a string.)"""
     value = ds_config[field]
@@ -86,14 +88,16 @@ def _count(ds_config, field: str, minimum: int):
 def loader_settings(ds_config, cpus: int | None = None) -> LoaderSettings:
     """`dataset.worker_count` and `read_threads`, "auto" resolved for `cpus` (default: this
     process's). Decoding releases the GIL but a sample's reading, parsing and batching hold
-    it, so one process feeds about 2-3 cores (docs/data.md): up to 4 CPUs, read threads in
-    this process, one per CPU; beyond, one worker process per 2 CPUs beyond the first (the
-    first is left to the training loop), each with 2 read threads."""
+    it, so one process feeds about two cores (docs/data.md): up to 4 CPUs, no worker
+    processes; beyond, one worker process per 2 CPUs after the first (the first is left to
+    the training loop). Read threads: 2 in each worker; in this process, one per CPU but one,
+    between 2 and 3."""
     cpus = cpu_count() if cpus is None else cpus
-    workers, threads = _count(ds_config, "worker_count", 0), _count(ds_config, "read_threads", 1)
-    many = cpus > SINGLE_PROCESS_CPUS
-    auto_workers = max(1, (cpus - 1) // 2) if many else 0
-    auto_threads = 2 if (workers if workers != AUTO else auto_workers) else max(2, cpus)
+    workers = _loader_count(ds_config, "worker_count", 0)
+    threads = _loader_count(ds_config, "read_threads", 1)
+    auto_workers = max(1, (cpus - 1) // 2) if cpus > SINGLE_PROCESS_CPUS else 0
+    in_process = (workers if workers != AUTO else auto_workers) == 0
+    auto_threads = max(2, min(cpus - 1, 3)) if in_process else 2
     chosen = LoaderSettings(auto_workers if workers == AUTO else workers,
                             auto_threads if threads == AUTO else threads)
     if AUTO not in (workers, threads):
@@ -104,6 +108,11 @@ def loader_settings(ds_config, cpus: int | None = None) -> LoaderSettings:
 
 def validate(ds_config) -> None:
     """Refuses bad dataset or loader settings (`config.dataset`) in one line."""
+    for field, kind in FIELD_TYPES.items():
+        value = ds_config.get(field)
+        if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+            expected = "number" if isinstance(kind, tuple) else kind.__name__
+            raise DatasetError(f"dataset.{field}={value!r}: expected a {expected}")
     builders.validate(ds_config)
     loader_settings(ds_config)
     if ds_config.prefetch_batches < 1:
@@ -190,7 +199,8 @@ def decode_sample(record: dict[str, Any], resolution: int) -> dict[str, np.ndarr
 @dataclasses.dataclass(frozen=True)
 class Keys(grain.transforms.MapWithIndex):
     """A record number -> (record number, global element index): what a sample is read and
-    cropped by, and what the train step draws its augmentation from."""
+    cropped by, and what the train step draws its augmentation from (shipped as int32: it
+    wraps after 2**31 elements, e.g. 1,000 epochs of 2 M samples, and the draws repeat)."""
 
     def map_with_index(self, index: int, record: int) -> np.ndarray:
         return np.array([record, index], np.int64)

@@ -63,7 +63,7 @@ def hsv_matrices(hue_turns: jax.Array, saturation: jax.Array, value: jax.Array) 
 
 
 def unit(x: jax.Array) -> jax.Array:
-    """uint8 -> float32 in [0, 1]; floats (already in [0, 1]) -> float32."""
+    """uint8 -> float32 in [0, 1]; floats (already in [0, 1]) -> float32. NumPy or JAX."""
     return x.astype(jnp.float32) * (1.0 / 255.0) if x.dtype == jnp.uint8 else x.astype(jnp.float32)
 
 
@@ -101,18 +101,19 @@ def photometric(images: dict, index: jax.Array, seed: int, params: Photometric) 
 class Preprocess:
     """What the steps do to a loader batch before the model (module doc).
 
-    normalization: {input: (mean, std)}, the dataset's statistics for inputs in [0, 1].
+    normalization: ((input, mean, std), ...), the dataset's statistics for inputs in [0, 1],
+    as tuples so that the whole is hashable (usable as a static argument).
     augment: the train step's photometric augmentation, None for none; `seed` draws it.
     """
 
-    normalization: dict
+    normalization: tuple
     augment: Optional[Photometric] = None
     seed: int = 0
 
     def inputs(self, bg: jax.Array, bg_fg: jax.Array) -> tuple[jax.Array, jax.Array]:
         """uint8 (or [0, 1] float) RGB pair -> normalised float32 model inputs."""
-        return tuple(normalize(x, *self.normalization[key])
-                     for key, x in zip(names.INPUTS, (bg, bg_fg)))
+        stats = {key: (mean, std) for key, mean, std in self.normalization}
+        return tuple(normalize(x, *stats[key]) for key, x in zip(names.INPUTS, (bg, bg_fg)))
 
     def __call__(self, batch: dict, *, train: bool) -> dict:
         """A loader batch -> normalised float32 inputs, [0, 1] targets, other arrays (e.g.
@@ -130,8 +131,8 @@ class Preprocess:
 def from_normalization(normalization: dict, augment: Optional[Photometric] = None,
                        seed: int = 0) -> Preprocess:
     """A `Preprocess` from {input: (mean, std)} of any array-likes."""
-    return Preprocess({k: (tuple(map(float, m)), tuple(map(float, s)))
-                       for k, (m, s) in normalization.items()}, augment, int(seed))
+    return Preprocess(tuple((k, tuple(map(float, m)), tuple(map(float, s)))
+                            for k, (m, s) in normalization.items()), augment, int(seed))
 
 
 def from_config(ds_config, normalization: dict, seed: int) -> Preprocess:
