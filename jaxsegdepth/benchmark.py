@@ -250,12 +250,17 @@ class StepRunner:
         """Clears JAX's in-memory caches, then lowers and compiles both steps (the persistent
         cache, if one is set, still serves them); returns the two times in seconds."""
         jax.clear_caches()
-        train, evaluate, _ = state_lib.jit_steps(self.config, self.mesh, NORMALIZATION)
         start = time.perf_counter()
-        self.train_step = train.lower(self.state, self.batch).compile()
+        self.train_step = self.compiled_train_step()
         middle = time.perf_counter()
+        _, evaluate, _ = state_lib.jit_steps(self.config, self.mesh, NORMALIZATION)
         self.eval_step = evaluate.lower(self.state, self.batch).compile()
         return middle - start, time.perf_counter() - middle
+
+    def compiled_train_step(self):
+        """The train step lowered and compiled for this state and batch (not kept)."""
+        train, _, _ = state_lib.jit_steps(self.config, self.mesh, NORMALIZATION)
+        return train.lower(self.state, self.batch).compile()
 
     def train(self, num_steps: int) -> dict | None:
         """`num_steps` train steps; the last step's outputs, once computed."""
@@ -346,9 +351,8 @@ def _train_step_bytes(config: ml_collections.ConfigDict, resolution: int, batch_
                       mesh) -> int:
     """Device bytes XLA plans for one compiled train step (per device): arguments, outputs
     and temporaries, less what is aliased (the donated state)."""
-    runner = StepRunner(config, resolution, batch_size, mesh=mesh)
-    train, _, _ = state_lib.jit_steps(config, mesh, NORMALIZATION)
-    analysis = train.lower(runner.state, runner.batch).compile().memory_analysis()
+    analysis = StepRunner(config, resolution, batch_size,
+                          mesh=mesh).compiled_train_step().memory_analysis()
     return (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
             + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
 
@@ -438,7 +442,7 @@ def benchmark_input(config: ml_collections.ConfigDict, ds_config, resolution: in
     loader_rate = pipeline.measure_throughput(ds_config, resolution, batch_size=batch_size,
                                               num_batches=max(num_steps, 10))
     runner = StepRunner(config, resolution, batch_size)
-    runner.compile()
+    runner.train_step = runner.compiled_train_step()  # the eval step is not needed here
     runner.train(warmup)
     step_rate = samples_per_s(runner.train, num_steps, batch_size)
     local_batch = mesh_lib.check_batch_size(runner.mesh, batch_size, "--batch")
@@ -610,16 +614,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _settings(text: str, flag: str) -> list:
-    """'auto' and integers from a comma-separated loader setting."""
-    values = []
-    for item in _names(text):
-        if item.lower() == pipeline.AUTO:
-            values.append(pipeline.AUTO)
-        elif item.isdigit():
-            values.append(int(item))
-        else:
-            raise errors.UsageError(f"{flag} {text}: expected 'auto' or integers, comma-separated")
-    return values
+    """'auto' and integers from a comma-separated loader setting (`pipeline.loader_count`)."""
+    minimum = 0 if flag == "--workers" else 1
+    return [pipeline.loader_count(item, flag, minimum) for item in _names(text)]
 
 
 def _batches(args: argparse.Namespace) -> list:

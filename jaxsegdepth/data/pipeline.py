@@ -70,18 +70,17 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def _loader_count(ds_config, field: str, minimum: int):
-    """`dataset.<field>` as an int >= minimum, or AUTO; anything else is a DatasetError. (A
-    command-line override of an "auto" field arrives as a string.)"""
-    value = ds_config[field]
+def loader_count(value, name: str, minimum: int):
+    """A loader setting (`name`, for the error) as an int >= minimum, or AUTO; anything else is
+    a DatasetError. Strings of digits count (a command-line override of an "auto" field)."""
+    original = value
     if isinstance(value, str):
         text = value.strip().lower()
         if text == AUTO:
             return AUTO
         value = int(text) if text.isdigit() else None
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise DatasetError(f"dataset.{field}={ds_config[field]!r}: expected {AUTO!r} or an "
-                           f"integer >= {minimum}")
+        raise DatasetError(f"{name}={original!r}: expected {AUTO!r} or an integer >= {minimum}")
     return value
 
 
@@ -93,8 +92,8 @@ def loader_settings(ds_config, cpus: int | None = None) -> LoaderSettings:
     the training loop). Read threads: 2 in each worker; in this process, one per CPU but one,
     between 2 and 3."""
     cpus = cpu_count() if cpus is None else cpus
-    workers = _loader_count(ds_config, "worker_count", 0)
-    threads = _loader_count(ds_config, "read_threads", 1)
+    workers = loader_count(ds_config.worker_count, "dataset.worker_count", 0)
+    threads = loader_count(ds_config.read_threads, "dataset.read_threads", 1)
     auto_workers = max(1, (cpus - 1) // 2) if cpus > SINGLE_PROCESS_CPUS else 0
     in_process = (workers if workers != AUTO else auto_workers) == 0
     auto_threads = max(2, min(cpus - 1, 3)) if in_process else 2
