@@ -10,6 +10,7 @@ Exit status: 0 done; 1 a run error (e.g. a non-finite loss, no checkpoint to loa
 2 a bad config or command line, reported in one line before anything compiles;
 130/143 stopped by SIGINT/SIGTERM after saving a checkpoint (rerun to resume).
 """
+
 import importlib
 import os
 import sys
@@ -22,21 +23,27 @@ import configs
 from jaxsegdepth import errors, reporting
 
 MODES = {
-    "train": "jaxsegdepth.train",
-    "evaluate": "jaxsegdepth.evaluate",
-    "predict": "jaxsegdepth.predict",
-    "lr_range_test": "jaxsegdepth.lr_range",
-    "export": "jaxsegdepth.export",
-    "plot": "jaxsegdepth.plots",
+    "train": "jaxsegdepth.modes.train",
+    "evaluate": "jaxsegdepth.modes.evaluate",
+    "predict": "jaxsegdepth.modes.predict",
+    "lr_range_test": "jaxsegdepth.modes.lr_range",
+    "export": "jaxsegdepth.modes.export",
+    "plot": "jaxsegdepth.modes.plot",
+    "benchmark": "jaxsegdepth.modes.benchmark",
 }
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "jaxsegdepth", "jax")
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file (configs/*.py), optionally with `:arg`.",
-    lock_config=True)
+    "config",
+    None,
+    "Path to a config file (configs/*.py), optionally with `:arg`.",
+    lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Run directory (checkpoints, metrics, images). "
-    "Default: runs/<config file stem>.")
+    "workdir",
+    None,
+    "Run directory (checkpoints, metrics, images). Default: runs/<config file stem>.",
+)
 
 
 def default_workdir(config_argument: str) -> str:
@@ -72,7 +79,10 @@ def initialize_distributed(config) -> bool:
     """
     settings = config.distributed
     enabled = settings.enabled or os.environ.get("JAXSEGDEPTH_DISTRIBUTED", "").lower() in (
-        "1", "true", "yes")
+        "1",
+        "true",
+        "yes",
+    )
     if enabled:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(
@@ -80,7 +90,8 @@ def initialize_distributed(config) -> bool:
             num_processes=settings.num_processes or None,
             process_id=settings.process_id if settings.process_id >= 0 else None,
             heartbeat_timeout_seconds=settings.heartbeat_timeout_s,
-            shutdown_timeout_seconds=settings.shutdown_timeout_s)
+            shutdown_timeout_seconds=settings.shutdown_timeout_s,
+        )
     return enabled
 
 
@@ -104,8 +115,10 @@ def main(argv) -> None:
     module = importlib.import_module(MODES[config.mode])
     try:
         module.validate(config)  # every setting the mode uses, before anything compiles
-        reporting.say(f"{config.mode}: {config.model} on {config.dataset.name}, workdir "
-                      f"{workdir}, {jax.device_count()} {jax.devices()[0].platform} device(s)")
+        reporting.say(
+            f"{config.mode}: {config.model} on {config.dataset.name}, workdir "
+            f"{workdir}, {jax.device_count()} {jax.devices()[0].platform} device(s)"
+        )
         module.run(config, workdir)
     except errors.Interrupted as error:
         # Out without the interpreter's teardown: the signal may have landed while native
@@ -134,10 +147,12 @@ def _config_problem(argv: list[str]) -> str | None:
         return f"--config {config_arg}: {error}"
     for override in (a for a in argv if a.startswith("--config.")):
         node = base
-        for field in override[len("--config."):].split("=", 1)[0].split("."):
+        for field in override[len("--config.") :].split("=", 1)[0].split("."):
             if not hasattr(node, "keys") or field not in node:
-                return (f"{override.split('=', 1)[0]}: the config has no field {field!r} (the "
-                        "fields are in configs/default.py)")
+                return (
+                    f"{override.split('=', 1)[0]}: the config has no field {field!r} (the "
+                    "fields are in configs/default.py)"
+                )
             node = node[field]
     return None
 

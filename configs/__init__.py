@@ -1,4 +1,5 @@
 """Recipes: `default.py` holds every field, each other file overrides a few (see the README)."""
+
 import importlib.util
 
 

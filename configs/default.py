@@ -3,12 +3,13 @@
 Each recipe file imports `get_config()` from here and overrides what differs. Override any
 field on the command line: `python launch.py --config configs/X.py --config.batch_size=32`.
 """
+
 import ml_collections
 
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.mode = "train"  # train | evaluate | predict | lr_range_test | export | plot
+    config.mode = "train"  # train | evaluate | predict | lr_range_test | export | plot | benchmark
     config.model = "dsresnet"  # dsresnet | masknet
     config.dtype = "float32"  # compute dtype; parameters stay float32
     config.seed = 0
@@ -19,34 +20,43 @@ def get_config() -> ml_collections.ConfigDict:
     # Several hosts: jax.distributed.initialize() before anything else (README, "GPUs and several
     # hosts"); also turned on by JAXSEGDEPTH_DISTRIBUTED=1. Empty/0/-1: auto-detected (Cloud TPU,
     # SLURM, Open MPI, Kubernetes) or JAX_COORDINATOR_ADDRESS.
-    config.distributed = ml_collections.ConfigDict(dict(
-        enabled=False, coordinator_address="", num_processes=0, process_id=-1,
-        heartbeat_timeout_s=100,  # a process silent this long is taken for dead
-        shutdown_timeout_s=60))  # how long one that ends waits for the others before failing them
+    config.distributed = ml_collections.ConfigDict(
+        dict(
+            enabled=False,
+            coordinator_address="",
+            num_processes=0,
+            process_id=-1,
+            heartbeat_timeout_s=100,  # a process silent this long is taken for dead
+            shutdown_timeout_s=60,
+        )
+    )  # how long one that ends waits for the others before failing them
     config.compilation_cache_dir = ""  # "": ~/.cache/jaxsegdepth/jax; "none": off
 
-    config.dataset = ml_collections.ConfigDict(dict(
-        name="synthetic_museum",  # synthetic_museum | modest_museum
-        data_dir="",  # prepared tfds data; "" = ~/tensorflow_datasets
-        manual_dir="",  # modest_museum: the extracted MODEST folder or its .zip (never downloaded)
-        num_samples=2000,  # synthetic_museum: size of the generated set (1,400 train / 600 val)
-        seed=0,  # synthetic_museum: generation seed
-        skip_corrupt=False,  # modest_museum: leave out samples with corrupt JPEGs (else: error)
-        val_fraction=0.3,  # reference split: seed-1 shuffle, first 70% train
-        # Loader: grain worker processes (0 = read in this process) and the threads each uses;
-        # "auto" chooses from the CPU count (printed at start; docs/data.md).
-        worker_count="auto",
-        read_threads="auto",
-        prefetch_batches=2,  # batches prepared ahead per reading process (>= its threads)
-        # Photometric augmentation of the inputs on the train split: the reference's recipes
-        # (`:published`) turn it on; the synthetic scenes have no photometric shift between
-        # the splits, and it slowed learning on them (docs/results.md).
-        augment=False,
-        hsv_prob=0.25,  # probability of hue/saturation/value jitter
-        contrast_prob=0.25),  # probability of random contrast
+    config.dataset = ml_collections.ConfigDict(
+        dict(
+            name="synthetic_museum",  # synthetic_museum | modest_museum
+            data_dir="",  # prepared tfds data; "" = ~/tensorflow_datasets
+            manual_dir="",  # modest_museum: the extracted MODEST folder or its .zip (never downloaded)
+            num_samples=2000,  # synthetic_museum: size of the generated set (1,400 train / 600 val)
+            seed=0,  # synthetic_museum: generation seed
+            skip_corrupt=False,  # modest_museum: leave out samples with corrupt JPEGs (else: error)
+            val_fraction=0.3,  # reference split: seed-1 shuffle, first 70% train
+            # Loader: grain worker processes (0 = read in this process) and the threads each uses;
+            # "auto" chooses from the CPU count (printed at start; docs/data.md).
+            worker_count="auto",
+            read_threads="auto",
+            prefetch_batches=2,  # batches prepared ahead per reading process (>= its threads)
+            # Photometric augmentation of the inputs on the train split: the reference's recipes
+            # (`:published`) turn it on; the synthetic scenes have no photometric shift between
+            # the splits, and it slowed learning on them (docs/results.md).
+            augment=False,
+            hsv_prob=0.25,  # probability of hue/saturation/value jitter
+            contrast_prob=0.25,
+        ),  # probability of random contrast
         # Not type-safe, so worker_count/read_threads take "auto" or an int, from Python too
         # (a command-line override arrives as a string); `pipeline.validate` checks them all.
-        type_safe=False)
+        type_safe=False,
+    )
 
     config.batch_size = 8  # global, split across every device
     # Progressive resizing, one stage a (resolution, epochs) or (resolution, epochs, crop):
@@ -61,14 +71,29 @@ def get_config() -> ml_collections.ConfigDict:
     # The reference trains with SGD (momentum 0.9, lr 0.01, reduce-on-plateau), which the
     # `:published` configs keep. On the CPU budget Adam with a one-cycle schedule gets much
     # further in the same number of steps (docs/results.md).
-    config.optimizer = ml_collections.ConfigDict(dict(
-        name="adam", learning_rate=0.002, momentum=0.9, nesterov=False, weight_decay=0.0,
-        grad_clip_norm=0.0))
-    config.schedule = ml_collections.ConfigDict(dict(
-        name="onecycle",  # constant | step | plateau | onecycle
-        patience=2, factor=0.1, min_lr=1e-6, rtol=1e-4,  # plateau (and `factor` for step)
-        boundaries=(3,),  # step: epochs after which the rate is multiplied by `factor`
-        pct_start=0.3, div_factor=25.0, final_div_factor=1e4))  # onecycle
+    config.optimizer = ml_collections.ConfigDict(
+        dict(
+            name="adam",
+            learning_rate=0.002,
+            momentum=0.9,
+            nesterov=False,
+            weight_decay=0.0,
+            grad_clip_norm=0.0,
+        )
+    )
+    config.schedule = ml_collections.ConfigDict(
+        dict(
+            name="onecycle",  # constant | step | plateau | onecycle
+            patience=2,
+            factor=0.1,
+            min_lr=1e-6,
+            rtol=1e-4,  # plateau (and `factor` for step)
+            boundaries=(3,),  # step: epochs after which the rate is multiplied by `factor`
+            pct_start=0.3,
+            div_factor=25.0,
+            final_div_factor=1e4,
+        )
+    )  # onecycle
 
     # Loss as data: head -> {term: weight}; see jaxsegdepth.losses.compose.
     # RMSE + (BCE & Dice): 2 rmse(depth) + bce(mask) + 2 dice(mask, smooth 1e-6), as the reference.
@@ -79,43 +104,81 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss_weighting = "fixed"
     config.dwa_temperature = 2.0
 
-    config.checkpoint = ml_collections.ConfigDict(dict(
-        monitor="val_loss", mode="min",  # the metric that picks the best checkpoint
-        every_steps=0,  # 0: only at the end of every epoch
-        step=-1))  # evaluate/predict/export: -1 best, else this step
+    config.checkpoint = ml_collections.ConfigDict(
+        dict(
+            monitor="val_loss",
+            mode="min",  # the metric that picks the best checkpoint
+            every_steps=0,  # 0: only at the end of every epoch
+            step=-1,
+        )
+    )  # evaluate/predict/export: -1 best, else this step
 
-    config.num_preview = 6  # validation samples drawn in every epoch's prediction grid
+    # Evaluators (jaxsegdepth/evaluators.py): name -> type, `every` training epochs between
+    # runs (0: never in training), `evaluate` whether mode=evaluate runs it, and the type's own
+    # fields. Results are named after the entry: val_loss, photos_model_iou, ...
+    config.evals = ml_collections.ConfigDict(
+        dict(
+            val=dict(type="validation", every=1, evaluate=True),  # its val_loss picks the best
+            preview=dict(
+                type="preview", every=1, evaluate=False, samples=6
+            ),  # validation samples drawn in predictions/epoch_NNN.png
+            baselines=dict(type="baselines", every=0, evaluate=True),
+            photos=dict(type="photos", every=0, evaluate=True, pairs=48),
+        )
+    )  # held-out pairs of real photographs (masks only)
 
     # LR range test (mode=lr_range_test): sweep start_lr -> end_lr over num_steps ("exp" or
     # "linear" spacing) with config.optimizer; `smoothing` is the weight of the newest loss in the
     # bias-corrected moving average; stop once smoothed > diverge_factor x best. Suggestion: the
     # lr at the lowest smoothed loss. resolution/batch_size 0: the first stage's / config.batch_size.
-    config.lr_range = ml_collections.ConfigDict(dict(
-        start_lr=1e-7, end_lr=5.0, num_steps=400, spacing="exp", smoothing=0.05,
-        diverge_factor=4.0, resolution=96, batch_size=0))
+    config.lr_range = ml_collections.ConfigDict(
+        dict(
+            start_lr=1e-7,
+            end_lr=5.0,
+            num_steps=400,
+            spacing="exp",
+            smoothing=0.05,
+            diverge_factor=4.0,
+            resolution=96,
+            batch_size=0,
+        )
+    )
 
-    config.evaluate = ml_collections.ConfigDict(dict(
-        resolutions=(),  # mode=evaluate: input sides to evaluate at; (): the last stage's
-        photos=48))  # held-out pairs of real photographs (masks only) also evaluated; 0: none
+    config.evaluate = ml_collections.ConfigDict(
+        dict(resolutions=())
+    )  # mode=evaluate: input sides to evaluate at; (): the last stage's
 
-    config.predict = ml_collections.ConfigDict(dict(
-        bg="", bg_fg="",  # two image files, or two folders matched by file name (sans extension)
-        output_dir="",  # "": WORKDIR/predictions_user
-        threshold=0.5,  # mask probability -> the thresholded mask PNG
-        resolution=0,  # model input side (multiple of 32); 0: each image's size rounded to 32
-        max_side=1024,  # with resolution 0: scale down so the longer side is at most this (0: no cap)
-        colormap="viridis"))  # matplotlib colour map of the depth PNG
+    config.predict = ml_collections.ConfigDict(
+        dict(
+            bg="",
+            bg_fg="",  # two image files, or two folders matched by file name (sans extension)
+            output_dir="",  # "": WORKDIR/predictions_user
+            threshold=0.5,  # mask probability -> the thresholded mask PNG
+            resolution=0,  # model input side (multiple of 32); 0: each image's size rounded to 32
+            max_side=1024,  # with resolution 0: scale down so the longer side is at most this (0: no cap)
+            colormap="viridis",
+        )
+    )  # matplotlib colour map of the depth PNG
 
-    config.export = ml_collections.ConfigDict(dict(
-        resolution=224,  # input side of the exported function (fixed)
-        batch_size=0,  # 0: any batch (symbolic dimension), else this fixed batch
-        platforms=("cpu", "cuda"),  # lowered for each; (): the default backend only
-        output_dir=""))  # "": WORKDIR/export
+    config.export = ml_collections.ConfigDict(
+        dict(
+            resolution=224,  # input side of the exported function (fixed)
+            batch_size=0,  # 0: any batch (symbolic dimension), else this fixed batch
+            platforms=("cpu", "cuda"),  # lowered for each; (): the default backend only
+            output_dir="",
+        )
+    )  # "": WORKDIR/export
     return config
 
 
-def use_published(config: ml_collections.ConfigDict, *, stages, learning_rate,
-                  augment: bool = True, batch_size: int = 128) -> ml_collections.ConfigDict:
+def use_published(
+    config: ml_collections.ConfigDict,
+    *,
+    stages,
+    learning_rate,
+    augment: bool = True,
+    batch_size: int = 128,
+) -> ml_collections.ConfigDict:
     """Switches `config` to a reference schedule on the real MODEST Museum data.
 
     Selected with `--config configs/<recipe>.py:published`; the data needs

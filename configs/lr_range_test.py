@@ -5,6 +5,7 @@ Default: the same sweep (SGD momentum 0.9) on the synthetic set at the default b
 iterations, SGD momentum 0.9.
 Writes `WORKDIR/lr_range.json` and `WORKDIR/lr_range.png` (see jaxsegdepth/lr_range.py).
 """
+
 from configs import default
 
 

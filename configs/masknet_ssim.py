@@ -3,6 +3,7 @@
 `:published`: MODEST Museum as in the reference's loss comparison: batch 128 at 96px,
 2 epochs, SGD lr 0.01, augmentation on.
 """
+
 from configs import default
 
 

@@ -4,6 +4,7 @@ Default: the CPU-sized schedule of `default.py` on the synthetic set.
 `:published`: the reference's schedule on MODEST Museum - SGD lr 0.01, reduce-on-plateau,
 augmentation on, 96px for epochs 1-3, 160px for 4-8, 224px for 9-11.
 """
+
 from configs import default
 
 

@@ -3,6 +3,7 @@
 `:published`: MODEST Museum, SGD lr 0.01, reduce-on-plateau, augmentation on,
 96px for epochs 1-3, 160px for 4-8.
 """
+
 import ml_collections
 
 from configs import default

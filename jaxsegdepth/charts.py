@@ -1,5 +1,6 @@
 """Charts as PNG files: metric curves of a run and the LR range test (matplotlib's object API
 only: no pyplot, no display needed)."""
+
 import math
 
 import numpy as np
@@ -15,12 +16,22 @@ def lr_range(result: dict, path: str) -> str:
     ax.plot(lrs, result["losses"], color="0.75", linewidth=0.8, label="loss")
     ax.plot(lrs, result["smoothed"], color="C0", linewidth=1.8, label="smoothed loss")
     suggested = result["suggested_lr"]
-    ax.axvline(suggested, color="C3", linestyle="--", linewidth=1.2,
-               label=f"suggested lr {suggested:.3g} (lowest smoothed loss)")
+    ax.axvline(
+        suggested,
+        color="C3",
+        linestyle="--",
+        linewidth=1.2,
+        label=f"suggested lr {suggested:.3g} (lowest smoothed loss)",
+    )
     ax.plot([suggested], [result["min_smoothed_loss"]], "o", color="C3")
     if result.get("steepest_lr"):
-        ax.axvline(result["steepest_lr"], color="C2", linestyle=":", linewidth=1.0,
-                   label=f"steepest descent {result['steepest_lr']:.3g}")
+        ax.axvline(
+            result["steepest_lr"],
+            color="C2",
+            linestyle=":",
+            linewidth=1.0,
+            label=f"steepest descent {result['steepest_lr']:.3g}",
+        )
     ax.set_xscale("log")
     # Keep the interesting part in view: the diverging tail would squash everything else.
     smoothed = np.asarray(result["smoothed"])
@@ -81,15 +92,20 @@ def curves(records: list[dict], path: str) -> str:
     rows = -(-len(panels) // cols)
     fig = Figure(figsize=(6 * cols, 4 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     for ax, (title, keys) in zip(axes, panels):
         for key in keys:
             epochs, values = series[key]
             ax.plot(epochs, values, marker="o", markersize=3, label=key)
             if title.startswith(("Mask", "Depth")) and len(values):
-                ax.annotate(f"{values[-1]:.4g}", (epochs[-1], values[-1]), fontsize=8,
-                            textcoords="offset points", xytext=(3, 3))
+                ax.annotate(
+                    f"{values[-1]:.4g}",
+                    (epochs[-1], values[-1]),
+                    fontsize=8,
+                    textcoords="offset points",
+                    xytext=(3, 3),
+                )
         if title == "Learning rate" or (title == "Loss" and _spans_decades(series, keys)):
             ax.set_yscale("log")
         _mark_stages(ax, series)
@@ -112,8 +128,15 @@ def _mark_stages(ax, series: dict) -> None:
         if resolutions[i] != resolutions[i - 1]:
             x = (epochs[i] + epochs[i - 1]) / 2
             ax.axvline(x, color="0.6", linestyle="--", linewidth=0.8)
-            ax.annotate(f"{int(resolutions[i])}px", (x, 1.0), xycoords=("data", "axes fraction"),
-                        xytext=(2, -10), textcoords="offset points", fontsize=7, color="0.4")
+            ax.annotate(
+                f"{int(resolutions[i])}px",
+                (x, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(2, -10),
+                textcoords="offset points",
+                fontsize=7,
+                color="0.4",
+            )
 
 
 def _spans_decades(series: dict, keys: list[str]) -> bool:

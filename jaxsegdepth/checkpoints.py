@@ -16,6 +16,7 @@ The manager keeps the latest checkpoint and the best one by `config.checkpoint.m
 steps, or on SIGTERM) is kept only while it is the latest. Saving is asynchronous.
 What to restore into comes from `state.abstract_state`.
 """
+
 import base64
 import functools
 import json
@@ -41,8 +42,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if settings.mode not in MODES:
         raise errors.UsageError(f"checkpoint.mode={settings.mode!r}: expected one of {MODES}")
     if settings.every_steps < 0:
-        raise errors.UsageError(f"checkpoint.every_steps={settings.every_steps}: expected >= 0 "
-                                "(0: only at the end of every epoch)")
+        raise errors.UsageError(
+            f"checkpoint.every_steps={settings.every_steps}: expected >= 0 "
+            "(0: only at the end of every epoch)"
+        )
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -61,6 +64,7 @@ def has_checkpoint(workdir: str) -> bool:
 
 
 # -- iterator state as JSON -----------------------------------------------------------------
+
 
 def encode_iterator_state(state: Any) -> dict:
     """grain iterator state (bytes from a DataLoader, a dict from a dataset iterator) -> JSON."""
@@ -85,23 +89,39 @@ def _json_default(value):
 
 # -- the manager ----------------------------------------------------------------------------
 
+
 class Checkpointer:
     """Orbax `CheckpointManager` over `WORKDIR/checkpoints`: latest + best by `monitor`."""
 
-    def __init__(self, workdir: str, monitor: str = "val_loss", mode: str = "min",
-                 read_only: bool = False):
+    def __init__(
+        self, workdir: str, monitor: str = "val_loss", mode: str = "min", read_only: bool = False
+    ):
         self.directory = checkpoint_dir(workdir)
         self.monitor = monitor
         best_fn = functools.partial(_metric, monitor, mode)
-        policy = ocp.checkpoint_managers.AnyPreservationPolicy([
-            ocp.checkpoint_managers.LatestN(n=1),
-            ocp.checkpoint_managers.BestN(get_metric_fn=best_fn, reverse=(mode == "min"), n=1,
-                                          keep_checkpoints_without_metrics=False)])
+        policy = ocp.checkpoint_managers.AnyPreservationPolicy(
+            [
+                ocp.checkpoint_managers.LatestN(n=1),
+                ocp.checkpoint_managers.BestN(
+                    get_metric_fn=best_fn,
+                    reverse=(mode == "min"),
+                    n=1,
+                    keep_checkpoints_without_metrics=False,
+                ),
+            ]
+        )
         options = ocp.CheckpointManagerOptions(
-            best_fn=best_fn, best_mode=mode, preservation_policy=policy, read_only=read_only,
-            create=not read_only, enable_async_checkpointing=True, cleanup_tmp_directories=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=("state", "loop"))
+            best_fn=best_fn,
+            best_mode=mode,
+            preservation_policy=policy,
+            read_only=read_only,
+            create=not read_only,
+            enable_async_checkpointing=True,
+            cleanup_tmp_directories=True,
+        )
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "loop")
+        )
 
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()
@@ -121,18 +141,28 @@ class Checkpointer:
         step = int(jax.device_get(state.step))
         self.wait()
         metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop)),
-            metrics=metrics, force=True)
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop)
+            ),
+            metrics=metrics,
+            force=True,
+        )
 
-    def restore(self, target: steps.TrainState, step: Optional[int] = None
-                ) -> tuple[steps.TrainState, dict]:
+    def restore(
+        self, target: steps.TrainState, step: Optional[int] = None
+    ) -> tuple[steps.TrainState, dict]:
         """(state, loop) at `step` (default: latest) into `target`'s structure and shardings."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise errors.RunError(f"no checkpoint in {self.directory}")
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), loop=ocp.args.JsonRestore()))
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), loop=ocp.args.JsonRestore()
+            ),
+        )
         return restored["state"], dict(restored["loop"])
 
     def restore_loop(self, step: int) -> dict:
@@ -152,9 +182,14 @@ class Checkpointer:
         """Only `target`'s parts of the state at `step` (e.g. {"params": ..., "batch_stats":
         ...}), into its shapes and shardings; the rest of the checkpoint is not read."""
         with ocp.PyTreeCheckpointer() as reader:
-            return reader.restore(self._state_path(step), args=ocp.args.PyTreeRestore(
-                target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                partial_restore=True))
+            return reader.restore(
+                self._state_path(step),
+                args=ocp.args.PyTreeRestore(
+                    target,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                    partial_restore=True,
+                ),
+            )
 
     def _state_path(self, step: int) -> str:
         return os.path.join(self.directory, str(step), "state")
@@ -171,9 +206,11 @@ class Checkpointer:
         try:
             call()
         except (OSError, ValueError) as error:
-            raise errors.RunError(f"writing a checkpoint in {self.directory} failed ("
-                                  f"{' '.join(str(error).split())}); rerun the same command to "
-                                  "resume from the last complete one") from None
+            raise errors.RunError(
+                f"writing a checkpoint in {self.directory} failed ("
+                f"{' '.join(str(error).split())}); rerun the same command to "
+                "resume from the last complete one"
+            ) from None
 
 
 def _metric(name: str, mode: str, metrics: dict) -> float:

@@ -33,3 +33,7 @@ class Interrupted(RunError):
         self.message = message
         self.signum = signum
         self.exit_code = 128 + signum
+
+
+class DatasetError(UsageError):
+    """Bad dataset input or configuration; the message says what and where (exit 2)."""

@@ -7,6 +7,7 @@ float32 whatever the input dtype. Means run over every pixel of the batch.
 `fn(outputs, targets) -> (total, terms)` from model logits and [0, 1] targets; the ready
 functions `rmse_bce_dice`, `ssim_dice` and `rmse_bce` are the reference's combinations.
 """
+
 import math
 import numbers
 from collections.abc import Callable, Mapping
@@ -37,6 +38,7 @@ def _f32(x: jax.Array) -> jax.Array:
 # of an evaluation batch) then count for nothing, so a loss does not depend on how a batch was
 # padded. Without weights each term is the plain batch formula.
 
+
 def _mean(values: jax.Array, weights: jax.Array | None) -> jax.Array:
     """Mean over every element, or over the elements of the samples weighted 1."""
     if weights is None:
@@ -56,19 +58,20 @@ def bce(logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None)
     return _mean(optax.sigmoid_binary_cross_entropy(_f32(logits), _f32(targets)), weights)
 
 
-def dice(probs: jax.Array, targets: jax.Array, smooth: float = 1.0,
-         weights: jax.Array | None = None) -> jax.Array:
+def dice(
+    probs: jax.Array, targets: jax.Array, smooth: float = 1.0, weights: jax.Array | None = None
+) -> jax.Array:
     """1 - (2 sum(p t) + smooth) / (sum(p) + sum(t) + smooth) over the whole flattened batch."""
     probs, targets = _f32(probs), _f32(targets)
     overlap = 2 * _sum(probs * targets, weights) + smooth
     return 1 - overlap / (_sum(probs, weights) + _sum(targets, weights) + smooth)
 
 
-def bce_dice(logits: jax.Array, targets: jax.Array,
-             weights: jax.Array | None = None) -> jax.Array:
+def bce_dice(logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None) -> jax.Array:
     """bce + 2 * dice(sigmoid(logits), smooth=1e-6), as the reference's BCE & Dice loss."""
-    return bce(logits, targets, weights) + 2 * dice(jax.nn.sigmoid(_f32(logits)), targets,
-                                                    smooth=1e-6, weights=weights)
+    return bce(logits, targets, weights) + 2 * dice(
+        jax.nn.sigmoid(_f32(logits)), targets, smooth=1e-6, weights=weights
+    )
 
 
 def rmse(preds: jax.Array, targets: jax.Array, weights: jax.Array | None = None) -> jax.Array:
@@ -78,28 +81,38 @@ def rmse(preds: jax.Array, targets: jax.Array, weights: jax.Array | None = None)
 
 def _per_image_ssim(a: jax.Array, b: jax.Array, data_range: float, k1: float = 0.01) -> jax.Array:
     """dm_pix's Gaussian SSIM (window 11, sigma 1.5, K2 0.03, valid filtering), one per image."""
-    return dm_pix.ssim(_f32(a), _f32(b), max_val=data_range, filter_size=SSIM_WINDOW,
-                       filter_sigma=1.5, k1=k1, k2=0.03)
+    return dm_pix.ssim(
+        _f32(a),
+        _f32(b),
+        max_val=data_range,
+        filter_size=SSIM_WINDOW,
+        filter_sigma=1.5,
+        k1=k1,
+        k2=0.03,
+    )
 
 
 def _require_size(images: jax.Array, minimum: int, what: str) -> None:
     """Raises a ValueError if H or W of NHWC `images` is below `minimum`."""
     height, width = jnp.shape(images)[-3:-1]
     if min(height, width) < minimum:
-        raise ValueError(f"{what} needs images of at least {minimum}x{minimum}, "
-                         f"got {height}x{width}")
+        raise ValueError(
+            f"{what} needs images of at least {minimum}x{minimum}, got {height}x{width}"
+        )
 
 
-def ssim(preds: jax.Array, targets: jax.Array, data_range: float = 1.0,
-         weights: jax.Array | None = None) -> jax.Array:
+def ssim(
+    preds: jax.Array, targets: jax.Array, data_range: float = 1.0, weights: jax.Array | None = None
+) -> jax.Array:
     """Mean SSIM over the batch (dm_pix: Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03,
     valid filtering); channels are averaged. H and W must be at least 11."""
     _require_size(preds, SSIM_WINDOW, "ssim (11x11 window, valid filtering)")
     return _mean(_per_image_ssim(preds, targets, data_range), weights)
 
 
-def ssim_loss(preds: jax.Array, targets: jax.Array, data_range: float = 1.0,
-              weights: jax.Array | None = None) -> jax.Array:
+def ssim_loss(
+    preds: jax.Array, targets: jax.Array, data_range: float = 1.0, weights: jax.Array | None = None
+) -> jax.Array:
     """1 - ssim."""
     return 1 - ssim(preds, targets, data_range, weights)
 
@@ -117,8 +130,9 @@ def _relu_power(x: jax.Array, exponent: float) -> jax.Array:
     return jnp.where(positive, jnp.where(positive, x, 1.0) ** exponent, 0.0)
 
 
-def ms_ssim(preds: jax.Array, targets: jax.Array, data_range: float = 1.0,
-            weights: jax.Array | None = None) -> jax.Array:
+def ms_ssim(
+    preds: jax.Array, targets: jax.Array, data_range: float = 1.0, weights: jax.Array | None = None
+) -> jax.Array:
     """Multi-scale SSIM (Wang, Simoncelli & Bovik 2003), averaged over the batch.
 
     Five scales, 2x average pooling between them; the contrast-structure term at the first
@@ -140,8 +154,9 @@ def ms_ssim(preds: jax.Array, targets: jax.Array, data_range: float = 1.0,
     return _mean(result, weights)
 
 
-def ms_ssim_loss(preds: jax.Array, targets: jax.Array, data_range: float = 1.0,
-                 weights: jax.Array | None = None) -> jax.Array:
+def ms_ssim_loss(
+    preds: jax.Array, targets: jax.Array, data_range: float = 1.0, weights: jax.Array | None = None
+) -> jax.Array:
     """1 - ms_ssim."""
     return 1 - ms_ssim(preds, targets, data_range, weights)
 
@@ -166,20 +181,23 @@ def validate_spec(spec: Any) -> dict[str, dict[str, float]]:
     if hasattr(spec, "to_dict"):  # an ml_collections.ConfigDict
         spec = spec.to_dict()
     if not isinstance(spec, Mapping) or not spec:
-        raise ValueError(f"a loss spec is a non-empty mapping head -> {{term: weight}}, "
-                         f"got {spec!r}")
+        raise ValueError(
+            f"a loss spec is a non-empty mapping head -> {{term: weight}}, got {spec!r}"
+        )
     checked = {}
     for head, terms in spec.items():
         if head not in HEADS:
             raise ValueError(f"unknown head {head!r} in loss spec: expected one of {HEADS}")
         if not isinstance(terms, Mapping) or not terms:
-            raise ValueError(f"loss spec for {head!r} must be a non-empty mapping term -> weight, "
-                             f"got {terms!r}")
+            raise ValueError(
+                f"loss spec for {head!r} must be a non-empty mapping term -> weight, got {terms!r}"
+            )
         checked[head] = {}
         for term, weight in terms.items():
             if term not in TERMS:
-                raise ValueError(f"unknown loss term {term!r} for {head!r}: expected one of "
-                                 f"{sorted(TERMS)}")
+                raise ValueError(
+                    f"unknown loss term {term!r} for {head!r}: expected one of {sorted(TERMS)}"
+                )
             if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
                 raise TypeError(f"weight of {head}/{term} must be a real number, got {weight!r}")
             if not math.isfinite(weight):
@@ -205,23 +223,31 @@ def compose(spec: Mapping[str, Mapping[str, float]]) -> LossFn:
     """
     checked = validate_spec(spec)
 
-    def loss_fn(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.Array],
-                weights: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    def loss_fn(
+        outputs: Mapping[str, jax.Array],
+        targets: Mapping[str, jax.Array],
+        weights: jax.Array | None = None,
+    ) -> tuple[jax.Array, dict]:
         total, values = jnp.zeros((), jnp.float32), {}
         for head, terms in checked.items():
             if head not in outputs or head not in targets:
-                raise ValueError(f"loss needs {head!r} in both outputs (keys {sorted(outputs)}) "
-                                 f"and targets (keys {sorted(targets)})")
+                raise ValueError(
+                    f"loss needs {head!r} in both outputs (keys {sorted(outputs)}) "
+                    f"and targets (keys {sorted(targets)})"
+                )
             logits, target = outputs[head], targets[head]
             if jnp.shape(logits) != jnp.shape(target):
-                raise ValueError(f"{head!r}: outputs shape {jnp.shape(logits)} does not match "
-                                 f"targets shape {jnp.shape(target)}")
+                raise ValueError(
+                    f"{head!r}: outputs shape {jnp.shape(logits)} does not match "
+                    f"targets shape {jnp.shape(target)}"
+                )
             probs = jax.nn.sigmoid(_f32(logits))
             head_total = jnp.zeros((), jnp.float32)
             for term, weight in terms.items():
                 fn, on_probs = TERMS[term]
-                values[f"{head}/{term}"] = fn(probs if on_probs else logits, target,
-                                              weights=weights)
+                values[f"{head}/{term}"] = fn(
+                    probs if on_probs else logits, target, weights=weights
+                )
                 head_total = head_total + weight * values[f"{head}/{term}"]
             values[task_loss(head)] = head_total
             total = total + head_total

@@ -3,6 +3,7 @@
 Batches are split along `data`; parameters and optimizer state are replicated. The same code
 runs on one CPU, several GPUs, or several hosts after `jax.distributed.initialize()`.
 """
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -33,13 +34,17 @@ def check_batch_size(mesh: Mesh, global_batch_size: int, field: str = "batch_siz
     cannot be split evenly over the devices and processes."""
     devices, processes = mesh.devices.size, jax.process_count()
     if global_batch_size <= 0 or global_batch_size % devices or global_batch_size % processes:
-        raise errors.UsageError(f"{field}={global_batch_size} must be a positive multiple of the "
-                                f"number of devices ({devices}) and of processes ({processes})")
+        raise errors.UsageError(
+            f"{field}={global_batch_size} must be a positive multiple of the "
+            f"number of devices ({devices}) and of processes ({processes})"
+        )
     return global_batch_size // processes
 
 
 def shard_batch(mesh: Mesh, batch: dict) -> dict:
     """Turns this process's NumPy batch into global arrays sharded along `data`."""
     sharding = batch_sharding(mesh)
-    return {name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
-            for name, value in batch.items()}
+    return {
+        name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+        for name, value in batch.items()
+    }

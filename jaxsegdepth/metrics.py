@@ -5,6 +5,7 @@ For an evaluation loop, `batch_sums(outputs, targets, weights)` gives per-batch 
 float32 counts are exact only up to 2**24) and `summarize` turns the totals into metrics.
 IoU is per image, averaged over images; depth metrics are over every valid pixel of the set.
 """
+
 from collections.abc import Mapping
 
 import jax
@@ -13,7 +14,7 @@ import numpy as np
 
 IOU_SMOOTH = 1e-6
 MIN_DEPTH = 1e-4  # target pixels at or below this carry no depth; predictions clip to it
-DELTAS = {"delta1": 1.25, "delta2": 1.25 ** 2, "delta3": 1.25 ** 3}
+DELTAS = {"delta1": 1.25, "delta2": 1.25**2, "delta3": 1.25**3}
 # Depth sums that summarize divides by the valid-pixel count ("sq_err" becomes rmse).
 _PIXEL_MEANS = ("mae", "abs_rel", "sq_rel", "log10", *DELTAS)
 
@@ -53,10 +54,10 @@ def depth_sums(preds: jax.Array, targets: jax.Array, weights: jax.Array) -> dict
     error = preds - safe_targets
     ratio = jnp.maximum(clipped / safe_targets, safe_targets / clipped)
     per_pixel = {
-        "sq_err": error ** 2,
+        "sq_err": error**2,
         "mae": jnp.abs(error),
         "abs_rel": jnp.abs(error) / safe_targets,
-        "sq_rel": error ** 2 / safe_targets,
+        "sq_rel": error**2 / safe_targets,
         "log10": jnp.abs(jnp.log10(clipped) - jnp.log10(safe_targets)),
         **{name: (ratio < limit).astype(jnp.float32) for name, limit in DELTAS.items()},
     }
@@ -64,8 +65,11 @@ def depth_sums(preds: jax.Array, targets: jax.Array, weights: jax.Array) -> dict
     return {**sums, "pixels": jnp.sum(valid, dtype=jnp.float32)}
 
 
-def batch_sums(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.Array],
-               weights: jax.Array | None = None) -> dict[str, jax.Array]:
+def batch_sums(
+    outputs: Mapping[str, jax.Array],
+    targets: Mapping[str, jax.Array],
+    weights: jax.Array | None = None,
+) -> dict[str, jax.Array]:
     """Additive float32 sums for one batch of logits `outputs` against [0, 1] `targets`.
 
     Mask: per-image IoU sums at threshold 0.5 (`iou`) and soft (`iou_soft`), and `images`.
@@ -73,8 +77,11 @@ def batch_sums(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.Array
     `pixels`. `weights` (N,) of 0/1 leaves out padded samples; None counts every sample.
     """
     first = next(iter(outputs.values()))
-    weights = (jnp.ones(first.shape[0], jnp.float32) if weights is None
-               else jnp.asarray(weights, jnp.float32))
+    weights = (
+        jnp.ones(first.shape[0], jnp.float32)
+        if weights is None
+        else jnp.asarray(weights, jnp.float32)
+    )
     sums = {}
     if "mask" in outputs:
         probs = jax.nn.sigmoid(jnp.asarray(outputs["mask"], jnp.float32))

@@ -13,6 +13,7 @@ and has no `axis_name`: under `jit` over a sharded batch the statistics are alre
 
 Print a summary: `python -m jaxsegdepth.models --model dsresnet --resolution 224`.
 """
+
 import argparse
 import functools
 import math
@@ -46,7 +47,7 @@ def _upsample_axis_2x(x: jax.Array, axis: int) -> jax.Array:
     prev = jnp.concatenate([first, jax.lax.slice_in_dim(x, 0, n - 1, axis=axis)], axis)
     nxt = jnp.concatenate([jax.lax.slice_in_dim(x, 1, n, axis=axis), last], axis)
     pair = jnp.stack([0.75 * x + 0.25 * prev, 0.75 * x + 0.25 * nxt], axis + 1)
-    return pair.reshape(x.shape[:axis] + (2 * n,) + x.shape[axis + 1:])
+    return pair.reshape(x.shape[:axis] + (2 * n,) + x.shape[axis + 1 :])
 
 
 def _max_pool_2x(x: jax.Array) -> jax.Array:
@@ -64,8 +65,10 @@ def _max_pool_2x(x: jax.Array) -> jax.Array:
 
 def _uniform(bound: float) -> nn.initializers.Initializer:
     """An initialiser drawing uniform(-bound, bound)."""
+
     def init(key, shape, dtype=jnp.float32):
         return jax.random.uniform(key, shape, dtype, -bound, bound)
+
     return init
 
 
@@ -76,8 +79,16 @@ def _conv(x: jax.Array, features: int, kernel: int, dtype: Dtype, name: str) -> 
     PyTorch's Conv2d (its kernel's kaiming_uniform with a = sqrt(5) has that bound).
     """
     init = _uniform(1 / math.sqrt(x.shape[-1] * kernel * kernel))
-    return nn.Conv(features, (kernel, kernel), padding=kernel // 2, dtype=dtype,
-                   param_dtype=jnp.float32, kernel_init=init, bias_init=init, name=name)(x)
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        padding=kernel // 2,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=init,
+        bias_init=init,
+        name=name,
+    )(x)
 
 
 def _stats_dtype(x: jax.Array) -> jax.Array:
@@ -133,6 +144,7 @@ class BatchNorm(nn.Module):
     """nn.BatchNorm's variables (`scale`, `bias`; `batch_stats` `mean`, `var`) and outputs, with
     PyTorch's running variance (unbiased), training statistics in one pass and a hand-written
     backward."""
+
     use_running_average: bool
     momentum: float = BN_MOMENTUM
     epsilon: float = BN_EPSILON
@@ -154,8 +166,10 @@ class BatchNorm(nn.Module):
         if not self.is_initializing():
             n = x.size // features
             if n < 2:  # PyTorch refuses too: the unbiased variance needs two values
-                raise ValueError(f"BatchNorm in training needs more than one value per channel, "
-                                 f"got input shape {x.shape}")
+                raise ValueError(
+                    f"BatchNorm in training needs more than one value per channel, "
+                    f"got input shape {x.shape}"
+                )
             m = self.momentum
             ra_mean.value = m * ra_mean.value + (1 - m) * jax.lax.stop_gradient(mean)
             unbiased = jax.lax.stop_gradient(var) * (n / (n - 1))
@@ -165,12 +179,19 @@ class BatchNorm(nn.Module):
 
 def _batch_norm(train: bool, dtype: Dtype, name: str) -> BatchNorm:
     """PyTorch-default BatchNorm: batch statistics when training, running averages otherwise."""
-    return BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                     dtype=dtype, param_dtype=jnp.float32, name=name)
+    return BatchNorm(
+        use_running_average=not train,
+        momentum=BN_MOMENTUM,
+        epsilon=BN_EPSILON,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name=name,
+    )
 
 
 class DoubleConv(nn.Module):
     """conv3x3 -> ReLU -> BatchNorm, twice (ReLU before BatchNorm, as the reference)."""
+
     features: int
     dtype: Dtype = jnp.float32
 
@@ -184,13 +205,15 @@ class DoubleConv(nn.Module):
 
 class Encoder(nn.Module):
     """Residual double conv; returns (2x max-pooled output, full-resolution output as skip)."""
+
     features: int
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
-        out = (DoubleConv(dtype=self.dtype, features=self.features, name="convs")(x, train)
-               + _conv(x, self.features, 1, self.dtype, "shortcut"))
+        out = DoubleConv(dtype=self.dtype, features=self.features, name="convs")(x, train) + _conv(
+            x, self.features, 1, self.dtype, "shortcut"
+        )
         return _max_pool_2x(out), out
 
 
@@ -199,22 +222,26 @@ class Decoder(nn.Module):
 
     With `extra`, the skip is first merged with it by a 1x1 convolution (`merge`).
     """
+
     features: int
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, skip: jax.Array, train: bool,
-                 extra: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, skip: jax.Array, train: bool, extra: jax.Array | None = None
+    ) -> jax.Array:
         x = upsample_bilinear_2x(_conv(x, self.features, 1, self.dtype, "reduce"))
         if extra is not None:
             skip = _conv(jnp.concatenate([skip, extra], -1), self.features, 1, self.dtype, "merge")
         x = jnp.concatenate([x, skip], -1)
-        return (DoubleConv(dtype=self.dtype, features=self.features, name="convs")(x, train)
-                + _conv(x, self.features, 1, self.dtype, "shortcut"))
+        return DoubleConv(dtype=self.dtype, features=self.features, name="convs")(x, train) + _conv(
+            x, self.features, 1, self.dtype, "shortcut"
+        )
 
 
 class Head(nn.Module):
     """One decoder: bottleneck and skips back to input resolution, then a 1x1 conv to logits."""
+
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -233,8 +260,9 @@ class Head(nn.Module):
 def _check_pair(bg: jax.Array, bg_fg: jax.Array) -> None:
     """Both inputs must be NHWC arrays of one shape."""
     if bg.ndim != 4 or bg.shape != bg_fg.shape:
-        raise ValueError(f"bg and bg_fg must be NHWC arrays of one shape, got {bg.shape} and "
-                         f"{bg_fg.shape}")
+        raise ValueError(
+            f"bg and bg_fg must be NHWC arrays of one shape, got {bg.shape} and {bg_fg.shape}"
+        )
 
 
 class DSResNet(nn.Module):
@@ -245,6 +273,7 @@ class DSResNet(nn.Module):
     Two decoders with separate weights (`mask_head`, `depth_head`) use the encoder skips and
     both inputs' first two skips. H and W must be multiples of 32.
     """
+
     HEADS = ("mask", "depth")
     STRIDE = DSRESNET_STRIDE
     dtype: Dtype = jnp.float32
@@ -254,8 +283,10 @@ class DSResNet(nn.Module):
         _check_pair(bg, bg_fg)
         height, width = bg.shape[1:3]
         if height % DSRESNET_STRIDE or width % DSRESNET_STRIDE:
-            raise ValueError(f"DSResNet input size {height}x{width} is not supported: height and "
-                             f"width must each be a multiple of {DSRESNET_STRIDE}")
+            raise ValueError(
+                f"DSResNet input size {height}x{width} is not supported: height and "
+                f"width must each be a multiple of {DSRESNET_STRIDE}"
+            )
 
         def encoder(features, name):
             return Encoder(dtype=self.dtype, features=features, name=name)
@@ -268,8 +299,9 @@ class DSResNet(nn.Module):
         x = _conv(jnp.concatenate([pooled_bg, pooled_bg_fg], -1), 32, 1, self.dtype, "merge")
         for i, features in enumerate((64, 128, 256, 512), start=1):
             x, skips[f"enc{i}"] = encoder(features, f"enc{i}")(x, train)
-        return {head: Head(dtype=self.dtype, name=f"{head}_head")(skips, train)
-                for head in self.HEADS}
+        return {
+            head: Head(dtype=self.dtype, name=f"{head}_head")(skips, train) for head in self.HEADS
+        }
 
 
 class MaskNet(nn.Module):
@@ -278,6 +310,7 @@ class MaskNet(nn.Module):
     Every 3x3 conv is followed by ReLU, BatchNorm and dropout (`dropout_rate`, default 0.1:
     the reference does not state its rate). Training needs a `"dropout"` rng.
     """
+
     HEADS = ("mask",)
     STRIDE = 1
     dtype: Dtype = jnp.float32
@@ -327,22 +360,29 @@ def summary(model: nn.Module, resolution: int = 224, depth: int = 2) -> str:
         row = len(rows)
         rows.append(None)  # a block's row comes before those of its layers
         outputs = call(*args, **kwargs)
-        rows[row] = ("/".join(path),
-                     ", ".join("x".join(map(str, x.shape)) for x in jax.tree.leaves(outputs)))
+        rows[row] = (
+            "/".join(path),
+            ", ".join("x".join(map(str, x.shape)) for x in jax.tree.leaves(outputs)),
+        )
         return outputs
 
     dummy = jax.ShapeDtypeStruct((1, resolution, resolution, 3), jnp.float32)
     with nn.intercept_methods(record):
-        variables = jax.eval_shape(functools.partial(model.init, train=False),
-                                   jax.random.key(0), dummy, dummy)
+        variables = jax.eval_shape(
+            functools.partial(model.init, train=False), jax.random.key(0), dummy, dummy
+        )
     params = traverse_util.flatten_dict(variables["params"], sep="/")
-    lines = [f"{type(model).__name__} at {resolution}x{resolution}",
-             f"{'layer':<20} {'output shape':<34} {'params':>12}"]
+    lines = [
+        f"{type(model).__name__} at {resolution}x{resolution}",
+        f"{'layer':<20} {'output shape':<34} {'params':>12}",
+    ]
     for name, shapes in rows:
         count = _param_count([v for k, v in params.items() if k.startswith(name + "/")])
         lines.append(f"{name:<20} {shapes:<34} {count:>12,}")
-    lines.append(f"Total parameters: {_param_count(variables['params']):,} (plus "
-                 f"{_param_count(variables.get('batch_stats', {})):,} BatchNorm statistics)")
+    lines.append(
+        f"Total parameters: {_param_count(variables['params']):,} (plus "
+        f"{_param_count(variables.get('batch_stats', {})):,} BatchNorm statistics)"
+    )
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ A batch is a dict keyed by `INPUTS`, the heads and `INDEX`; a model returns a di
 the heads it declares (`models.MODELS[name].HEADS`, a subset of `HEADS`); metrics and loss
 terms are reported as `val_<metric>` and `val_<head>/<term>`.
 """
+
 INPUTS = ("bg", "bg_fg")
 HEADS = ("mask", "depth")  # every head a model may predict, in display order
 # A batch's global element indices (epoch * n + position in the shuffled order), which draw

@@ -4,6 +4,7 @@ Step-driven schedules (constant, step, one-cycle, LR-range sweeps) live inside t
 Reduce-on-plateau is driven by the validation loss once an epoch, so it is kept apart: its
 state holds a `scale` that the train step multiplies into every update (see `steps.py`).
 """
+
 import ml_collections
 import optax
 
@@ -20,27 +21,38 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if optimizer.name not in OPTIMIZERS:
         raise errors.UsageError(f"optimizer.name={optimizer.name!r}: expected one of {OPTIMIZERS}")
     if not optimizer.learning_rate > 0:
-        raise errors.UsageError(f"optimizer.learning_rate={optimizer.learning_rate!r}: expected > 0")
+        raise errors.UsageError(
+            f"optimizer.learning_rate={optimizer.learning_rate!r}: expected > 0"
+        )
     if schedule.name not in SCHEDULES:
         raise errors.UsageError(f"schedule.name={schedule.name!r}: expected one of {SCHEDULES}")
     if schedule.name in ("plateau", "step") and not 0 < schedule.factor < 1:
-        raise errors.UsageError(f"schedule.factor={schedule.factor!r}: expected a value in (0, 1) "
-                                f"for {schedule.name}")
+        raise errors.UsageError(
+            f"schedule.factor={schedule.factor!r}: expected a value in (0, 1) for {schedule.name}"
+        )
 
 
-def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+def learning_rate_schedule(
+    config: ml_collections.ConfigDict, steps_per_epoch: int
+) -> optax.Schedule:
     """The base learning rate as a function of the global step."""
     lr, schedule = config.optimizer.learning_rate, config.schedule
     if schedule.name in ("constant", "plateau"):
         return optax.constant_schedule(lr)
     if schedule.name == "step":
-        boundaries = {int(epoch) * steps_per_epoch: schedule.factor for epoch in schedule.boundaries}
+        boundaries = {
+            int(epoch) * steps_per_epoch: schedule.factor for epoch in schedule.boundaries
+        }
         return optax.piecewise_constant_schedule(lr, boundaries)
     if schedule.name == "onecycle":
         total_steps = stages.total_epochs(config) * steps_per_epoch
         return optax.cosine_onecycle_schedule(
-            total_steps, lr, pct_start=schedule.pct_start, div_factor=schedule.div_factor,
-            final_div_factor=schedule.final_div_factor)
+            total_steps,
+            lr,
+            pct_start=schedule.pct_start,
+            div_factor=schedule.div_factor,
+            final_div_factor=schedule.final_div_factor,
+        )
     raise errors.UsageError(f"schedule.name={schedule.name!r}: expected one of {SCHEDULES}")
 
 
@@ -53,8 +65,9 @@ def range_schedule(start_lr: float, end_lr: float, num_steps: int, spacing: str)
     raise errors.UsageError(f"lr_range.spacing={spacing!r}: expected one of {SPACINGS}")
 
 
-def create_optimizer(optimizer: ml_collections.ConfigDict,
-                     schedule: optax.Schedule) -> optax.GradientTransformation:
+def create_optimizer(
+    optimizer: ml_collections.ConfigDict, schedule: optax.Schedule
+) -> optax.GradientTransformation:
     """SGD (momentum, optional Nesterov), Adam or AdamW following `schedule`, optional clipping."""
     if optimizer.name == "sgd":
         tx = optax.sgd(schedule, momentum=optimizer.momentum or None, nesterov=optimizer.nesterov)
@@ -81,6 +94,8 @@ def plateau(config: ml_collections.ConfigDict) -> optax.GradientTransformationEx
     """
     schedule = config.schedule
     return optax.contrib.reduce_on_plateau(
-        factor=schedule.factor, patience=schedule.patience + 1, rtol=schedule.rtol,
-        min_scale=schedule.min_lr / config.optimizer.learning_rate)
-
+        factor=schedule.factor,
+        patience=schedule.patience + 1,
+        rtol=schedule.rtol,
+        min_scale=schedule.min_lr / config.optimizer.learning_rate,
+    )

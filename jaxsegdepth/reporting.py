@@ -3,6 +3,7 @@
 Only process 0 writes (`enabled=False` elsewhere). Everything here takes host (NumPy/Python)
 values; fetching them from devices, once per log interval, is the trainer's job.
 """
+
 import json
 import os
 from typing import Optional, Sequence
@@ -15,7 +16,6 @@ from PIL import Image, ImageDraw
 from tensorboardX import SummaryWriter
 
 METRICS_FILE = "metrics.jsonl"
-PREDICTIONS_DIR = "predictions"
 TENSORBOARD_DIR = "tensorboard"
 MIN_TILE = 128  # tiles smaller than this are enlarged (nearest) so a grid stays readable
 LABEL_HEIGHT = 14
@@ -46,7 +46,7 @@ def read_metrics(workdir: str) -> list[dict]:
 
 
 class Reporter:
-    """metrics.jsonl lines, TensorBoard scalars and images, `predictions/epoch_NNN.png`.
+    """metrics.jsonl lines, TensorBoard scalars and images, `<tag>/epoch_NNN.png` pictures.
 
     `start_step` > 0 (a resumed run): TensorBoard drops what a stopped run logged after it.
     """
@@ -55,9 +55,9 @@ class Reporter:
         self.workdir, self.enabled = workdir, enabled
         self._writer = None
         if enabled:
-            os.makedirs(os.path.join(workdir, PREDICTIONS_DIR), exist_ok=True)
-            self._writer = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR),
-                                         purge_step=start_step or None)
+            self._writer = SummaryWriter(
+                os.path.join(workdir, TENSORBOARD_DIR), purge_step=start_step or None
+            )
 
     def resume(self, epochs_done: int, last_record: Optional[dict]) -> None:
         """Makes metrics.jsonl hold exactly epochs 1..`epochs_done` once each, as the checkpoint
@@ -102,13 +102,14 @@ class Reporter:
         self.scalars(record["step"], {k: v for k, v in record.items() if k != "step"}, "epoch/")
         self._writer.flush()
 
-    def predictions(self, epoch: int, step: int, grid: np.ndarray) -> Optional[str]:
-        """Writes the grid (H, W, 3 uint8) as `predictions/epoch_NNN.png` and to TensorBoard."""
+    def image(self, tag: str, epoch: int, step: int, grid: np.ndarray) -> Optional[str]:
+        """Writes the picture (H, W, 3 uint8) as `<tag>/epoch_NNN.png` and to TensorBoard."""
         if not self.enabled:
             return None
-        path = os.path.join(self.workdir, PREDICTIONS_DIR, f"epoch_{epoch:03d}.png")
+        os.makedirs(os.path.join(self.workdir, tag), exist_ok=True)
+        path = os.path.join(self.workdir, tag, f"epoch_{epoch:03d}.png")
         Image.fromarray(grid).save(path)
-        self._writer.add_image("predictions", grid, step, dataformats="HWC")
+        self._writer.add_image(tag, grid, step, dataformats="HWC")
         self._writer.flush()
         return path
 
@@ -118,16 +119,25 @@ class Reporter:
             self._writer = None
 
 
-def progress_bar(total: int, desc: str, enabled: bool = True, initial: int = 0,
-                 unit: str = "img") -> tqdm.tqdm:
+def progress_bar(
+    total: int, desc: str, enabled: bool = True, initial: int = 0, unit: str = "img"
+) -> tqdm.tqdm:
     """A bar with rate and ETA, counting `unit`s (images for training); callers set the loss as
     a postfix."""
-    return tqdm.tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled,
-                     dynamic_ncols=True, leave=True)
+    return tqdm.tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit=unit,
+        disable=not enabled,
+        dynamic_ncols=True,
+        leave=True,
+    )
 
 
-def image_grid(columns: Sequence[tuple[str, Sequence[np.ndarray]]],
-               max_tile: int = 0) -> np.ndarray:
+def image_grid(
+    columns: Sequence[tuple[str, Sequence[np.ndarray]]], max_tile: int = 0
+) -> np.ndarray:
     """The one grid renderer: one row per sample, one labelled column per (title, images) pair,
     as (H, W, 3) uint8 RGB.
 
@@ -166,6 +176,9 @@ def to_rgb(title: str, image: np.ndarray, colormap: str = "viridis") -> np.ndarr
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
     if image.ndim == 2:
-        image = (colormaps[colormap](image)[..., :3] if "depth" in title
-                 else np.repeat(image[..., None], 3, axis=-1))
+        image = (
+            colormaps[colormap](image)[..., :3]
+            if "depth" in title
+            else np.repeat(image[..., None], 3, axis=-1)
+        )
     return (image * 255.0 + 0.5).astype(np.uint8)

@@ -5,6 +5,7 @@ images resized to `resolution`, on random `crop` x `crop` windows of them when `
 and not 0 (validation always sees whole images). `--config.stages='((64, 1),)'` is a whole
 one-epoch schedule; `((96, 5), (128, 1), (224, 2, 128))` is the default.
 """
+
 from typing import NamedTuple
 
 import ml_collections
@@ -27,26 +28,38 @@ def parse(stages) -> list[Stage]:
     for anything else. Checks the shapes only: `train.validate` checks the sizes against the
     model."""
     if isinstance(stages, (tuple, list)) and len(stages) >= 2 and all(map(_is_int, stages)):
-        raise errors.UsageError(f"stages={tuple(stages)} is one stage, not a tuple of stages: "
-                                f"write --config.stages='({tuple(stages)},)'")
+        raise errors.UsageError(
+            f"stages={tuple(stages)} is one stage, not a tuple of stages: "
+            f"write --config.stages='({tuple(stages)},)'"
+        )
     if not isinstance(stages, (tuple, list)) or not stages:
-        raise errors.UsageError(f"stages={stages!r}: expected a non-empty tuple of "
-                                "(resolution, epochs) or (resolution, epochs, crop) stages, "
-                                "e.g. --config.stages='((96, 3), (224, 1))'")
+        raise errors.UsageError(
+            f"stages={stages!r}: expected a non-empty tuple of "
+            "(resolution, epochs) or (resolution, epochs, crop) stages, "
+            "e.g. --config.stages='((96, 3), (224, 1))'"
+        )
     parsed = []
     for number, stage in enumerate(stages, 1):
-        if (not isinstance(stage, (tuple, list)) or len(stage) not in (2, 3)
-                or not all(map(_is_int, stage))):
-            raise errors.UsageError(f"stages: stage {number} is {stage!r}: expected "
-                                    "(resolution, epochs) or (resolution, epochs, crop) integers")
+        if (
+            not isinstance(stage, (tuple, list))
+            or len(stage) not in (2, 3)
+            or not all(map(_is_int, stage))
+        ):
+            raise errors.UsageError(
+                f"stages: stage {number} is {stage!r}: expected "
+                "(resolution, epochs) or (resolution, epochs, crop) integers"
+            )
         stage = Stage(*stage)
         if stage.epochs < 0:
-            raise errors.UsageError(f"stages: stage {number} {tuple(stage)} has {stage.epochs} "
-                                    "epochs: expected >= 0")
+            raise errors.UsageError(
+                f"stages: stage {number} {tuple(stage)} has {stage.epochs} epochs: expected >= 0"
+            )
         if not 0 <= stage.crop <= stage.resolution:
-            raise errors.UsageError(f"stages: stage {number} {tuple(stage)} crops {stage.crop} px "
-                                    f"windows: expected 0 (whole images) up to its resolution "
-                                    f"{stage.resolution}")
+            raise errors.UsageError(
+                f"stages: stage {number} {tuple(stage)} crops {stage.crop} px "
+                f"windows: expected 0 (whole images) up to its resolution "
+                f"{stage.resolution}"
+            )
         parsed.append(stage)
     return parsed
 

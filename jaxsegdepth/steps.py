@@ -1,11 +1,12 @@
 """Training state and the pure step functions, jitted over a device mesh.
 
 The steps know nothing of files, loggers or configs: they take a state and the loader's uint8
-arrays and return a state and metrics. Each first runs its `data.preprocess.Preprocess` on the
+arrays and return a state and metrics. Each first runs its `preprocess.Preprocess` on the
 device (normalisation; photometric augmentation in the train step), then the model. `jit_steps`
 compiles them with the batch sharded on the mesh's `data` axis and the state replicated; under
 `jit` BatchNorm statistics are global.
 """
+
 import functools
 from typing import Any, Callable
 
@@ -17,12 +18,13 @@ from flax.training import train_state
 from jax.sharding import Mesh
 
 from jaxsegdepth import losses, mesh as mesh_lib, metrics, names, weighting as weighting_lib
-from jaxsegdepth.data.preprocess import Preprocess
+from jaxsegdepth.preprocess import Preprocess
 
 
 class TrainState(train_state.TrainState):
     """Parameters, BatchNorm statistics, optimizer and plateau state, the loss weighting's
     state, RNG and a NaN sentinel. The optimizer trains `(params, weighting.learnable(...))`."""
+
     batch_stats: Any
     weighting: Any
     plateau: optax.contrib.ReduceLROnPlateauState
@@ -30,29 +32,47 @@ class TrainState(train_state.TrainState):
     nonfinite_step: jax.Array  # -1 while every loss has been finite, else the first bad step
 
 
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
-                       plateau: optax.GradientTransformation, rng: jax.Array,
-                       resolution: int = 64,
-                       weighting: weighting_lib.Weighting = weighting_lib.FIXED) -> TrainState:
+def create_train_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    plateau: optax.GradientTransformation,
+    rng: jax.Array,
+    resolution: int = 64,
+    weighting: weighting_lib.Weighting = weighting_lib.FIXED,
+) -> TrainState:
     """Initialises the model on a dummy (1, resolution, resolution, 3) pair."""
     params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
     dummy = jnp.zeros((1, resolution, resolution, 3), jnp.float32)
-    variables = model.init({"params": params_rng, "dropout": dropout_rng}, dummy, dummy, train=False)
+    variables = model.init(
+        {"params": params_rng, "dropout": dropout_rng}, dummy, dummy, train=False
+    )
     params, weights = variables["params"], weighting.init()
     return TrainState(
-        step=jnp.zeros((), jnp.int32), apply_fn=model.apply, params=params, tx=tx,
+        step=jnp.zeros((), jnp.int32),
+        apply_fn=model.apply,
+        params=params,
+        tx=tx,
         opt_state=tx.init((params, weighting.learnable(weights))),
-        batch_stats=variables.get("batch_stats", {}), weighting=weights,
-        plateau=plateau.init(params), rng=state_rng, nonfinite_step=jnp.full((), -1, jnp.int32))
+        batch_stats=variables.get("batch_stats", {}),
+        weighting=weights,
+        plateau=plateau.init(params),
+        rng=state_rng,
+        nonfinite_step=jnp.full((), -1, jnp.int32),
+    )
 
 
 def _targets(batch: dict) -> dict:
     return {head: batch[head] for head in names.HEADS if head in batch}
 
 
-def train_step(state: TrainState, batch: dict, *, loss_fn: losses.LossFn, preprocess: Preprocess,
-               weighting: weighting_lib.Weighting = weighting_lib.FIXED
-               ) -> tuple[TrainState, dict]:
+def train_step(
+    state: TrainState,
+    batch: dict,
+    *,
+    loss_fn: losses.LossFn,
+    preprocess: Preprocess,
+    weighting: weighting_lib.Weighting = weighting_lib.FIXED,
+) -> tuple[TrainState, dict]:
     """One optimizer step on `weighting`'s objective, on the augmented, normalised `batch`.
     Metrics: `loss` (the loss spec's fixed sum), its terms, and `objective` when it differs.
     A non-finite objective leaves the state unchanged and records the step."""
@@ -62,52 +82,78 @@ def train_step(state: TrainState, batch: dict, *, loss_fn: losses.LossFn, prepro
     def compute_objective(trained):
         params, learned = trained
         outputs, mutated = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats}, batch["bg"], batch["bg_fg"],
-            train=True, mutable=["batch_stats"], rngs={"dropout": dropout_rng})
+            {"params": params, "batch_stats": state.batch_stats},
+            batch["bg"],
+            batch["bg_fg"],
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": dropout_rng},
+        )
         total, terms = loss_fn(outputs, _targets(batch))
         objective = weighting.objective({**state.weighting, **learned}, total, terms)
         return objective, (total, terms, mutated["batch_stats"])
 
     trained = (state.params, weighting.learnable(state.weighting))
     (objective, (loss, terms, batch_stats)), grads = jax.value_and_grad(
-        compute_objective, has_aux=True)(trained)
+        compute_objective, has_aux=True
+    )(trained)
     updates, opt_state = state.tx.update(grads, state.opt_state, trained)
     updates = jax.tree.map(lambda u: u * state.plateau.scale.astype(u.dtype), updates)
     params, learned = optax.apply_updates(trained, updates)
-    stepped = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                            batch_stats=batch_stats, weighting={**state.weighting, **learned})
+    stepped = state.replace(
+        step=state.step + 1,
+        params=params,
+        opt_state=opt_state,
+        batch_stats=batch_stats,
+        weighting={**state.weighting, **learned},
+    )
     finite = jnp.isfinite(objective)
-    kept = state.replace(step=state.step + 1, nonfinite_step=jnp.where(
-        state.nonfinite_step < 0, state.step, state.nonfinite_step))
+    kept = state.replace(
+        step=state.step + 1,
+        nonfinite_step=jnp.where(state.nonfinite_step < 0, state.step, state.nonfinite_step),
+    )
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), stepped, kept)
     extra = {} if weighting.method == "fixed" else {"objective": objective}
     return new_state, {"loss": loss, **terms, **extra}
 
 
-def eval_step(state: TrainState, batch: dict, *, loss_fn: losses.LossFn,
-              preprocess: Preprocess) -> dict:
+def eval_step(
+    state: TrainState, batch: dict, *, loss_fn: losses.LossFn, preprocess: Preprocess
+) -> dict:
     """Loss terms and additive metric sums for one batch (`batch["weights"]` masks padding)."""
     batch = preprocess(batch, train=False)
-    outputs = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                             batch["bg"], batch["bg_fg"], train=False)
+    outputs = state.apply_fn(
+        {"params": state.params, "batch_stats": state.batch_stats},
+        batch["bg"],
+        batch["bg_fg"],
+        train=False,
+    )
     targets = _targets(batch)
     loss, terms = loss_fn(outputs, targets, batch.get("weights"))
-    return {"loss": loss, **terms,
-            "sums": metrics.batch_sums(outputs, targets, batch.get("weights"))}
+    return {
+        "loss": loss,
+        **terms,
+        "sums": metrics.batch_sums(outputs, targets, batch.get("weights")),
+    }
 
 
-def predict_step(state: TrainState, bg: jax.Array, bg_fg: jax.Array, *,
-                 preprocess: Preprocess) -> dict:
+def predict_step(
+    state: TrainState, bg: jax.Array, bg_fg: jax.Array, *, preprocess: Preprocess
+) -> dict:
     """Probabilities (sigmoid of the logits) for every head the model has, from a uint8 (or
     [0, 1] float) RGB pair: the one inference function, jitted by `jit_steps` and wrapped by
     `export`."""
-    outputs = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                             *preprocess.inputs(bg, bg_fg), train=False)
+    outputs = state.apply_fn(
+        {"params": state.params, "batch_stats": state.batch_stats},
+        *preprocess.inputs(bg, bg_fg),
+        train=False,
+    )
     return {head: jax.nn.sigmoid(logits.astype(jnp.float32)) for head, logits in outputs.items()}
 
 
-def update_plateau(state: TrainState, plateau: optax.GradientTransformationExtraArgs,
-                   val_loss: float) -> TrainState:
+def update_plateau(
+    state: TrainState, plateau: optax.GradientTransformationExtraArgs, val_loss: float
+) -> TrainState:
     """Feeds one validation loss to reduce-on-plateau; its new scale applies from the next step."""
     _, new = plateau.update(updates=jnp.zeros(()), state=state.plateau, value=jnp.asarray(val_loss))
     return state.replace(plateau=new)
@@ -125,23 +171,35 @@ def compiler_options(platform: str) -> dict:
     return dict(CPU_COMPILER_OPTIONS) if platform == "cpu" else {}
 
 
-def jit_steps(mesh: Mesh, loss_fn: losses.LossFn, preprocess: Preprocess,
-              weighting: weighting_lib.Weighting = weighting_lib.FIXED
-              ) -> tuple[Callable, Callable, Callable]:
+def jit_steps(
+    mesh: Mesh,
+    loss_fn: losses.LossFn,
+    preprocess: Preprocess,
+    weighting: weighting_lib.Weighting = weighting_lib.FIXED,
+) -> tuple[Callable, Callable, Callable]:
     """`train_step`, `eval_step` and `predict_step` compiled for `mesh`.
 
     The batch is sharded on `data`, the state replicated and donated to the train step.
     """
     replicated, sharded = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
     options = compiler_options(mesh.devices.flat[0].platform)
-    train = jax.jit(functools.partial(train_step, loss_fn=loss_fn, preprocess=preprocess,
-                                      weighting=weighting),
-                    in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
-                    donate_argnums=0, compiler_options=options)
-    evaluate = jax.jit(functools.partial(eval_step, loss_fn=loss_fn, preprocess=preprocess),
-                       in_shardings=(replicated, sharded), out_shardings=replicated,
-                       compiler_options=options)
-    predict = jax.jit(functools.partial(predict_step, preprocess=preprocess),
-                      in_shardings=(replicated, sharded, sharded),
-                      out_shardings=sharded, compiler_options=options)
+    train = jax.jit(
+        functools.partial(train_step, loss_fn=loss_fn, preprocess=preprocess, weighting=weighting),
+        in_shardings=(replicated, sharded),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+        compiler_options=options,
+    )
+    evaluate = jax.jit(
+        functools.partial(eval_step, loss_fn=loss_fn, preprocess=preprocess),
+        in_shardings=(replicated, sharded),
+        out_shardings=replicated,
+        compiler_options=options,
+    )
+    predict = jax.jit(
+        functools.partial(predict_step, preprocess=preprocess),
+        in_shardings=(replicated, sharded, sharded),
+        out_shardings=sharded,
+        compiler_options=options,
+    )
     return train, evaluate, predict

@@ -18,6 +18,7 @@ The validation loss, the `train_loss` of the records and the checkpoint choice a
 fixed sum, so that epochs compare whatever the weights were. The weighting's state lives in
 `TrainState.weighting` and is saved in every checkpoint.
 """
+
 import dataclasses
 
 import jax
@@ -33,6 +34,7 @@ METHODS = ("fixed", "uncertainty", "dwa")
 class Weighting:
     """One weighting method for `tasks` (the loss spec's heads, in its order); pure functions
     of a state pytree, safe under `jit` and `grad`."""
+
     method: str = "fixed"
     tasks: tuple[str, ...] = ()
     temperature: float = 2.0
@@ -42,8 +44,9 @@ class Weighting:
         if self.method == "uncertainty":
             return {"log_var": {task: jnp.zeros((), jnp.float32) for task in self.tasks}}
         if self.method == "dwa":  # row 0: the last epoch's mean loss, row 1: the one before
-            return {"epoch_loss": {task: jnp.full((2,), jnp.nan, jnp.float32)
-                                   for task in self.tasks}}
+            return {
+                "epoch_loss": {task: jnp.full((2,), jnp.nan, jnp.float32) for task in self.tasks}
+            }
         return {}
 
     def learnable(self, state: dict) -> dict:
@@ -80,9 +83,12 @@ class Weighting:
         """The state once an epoch with mean training task losses `epoch_means` has ended."""
         if self.method != "dwa":
             return state
-        return {"epoch_loss": {
-            task: jnp.stack([jnp.asarray(epoch_means[task], jnp.float32), history[0]])
-            for task, history in state["epoch_loss"].items()}}
+        return {
+            "epoch_loss": {
+                task: jnp.stack([jnp.asarray(epoch_means[task], jnp.float32), history[0]])
+                for task, history in state["epoch_loss"].items()
+            }
+        }
 
     def report(self, state: dict) -> dict:
         """Host floats to log: `weight/<task>` and, for uncertainty, `log_var/<task>`."""
@@ -100,13 +106,17 @@ FIXED = Weighting()
 def validate(config: ml_collections.ConfigDict) -> None:
     """Refuses an unknown `loss_weighting` or a non-positive `dwa_temperature` in one line."""
     if config.loss_weighting not in METHODS:
-        raise errors.UsageError(f"loss_weighting={config.loss_weighting!r}: expected one of "
-                                f"{METHODS}")
+        raise errors.UsageError(
+            f"loss_weighting={config.loss_weighting!r}: expected one of {METHODS}"
+        )
     if not config.dwa_temperature > 0:
         raise errors.UsageError(f"dwa_temperature={config.dwa_temperature!r}: expected > 0")
 
 
 def from_config(config: ml_collections.ConfigDict) -> Weighting:
     """The weighting `config` asks for, over the heads of `config.loss`."""
-    return Weighting(config.loss_weighting, tuple(losses.validate_spec(config.loss)),
-                     float(config.dwa_temperature))
+    return Weighting(
+        config.loss_weighting,
+        tuple(losses.validate_spec(config.loss)),
+        float(config.dwa_temperature),
+    )

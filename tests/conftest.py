@@ -5,6 +5,7 @@ The cache lives in `~/.cache/jaxsegdepth/jax-tests` (or `$JAXSEGDEPTH_TEST_CACHE
 turns it off) and serves this process and the `launch.py` runs the tests start. Entries are keyed
 by the program, the compile options and the jax/jaxlib versions, so a stale entry is never used.
 """
+
 import os
 
 import jax
@@ -17,7 +18,8 @@ from absl import flags
 from jaxsegdepth import models, steps
 
 TEST_CACHE_DIR = os.path.expanduser(
-    os.environ.get("JAXSEGDEPTH_TEST_CACHE_DIR", "~/.cache/jaxsegdepth/jax-tests"))
+    os.environ.get("JAXSEGDEPTH_TEST_CACHE_DIR", "~/.cache/jaxsegdepth/jax-tests")
+)
 
 
 def pytest_configure(config):
@@ -53,8 +55,15 @@ def dsresnet_state():
         return rng.normal(0.0, 0.1, leaf.shape).astype(leaf.dtype)
 
     variables = jax.tree_util.tree_map_with_path(fill, shapes)
-    return steps.TrainState(step=0, apply_fn=model.apply, params=variables["params"],
-                            tx=optax.identity(), opt_state=(),
-                            batch_stats=variables["batch_stats"], weighting={}, plateau=None,
-                            rng=None,
-                            nonfinite_step=None)
+    return steps.TrainState(
+        step=0,
+        apply_fn=model.apply,
+        params=variables["params"],
+        tx=optax.identity(),
+        opt_state=(),
+        batch_stats=variables["batch_stats"],
+        weighting={},
+        plateau=None,
+        rng=None,
+        nonfinite_step=None,
+    )

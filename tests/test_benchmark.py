@@ -4,7 +4,7 @@ optimizer), the bfloat16 training path, and the PyTorch comparison script `tools
 
 (bfloat16 outputs against float32 on the same parameters: tests/test_models.py.)
 """
-import importlib.util
+
 import json
 import math
 import os
@@ -19,28 +19,66 @@ import optax
 import pytest
 
 from configs import default, masknet_bce
-from jaxsegdepth import benchmark, errors, losses, models, steps
-from jaxsegdepth.data import pipeline, preprocess
+from jaxsegdepth import errors, hardware, losses, models, preprocess, steps
+from jaxsegdepth.modes import benchmark
+from jaxsegdepth.data import pipeline
+
+from tools import benchmark as benchmark_tool, torch_compare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TORCH_COMPARE = os.path.join(ROOT, "tools", "torch_compare.py")
-_spec = importlib.util.spec_from_file_location("torch_compare", TORCH_COMPARE)
-torch_compare = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(torch_compare)
 
 STEP_FIELDS = (
-    "model", "resolution", "dtype", "batch", "loss", "optimizer", "train_samples_per_s",
-    "train_samples_per_s_runs", "train_step_ms", "eval_samples_per_s", "eval_samples_per_s_runs",
-    "final_loss", "compile_train_s", "compile_eval_s", "cached_compile_train_s",
-    "cached_compile_eval_s", "forward_gflop_per_sample", "train_gflop_per_sample",
-    "train_flops_per_s", "eval_flops_per_s", "peak_tflops", "train_fraction_of_peak",
-    "eval_fraction_of_peak", "host_peak_rss_mb", "device_memory_mb", "executable_memory_mb",
-    "load_average")
-LOADER_FIELDS = ("resolution", "workers", "threads", "batch", "samples_per_s", "cpu_count",
-                 "samples_per_s_per_core", "bytes_per_sample", "fastest_train_samples_per_s",
-                 "loader_to_step_ratio")
-INPUT_FIELDS = ("resolution", "batch", "workers", "threads", "loader_samples_per_s",
-                "step_samples_per_s", "overlapped_samples_per_s", "wait_fraction", "input_bound")
+    "model",
+    "resolution",
+    "dtype",
+    "batch",
+    "loss",
+    "optimizer",
+    "train_samples_per_s",
+    "train_samples_per_s_runs",
+    "train_step_ms",
+    "eval_samples_per_s",
+    "eval_samples_per_s_runs",
+    "final_loss",
+    "compile_train_s",
+    "compile_eval_s",
+    "cached_compile_train_s",
+    "cached_compile_eval_s",
+    "forward_gflop_per_sample",
+    "train_gflop_per_sample",
+    "train_flops_per_s",
+    "eval_flops_per_s",
+    "peak_tflops",
+    "train_fraction_of_peak",
+    "eval_fraction_of_peak",
+    "host_peak_rss_mb",
+    "device_memory_mb",
+    "executable_memory_mb",
+    "load_average",
+)
+LOADER_FIELDS = (
+    "resolution",
+    "workers",
+    "threads",
+    "batch",
+    "samples_per_s",
+    "cpu_count",
+    "samples_per_s_per_core",
+    "bytes_per_sample",
+    "fastest_train_samples_per_s",
+    "loader_to_step_ratio",
+)
+INPUT_FIELDS = (
+    "resolution",
+    "batch",
+    "workers",
+    "threads",
+    "loader_samples_per_s",
+    "step_samples_per_s",
+    "overlapped_samples_per_s",
+    "wait_fraction",
+    "input_bound",
+)
 
 
 def _counted_forward_gflop(model: nn.Module, resolution: int) -> float:
@@ -68,23 +106,25 @@ def test_dsresnet_flop_counts_are_the_spec_and_the_model(resolution, spec):
     assert counted == pytest.approx(spec, rel=0.005)
     # other sizes scale with the pixel count
     assert benchmark.forward_gflop("dsresnet", 128) == pytest.approx(
-        _counted_forward_gflop(models.DSResNet(), 128), rel=0.005)
+        _counted_forward_gflop(models.DSResNet(), 128), rel=0.005
+    )
 
 
 def test_masknet_flop_count_is_the_model():
     assert benchmark.forward_gflop("masknet", 64) == pytest.approx(
-        _counted_forward_gflop(models.MaskNet(), 64), rel=1e-9)
+        _counted_forward_gflop(models.MaskNet(), 64), rel=1e-9
+    )
 
 
 def test_gpu_peaks_by_device_kind():
     class Device:
         platform, device_kind = "gpu", "NVIDIA H100 80GB HBM3"
 
-    assert benchmark.peak_tflops(Device(), "bfloat16") == 989.4
+    assert hardware.peak_tflops(Device(), "bfloat16") == 989.4
     Device.device_kind = "NVIDIA H200"
-    assert benchmark.peak_tflops(Device(), "bfloat16") == 989.4
+    assert hardware.peak_tflops(Device(), "bfloat16") == 989.4
     Device.platform = "cpu"
-    assert benchmark.peak_tflops(Device(), "bfloat16") is None
+    assert hardware.peak_tflops(Device(), "bfloat16") is None
 
 
 def _host_initialised_state(model, tx, resolution):
@@ -98,25 +138,33 @@ def _host_initialised_state(model, tx, resolution):
     def fill(path, leaf):
         name = path[-1].key
         if name == "kernel":
-            return (rng.normal(size=leaf.shape) / math.sqrt(math.prod(leaf.shape[:-1]))
-                    ).astype(np.float32)
+            return (rng.normal(size=leaf.shape) / math.sqrt(math.prod(leaf.shape[:-1]))).astype(
+                np.float32
+            )
         return np.full(leaf.shape, 1.0 if name in ("scale", "var") else 0.0, np.float32)
 
     variables = jax.tree_util.tree_map_with_path(fill, shapes)
     params = variables["params"]
     plateau = optax.contrib.reduce_on_plateau()
     return steps.TrainState(
-        step=jnp.zeros((), jnp.int32), apply_fn=model.apply, params=params, tx=tx,
-        opt_state=jax.jit(tx.init)((params, {})), batch_stats=variables["batch_stats"],
-        weighting={}, plateau=jax.jit(plateau.init)(params), rng=jax.random.PRNGKey(0),
-        nonfinite_step=jnp.full((), -1, jnp.int32))
+        step=jnp.zeros((), jnp.int32),
+        apply_fn=model.apply,
+        params=params,
+        tx=tx,
+        opt_state=jax.jit(tx.init)((params, {})),
+        batch_stats=variables["batch_stats"],
+        weighting={},
+        plateau=jax.jit(plateau.init)(params),
+        rng=jax.random.PRNGKey(0),
+        nonfinite_step=jnp.full((), -1, jnp.int32),
+    )
 
 
 @pytest.mark.parametrize("model,recipe", [("dsresnet", default), ("masknet", masknet_bce)])
 def test_the_benchmark_runs_the_trainers_recipe(model, recipe):
     """Loss, loss weighting, optimizer and schedule are the recipe's; the runner compiles its
     steps from that config (`state.jit_steps`, as the trainer does)."""
-    config, expected = benchmark.load_config("", model, "bfloat16", 5), recipe.get_config()
+    config, expected = benchmark_tool.load_config("", model, "bfloat16", 5), recipe.get_config()
     assert (config.model, config.dtype, config.seed) == (model, "bfloat16", 5)
     for block in ("loss", "loss_weighting", "dwa_temperature", "optimizer", "schedule"):
         assert config[block] == expected[block], block
@@ -125,41 +173,56 @@ def test_the_benchmark_runs_the_trainers_recipe(model, recipe):
     targets = benchmark.synthetic_batch(2, 32, seed=2)
     assert runner.config is config
     assert {k: (np.asarray(v).shape, np.asarray(v).dtype) for k, v in runner.batch.items()} == {
-        k: (v.shape, v.dtype) for k, v in targets.items()}
+        k: (v.shape, v.dtype) for k, v in targets.items()
+    }
 
 
 def test_the_synthetic_batch_is_shaped_like_the_loaders():
     """uint8 images, a 0/255 mask and uint8 depth, int32 global sample indices."""
     batch = benchmark.synthetic_batch(3, 32, seed=1)
     assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
-        "bg": ((3, 32, 32, 3), np.uint8), "bg_fg": ((3, 32, 32, 3), np.uint8),
-        "mask": ((3, 32, 32, 1), np.uint8), "depth": ((3, 32, 32, 1), np.uint8),
-        "index": ((3,), np.int32)}
+        "bg": ((3, 32, 32, 3), np.uint8),
+        "bg_fg": ((3, 32, 32, 3), np.uint8),
+        "mask": ((3, 32, 32, 1), np.uint8),
+        "depth": ((3, 32, 32, 1), np.uint8),
+        "index": ((3,), np.int32),
+    }
     assert set(np.unique(batch["mask"])) == {0, 255}
     np.testing.assert_array_equal(batch["index"], [0, 1, 2])
     np.testing.assert_array_equal(benchmark.synthetic_batch(3, 32, seed=1)["bg"], batch["bg"])
 
 
 def test_a_recipe_file_with_its_argument_and_overrides():
-    config = benchmark.load_config("configs/rmse_bce_dice.py:published", "dsresnet", "bfloat16", 3)
+    config = benchmark_tool.load_config(
+        "configs/rmse_bce_dice.py:published", "dsresnet", "bfloat16", 3
+    )
     assert (config.optimizer.name, config.optimizer.momentum, config.dtype, config.seed) == (
-        "sgd", 0.9, "bfloat16", 3)
+        "sgd",
+        0.9,
+        "bfloat16",
+        3,
+    )
     assert config.loss == default.get_config().loss
-    assert benchmark.recipe_name("", "masknet") == "configs/masknet_bce.py"
+    assert benchmark_tool.recipe_name("", "masknet") == "configs/masknet_bce.py"
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--model", "nope"], "model='nope'"),
-    (["--dtype", "float16"], "dtype='float16'"),
-    (["--resolutions", "48"], "not a multiple of 32"),
-    (["--config", "configs/missing.py"], "No such file or directory"),
-    (["--config", "configs/rmse_bce_dice.py:bogus"], "unknown config argument"),
-    (["--config", "configs/masknet_bce.py", "--model", "dsresnet,masknet", "--batch", "0"],
-     "--batch=0"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--model", "nope"], "model='nope'"),
+        (["--dtype", "float16"], "dtype='float16'"),
+        (["--resolutions", "48"], "not a multiple of 32"),
+        (["--config", "configs/missing.py"], "No such file or directory"),
+        (["--config", "configs/rmse_bce_dice.py:bogus"], "unknown config argument"),
+        (
+            ["--config", "configs/masknet_bce.py", "--model", "dsresnet,masknet", "--batch", "0"],
+            "--batch=0",
+        ),
+    ],
+)
 def test_bad_settings_exit_2_before_compiling(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        benchmark.main(argv + ["--skip-loader"])
+        benchmark_tool.main(argv + ["--skip-loader"])
     assert exit_info.value.code == errors.UsageError.exit_code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err
@@ -167,11 +230,36 @@ def test_bad_settings_exit_2_before_compiling(argv, message, capsys):
 
 def test_benchmark_at_a_tiny_setting_writes_every_field(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    benchmark.main(["--model", "masknet", "--resolutions", "32", "--batch", "2",
-                    "--dtype", "float32,bfloat16", "--steps", "1", "--repeats", "2",
-                    "--warmup", "1", "--workers", "0", "--data-dir", str(tmp_path / "tfds"),
-                    "--num-samples", "12", "--loader-batch", "2", "--loader-batches", "2",
-                    "--json", str(out)])
+    benchmark_tool.main(
+        [
+            "--model",
+            "masknet",
+            "--resolutions",
+            "32",
+            "--batch",
+            "2",
+            "--dtype",
+            "float32,bfloat16",
+            "--steps",
+            "1",
+            "--repeats",
+            "2",
+            "--warmup",
+            "1",
+            "--workers",
+            "0",
+            "--data-dir",
+            str(tmp_path / "tfds"),
+            "--num-samples",
+            "12",
+            "--loader-batch",
+            "2",
+            "--loader-batches",
+            "2",
+            "--json",
+            str(out),
+        ]
+    )
     table = capsys.readouterr().out
     assert "train/s" in table and "loader/step" in table
     assert "masknet: configs/masknet_bce.py, loss {'mask': {'bce': 1.0}}, optimizer adam" in table
@@ -184,9 +272,15 @@ def test_benchmark_at_a_tiny_setting_writes_every_field(tmp_path, capsys):
         assert row["model"] == "masknet" and row["resolution"] == 32 and row["batch"] == 2
         assert row["loss"] == masknet_bce.get_config().loss.to_dict()
         assert len(row["train_samples_per_s_runs"]) == 2
-        for key in ("train_samples_per_s", "eval_samples_per_s", "compile_train_s",
-                    "compile_eval_s", "cached_compile_train_s", "cached_compile_eval_s",
-                    "host_peak_rss_mb"):
+        for key in (
+            "train_samples_per_s",
+            "eval_samples_per_s",
+            "compile_train_s",
+            "compile_eval_s",
+            "cached_compile_train_s",
+            "cached_compile_eval_s",
+            "host_peak_rss_mb",
+        ):
             assert math.isfinite(row[key]) and row[key] > 0, key
         assert np.isfinite(row["final_loss"])
         # the persistent cache skips XLA's compile: far below the first, which compiles
@@ -195,7 +289,8 @@ def test_benchmark_at_a_tiny_setting_writes_every_field(tmp_path, capsys):
         forward = 2 * 32 * 32 * (2 * 27 * 32 + 64 * 32 + 9 * 32 * 64 + 9 * 64 * 64 + 64) / 1e9
         assert row["forward_gflop_per_sample"] == pytest.approx(forward)
         assert row["train_flops_per_s"] == pytest.approx(
-            row["train_samples_per_s"] * 3 * forward * 1e9)
+            row["train_samples_per_s"] * 3 * forward * 1e9
+        )
         assert row["eval_flops_per_s"] == pytest.approx(row["eval_samples_per_s"] * forward * 1e9)
         train_memory = row["executable_memory_mb"]["train"]
         assert train_memory is None or train_memory["arguments_mb"] > 0
@@ -205,18 +300,24 @@ def test_benchmark_at_a_tiny_setting_writes_every_field(tmp_path, capsys):
     (loader,) = result["loader"]
     assert set(LOADER_FIELDS) <= set(loader)
     assert loader["samples_per_s"] > 0 and loader["workers"] == 0
-    assert loader["threads"] == pipeline.loader_settings(benchmark.loader_config()).read_threads
+    assert (
+        loader["threads"] == pipeline.loader_settings(benchmark_tool.loader_config()).read_threads
+    )
     assert loader["samples_per_s_per_core"] == pytest.approx(
-        loader["samples_per_s"] / loader["cpu_count"])
+        loader["samples_per_s"] / loader["cpu_count"]
+    )
     assert loader["bytes_per_sample"] == 32 * 32 * (3 + 3 + 1 + 1) + 4  # uint8 images, int32 index
     fastest = max(r["train_samples_per_s"] for r in result["steps"])
     assert loader["loader_to_step_ratio"] == pytest.approx(loader["samples_per_s"] / fastest)
     (fed,) = result["input"]  # the first recipe (float32) at the first batch, fed by the loader
     assert set(INPUT_FIELDS) <= set(fed) and (fed["batch"], fed["dtype"]) == (2, "float32")
-    assert min(fed["loader_samples_per_s"], fed["step_samples_per_s"],
-               fed["overlapped_samples_per_s"]) > 0
+    assert (
+        min(fed["loader_samples_per_s"], fed["step_samples_per_s"], fed["overlapped_samples_per_s"])
+        > 0
+    )
     assert fed["wait_fraction"] == pytest.approx(
-        max(0.0, 1 - fed["overlapped_samples_per_s"] / fed["step_samples_per_s"]))
+        max(0.0, 1 - fed["overlapped_samples_per_s"] / fed["step_samples_per_s"])
+    )
     assert fed["input_bound"] == (fed["loader_samples_per_s"] < fed["step_samples_per_s"])
     assert "input-bound" in table
     # the benchmark leaves no persistent cache configured behind it
@@ -226,15 +327,18 @@ def test_benchmark_at_a_tiny_setting_writes_every_field(tmp_path, capsys):
 def test_the_largest_batch_extrapolates_the_planned_memory():
     """A plan of 1 GB + 10 MB per sample under a 16 GB limit: (0.9 x 16e9 - 1e9) / 1e7 = 1340
     samples, rounded down to a multiple of 64."""
-    found = benchmark.largest_batch(None, 224, mesh=object(), plan=lambda b: 1e9 + 1e7 * b,
-                                    limit=16e9)
+    found = benchmark.largest_batch(
+        None, 224, mesh=object(), plan=lambda b: 1e9 + 1e7 * b, limit=16e9
+    )
     assert found["batch"] == 1280 and found["bytes_per_sample"] == pytest.approx(1e7)
     assert found["fixed_bytes"] == pytest.approx(1e9)
-    tight = benchmark.largest_batch(None, 224, mesh=object(), plan=lambda b: 1e9 + 1e7 * b,
-                                    limit=1e9)
+    tight = benchmark.largest_batch(
+        None, 224, mesh=object(), plan=lambda b: 1e9 + 1e7 * b, limit=1e9
+    )
     assert tight["batch"] == 64  # never below one step of 64
-    capped = benchmark.largest_batch(None, 224, mesh=object(), plan=lambda b: 1e3 * b,
-                                     limit=1e12, cap=4096)
+    capped = benchmark.largest_batch(
+        None, 224, mesh=object(), plan=lambda b: 1e3 * b, limit=1e12, cap=4096
+    )
     assert capped["batch"] == 4096
 
 
@@ -242,8 +346,19 @@ def test_batch_max_needs_a_device_that_reports_its_memory(capsys):
     if jax.default_backend() != "cpu":
         pytest.skip("checks the CPU's refusal")
     with pytest.raises(SystemExit) as exit_info:
-        benchmark.main(["--model", "masknet", "--resolutions", "32", "--batch", "max",
-                        "--dtype", "float32", "--skip-loader"])
+        benchmark_tool.main(
+            [
+                "--model",
+                "masknet",
+                "--resolutions",
+                "32",
+                "--batch",
+                "max",
+                "--dtype",
+                "float32",
+                "--skip-loader",
+            ]
+        )
     assert exit_info.value.code == 2
     assert "--batch max needs a device that reports its memory limit" in capsys.readouterr().err
 
@@ -252,7 +367,7 @@ def test_bfloat16_dsresnet_trains():
     """The benchmark's train step computing in bfloat16 learns a fixed batch (a bright square
     in bg_fg is the mask and a nearer depth); parameters, optimizer state and BatchNorm
     statistics stay float32."""
-    config = benchmark.load_config("", "dsresnet", "bfloat16")
+    config = benchmark_tool.load_config("", "dsresnet", "bfloat16")
     state = _host_initialised_state(models.create("dsresnet", "bfloat16"), optax.adam(1e-3), 32)
     batch = benchmark.synthetic_batch(4, 32)
     batch["mask"][:] = 0
@@ -265,18 +380,25 @@ def test_bfloat16_dsresnet_trains():
     history = [float(runner.train(1)["loss"]) for _ in range(8)]
     assert np.all(np.isfinite(history)) and int(runner.state.nonfinite_step) == -1
     assert history[-1] < 0.5 * history[0], history
-    leaves = jax.tree.leaves((runner.state.params, runner.state.opt_state,
-                              runner.state.batch_stats))
+    leaves = jax.tree.leaves(
+        (runner.state.params, runner.state.opt_state, runner.state.batch_stats)
+    )
     assert {leaf.dtype for leaf in leaves if jnp.issubdtype(leaf.dtype, jnp.floating)} == {
-        jnp.dtype(jnp.float32)}
+        jnp.dtype(jnp.float32)
+    }
 
 
 # ---- tools/torch_compare.py -------------------------------------------------------------------
 
 
 def test_torch_compare_runs_as_a_script_from_a_clone():
-    result = subprocess.run([sys.executable, "tools/torch_compare.py", "--help"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "tools/torch_compare.py", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("usage: python tools/torch_compare.py")
 
@@ -285,8 +407,9 @@ def test_torch_compare_arguments():
     args = torch_compare.parse_args([])
     assert (args.res, args.batch, args.rounds, args.threads, args.steps) == (96, 8, 5, 0, 2)
     assert args.config == "configs/rmse_bce_dice.py:published"
-    args = torch_compare.parse_args(["--res", "160", "--batch", "4", "--rounds", "3",
-                                     "--threads", "2"])
+    args = torch_compare.parse_args(
+        ["--res", "160", "--batch", "4", "--rounds", "3", "--threads", "2"]
+    )
     assert (args.res, args.batch, args.rounds, args.threads) == (160, 4, 3, 2)
     for bad in (["--rounds", "0"], ["--threads", "-1"], ["--res", "x"]):
         with pytest.raises(SystemExit):
@@ -296,7 +419,10 @@ def test_torch_compare_arguments():
 def test_torch_compare_runs_the_reference_recipe_or_refuses():
     config = torch_compare.jax_config(torch_compare.DEFAULT_CONFIG)
     assert (config.optimizer.name, config.optimizer.learning_rate, config.optimizer.momentum) == (
-        "sgd", 0.01, 0.9)
+        "sgd",
+        0.01,
+        0.9,
+    )
     assert config.loss.to_dict() == torch_compare.TORCH_LOSS == default.get_config().loss.to_dict()
     with pytest.raises(errors.UsageError, match="optimizer adam"):
         torch_compare.jax_config("configs/default.py")
@@ -318,16 +444,22 @@ def test_torch_network_is_the_spec_and_its_loss_is_the_recipes():
     net = torch_compare.build_network()
     assert torch_compare.parameter_count(net) == 10_343_490
     # what the JAX steps feed the model: normalised inputs, [0, 1] targets
-    batch = jax.device_get(preprocess.from_normalization(benchmark.NORMALIZATION)(
-        benchmark.synthetic_batch(2, 32, seed=3), train=False))
+    batch = jax.device_get(
+        preprocess.from_normalization(benchmark.NORMALIZATION)(
+            benchmark.synthetic_batch(2, 32, seed=3), train=False
+        )
+    )
     inputs = torch_compare.to_torch(batch)
     with torch.no_grad():
         outputs = torch_compare.forward(net.eval(), inputs["bg"], inputs["bg_fg"])
     assert {k: tuple(v.shape) for k, v in outputs.items()} == {
-        "mask": (2, 1, 32, 32), "depth": (2, 1, 32, 32)}
+        "mask": (2, 1, 32, 32),
+        "depth": (2, 1, 32, 32),
+    }
     rng = np.random.default_rng(4)
-    logits = {head: rng.normal(size=(2, 32, 32, 1)).astype(np.float32)
-              for head in ("mask", "depth")}
+    logits = {
+        head: rng.normal(size=(2, 32, 32, 1)).astype(np.float32) for head in ("mask", "depth")
+    }
     got = torch_compare.loss(torch_compare.to_torch(logits), torch_compare.to_torch(batch))
     want, _ = losses.compose(torch_compare.TORCH_LOSS)(logits, batch)
     assert float(got) == pytest.approx(float(want), rel=1e-5)

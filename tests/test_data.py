@@ -1,4 +1,5 @@
 """Data: synthetic generator, MODEST reader/builder, tfds preparation and the grain pipeline."""
+
 import io
 import os
 import zipfile
@@ -8,8 +9,8 @@ import pytest
 from PIL import Image
 
 from configs import default
-from jaxsegdepth.data import builders, normalization, pipeline, synthetic
-from jaxsegdepth.data.builders import DatasetError
+from jaxsegdepth.data import builders, datasets, modest, normalization, pipeline, synthetic
+from jaxsegdepth.errors import DatasetError
 
 N_MODEST = 10
 
@@ -23,7 +24,7 @@ def _jpeg(array, quality=90):
 def _make_modest(root, n=N_MODEST):
     """A MODEST-layout folder: 3 shared backgrounds, n samples; sample 2's bg_fg is grayscale
     and background 1 is 200x180 (both must be handled when loading)."""
-    for folder in builders.FOLDERS:
+    for folder in modest.FOLDERS:
         os.makedirs(os.path.join(root, folder), exist_ok=True)
     lines = []
     for i in range(n):
@@ -31,8 +32,12 @@ def _make_modest(root, n=N_MODEST):
         b = i % 3
         bg = s["bg"] if b != 1 else np.asarray(Image.fromarray(s["bg"]).resize((200, 180)))
         fg = s["bg_fg"] if i != 2 else s["bg_fg"].mean(-1).astype(np.uint8)
-        files = {"bg": (f"bg_{b}", bg), "bg_fg": (f"fg_{i}", fg),
-                 "bg_fg_mask": (f"fg_mask_{i}", s["mask"]), "bg_fg_depth_map": (f"fg_depth_{i}", s["depth"])}
+        files = {
+            "bg": (f"bg_{b}", bg),
+            "bg_fg": (f"fg_{i}", fg),
+            "bg_fg_mask": (f"fg_mask_{i}", s["mask"]),
+            "bg_fg_depth_map": (f"fg_depth_{i}", s["depth"]),
+        }
         for folder, (stem, arr) in files.items():
             path = os.path.join(root, folder, stem + ".jpeg")
             if not os.path.exists(path):
@@ -59,7 +64,9 @@ def _dataset_config():
 
 def _modest_cfg(tmp_path, manual, **kw):
     cfg = _dataset_config()
-    cfg.update(dict(name="modest_museum", data_dir=str(tmp_path / "tfds"), manual_dir=str(manual), **kw))
+    cfg.update(
+        dict(name="modest_museum", data_dir=str(tmp_path / "tfds"), manual_dir=str(manual), **kw)
+    )
     return cfg
 
 
@@ -75,7 +82,7 @@ def _numpy_reference_split(n):
 def synth_cfg(tmp_path_factory):
     cfg = _dataset_config()
     cfg.update(dict(data_dir=str(tmp_path_factory.mktemp("tfds")), num_samples=24, seed=3))
-    builders.prepare(cfg)
+    datasets.prepare(cfg)
     return cfg
 
 
@@ -86,7 +93,8 @@ def _batches(loader, n):
 
 def _same(a, b):
     return len(a) == len(b) and all(
-        x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x) for x, y in zip(a, b))
+        x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x) for x, y in zip(a, b)
+    )
 
 
 # ----------------------------------------------------------------------------------- split
@@ -110,7 +118,7 @@ def test_modest_build_split_and_loading(tmp_path, as_zip):
     folder = _make_modest(str(tmp_path / "modest"))
     manual = _zip(folder, str(tmp_path / "modest.zip")) if as_zip else folder
     cfg = _modest_cfg(tmp_path, manual)
-    prepared = builders.prepare(cfg)
+    prepared = datasets.prepare(cfg)
     ref_train, ref_val = _numpy_reference_split(N_MODEST)
     assert pipeline.split_size(cfg, "train") == len(ref_train) == 7
     assert pipeline.split_size(cfg, "validation") == len(ref_val) == 3
@@ -131,23 +139,43 @@ def test_modest_build_split_and_loading(tmp_path, as_zip):
 
     # Full resolution: the batch is the decoded files, as uint8 (no resize), and the global
     # sample indices.
-    (batch,) = list(pipeline.create_loader(cfg, "validation", resolution=224, batch_size=3,
-                                           shuffle=False, seed=0, num_epochs=1))
+    (batch,) = list(
+        pipeline.create_loader(
+            cfg, "validation", resolution=224, batch_size=3, shuffle=False, seed=0, num_epochs=1
+        )
+    )
     assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
-        "bg": ((3, 224, 224, 3), np.uint8), "bg_fg": ((3, 224, 224, 3), np.uint8),
-        "mask": ((3, 224, 224, 1), np.uint8), "depth": ((3, 224, 224, 1), np.uint8),
-        "index": ((3,), np.int32)}
+        "bg": ((3, 224, 224, 3), np.uint8),
+        "bg_fg": ((3, 224, 224, 3), np.uint8),
+        "mask": ((3, 224, 224, 1), np.uint8),
+        "depth": ((3, 224, 224, 1), np.uint8),
+        "index": ((3,), np.int32),
+    }
     assert batch["index"].tolist() == [0, 1, 2]
     for j, idx in enumerate(ref_val):
         stems = lines[idx].split("\t")
-        want = np.asarray(Image.open(os.path.join(folder, "bg_fg", stems[1] + ".jpeg")).convert("RGB"))
+        want = np.asarray(
+            Image.open(os.path.join(folder, "bg_fg", stems[1] + ".jpeg")).convert("RGB")
+        )
         np.testing.assert_array_equal(batch["bg_fg"][j], want)
-        want_mask = np.asarray(Image.open(os.path.join(folder, "bg_fg_mask", stems[2] + ".jpeg")).convert("L"))
+        want_mask = np.asarray(
+            Image.open(os.path.join(folder, "bg_fg_mask", stems[2] + ".jpeg")).convert("L")
+        )
         np.testing.assert_array_equal(batch["mask"][j, ..., 0], want_mask)
 
     # Reduced resolution (and the 200x180 and grayscale files): within JPEG-scaling/resize tolerance.
-    batches = list(pipeline.create_loader(cfg, "train", resolution=64, batch_size=4, shuffle=False,
-                                          seed=0, num_epochs=1, drop_remainder=False))
+    batches = list(
+        pipeline.create_loader(
+            cfg,
+            "train",
+            resolution=64,
+            batch_size=4,
+            shuffle=False,
+            seed=0,
+            num_epochs=1,
+            drop_remainder=False,
+        )
+    )
     assert [b["bg"].shape for b in batches] == [(4, 64, 64, 3), (3, 64, 64, 3)]
     for j, idx in enumerate(ref_train):
         stems = lines[idx].split("\t")
@@ -158,29 +186,31 @@ def test_modest_build_split_and_loading(tmp_path, as_zip):
             got = b[key][j % 4] / 255.0
             assert np.abs(got - want).mean() < 0.03, (key, idx)
             if idx == 2 and key == "bg_fg":  # grayscale file -> three equal channels
-                assert np.allclose(got[..., 0], got[..., 1]) and np.allclose(got[..., 1], got[..., 2])
+                assert np.allclose(got[..., 0], got[..., 1]) and np.allclose(
+                    got[..., 1], got[..., 2]
+                )
 
 
 def test_modest_missing_file_is_named_with_its_line(tmp_path):
     folder = _make_modest(str(tmp_path / "modest"))
     os.remove(os.path.join(folder, "bg_fg_depth_map", "fg_depth_4.jpeg"))
     with pytest.raises(DatasetError) as e:
-        builders.prepare(_modest_cfg(tmp_path, folder))
+        datasets.prepare(_modest_cfg(tmp_path, folder))
     msg = str(e.value)
     assert "bg_fg_depth_map/fg_depth_4.jpeg" in msg and "line 5" in msg and "fg_mask_4" in msg
     assert not os.path.exists(tmp_path / "tfds" / "modest_museum" / "default" / "1.0.0")
 
 
-@pytest.mark.parametrize("content,expected", [
-    ("bg_0\tfg_0\tfg_mask_0\tfg_depth_0\nbg_1\tfg_1\tfg_mask_1\n", "line 2"),
-    ("", "empty"),
-])
+@pytest.mark.parametrize(
+    "content,expected",
+    [("bg_0\tfg_0\tfg_mask_0\tfg_depth_0\nbg_1\tfg_1\tfg_mask_1\n", "line 2"), ("", "empty")],
+)
 def test_modest_malformed_or_empty_file_map(tmp_path, content, expected):
     folder = _make_modest(str(tmp_path / "modest"), n=2)
     with open(os.path.join(folder, "file_map.txt"), "w") as f:
         f.write(content)
     with pytest.raises(DatasetError) as e:
-        builders.prepare(_modest_cfg(tmp_path, folder))
+        datasets.prepare(_modest_cfg(tmp_path, folder))
     assert expected in str(e.value)
     if content:
         assert repr("bg_1\tfg_1\tfg_mask_1") in str(e.value)  # the offending line, quoted
@@ -194,27 +224,30 @@ def test_modest_corrupt_jpeg_error_or_skip(tmp_path):
         f.write(data[: len(data) // 2])  # truncated
     zip_path = _zip(folder, str(tmp_path / "modest.zip"))
     with pytest.raises(DatasetError) as e:
-        builders.prepare(_modest_cfg(tmp_path, zip_path))
+        datasets.prepare(_modest_cfg(tmp_path, zip_path))
     assert "bg_fg/fg_6.jpeg" in str(e.value) and "skip_corrupt" in str(e.value)
 
     cfg = _modest_cfg(tmp_path, zip_path, skip_corrupt=True)
-    prepared = builders.prepare(cfg)
+    prepared = datasets.prepare(cfg)
     assert len(prepared.skipped) == 1 and prepared.skipped[0]["line"] == 7
     assert prepared.skipped[0]["file"].endswith("bg_fg/fg_6.jpeg")
     ref_train, ref_val = _numpy_reference_split(N_MODEST)
     sizes = prepared.split_sizes
     assert sizes["train"] + sizes["validation"] == N_MODEST - 1
-    for split, ref in (("train", ref_train), ("validation", ref_val)):  # the others keep their split
+    for split, ref in (
+        ("train", ref_train),
+        ("validation", ref_val),
+    ):  # the others keep their split
         source = prepared.data_source(split)
         assert [int(source[i]["index"]) for i in range(len(source))] == [i for i in ref if i != 6]
     # Reusing that build without skip_corrupt is an error: nothing is lost silently.
     with pytest.raises(DatasetError, match="skip_corrupt"):
-        builders.prepare(_modest_cfg(tmp_path, zip_path))
+        datasets.prepare(_modest_cfg(tmp_path, zip_path))
 
 
 def test_modest_needs_manual_dir(tmp_path):
     with pytest.raises(DatasetError, match="manual_dir"):
-        builders.prepare(_modest_cfg(tmp_path, ""))
+        datasets.prepare(_modest_cfg(tmp_path, ""))
 
 
 # ------------------------------------------------------------------------------- synthetic
@@ -257,9 +290,17 @@ def test_synthetic_mask_and_depth_agree():
 
 def test_default_config_fields():
     cfg = _dataset_config()
-    for key, value in dict(name="synthetic_museum", data_dir="", manual_dir="", skip_corrupt=False,
-                           worker_count="auto", read_threads="auto", hsv_prob=0.25,
-                           contrast_prob=0.25, val_fraction=0.3).items():
+    for key, value in dict(
+        name="synthetic_museum",
+        data_dir="",
+        manual_dir="",
+        skip_corrupt=False,
+        worker_count="auto",
+        read_threads="auto",
+        hsv_prob=0.25,
+        contrast_prob=0.25,
+        val_fraction=0.3,
+    ).items():
         assert cfg[key] == value
     assert cfg.num_samples > 0 and isinstance(cfg.augment, bool)
 
@@ -270,10 +311,23 @@ def test_synthetic_build_sizes_and_normalization(synth_cfg):
     norm = pipeline.input_normalization(synth_cfg)
     for key in ("bg", "bg_fg"):
         mean, std = norm[key]
-        assert mean.shape == std.shape == (3,) and np.all((mean > 0.2) & (mean < 0.8)) and np.all(std > 0.1)
+        assert (
+            mean.shape == std.shape == (3,)
+            and np.all((mean > 0.2) & (mean < 0.8))
+            and np.all(std > 0.1)
+        )
     # The stored statistics are those of the decoded training inputs (within sampling noise).
-    batches = list(pipeline.create_loader(synth_cfg, "validation", resolution=64, batch_size=8,
-                                          shuffle=False, seed=0, num_epochs=1))
+    batches = list(
+        pipeline.create_loader(
+            synth_cfg,
+            "validation",
+            resolution=64,
+            batch_size=8,
+            shuffle=False,
+            seed=0,
+            num_epochs=1,
+        )
+    )
     x = (batches[0]["bg_fg"] / 255.0).reshape(-1, 3)
     assert np.allclose(x.mean(0), norm["bg_fg"][0], atol=0.08)
     y = normalization.normalize(batches[0]["bg_fg"], *norm["bg_fg"]).reshape(-1, 3)
@@ -319,15 +373,21 @@ def test_random_crops_are_aligned_windows_of_the_whole_images(synth_cfg):
         assert all(c[k].shape == (4, 32, 32, w[k].shape[-1]) for k in w if k != "index")
         np.testing.assert_array_equal(c["index"], w["index"])
         for i in range(4):  # find the window in the whole bg; all four arrays share it
-            found = [(y, x) for y in range(33) for x in range(33)
-                     if np.array_equal(w["bg"][i, y:y + 32, x:x + 32], c["bg"][i])]
+            found = [
+                (y, x)
+                for y in range(33)
+                for x in range(33)
+                if np.array_equal(w["bg"][i, y : y + 32, x : x + 32], c["bg"][i])
+            ]
             assert len(found) == 1, found
             y, x = found[0]
             for k in ("bg_fg", "mask", "depth"):
-                np.testing.assert_array_equal(c[k][i], w[k][i, y:y + 32, x:x + 32])
+                np.testing.assert_array_equal(c[k][i], w[k][i, y : y + 32, x : x + 32])
             corners.add(found[0])
     assert len(corners) > 8  # placed at random, not in one place
-    with pytest.raises(DatasetError, match=r"^crop=96: expected 0 \(none\) up to the resolution 64"):
+    with pytest.raises(
+        DatasetError, match=r"^crop=96: expected 0 \(none\) up to the resolution 64"
+    ):
         pipeline.create_loader(synth_cfg, "train", crop=96, **kw)
 
 
@@ -346,14 +406,17 @@ def test_train_batches_do_not_depend_on_the_process_count(synth_cfg):
     kw = dict(resolution=32, shuffle=True, seed=7, crop=24, num_epochs=3)
     # 16 samples, global batch 6: 2 global batches per epoch, 4 samples left out of each epoch.
     single = list(pipeline.create_loader(cfg, "train", batch_size=6, shard=(0, 1), **kw))
-    shards = [list(pipeline.create_loader(cfg, "train", batch_size=3, shard=(i, 2), **kw))
-              for i in range(2)]
+    shards = [
+        list(pipeline.create_loader(cfg, "train", batch_size=3, shard=(i, 2), **kw))
+        for i in range(2)
+    ]
     assert len(single) == 6 and [len(s) for s in shards] == [6, 6]
     assert all(len(b["bg"]) == 3 for s in shards for b in s)
     assert _same(_merged(shards), single)  # images, crops and sample indices (augmentation's)
     assert not _same(single[:2], single[2:4])  # epochs differ (reshuffled and re-cropped)
     assert [b["index"].tolist() for b in single[2:4]] == [
-        [16 + int(i) for i in b["index"]] for b in single[:2]]  # epoch e: e * 16 + position
+        [16 + int(i) for i in b["index"]] for b in single[:2]
+    ]  # epoch e: e * 16 + position
     with pytest.raises(DatasetError, match="global batch of 18"):  # 16 samples < 2 x 9
         pipeline.create_loader(cfg, "train", batch_size=9, shard=(1, 2), **kw)
     with pytest.raises(DatasetError, match="shard"):
@@ -365,13 +428,25 @@ def test_validation_shards_cover_every_sample_once(synth_cfg, batch_size):
     kw = dict(resolution=32, shuffle=False, seed=0, num_epochs=1, drop_remainder=False)
     full = list(pipeline.create_loader(synth_cfg, "validation", batch_size=3, **kw))
     assert [len(b["bg"]) for b in full] == [3, 3, 2]  # 8 samples, last batch smaller
-    single = list(pipeline.create_loader(synth_cfg, "validation", batch_size=2 * batch_size,
-                                         shard=(0, 1), **kw))
-    shards = [list(pipeline.create_loader(synth_cfg, "validation", batch_size=batch_size,
-                                          shard=(i, 2), **kw)) for i in range(2)]
+    single = list(
+        pipeline.create_loader(
+            synth_cfg, "validation", batch_size=2 * batch_size, shard=(0, 1), **kw
+        )
+    )
+    shards = [
+        list(
+            pipeline.create_loader(
+                synth_cfg, "validation", batch_size=batch_size, shard=(i, 2), **kw
+            )
+        )
+        for i in range(2)
+    ]
     # 3: process 1 has no last batch; 5: its last is smaller (3); 8: it has no sample at all.
     assert [[len(b["bg"]) for b in s] for s in shards] == {
-        3: [[3, 2], [3]], 5: [[5], [3]], 8: [[8], []]}[batch_size]
+        3: [[3, 2], [3]],
+        5: [[5], [3]],
+        8: [[8], []],
+    }[batch_size]
     assert _same(_merged(shards), single)
     # Every sample exactly once, within the number of batches evaluation iterates per process.
     rows = [r.tobytes() for s in shards for b in s for r in b["bg_fg"]]
@@ -402,19 +477,33 @@ def test_auto_loader_settings_follow_the_cpu_count_and_overrides_are_checked():
     assert pipeline.loader_settings(cfg, cpus=64)[:2] == (3, 2)
     cfg.worker_count = 0  # one process on a big host: a few threads, not one per CPU
     assert pipeline.loader_settings(cfg, cpus=64)[:2] == (0, 3)
-    for field, value, minimum in (("worker_count", "many", 0), ("worker_count", -1, 0),
-                                  ("read_threads", 0, 1), ("read_threads", 1.5, 1)):
+    for field, value, minimum in (
+        ("worker_count", "many", 0),
+        ("worker_count", -1, 0),
+        ("read_threads", 0, 1),
+        ("read_threads", 1.5, 1),
+    ):
         bad = _dataset_config()
         bad[field] = value
-        with pytest.raises(DatasetError, match=rf"^dataset\.{field}={value!r}: expected 'auto' "
-                                               rf"or an integer >= {minimum}$"):
+        with pytest.raises(
+            DatasetError,
+            match=rf"^dataset\.{field}={value!r}: expected 'auto' "
+            rf"or an integer >= {minimum}$",
+        ):
             pipeline.validate(bad)
     # The block is not type-safe (for "auto"), so validate checks the other fields' types.
-    for field, value, expected in (("augment", "False", "bool"), ("num_samples", "64", "int"),
-                                   ("hsv_prob", "0.5", "number"), ("seed", 1.5, "int"),
-                                   ("skip_corrupt", 1, "bool")):
+    for field, value, expected in (
+        ("augment", "False", "bool"),
+        ("num_samples", "64", "int"),
+        ("hsv_prob", "0.5", "number"),
+        ("seed", 1.5, "int"),
+        ("skip_corrupt", 1, "bool"),
+    ):
         bad = _dataset_config()
         bad[field] = value
-        with pytest.raises(DatasetError, match=rf"^dataset\.{field}={value!r}: expected a "
-                                               rf"{expected}$"):
+        with pytest.raises(
+            DatasetError,
+            match=rf"^dataset\.{field}={value!r}: expected a "
+            rf"{expected}$",
+        ):
             pipeline.validate(bad)

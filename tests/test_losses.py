@@ -1,4 +1,5 @@
 """Losses against float64 NumPy formulas and scikit-image; gradients, jit, dtypes, composition."""
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -36,26 +37,38 @@ def _rmse(p, t):
 
 
 def _ssim_skimage(a, b):
-    return np.mean([structural_similarity(
-        np.asarray(x[..., c], np.float64), np.asarray(y[..., c], np.float64), data_range=1.0,
-        gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
-        for x, y in zip(a, b) for c in range(a.shape[-1])])
+    return np.mean(
+        [
+            structural_similarity(
+                np.asarray(x[..., c], np.float64),
+                np.asarray(y[..., c], np.float64),
+                data_range=1.0,
+                gaussian_weights=True,
+                sigma=1.5,
+                use_sample_covariance=False,
+            )
+            for x, y in zip(a, b)
+            for c in range(a.shape[-1])
+        ]
+    )
 
 
 def _ssim_maps(a, b):
     """Float64 luminance and contrast-structure maps: 11x11 Gaussian (sigma 1.5), valid."""
-    g = np.exp(-np.arange(-5, 6) ** 2 / (2 * 1.5 ** 2))
+    g = np.exp(-(np.arange(-5, 6) ** 2) / (2 * 1.5**2))
     window = np.outer(g, g) / np.sum(g) ** 2
 
     def blur(x):
         return convolve2d(x, window, mode="valid")
 
     mu_a, mu_b = blur(a), blur(b)
-    var_a, var_b = blur(a * a) - mu_a ** 2, blur(b * b) - mu_b ** 2
+    var_a, var_b = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2
     cov = blur(a * b) - mu_a * mu_b
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    return ((2 * mu_a * mu_b + c1) / (mu_a ** 2 + mu_b ** 2 + c1),
-            (2 * cov + c2) / (var_a + var_b + c2))
+    c1, c2 = 0.01**2, 0.03**2
+    return (
+        (2 * mu_a * mu_b + c1) / (mu_a**2 + mu_b**2 + c1),
+        (2 * cov + c2) / (var_a + var_b + c2),
+    )
 
 
 def _ms_ssim_reference(a, b):
@@ -87,10 +100,12 @@ def test_bce_dice_rmse_match_numpy():
     probs = _sigmoid(LOGITS).astype(np.float32)
     assert losses.bce(LOGITS, MASK) == pytest.approx(_bce(LOGITS, MASK), rel=1e-5)
     assert losses.dice(probs, MASK) == pytest.approx(_dice(probs, MASK, 1.0), rel=1e-5)
-    assert losses.dice(probs, MASK, smooth=1e-6) == pytest.approx(_dice(probs, MASK, 1e-6),
-                                                                  rel=1e-5)
+    assert losses.dice(probs, MASK, smooth=1e-6) == pytest.approx(
+        _dice(probs, MASK, 1e-6), rel=1e-5
+    )
     assert losses.bce_dice(LOGITS, MASK) == pytest.approx(
-        _bce(LOGITS, MASK) + 2 * _dice(probs, MASK, 1e-6), rel=1e-5)
+        _bce(LOGITS, MASK) + 2 * _dice(probs, MASK, 1e-6), rel=1e-5
+    )
     assert losses.rmse(probs, DEPTH) == pytest.approx(_rmse(probs, DEPTH), rel=1e-5)
 
 
@@ -114,7 +129,8 @@ def test_ssim_matches_scikit_image(channels):
 def test_ssim_data_range_scales_constants():
     a, b = _correlated_images((2, 16, 16, 1), noise=0.1, seed=3)
     assert float(losses.ssim(255 * a, 255 * b, data_range=255.0)) == pytest.approx(
-        float(losses.ssim(a, b)), abs=1e-5)
+        float(losses.ssim(a, b)), abs=1e-5
+    )
 
 
 def test_ms_ssim_matches_numpy_reference():
@@ -145,9 +161,13 @@ def test_ms_ssim_clamps_negative_terms_with_finite_gradient():
 
 def test_losses_compute_in_float32_for_bfloat16_inputs():
     probs = _sigmoid(LOGITS).astype(np.float32)
-    for fn, args in ((losses.bce, (LOGITS, MASK)), (losses.dice, (probs, MASK)),
-                     (losses.bce_dice, (LOGITS, MASK)), (losses.rmse, (probs, DEPTH)),
-                     (losses.ssim, (probs, DEPTH))):
+    for fn, args in (
+        (losses.bce, (LOGITS, MASK)),
+        (losses.dice, (probs, MASK)),
+        (losses.bce_dice, (LOGITS, MASK)),
+        (losses.rmse, (probs, DEPTH)),
+        (losses.ssim, (probs, DEPTH)),
+    ):
         value32 = fn(*args)
         value16 = fn(*(jnp.asarray(x, jnp.bfloat16) for x in args))
         assert value16.dtype == jnp.float32
@@ -163,14 +183,19 @@ def test_same_value_under_jit():
     outputs, targets = {"mask": LOGITS, "depth": DEPTH_LOGITS}, {"mask": MASK, "depth": DEPTH}
     for recipe in (rmse_bce_dice, ssim_dice, rmse_bce):
         fn = _recipe_loss(recipe)
-        assert float(jax.jit(fn)(outputs, targets)) == pytest.approx(float(fn(outputs, targets)),
-                                                                      rel=1e-6)
+        assert float(jax.jit(fn)(outputs, targets)) == pytest.approx(
+            float(fn(outputs, targets)), rel=1e-6
+        )
 
 
 _EVERY_TERM = {term: 1.0 for term in losses.TERMS if term != "ms_ssim"}  # 16x16 is too small
-_total_and_grads = jax.jit(jax.value_and_grad(
-    lambda outputs, targets: losses.compose({"mask": _EVERY_TERM, "depth": _EVERY_TERM})(
-        outputs, targets)[0]))
+_total_and_grads = jax.jit(
+    jax.value_and_grad(
+        lambda outputs, targets: losses.compose({"mask": _EVERY_TERM, "depth": _EVERY_TERM})(
+            outputs, targets
+        )[0]
+    )
+)
 
 
 @pytest.mark.parametrize("logit", [-50.0, 50.0])
@@ -184,46 +209,61 @@ def test_gradients_finite_at_extremes(logit, target):
 
 
 def test_recipe_losses_are_the_spec_combinations():
-    """Each recipe config's loss block is the SPEC's combination, checked in NumPy float64."""
+    """Each recipe config's loss block is the reference's combination (docs/reference.md), checked in NumPy float64."""
     outputs, targets = {"mask": LOGITS, "depth": DEPTH_LOGITS}, {"mask": MASK, "depth": DEPTH}
     p_mask, p_depth = _sigmoid(LOGITS), _sigmoid(DEPTH_LOGITS)
     assert float(_recipe_loss(rmse_bce_dice)(outputs, targets)) == pytest.approx(
-        2 * _rmse(p_depth, DEPTH) + _bce(LOGITS, MASK) + 2 * _dice(p_mask, MASK, 1e-6), rel=1e-5)
+        2 * _rmse(p_depth, DEPTH) + _bce(LOGITS, MASK) + 2 * _dice(p_mask, MASK, 1e-6), rel=1e-5
+    )
     assert float(_recipe_loss(rmse_bce)(outputs, targets)) == pytest.approx(
-        2 * _rmse(p_depth, DEPTH) + _bce(LOGITS, MASK), rel=1e-5)
+        2 * _rmse(p_depth, DEPTH) + _bce(LOGITS, MASK), rel=1e-5
+    )
     ssim_loss = 1 - _ssim_skimage(p_depth.astype(np.float32), DEPTH)
     assert float(_recipe_loss(ssim_dice)(outputs, targets)) == pytest.approx(
-        2 * ssim_loss + _dice(p_mask, MASK, 1.0), abs=2e-5)
+        2 * ssim_loss + _dice(p_mask, MASK, 1.0), abs=2e-5
+    )
 
 
 def test_compose_weights_terms_and_reports_them_unweighted():
-    spec = ml_collections.ConfigDict({"depth": {"rmse": 2.0, "ssim": 0.5},
-                                      "mask": {"bce": 1, "dice": 3.0}})
-    total, terms = losses.compose(spec)({"mask": LOGITS, "depth": DEPTH_LOGITS, "extra": LOGITS},
-                                        {"mask": MASK, "depth": DEPTH})
+    spec = ml_collections.ConfigDict(
+        {"depth": {"rmse": 2.0, "ssim": 0.5}, "mask": {"bce": 1, "dice": 3.0}}
+    )
+    total, terms = losses.compose(spec)(
+        {"mask": LOGITS, "depth": DEPTH_LOGITS, "extra": LOGITS}, {"mask": MASK, "depth": DEPTH}
+    )
     p_mask, p_depth = _sigmoid(LOGITS), _sigmoid(DEPTH_LOGITS)
-    expected = {"depth/rmse": _rmse(p_depth, DEPTH),
-                "depth/ssim": 1 - _ssim_skimage(p_depth.astype(np.float32), DEPTH),
-                "mask/bce": _bce(LOGITS, MASK), "mask/dice": _dice(p_mask, MASK, 1.0)}
+    expected = {
+        "depth/rmse": _rmse(p_depth, DEPTH),
+        "depth/ssim": 1 - _ssim_skimage(p_depth.astype(np.float32), DEPTH),
+        "mask/bce": _bce(LOGITS, MASK),
+        "mask/dice": _dice(p_mask, MASK, 1.0),
+    }
     expected["depth/loss"] = 2 * expected["depth/rmse"] + 0.5 * expected["depth/ssim"]
     expected["mask/loss"] = expected["mask/bce"] + 3 * expected["mask/dice"]
     assert set(terms) == set(expected)
     for name, value in expected.items():
         assert float(terms[name]) == pytest.approx(value, abs=2e-5)
-    weighted = (2 * expected["depth/rmse"] + 0.5 * expected["depth/ssim"]
-                + expected["mask/bce"] + 3 * expected["mask/dice"])
+    weighted = (
+        2 * expected["depth/rmse"]
+        + 0.5 * expected["depth/ssim"]
+        + expected["mask/bce"]
+        + 3 * expected["mask/dice"]
+    )
     assert float(total) == pytest.approx(weighted, abs=5e-5)
 
 
-@pytest.mark.parametrize("spec, error, message", [
-    ({"edges": {"bce": 1.0}}, ValueError, r"unknown head 'edges'.*'mask', 'depth'"),
-    ({"mask": {"focal": 1.0}}, ValueError, r"unknown loss term 'focal'.*'bce', 'bce_dice'"),
-    ({"mask": {"bce": "1.0"}}, TypeError, r"mask/bce must be a real number"),
-    ({"mask": {"bce": True}}, TypeError, r"mask/bce must be a real number"),
-    ({"mask": {"bce": float("nan")}}, ValueError, r"mask/bce must be finite"),
-    ({"mask": {}}, ValueError, r"non-empty"),
-    ({}, ValueError, r"non-empty"),
-])
+@pytest.mark.parametrize(
+    "spec, error, message",
+    [
+        ({"edges": {"bce": 1.0}}, ValueError, r"unknown head 'edges'.*'mask', 'depth'"),
+        ({"mask": {"focal": 1.0}}, ValueError, r"unknown loss term 'focal'.*'bce', 'bce_dice'"),
+        ({"mask": {"bce": "1.0"}}, TypeError, r"mask/bce must be a real number"),
+        ({"mask": {"bce": True}}, TypeError, r"mask/bce must be a real number"),
+        ({"mask": {"bce": float("nan")}}, ValueError, r"mask/bce must be finite"),
+        ({"mask": {}}, ValueError, r"non-empty"),
+        ({}, ValueError, r"non-empty"),
+    ],
+)
 def test_compose_rejects_bad_specs_eagerly(spec, error, message):
     with pytest.raises(error, match=message):
         losses.compose(spec)
@@ -242,12 +282,18 @@ def test_samples_weighted_0_count_for_nothing(term):
     """An evaluation batch padded with anything, weighted 0, has the loss of its real samples."""
     real = {"mask": LOGITS[:2], "depth": DEPTH_LOGITS[:2]}, {"mask": MASK[:2], "depth": DEPTH[:2]}
     padding = np.random.default_rng(7)
-    padded = [{k: np.concatenate([v, padding.normal(size=v.shape).astype(np.float32)])
-               for k, v in part.items()} for part in real]
+    padded = [
+        {
+            k: np.concatenate([v, padding.normal(size=v.shape).astype(np.float32)])
+            for k, v in part.items()
+        }
+        for part in real
+    ]
     weights = np.array([1, 1, 0, 0], np.float32)
     loss_fn = losses.compose({"mask": {term: 1.0}, "depth": {term: 1.0}})
     expected, _ = loss_fn(*real)
     got, _ = loss_fn(*padded, weights)
     assert float(got) == pytest.approx(float(expected), rel=1e-5, abs=1e-6)
-    assert float(loss_fn(*real, np.ones(2, np.float32))[0]) == pytest.approx(float(expected),
-                                                                             rel=1e-6)
+    assert float(loss_fn(*real, np.ones(2, np.float32))[0]) == pytest.approx(
+        float(expected), rel=1e-6
+    )

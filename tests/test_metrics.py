@@ -1,4 +1,5 @@
 """IoU and depth metrics against float64 NumPy formulas; exact accumulation across batches."""
+
 import math
 
 import jax
@@ -27,8 +28,9 @@ def _iou(p, t, threshold):
     p, t = np.asarray(p, np.float64), np.asarray(t, np.float64)
     if threshold is not None:
         p = (p > threshold).astype(np.float64)
-    scores = [((a * b).sum() + 1e-6) / (a.sum() + b.sum() - (a * b).sum() + 1e-6)
-              for a, b in zip(p, t)]
+    scores = [
+        ((a * b).sum() + 1e-6) / (a.sum() + b.sum() - (a * b).sum() + 1e-6) for a, b in zip(p, t)
+    ]
     return np.mean(scores)
 
 
@@ -37,18 +39,25 @@ def _depth(p, t):
     p, t = np.asarray(p, np.float64)[valid], np.asarray(t, np.float64)[valid]
     clipped = np.maximum(p, 1e-4)
     ratio = np.maximum(clipped / t, t / clipped)
-    return {"rmse": np.sqrt(np.mean((p - t) ** 2)), "mae": np.mean(np.abs(p - t)),
-            "abs_rel": np.mean(np.abs(p - t) / t), "sq_rel": np.mean((p - t) ** 2 / t),
-            "log10": np.mean(np.abs(np.log10(clipped) - np.log10(t))),
-            "delta1": np.mean(ratio < 1.25), "delta2": np.mean(ratio < 1.25 ** 2),
-            "delta3": np.mean(ratio < 1.25 ** 3)}
+    return {
+        "rmse": np.sqrt(np.mean((p - t) ** 2)),
+        "mae": np.mean(np.abs(p - t)),
+        "abs_rel": np.mean(np.abs(p - t) / t),
+        "sq_rel": np.mean((p - t) ** 2 / t),
+        "log10": np.mean(np.abs(np.log10(clipped) - np.log10(t))),
+        "delta1": np.mean(ratio < 1.25),
+        "delta2": np.mean(ratio < 1.25**2),
+        "delta3": np.mean(ratio < 1.25**3),
+    }
 
 
 def _reference(outputs, targets):
     p_mask = _sigmoid(outputs["mask"])
-    return {"iou": _iou(p_mask, targets["mask"], 0.5),
-            "iou_soft": _iou(p_mask, targets["mask"], None),
-            **_depth(_sigmoid(outputs["depth"]), targets["depth"])}
+    return {
+        "iou": _iou(p_mask, targets["mask"], 0.5),
+        "iou_soft": _iou(p_mask, targets["mask"], None),
+        **_depth(_sigmoid(outputs["depth"]), targets["depth"]),
+    }
 
 
 def _assert_metrics(actual, expected):
@@ -70,7 +79,8 @@ def _add(a, b):
 def test_iou_matches_numpy(threshold):
     probs = _sigmoid(MASK_LOGITS).astype(np.float32)
     assert float(metrics.iou(probs, MASK, threshold)) == pytest.approx(
-        _iou(probs, MASK, threshold), rel=1e-5)
+        _iou(probs, MASK, threshold), rel=1e-5
+    )
 
 
 def test_depth_metrics_match_numpy():
@@ -91,8 +101,10 @@ def test_summarize_reports_exactly_the_declared_metric_names():
 def test_summed_uneven_batches_equal_the_whole_set():
     first, second = slice(0, 3), slice(3, N)
     batch_sums = jax.jit(metrics.batch_sums)
-    sums = _add(batch_sums(_part(OUTPUTS, first), _part(TARGETS, first)),
-                batch_sums(_part(OUTPUTS, second), _part(TARGETS, second)))
+    sums = _add(
+        batch_sums(_part(OUTPUTS, first), _part(TARGETS, first)),
+        batch_sums(_part(OUTPUTS, second), _part(TARGETS, second)),
+    )
     assert sums["images"] == N and sums["pixels"] == np.sum(DEPTH > 1e-4)
     _assert_metrics(metrics.summarize(sums), _reference(OUTPUTS, TARGETS))
     _assert_metrics(metrics.summarize(batch_sums(OUTPUTS, TARGETS)), _reference(OUTPUTS, TARGETS))

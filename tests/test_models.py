@@ -1,4 +1,5 @@
 """DSResNet and MaskNet: structure, parameter counts, shapes, BatchNorm, precision, a short fit."""
+
 import functools
 import math
 from typing import Any
@@ -56,8 +57,9 @@ def masknet():
 def initial_variables():
     """Each model's variables from its real `init`, seed 0 (DSResNet's compiles for seconds)."""
     bg = jnp.zeros((1, 32, 32, 3), jnp.float32)
-    return {name: jax.jit(models.create(name).init)(jax.random.key(0), bg, bg)
-            for name in models.MODELS}
+    return {
+        name: jax.jit(models.create(name).init)(jax.random.key(0), bg, bg) for name in models.MODELS
+    }
 
 
 def _layers(params):
@@ -153,37 +155,52 @@ def test_bilinear_upsampling_matches_pytorch_half_pixel_rule():
     # of inputs (0, 1) are (1, 0), (.75, .25), (.25, .75), (0, 1). For x = [[0, 4], [8, 0]],
     # out[r, c] = 4 a_r b_c + 8 b_r a_c with a = (1, .75, .25, 0) and b = 1 - a.
     x = jnp.array([[0.0, 4.0], [8.0, 0.0]]).reshape(1, 2, 2, 1)
-    expected = np.array([[0.0, 1.0, 3.0, 4.0],
-                         [2.0, 2.25, 2.75, 3.0],
-                         [6.0, 4.75, 2.25, 1.0],
-                         [8.0, 6.0, 2.0, 0.0]])
+    expected = np.array(
+        [[0.0, 1.0, 3.0, 4.0], [2.0, 2.25, 2.75, 3.0], [6.0, 4.75, 2.25, 1.0], [8.0, 6.0, 2.0, 0.0]]
+    )
     np.testing.assert_allclose(models.upsample_bilinear_2x(x)[0, :, :, 0], expected, atol=1e-6)
 
 
 def test_batchnorm_follows_relu_and_updates_like_pytorch(masknet):
     """Momentum 0.9 (PyTorch's 0.1) and the unbiased variance of the layer's input (relu(conv))."""
     model, variables, bg, bg_fg = masknet
-    state = jax.jit(lambda v: model.apply(
-        v, bg, bg_fg, train=True, rngs={"dropout": jax.random.key(1)},
-        mutable=["batch_stats", "intermediates"], capture_intermediates=True)[1])(variables)
+    state = jax.jit(
+        lambda v: model.apply(
+            v,
+            bg,
+            bg_fg,
+            train=True,
+            rngs={"dropout": jax.random.key(1)},
+            mutable=["batch_stats", "intermediates"],
+            capture_intermediates=True,
+        )[1]
+    )(variables)
     conv = np.asarray(state["intermediates"]["bg_conv"]["__call__"][0], np.float64)
     activations = np.maximum(conv, 0)
     stats = state["batch_stats"]["bg_bn"]
     np.testing.assert_allclose(stats["mean"], 0.1 * activations.mean((0, 1, 2)), rtol=1e-5)
-    np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * activations.var((0, 1, 2), ddof=1),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        stats["var"], 0.9 + 0.1 * activations.var((0, 1, 2), ddof=1), rtol=1e-5
+    )
 
 
 def test_masknet_dropout_only_in_training(masknet):
     model, variables, bg, bg_fg = masknet
     with pytest.raises(Exception, match="dropout"):
-        jax.eval_shape(lambda v: model.apply(v, bg, bg_fg, train=True, mutable=["batch_stats"]),
-                       variables)
+        jax.eval_shape(
+            lambda v: model.apply(v, bg, bg_fg, train=True, mutable=["batch_stats"]), variables
+        )
 
     @functools.partial(jax.jit, static_argnums=1)
     def mask(seed, train):
-        outputs = model.apply(variables, bg, bg_fg, train=train, mutable=["batch_stats"],
-                              rngs={"dropout": jax.random.key(seed)})[0]
+        outputs = model.apply(
+            variables,
+            bg,
+            bg_fg,
+            train=train,
+            mutable=["batch_stats"],
+            rngs={"dropout": jax.random.key(seed)},
+        )[0]
         return outputs["mask"]
 
     assert not np.allclose(mask(1, True), mask(2, True))
@@ -193,8 +210,10 @@ def test_masknet_dropout_only_in_training(masknet):
 def test_bfloat16_outputs_close_to_float32():
     variables = _numpy_variables(models.DSResNet())
     bg, bg_fg = _pair(2, 32)
-    out32, out16 = (jax.jit(models.create("dsresnet", dtype).apply)(variables, bg, bg_fg)
-                    for dtype in ("float32", "bfloat16"))
+    out32, out16 = (
+        jax.jit(models.create("dsresnet", dtype).apply)(variables, bg, bg_fg)
+        for dtype in ("float32", "bfloat16")
+    )
     for head in ("mask", "depth"):
         assert out16[head].dtype == jnp.float32
         scale = np.abs(out32[head]).max()
@@ -214,8 +233,8 @@ def test_dsresnet_overfits_four_samples():
     bg, bg_fg = _pair(4, 64)
     mask = np.zeros((4, 64, 64, 1), np.float32)
     for i, (y, x) in enumerate(rng.integers(8, 40, (4, 2))):
-        mask[i, y:y + 16, x:x + 16] = 1
-        bg_fg[i, y:y + 16, x:x + 16] = 1.5
+        mask[i, y : y + 16, x : x + 16] = 1
+        bg_fg[i, y : y + 16, x : x + 16] = 1.5
     targets = {"mask": mask, "depth": 0.7 - 0.4 * mask}
     model = models.DSResNet()
     variables = _numpy_variables(model)
@@ -225,8 +244,13 @@ def test_dsresnet_overfits_four_samples():
     @jax.jit
     def step(params, batch_stats, opt_state):
         def loss_fn(params):
-            outputs, state = model.apply({"params": params, "batch_stats": batch_stats}, bg, bg_fg,
-                                         train=True, mutable=["batch_stats"])
+            outputs, state = model.apply(
+                {"params": params, "batch_stats": batch_stats},
+                bg,
+                bg_fg,
+                train=True,
+                mutable=["batch_stats"],
+            )
             return loss_of(outputs, targets)[0], state["batch_stats"]
 
         (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -252,6 +276,7 @@ def test_dsresnet_overfits_four_samples():
 class _PlainBatchNorm(nn.Module):
     """BatchNorm as PyTorch defines it, differentiated by autodiff: the batch normalised with its
     biased variance (two-pass), the running variance updated with the unbiased one."""
+
     train: bool
     dtype: Any
 
@@ -274,18 +299,29 @@ class _PlainBatchNorm(nn.Module):
 def _plain(monkeypatch):
     """models.py with the plain formulations put back."""
     monkeypatch.setattr(models, "_max_pool_2x", lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)))
-    monkeypatch.setattr(models, "upsample_bilinear_2x", lambda x: jax.image.resize(
-        x, (x.shape[0], 2 * x.shape[1], 2 * x.shape[2], x.shape[3]), method="bilinear"))
-    monkeypatch.setattr(models, "_batch_norm", lambda train, dtype, name: _PlainBatchNorm(
-        train, dtype, name=name))
+    monkeypatch.setattr(
+        models,
+        "upsample_bilinear_2x",
+        lambda x: jax.image.resize(
+            x, (x.shape[0], 2 * x.shape[1], 2 * x.shape[2], x.shape[3]), method="bilinear"
+        ),
+    )
+    monkeypatch.setattr(
+        models, "_batch_norm", lambda train, dtype, name: _PlainBatchNorm(train, dtype, name=name)
+    )
 
 
 def _loss_outputs_stats_grads(variables, bg, bg_fg):
     model = models.DSResNet(dtype=jnp.float64)
 
     def loss(params):
-        out, state = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
-                                 bg, bg_fg, train=True, mutable=["batch_stats"])
+        out, state = model.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]},
+            bg,
+            bg_fg,
+            train=True,
+            mutable=["batch_stats"],
+        )
         depth = out["depth"].astype(jnp.float64)
         return jnp.mean(out["mask"].astype(jnp.float64) ** 2) + jnp.mean(jnp.sin(depth)), state
 
@@ -298,8 +334,9 @@ def test_fast_formulations_match_the_plain_ones_in_float64(monkeypatch, initial_
     with jax.enable_x64(True):
         rng = np.random.default_rng(0)
         bg, bg_fg = (jnp.asarray(rng.standard_normal((2, 96, 96, 3))) for _ in range(2))
-        variables = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64),
-                                 initial_variables["dsresnet"])
+        variables = jax.tree.map(
+            lambda x: jnp.asarray(x, jnp.float64), initial_variables["dsresnet"]
+        )
         fast = _loss_outputs_stats_grads(variables, bg, bg_fg)
         with monkeypatch.context() as m:
             _plain(m)
@@ -319,8 +356,9 @@ def test_batchnorm_running_variance_is_the_unbiased_one():
     x64 = x.astype(np.float64)
     mean, var = x64.mean((0, 1, 2)), x64.var((0, 1, 2))
     np.testing.assert_allclose(state["batch_stats"]["mean"], 0.1 * mean, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(state["batch_stats"]["var"],
-                               0.9 + 0.1 * x64.var((0, 1, 2), ddof=1), rtol=1e-6)
+    np.testing.assert_allclose(
+        state["batch_stats"]["var"], 0.9 + 0.1 * x64.var((0, 1, 2), ddof=1), rtol=1e-6
+    )
     np.testing.assert_allclose(y, (x64 - mean) / np.sqrt(var + 1e-5), atol=1e-5)
     with pytest.raises(ValueError, match="more than one value per channel"):
         bn.apply(variables, x[:1, :1, :1], mutable=["batch_stats"])
@@ -330,8 +368,10 @@ def test_outputs_running_statistics_and_eval_mode_match_flax_batchnorm():
     """Flax's BatchNorm but for the running variance: Flax averages in the biased batch
     variance, ours (as PyTorch) the unbiased one, n/(n-1) times larger."""
     x = jnp.asarray(np.random.default_rng(1).standard_normal((4, 6, 6, 5)) * 3 + 1, jnp.float32)
-    ours, flax_bn = (cls(use_running_average=False, momentum=0.9, epsilon=1e-5)
-                     for cls in (models.BatchNorm, nn.BatchNorm))
+    ours, flax_bn = (
+        cls(use_running_average=False, momentum=0.9, epsilon=1e-5)
+        for cls in (models.BatchNorm, nn.BatchNorm)
+    )
     v_ours, v_flax = ours.init(jax.random.key(0), x), flax_bn.init(jax.random.key(0), x)
     assert jax.tree.map(jnp.shape, v_ours) == jax.tree.map(jnp.shape, v_flax)
     y_ours, s_ours = ours.apply(v_ours, x, mutable=["batch_stats"])
@@ -339,12 +379,15 @@ def test_outputs_running_statistics_and_eval_mode_match_flax_batchnorm():
     np.testing.assert_allclose(y_ours, y_flax, atol=1e-5)
     stats_ours, stats_flax, n = s_ours["batch_stats"], s_flax["batch_stats"], 4 * 6 * 6
     np.testing.assert_allclose(stats_ours["mean"], stats_flax["mean"], atol=1e-6)
-    np.testing.assert_allclose(stats_ours["var"] - 0.9, (stats_flax["var"] - 0.9) * n / (n - 1),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        stats_ours["var"] - 0.9, (stats_flax["var"] - 0.9) * n / (n - 1), atol=1e-6
+    )
     evaluated = {"params": v_ours["params"], **s_ours}
     np.testing.assert_allclose(
         models.BatchNorm(use_running_average=True).apply(evaluated, x),
-        nn.BatchNorm(use_running_average=True).apply(evaluated, x), atol=1e-5)
+        nn.BatchNorm(use_running_average=True).apply(evaluated, x),
+        atol=1e-5,
+    )
 
 
 def test_max_pool_drops_an_odd_last_row_like_valid_pooling():

@@ -6,6 +6,7 @@ differs between one host and many, tested with two CPU processes of one device e
   which two processes resume and one process evaluates and predicts from;
 - a stop on every process together (a non-finite loss), no process left waiting.
 """
+
 import json
 import os
 import signal
@@ -22,8 +23,8 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from configs import masknet_bce  # noqa: E402
-from jaxsegdepth import checkpoints, mesh as mesh_lib, reporting, state as state_lib  # noqa: E402
+from configs import masknet_bce
+from jaxsegdepth import checkpoints, mesh as mesh_lib, reporting, setup
 
 TIMEOUT = 300  # no run here takes a tenth of it; a hang fails instead of blocking the suite
 DETERMINISTIC = ("epoch", "step", "lr", "train_loss", "val_loss", "val_iou", "val_iou_soft")
@@ -35,13 +36,27 @@ def shared(tmp_path_factory, compilation_cache_dir):
 
 
 def _command(workdir, shared, **overrides):
-    values = {"dataset.num_samples": 23, "dataset.data_dir": shared["data"],
-              "stages": "((32, 2),)", "batch_size": 4,
-              "log_every_steps": 1, "num_preview": 2, "schedule.name": "plateau",
-              "dataset.augment": True, "compilation_cache_dir": shared["cache"], **overrides}
-    return [sys.executable, os.path.join(ROOT, "launch.py"), "--config",
-            os.path.join(ROOT, "configs", "masknet_bce.py"), "--workdir", str(workdir),
-            *[f"--config.{k}={v}" for k, v in values.items()]]
+    values = {
+        "dataset.num_samples": 23,
+        "dataset.data_dir": shared["data"],
+        "stages": "((32, 2),)",
+        "batch_size": 4,
+        "log_every_steps": 1,
+        "evals.preview.samples": 2,
+        "schedule.name": "plateau",
+        "dataset.augment": True,
+        "compilation_cache_dir": shared["cache"],
+        **overrides,
+    }
+    return [
+        sys.executable,
+        os.path.join(ROOT, "launch.py"),
+        "--config",
+        os.path.join(ROOT, "configs", "masknet_bce.py"),
+        "--workdir",
+        str(workdir),
+        *[f"--config.{k}={v}" for k, v in values.items()],
+    ]
 
 
 def _free_port() -> int:
@@ -52,13 +67,26 @@ def _free_port() -> int:
 
 def _start_two(workdir, shared, **overrides):
     port = _free_port()
-    return [subprocess.Popen(
-        _command(workdir, shared, **{"distributed.enabled": True,
-                                     "distributed.coordinator_address": f"127.0.0.1:{port}",
-                                     "distributed.num_processes": 2,
-                                     "distributed.process_id": i,
-                                     "distributed.shutdown_timeout_s": 30, **overrides}),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    return [
+        subprocess.Popen(
+            _command(
+                workdir,
+                shared,
+                **{
+                    "distributed.enabled": True,
+                    "distributed.coordinator_address": f"127.0.0.1:{port}",
+                    "distributed.num_processes": 2,
+                    "distributed.process_id": i,
+                    "distributed.shutdown_timeout_s": 30,
+                    **overrides,
+                },
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
 
 
 def _finish(processes):
@@ -68,8 +96,13 @@ def _finish(processes):
 
 def _one_process_two_devices(workdir, shared, **overrides):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    return subprocess.run(_command(workdir, shared, **overrides), capture_output=True, text=True,
-                          timeout=TIMEOUT, env=env)
+    return subprocess.run(
+        _command(workdir, shared, **overrides),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=env,
+    )
 
 
 def _latest_state(workdir):
@@ -77,7 +110,7 @@ def _latest_state(workdir):
     config.schedule.name = "plateau"
     checkpointer = checkpoints.Checkpointer(str(workdir))
     try:
-        state, _ = checkpointer.restore(state_lib.abstract_state(config, mesh_lib.create_mesh()))
+        state, _ = checkpointer.restore(setup.abstract_state(config, mesh_lib.create_mesh()))
         return jax.device_get(state), checkpointer.all_steps()
     finally:
         checkpointer.close()
@@ -90,8 +123,9 @@ def _assert_same_run(workdir, reference_dir):
         for key in DETERMINISTIC:
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (a["epoch"], key)
     (state, _), (reference, _) = _latest_state(workdir), _latest_state(reference_dir)
-    for leaf, reference_leaf in zip(jax.tree.leaves(state.params),
-                                    jax.tree.leaves(reference.params)):
+    for leaf, reference_leaf in zip(
+        jax.tree.leaves(state.params), jax.tree.leaves(reference.params)
+    ):
         np.testing.assert_allclose(leaf, reference_leaf, rtol=1e-5, atol=1e-6)
 
 
@@ -108,13 +142,14 @@ def test_two_processes_train_the_same_run_as_one_with_two_devices(shared, refere
     codes, outputs = _finish(_start_two(tmp_path / "run", shared))
     assert codes == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
     assert "epoch 2/2" in outputs[0][0] and "epoch 2/2" not in outputs[1][0]  # process 0 talks
-    assert sorted(os.listdir(tmp_path / "run" / "predictions")) == ["epoch_001.png",
-                                                                    "epoch_002.png"]
+    assert sorted(os.listdir(tmp_path / "run" / "predictions")) == [
+        "epoch_001.png",
+        "epoch_002.png",
+    ]
     _assert_same_run(tmp_path / "run", reference)
 
 
-def test_sigterm_to_one_process_stops_both_at_one_step_and_they_resume(shared, reference,
-                                                                        tmp_path):
+def test_sigterm_to_one_process_stops_both_at_one_step_and_they_resume(shared, reference, tmp_path):
     workdir = tmp_path / "run"
     processes = _start_two(workdir, shared, stages="((32, 2),)")
     for line in processes[0].stdout:  # both are in the loop once process 0 says so
@@ -137,15 +172,19 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_they_resume(shared, r
     _assert_same_run(workdir, reference)
 
     # A checkpoint written by two processes, read by one: evaluate and predict on a laptop.
-    evaluated = subprocess.run(_command(workdir, shared, mode="evaluate"), capture_output=True,
-                               text=True, timeout=TIMEOUT)
+    evaluated = subprocess.run(
+        _command(workdir, shared, mode="evaluate"), capture_output=True, text=True, timeout=TIMEOUT
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert os.path.exists(workdir / "eval.json")
     image = tmp_path / "pair.png"
     Image.fromarray(np.full((40, 56, 3), 128, np.uint8)).save(image)
-    predicted = subprocess.run(_command(workdir, shared, mode="predict",
-                                        **{"predict.bg": image, "predict.bg_fg": image}),
-                               capture_output=True, text=True, timeout=TIMEOUT)
+    predicted = subprocess.run(
+        _command(workdir, shared, mode="predict", **{"predict.bg": image, "predict.bg_fg": image}),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     mask = np.asarray(Image.open(workdir / "predictions_user" / "pair_mask_prob.png"))
     assert mask.shape == (40, 56)
@@ -169,17 +208,24 @@ flags.FLAGS.mark_as_parsed()
 logging.set_verbosity(logging.INFO)
 sys.path.insert(0, {root!r})
 from configs import default
-from jaxsegdepth.data import builders
+from jaxsegdepth.data import datasets
 config = default.get_config().dataset
 config.update(dict(num_samples=300, data_dir={data_dir!r}))
-print(builders.prepare(config).split_sizes["train"])
+print(datasets.prepare(config).split_sizes["train"])
 """
 
 
 def test_processes_starting_together_build_a_shared_dataset_once(tmp_path):
     script = _PREPARE.format(root=ROOT, data_dir=str(tmp_path / "shared_data"))
-    processes = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", script],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     codes, outputs = _finish(processes)
     assert codes == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
     assert [out.strip().splitlines()[-1] for out, _ in outputs] == ["210", "210"]
@@ -189,8 +235,9 @@ def test_processes_starting_together_build_a_shared_dataset_once(tmp_path):
 
 def test_a_non_finite_loss_stops_every_process_together(shared, tmp_path):
     started = time.time()
-    codes, outputs = _finish(_start_two(tmp_path / "run", shared,
-                                        **{"optimizer.learning_rate": "inf"}))
+    codes, outputs = _finish(
+        _start_two(tmp_path / "run", shared, **{"optimizer.learning_rate": "inf"})
+    )
     assert codes == [1, 1], outputs[0][1][-2000:] + outputs[1][1][-2000:]
     for _, stderr in outputs:
         assert stderr.strip().splitlines()[-1].startswith("error: non-finite loss at step 2 ")

@@ -1,8 +1,10 @@
 """The package's shape: imports point down the layers, no mode imports another, the library
 (`models`, `losses`, `metrics`) imports nothing of the training stack, and the repository's
 scripts in tools/ stay out of the package."""
+
 import ast
 import os
+import shutil
 import subprocess
 import sys
 
@@ -13,14 +15,41 @@ PACKAGE = os.path.join(ROOT, "jaxsegdepth")
 
 # Each module's floor; a module may import its own floor and those below (modes: not each other).
 LAYERS = {
-    "names": 0, "errors": 0,
-    "models": 1, "losses": 1, "metrics": 1, "data.normalization": 1, "exported": 1,
-    "data.synthetic": 2, "data.builders": 2, "data.pipeline": 2, "data.photos": 2, "data.preprocess": 2,
-    "weighting": 2, "stages": 2,
-    "mesh": 3, "optim": 3, "steps": 3, "checkpoints": 3, "reporting": 3, "charts": 3,
-    "state": 4, "evaluation": 4,
-    "train": 5, "evaluate": 5, "predict": 5, "lr_range": 5, "export": 5, "plots": 5,
-    "benchmark": 5,
+    "names": 0,
+    "errors": 0,
+    "models": 1,
+    "losses": 1,
+    "metrics": 1,
+    "data.normalization": 1,
+    "artifact": 1,
+    "data.synthetic": 2,
+    "data.photos": 2,
+    "data.modest": 2,
+    "data.builders": 2,
+    "data.datasets": 2,
+    "data.pipeline": 2,
+    "weighting": 2,
+    "stages": 2,
+    "preprocess": 2,
+    "mesh": 3,
+    "optim": 3,
+    "steps": 3,
+    "checkpoints": 3,
+    "reporting": 3,
+    "charts": 3,
+    "signals": 3,
+    "hardware": 3,
+    "resume": 4,
+    "setup": 4,
+    "restore": 4,
+    "evaluators": 4,
+    "modes.train": 5,
+    "modes.evaluate": 5,
+    "modes.predict": 5,
+    "modes.lr_range": 5,
+    "modes.export": 5,
+    "modes.plot": 5,
+    "modes.benchmark": 5,
 }
 MODES_FLOOR = 5
 LIBRARY_THIRD_PARTY = {"jax", "flax", "optax", "dm_pix", "numpy"}
@@ -51,8 +80,11 @@ def _imports(path: str) -> set[str]:
 
 
 def _internal(imported: set[str]) -> set[str]:
-    return {name.removeprefix("jaxsegdepth.") for name in imported
-            if name.startswith("jaxsegdepth.") and name.removeprefix("jaxsegdepth.") in LAYERS}
+    return {
+        name.removeprefix("jaxsegdepth.")
+        for name in imported
+        if name.startswith("jaxsegdepth.") and name.removeprefix("jaxsegdepth.") in LAYERS
+    }
 
 
 def test_every_module_has_a_floor():
@@ -63,25 +95,29 @@ def test_every_module_has_a_floor():
 def test_imports_point_down_and_no_mode_imports_another(module):
     floor = LAYERS[module]
     for imported in _internal(_imports(_modules()[module])):
-        assert LAYERS[imported] <= floor, f"{module} (floor {floor}) imports {imported} " \
-                                          f"(floor {LAYERS[imported]})"
+        assert LAYERS[imported] <= floor, (
+            f"{module} (floor {floor}) imports {imported} (floor {LAYERS[imported]})"
+        )
         if floor == MODES_FLOOR:
             assert LAYERS[imported] < MODES_FLOOR, f"mode {module} imports mode {imported}"
 
 
-@pytest.mark.parametrize("module", ["models", "losses", "metrics", "names", "errors", "exported"])
+@pytest.mark.parametrize("module", ["models", "losses", "metrics", "names", "errors", "artifact"])
 def test_the_library_needs_only_jax_flax_optax_dm_pix_and_numpy(module):
     third_party = {name.split(".")[0] for name in _imports(_modules()[module])} - STANDARD_LIBRARY
     assert third_party - {"jaxsegdepth"} <= LIBRARY_THIRD_PARTY
 
 
 def test_importing_the_library_loads_no_data_or_checkpoint_stack():
-    code = ("import sys, jaxsegdepth.losses, jaxsegdepth.models, jaxsegdepth.metrics, "
-            "jaxsegdepth.exported; "
-            "print(sorted(m for m in ('grain', 'tensorflow_datasets', 'orbax', 'ml_collections') "
-            "if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=ROOT, timeout=300)
+    code = (
+        "import sys, jaxsegdepth.losses, jaxsegdepth.models, jaxsegdepth.metrics, "
+        "jaxsegdepth.artifact; "
+        "print(sorted(m for m in ('grain', 'tensorflow_datasets', 'orbax', 'ml_collections') "
+        "if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
 
@@ -91,6 +127,32 @@ def test_configs_import_only_ml_collections_and_each_other():
         if name.endswith(".py"):
             imported = {m.split(".")[0] for m in _imports(os.path.join(ROOT, "configs", name))}
             assert imported - STANDARD_LIBRARY <= {"ml_collections", "configs"}, (name, imported)
+
+
+def test_no_module_imports_the_repository_s_configs_or_tools():
+    for module, path in _modules().items():
+        outside = [name for name in _imports(path) if name.split(".")[0] in ("configs", "tools")]
+        assert not outside, f"{module} imports {outside}, which `pip install .` does not install"
+
+
+def test_every_module_imports_from_an_installed_copy_of_the_package_alone(tmp_path):
+    """What `pip install .` gives: the package without the repository around it."""
+    shutil.copytree(PACKAGE, tmp_path / "jaxsegdepth", ignore=shutil.ignore_patterns("__pycache__"))
+    names = " ".join(f"jaxsegdepth.{module}" for module in sorted(_modules()))
+    code = (
+        f"import importlib, sys; [importlib.import_module(m) for m in {names.split()!r}]; "
+        "print(sorted(m for m in ('configs', 'tools') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_the_scripts_in_tools_are_neither_installed_nor_imported_by_the_package():

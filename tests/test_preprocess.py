@@ -1,11 +1,12 @@
-"""On-device preprocessing (`data.preprocess`): normalisation and photometric augmentation of
+"""On-device preprocessing (`preprocess`): normalisation and photometric augmentation of
 uint8 batches, against an independent NumPy float64 formula, and its per-sample determinism."""
+
 import jax
 import numpy as np
 import pytest
 
-from jaxsegdepth import benchmark
-from jaxsegdepth.data import preprocess
+from jaxsegdepth import preprocess
+from jaxsegdepth.modes import benchmark
 from jaxsegdepth.data.normalization import MODEST_NORMALIZATION
 
 RES = 8
@@ -57,12 +58,14 @@ def test_augmented_inputs_match_a_numpy_float64_formula(probability):
     if probability < 1:  # some samples jittered, some left alone, in both ways
         assert 0 < np.sum(u[:, 0] < probability) < 12 and 0 < np.sum(u[:, 1] < probability) < 12
     for key in ("bg", "bg_fg"):
-        want = np.stack([_normalised(_reference(batch[key][i], u[i], params), key)
-                         for i in range(12)])
+        want = np.stack(
+            [_normalised(_reference(batch[key][i], u[i], params), key) for i in range(12)]
+        )
         np.testing.assert_allclose(np.asarray(out[key]), want, atol=3e-5, rtol=0)
     for head in ("mask", "depth"):  # targets never augmented: exactly uint8 / 255
-        np.testing.assert_array_equal(np.asarray(out[head]),
-                                      batch[head].astype(np.float32) * np.float32(1 / 255))
+        np.testing.assert_array_equal(
+            np.asarray(out[head]), batch[head].astype(np.float32) * np.float32(1 / 255)
+        )
     assert "index" not in out and all(v.dtype == np.float32 for v in out.values())
 
 
@@ -72,8 +75,9 @@ def test_evaluation_normalises_without_augmenting():
     batch["weights"] = np.array([1.0, 1.0, 0.0], np.float32)
     out = prep({k: v for k, v in batch.items() if k != "index"}, train=False)
     for key in ("bg", "bg_fg"):
-        np.testing.assert_allclose(np.asarray(out[key]),
-                                   _normalised(batch[key] / 255.0, key), atol=2e-6, rtol=0)
+        np.testing.assert_allclose(
+            np.asarray(out[key]), _normalised(batch[key] / 255.0, key), atol=2e-6, rtol=0
+        )
     np.testing.assert_array_equal(np.asarray(out["weights"]), batch["weights"])
     # No augmentation set: train normalises only, too.
     plain = preprocess.from_normalization(MODEST_NORMALIZATION)(batch, train=True)
@@ -83,8 +87,9 @@ def test_evaluation_normalises_without_augmenting():
 def test_one_draw_per_sample_applied_to_both_inputs():
     params = preprocess.Photometric(1.0, 1.0)
     image = _batch(4)["bg"]
-    out = preprocess.photometric({"bg": image / 255.0, "bg_fg": image / 255.0},
-                                 np.arange(4, dtype=np.int32), 0, params)
+    out = preprocess.photometric(
+        {"bg": image / 255.0, "bg_fg": image / 255.0}, np.arange(4, dtype=np.int32), 0, params
+    )
     np.testing.assert_array_equal(np.asarray(out["bg"]), np.asarray(out["bg_fg"]))
     changed = np.abs(np.asarray(out["bg"]) - image / 255.0).reshape(4, -1).max(1)
     assert np.all(changed > 1e-3)
@@ -96,27 +101,33 @@ def test_one_draw_per_sample_applied_to_both_inputs():
 
 
 def test_a_samples_augmentation_depends_only_on_the_seed_and_its_index():
-    prep = preprocess.from_normalization(MODEST_NORMALIZATION, preprocess.Photometric(1.0, 1.0),
-                                         seed=5)
+    prep = preprocess.from_normalization(
+        MODEST_NORMALIZATION, preprocess.Photometric(1.0, 1.0), seed=5
+    )
     step = jax.jit(lambda b: prep(b, train=True)["bg"])
     batch = _batch(4, index=[40, 41, 42, 43])
     alone = {k: v[2:3] for k, v in batch.items()}  # sample 42 without its neighbours
     # The draws are bit-identical; the arithmetic is, up to how XLA vectorises each batch
     # shape (a resume repeats the shape, and its result bit for bit: tests/test_train.py).
-    np.testing.assert_array_equal(np.asarray(preprocess.draws(5, batch["index"]))[2],
-                                  np.asarray(preprocess.draws(5, alone["index"]))[0])
-    np.testing.assert_allclose(np.asarray(step(batch))[2], np.asarray(step(alone))[0],
-                               atol=2e-6, rtol=0)
+    np.testing.assert_array_equal(
+        np.asarray(preprocess.draws(5, batch["index"]))[2],
+        np.asarray(preprocess.draws(5, alone["index"]))[0],
+    )
+    np.testing.assert_allclose(
+        np.asarray(step(batch))[2], np.asarray(step(alone))[0], atol=2e-6, rtol=0
+    )
     shuffled = {k: v[::-1] for k, v in batch.items()}
     np.testing.assert_array_equal(np.asarray(step(shuffled))[::-1], np.asarray(step(batch)))
     np.testing.assert_array_equal(np.asarray(step(batch)), np.asarray(step(batch)))
     # Another index, or another seed, draws another augmentation for the same image.
     other = dict(alone, index=np.array([1042], np.int32))
     assert not np.array_equal(np.asarray(step(other)), np.asarray(step(alone)))
-    reseeded = preprocess.from_normalization(MODEST_NORMALIZATION,
-                                             preprocess.Photometric(1.0, 1.0), seed=6)
-    assert not np.array_equal(np.asarray(reseeded(alone, train=True)["bg"]),
-                              np.asarray(step(alone)))
+    reseeded = preprocess.from_normalization(
+        MODEST_NORMALIZATION, preprocess.Photometric(1.0, 1.0), seed=6
+    )
+    assert not np.array_equal(
+        np.asarray(reseeded(alone, train=True)["bg"]), np.asarray(step(alone))
+    )
 
 
 def test_draws_follow_the_configured_probabilities():

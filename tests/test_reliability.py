@@ -3,6 +3,7 @@
 The end-to-end soak (random SIGKILL/SIGTERM, rerun until done, bit-equal to a run never stopped)
 is tests/test_soak.py; docs/reliability.md lists which test shows what.
 """
+
 import errno
 import glob
 import hashlib
@@ -22,17 +23,29 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from configs import default, masknet_bce  # noqa: E402
-from jaxsegdepth import (checkpoints, errors, evaluation, mesh as mesh_lib,  # noqa: E402
-                         reporting, state as state_lib, steps, train)
-from jaxsegdepth.data import builders, pipeline, preprocess, synthetic  # noqa: E402
+from configs import default, masknet_bce
+from jaxsegdepth import (
+    checkpoints,
+    errors,
+    evaluators,
+    mesh as mesh_lib,
+    preprocess,
+    reporting,
+    resume,
+    setup,
+    signals,
+    steps,
+)
+from jaxsegdepth.modes import train
+from jaxsegdepth.data import datasets, pipeline, synthetic
 
 
 def _config(data_dir, **changes):
     config = masknet_bce.get_config()
     config.dataset.update(dict(num_samples=23, data_dir=str(data_dir)))
     config.stages = ((32, 1),)
-    config.batch_size, config.num_preview, config.compilation_cache_dir = 4, 0, "none"
+    config.batch_size, config.compilation_cache_dir = 4, "none"
+    config.evals.preview.every = 0
     config.schedule.name = "plateau"
     for key, value in changes.items():
         node, *path = config, *key.split(".")
@@ -43,15 +56,29 @@ def _config(data_dir, **changes):
 
 
 def _launch(workdir, data_dir, cache_dir, **overrides):
-    values = {"dataset.num_samples": 23, "dataset.data_dir": data_dir, "stages": "((32, 1),)",
-              "batch_size": 4, "num_preview": 0,
-              "schedule.name": "plateau", "compilation_cache_dir": cache_dir, **overrides}
-    return [sys.executable, os.path.join(ROOT, "launch.py"), "--config",
-            os.path.join(ROOT, "configs", "masknet_bce.py"), "--workdir", str(workdir),
-            *[f"--config.{k}={v}" for k, v in values.items()]]
+    values = {
+        "dataset.num_samples": 23,
+        "dataset.data_dir": data_dir,
+        "stages": "((32, 1),)",
+        "batch_size": 4,
+        "evals.preview.every": 0,
+        "schedule.name": "plateau",
+        "compilation_cache_dir": cache_dir,
+        **overrides,
+    }
+    return [
+        sys.executable,
+        os.path.join(ROOT, "launch.py"),
+        "--config",
+        os.path.join(ROOT, "configs", "masknet_bce.py"),
+        "--workdir",
+        str(workdir),
+        *[f"--config.{k}={v}" for k, v in values.items()],
+    ]
 
 
 # -- metrics.jsonl: never twice, never lost, never swallowed ---------------------------------
+
 
 def _record(epoch):
     return {"epoch": epoch, "step": 3 * epoch, "val_loss": 1.0 / epoch}
@@ -59,8 +86,12 @@ def _record(epoch):
 
 def test_resume_keeps_each_epoch_once_and_restores_a_lost_line(tmp_path):
     path = tmp_path / reporting.METRICS_FILE
-    lines = [json.dumps(_record(1)), json.dumps(_record(2)), json.dumps(_record(2)),
-             json.dumps(_record(3))]
+    lines = [
+        json.dumps(_record(1)),
+        json.dumps(_record(2)),
+        json.dumps(_record(2)),
+        json.dumps(_record(3)),
+    ]
     path.write_text("\n".join(lines) + "\n" + '{"epoch": 4, "st')  # 4: cut short by a kill
     reporter = reporting.Reporter(str(tmp_path))
     try:
@@ -86,10 +117,12 @@ def test_a_fresh_run_starts_an_empty_metrics_file(tmp_path):
 
 # -- checkpoints -----------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def masknet_state(tmp_path_factory):
-    return state_lib.create_state(_config(tmp_path_factory.mktemp("unused")),
-                                  mesh=mesh_lib.create_mesh())
+    return setup.create_state(
+        _config(tmp_path_factory.mktemp("unused")), mesh=mesh_lib.create_mesh()
+    )
 
 
 def _at(state, step):
@@ -97,8 +130,9 @@ def _at(state, step):
 
 
 @pytest.mark.parametrize("mode", ["min", "max"])
-def test_a_non_finite_monitored_metric_ranks_last_instead_of_crashing(tmp_path, masknet_state,
-                                                                      mode):
+def test_a_non_finite_monitored_metric_ranks_last_instead_of_crashing(
+    tmp_path, masknet_state, mode
+):
     checkpointer = checkpoints.Checkpointer(str(tmp_path), "val_loss", mode)
     try:
         checkpointer.save(_at(masknet_state, 1), {}, {"val_loss": 0.5})
@@ -118,7 +152,7 @@ def test_saving_a_step_twice_never_deletes_the_first(tmp_path, masknet_state):
         with pytest.raises(ValueError):
             checkpointer.save(_at(masknet_state, 4), {"mark": "second"})
         checkpointer.wait()
-        target = state_lib.abstract_state(_config(tmp_path), mesh_lib.create_mesh())
+        target = setup.abstract_state(_config(tmp_path), mesh_lib.create_mesh())
         assert checkpointer.restore(target, 4)[1] == {"mark": "first"}
     finally:
         checkpointer.close()
@@ -126,15 +160,19 @@ def test_saving_a_step_twice_never_deletes_the_first(tmp_path, masknet_state):
 
 # -- resuming under other settings -------------------------------------------------------------
 
+
 def test_resume_refuses_changed_settings_naming_them(tmp_path):
-    saved = train.resume_settings(_config(tmp_path))
+    saved = resume.resume_settings(_config(tmp_path))
     changed = _config(tmp_path, batch_size=8, **{"dataset.seed": 1, "optimizer.learning_rate": 0.1})
     with pytest.raises(errors.UsageError) as raised:
-        train.check_resume(changed, saved, "runs/x")
+        resume.check_resume(changed, saved, "runs/x")
     message = str(raised.value)
     assert message.startswith("cannot resume the run in runs/x: ")
-    for shown in ("batch_size (4 -> 8)", "dataset.seed (0 -> 1)",
-                  "optimizer.learning_rate (0.002 -> 0.1)"):
+    for shown in (
+        "batch_size (4 -> 8)",
+        "dataset.seed (0 -> 1)",
+        "optimizer.learning_rate (0.002 -> 0.1)",
+    ):
         assert shown in message
     assert "\n" not in message
 
@@ -142,54 +180,79 @@ def test_resume_refuses_changed_settings_naming_them(tmp_path):
 def test_resume_on_a_host_where_auto_gives_other_workers_says_what_to_set(tmp_path):
     """grain's iterator state is per worker process: "auto" resolving to another count (another
     host) is refused, with the checkpoint's count to give."""
-    here = train.resume_settings(_config(tmp_path))["dataset.worker_count"]
-    saved = dict(train.resume_settings(_config(tmp_path)), **{"dataset.worker_count": here + 7})
-    with pytest.raises(errors.UsageError, match=rf"dataset\.worker_count \({here + 7} -> {here}\) "
-                       r"differ .* \(dataset\.worker_count=auto is resolved on this host; give "
-                       rf"--config\.dataset\.worker_count={here + 7}, the checkpoint's\)"):
-        train.check_resume(_config(tmp_path), saved, "runs/x")
+    here = resume.resume_settings(_config(tmp_path))["dataset.worker_count"]
+    saved = dict(resume.resume_settings(_config(tmp_path)), **{"dataset.worker_count": here + 7})
+    with pytest.raises(
+        errors.UsageError,
+        match=rf"dataset\.worker_count \({here + 7} -> {here}\) "
+        r"differ .* \(dataset\.worker_count=auto is resolved on this host; give "
+        rf"--config\.dataset\.worker_count={here + 7}, the checkpoint's\)",
+    ):
+        resume.check_resume(_config(tmp_path), saved, "runs/x")
 
 
 def test_more_epochs_resume_unless_the_schedule_spans_the_run(tmp_path):
-    saved = train.resume_settings(_config(tmp_path))
-    train.check_resume(_config(tmp_path, stages=((32, 3),)), saved, "d")  # longer last stage
-    train.check_resume(_config(tmp_path, stages=((32, 1), (64, 2))), saved, "d")
-    with pytest.raises(errors.UsageError, match=re.escape("stages ([[32, 1, 0]] -> [[32, 2, 0]])"
-                                                          " differ from its checkpoint (a one-cycle")):
-        train.check_resume(_config(tmp_path, stages=((32, 2),), **{"schedule.name": "onecycle"}),
-                           train.resume_settings(_config(tmp_path, **{
-                               "schedule.name": "onecycle"})), "d")
+    saved = resume.resume_settings(_config(tmp_path))
+    resume.check_resume(_config(tmp_path, stages=((32, 3),)), saved, "d")  # longer last stage
+    resume.check_resume(_config(tmp_path, stages=((32, 1), (64, 2))), saved, "d")
+    with pytest.raises(
+        errors.UsageError,
+        match=re.escape(
+            "stages ([[32, 1, 0]] -> [[32, 2, 0]]) differ from its checkpoint (a one-cycle"
+        ),
+    ):
+        resume.check_resume(
+            _config(tmp_path, stages=((32, 2),), **{"schedule.name": "onecycle"}),
+            resume.resume_settings(_config(tmp_path, **{"schedule.name": "onecycle"})),
+            "d",
+        )
     with pytest.raises(errors.UsageError, match=re.escape("stages ([[32, 1, 0]] -> [[64, 1, 0]])")):
-        train.check_resume(_config(tmp_path, stages=((64, 1),)), saved, "d")
+        resume.check_resume(_config(tmp_path, stages=((64, 1),)), saved, "d")
     with pytest.raises(errors.UsageError, match="stages"):  # fewer epochs: not a resume
-        train.check_resume(_config(tmp_path, stages=((32, 0),)), saved, "d")
+        resume.check_resume(_config(tmp_path, stages=((32, 0),)), saved, "d")
     # crops: a new stage may have its own; the stages done keep theirs
-    train.check_resume(_config(tmp_path, stages=((32, 1), (64, 2, 32))), saved, "d")
-    with pytest.raises(errors.UsageError, match=re.escape("stages ([[32, 1, 0]] -> [[32, 1, 32]])")):
-        train.check_resume(_config(tmp_path, stages=((32, 1, 32),)), saved, "d")
+    resume.check_resume(_config(tmp_path, stages=((32, 1), (64, 2, 32))), saved, "d")
+    with pytest.raises(
+        errors.UsageError, match=re.escape("stages ([[32, 1, 0]] -> [[32, 1, 32]])")
+    ):
+        resume.check_resume(_config(tmp_path, stages=((32, 1, 32),)), saved, "d")
 
 
 def test_checkpoints_from_before_stages_resume_under_the_same_schedule(tmp_path):
     """Settings saved by 0.2 (resolutions, stage_epochs, crops) are read as `stages`."""
-    saved = {k: v for k, v in train.resume_settings(_config(tmp_path)).items() if k != "stages"}
+    saved = {k: v for k, v in resume.resume_settings(_config(tmp_path)).items() if k != "stages"}
     saved.update(resolutions=[32, 64], stage_epochs=[1, 1], crops=[0, 32])
-    train.check_resume(_config(tmp_path, stages=((32, 1), (64, 1, 32))), saved, "d")
-    with pytest.raises(errors.UsageError, match=re.escape(
-            "stages ([[32, 1, 0], [64, 1, 32]] -> [[32, 1, 0], [64, 1, 0]])")):
-        train.check_resume(_config(tmp_path, stages=((32, 1), (64, 1))), saved, "d")
+    resume.check_resume(_config(tmp_path, stages=((32, 1), (64, 1, 32))), saved, "d")
+    with pytest.raises(
+        errors.UsageError,
+        match=re.escape("stages ([[32, 1, 0], [64, 1, 32]] -> [[32, 1, 0], [64, 1, 0]])"),
+    ):
+        resume.check_resume(_config(tmp_path, stages=((32, 1), (64, 1))), saved, "d")
 
 
 def test_the_command_line_refuses_a_changed_resume(tmp_path, compilation_cache_dir):
     data_dir, workdir = str(tmp_path / "data"), tmp_path / "run"
-    first = subprocess.run(_launch(workdir, data_dir, compilation_cache_dir),
-                           capture_output=True, text=True, timeout=600)
+    first = subprocess.run(
+        _launch(workdir, data_dir, compilation_cache_dir),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert first.returncode == 0, first.stderr[-3000:]
-    second = subprocess.run(_launch(workdir, data_dir, compilation_cache_dir, seed=1,
-                                    stages="((32, 2),)"),
-                            capture_output=True, text=True, timeout=600)
+    second = subprocess.run(
+        _launch(workdir, data_dir, compilation_cache_dir, seed=1, stages="((32, 2),)"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert second.returncode == 2
-    assert second.stderr.strip().splitlines()[-1].startswith(
-        f"error: cannot resume the run in {workdir / 'checkpoints'}: seed (0 -> 1) differ")
+    assert (
+        second.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"error: cannot resume the run in {workdir / 'checkpoints'}: seed (0 -> 1) differ"
+        )
+    )
     assert [r["epoch"] for r in reporting.read_metrics(workdir)] == [1]
 
 
@@ -200,13 +263,15 @@ class _Killed(BaseException):
 TRAIN_LOSSES = ("train_loss", "train_mask/loss")
 
 
-def test_a_kill_after_a_save_between_log_steps_resumes_to_the_same_train_losses(tmp_path,
-                                                                               monkeypatch):
+def test_a_kill_after_a_save_between_log_steps_resumes_to_the_same_train_losses(
+    tmp_path, monkeypatch
+):
     """A checkpoint every step, a log every 3 (4 steps an epoch): killed right after the save
     of step 6, whose steps 5 and 6 were not logged yet, the resumed run's epoch 2 still averages
     all four of its steps, bit for bit."""
-    config = _config(tmp_path / "data", stages=((32, 2),), log_every_steps=3,
-                     **{"checkpoint.every_steps": 1})
+    config = _config(
+        tmp_path / "data", stages=((32, 2),), log_every_steps=3, **{"checkpoint.every_steps": 1}
+    )
     train.run(config, str(tmp_path / "straight"))
     save = checkpoints.Checkpointer.save
 
@@ -230,15 +295,22 @@ def test_a_kill_after_a_save_between_log_steps_resumes_to_the_same_train_losses(
 
 # -- unwritable or full disks -------------------------------------------------------------------
 
+
 def test_an_unwritable_workdir_is_one_line_before_anything_runs(tmp_path, compilation_cache_dir):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    result = subprocess.run(_launch(blocker / "run", str(tmp_path / "data"),
-                                    compilation_cache_dir), capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        _launch(blocker / "run", str(tmp_path / "data"), compilation_cache_dir),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        f"error: workdir {blocker / 'run'} is not writable: ")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: workdir {blocker / 'run'} is not writable: ")
+    )
     assert "Traceback" not in result.stderr and not (tmp_path / "data").exists()
 
 
@@ -253,8 +325,9 @@ def test_a_full_disk_during_a_save_is_a_run_error(tmp_path, monkeypatch):
 
 # -- signals -------------------------------------------------------------------------------------
 
+
 def test_the_signal_handler_records_without_printing_and_raises_before_training(capsys):
-    stop = train._StopSignals()
+    stop = signals.StopSignals()
     with pytest.raises(errors.Interrupted) as raised:
         stop._handle(signal.SIGTERM, None)  # immediate: before training
     assert raised.value.exit_code == 143 and "before training started" in str(raised.value)
@@ -269,6 +342,7 @@ def test_an_interrupt_rewritten_by_the_dataset_writer_keeps_its_message():
     # tensorflow-datasets re-raises what interrupts an example's encoding with the example
     # prepended to its args (a SIGTERM during the dataset build did this to the handler's)
     from tensorflow_datasets.core.utils import py_utils
+
     with pytest.raises(errors.Interrupted) as raised:
         try:
             raise errors.Interrupted("interrupted by SIGTERM before training started", 15)
@@ -281,11 +355,12 @@ def test_an_interrupt_rewritten_by_the_dataset_writer_keeps_its_message():
 
 def test_evaluation_stops_after_the_batch_during_which_asked(tmp_path, masknet_state):
     config = _config(tmp_path / "data", batch_size=2)
-    builders.prepare(config.dataset)
+    datasets.prepare(config.dataset)
     _, jitted, _ = steps.jit_steps(
         mesh_lib.create_mesh(),
         lambda outputs, targets, weights: (0.0 * outputs["mask"].sum(), {}),
-        preprocess.from_normalization(pipeline.input_normalization(config.dataset)))
+        preprocess.from_normalization(pipeline.input_normalization(config.dataset)),
+    )
     evaluated = []
 
     def eval_step(state, batch):
@@ -293,15 +368,16 @@ def test_evaluation_stops_after_the_batch_during_which_asked(tmp_path, masknet_s
         return jitted(state, batch)
 
     answers = iter([False, True])  # asked after each batch: stop after the second
-    result = evaluation.evaluate_split(config, mesh_lib.create_mesh(), eval_step, masknet_state,
-                                       32, ("mask",), should_stop=lambda: next(answers))
+    context = evaluators.Context(config, mesh_lib.create_mesh(), ("mask",), eval_step, None)
+    result = evaluators.Validation(context, should_stop=lambda: next(answers)).run(
+        masknet_state, 32
+    )
     assert result is None and evaluated == [2, 2]  # 7 validation samples would be 4 batches
 
 
 def test_sigterm_during_the_dataset_build_exits_143_leaving_nothing_half_built(tmp_path):
     data_dir = tmp_path / "data"
-    command = _launch(tmp_path / "run", str(data_dir), "none",
-                      **{"dataset.num_samples": 3000})
+    command = _launch(tmp_path / "run", str(data_dir), "none", **{"dataset.num_samples": 3000})
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not glob.glob(str(data_dir / "**" / "incomplete.*"), recursive=True):
@@ -322,6 +398,7 @@ def test_sigterm_during_the_dataset_build_exits_143_leaving_nothing_half_built(t
 
 # -- the dataset: stale builds and generator versions ---------------------------------------------
 
+
 def test_a_build_killed_earlier_is_cleaned_up_and_rebuilt(tmp_path):
     config = default.get_config().dataset
     config.update(dict(num_samples=6, data_dir=str(tmp_path)))
@@ -329,7 +406,7 @@ def test_a_build_killed_earlier_is_cleaned_up_and_rebuilt(tmp_path):
     stale = builder_dir / "incomplete.AbC123_1.0.0"
     stale.mkdir(parents=True)
     (stale / "part.array_record").write_bytes(b"half")
-    prepared = builders.prepare(config)
+    prepared = datasets.prepare(config)
     assert not stale.exists()
     assert sum(prepared.split_sizes.values()) == 6
     assert sorted(os.listdir(builder_dir)) == [".build.lock", "1.0.0"]

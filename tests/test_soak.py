@@ -9,6 +9,7 @@ values, the same best step, no temporary folders left.
 The suite runs a short soak; `JAXSEGDEPTH_SOAK_KILLS=50 JAXSEGDEPTH_SOAK_TERMS=5` a long one
 (docs/reliability.md has its result).
 """
+
 import glob
 import os
 import random
@@ -24,8 +25,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from configs import masknet_bce  # noqa: E402
-from jaxsegdepth import checkpoints, mesh as mesh_lib, reporting, state as state_lib  # noqa: E402
+from configs import masknet_bce
+from jaxsegdepth import checkpoints, mesh as mesh_lib, reporting, setup
 
 KILLS = int(os.environ.get("JAXSEGDEPTH_SOAK_KILLS", "3"))
 TERMS = int(os.environ.get("JAXSEGDEPTH_SOAK_TERMS", "1"))
@@ -33,30 +34,56 @@ SEED = int(os.environ.get("JAXSEGDEPTH_SOAK_SEED", "0"))
 EPOCHS = int(os.environ.get("JAXSEGDEPTH_SOAK_EPOCHS", "3"))
 EPOCH_LINE = re.compile(r"epoch \d+/\d+ step \d+")  # printed just before an epoch's save
 # Fields of an epoch's record that do not depend on timing.
-DETERMINISTIC = ("epoch", "step", "stage", "resolution", "lr", "train_loss", "train_mask/loss",
-                 "val_loss", "val_iou", "val_iou_soft", "val_mask/bce")
+DETERMINISTIC = (
+    "epoch",
+    "step",
+    "stage",
+    "resolution",
+    "lr",
+    "train_loss",
+    "train_mask/loss",
+    "val_loss",
+    "val_iou",
+    "val_iou_soft",
+    "val_mask/bce",
+)
 
 
 def _overrides(data_dir, cache_dir):
     # A checkpoint every 2 steps, a log every 5: most saves hold steps not logged yet.
-    values = {"dataset.num_samples": 40, "dataset.data_dir": data_dir,
-              "stages": f"((64, {EPOCHS}),)", "batch_size": 4, "log_every_steps": 5,
-              "checkpoint.every_steps": 2, "num_preview": 1, "schedule.name": "plateau",
-              "dataset.augment": True, "compilation_cache_dir": cache_dir}
+    values = {
+        "dataset.num_samples": 40,
+        "dataset.data_dir": data_dir,
+        "stages": f"((64, {EPOCHS}),)",
+        "batch_size": 4,
+        "log_every_steps": 5,
+        "checkpoint.every_steps": 2,
+        "evals.preview.samples": 1,
+        "schedule.name": "plateau",
+        "dataset.augment": True,
+        "compilation_cache_dir": cache_dir,
+    }
     return [f"--config.{k}={v}" for k, v in values.items()]
 
 
 def _command(workdir, data_dir, cache_dir):
-    return [sys.executable, os.path.join(ROOT, "launch.py"), "--config",
-            os.path.join(ROOT, "configs", "masknet_bce.py"), "--workdir", str(workdir),
-            *_overrides(data_dir, cache_dir)]
+    return [
+        sys.executable,
+        os.path.join(ROOT, "launch.py"),
+        "--config",
+        os.path.join(ROOT, "configs", "masknet_bce.py"),
+        "--workdir",
+        str(workdir),
+        *_overrides(data_dir, cache_dir),
+    ]
 
 
 def _interrupt(command, signum, delay, after_epoch_line=False):
     """Runs `command`; sends `signum` `delay` s after its start (or after its next epoch line).
     Returns the exit status."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     start = time.time()
     if after_epoch_line:
         for line in process.stdout:
@@ -68,8 +95,9 @@ def _interrupt(command, signum, delay, after_epoch_line=False):
     if process.poll() is None:
         os.killpg(process.pid, signum)
     output, _ = process.communicate(timeout=600)
-    assert process.returncode in (0, -signal.SIGKILL, 128 + signal.SIGTERM, -signal.SIGTERM), \
+    assert process.returncode in (0, -signal.SIGKILL, 128 + signal.SIGTERM, -signal.SIGTERM), (
         output[-3000:]
+    )
     return process.returncode
 
 
@@ -78,7 +106,7 @@ def _final_state(workdir):
     config.schedule.name = "plateau"
     checkpointer = checkpoints.Checkpointer(str(workdir))
     try:
-        target = state_lib.abstract_state(config, mesh_lib.create_mesh())
+        target = setup.abstract_state(config, mesh_lib.create_mesh())
         state, _ = checkpointer.restore(target)
         return jax.device_get(state), checkpointer.best_step()
     finally:
@@ -95,9 +123,11 @@ def test_killed_and_stopped_runs_end_like_an_uninterrupted_one(tmp_path, compila
     # evaluation), SIGKILL or SIGTERM.
     _interrupt(command, signal.SIGKILL, rng.uniform(0.5, 3.0))
     after_line = max(KILLS // 3, 1)
-    plan = ([(signal.SIGKILL, True)] * after_line
-            + [(signal.SIGKILL, False)] * max(KILLS - 1 - after_line, 0)
-            + [(signal.SIGTERM, False)] * TERMS)
+    plan = (
+        [(signal.SIGKILL, True)] * after_line
+        + [(signal.SIGKILL, False)] * max(KILLS - 1 - after_line, 0)
+        + [(signal.SIGTERM, False)] * TERMS
+    )
     rng.shuffle(plan)
     finished, delivered = False, {signal.SIGKILL: 1, signal.SIGTERM: 0}
     for signum, after_epoch_line in plan:
@@ -106,8 +136,10 @@ def test_killed_and_stopped_runs_end_like_an_uninterrupted_one(tmp_path, compila
         delay = rng.uniform(0.0, 1.0) if after_epoch_line else rng.uniform(1.0, 12.0)
         finished = _interrupt(command, signum, delay, after_epoch_line) == 0
         delivered[signum] += not finished
-    print(f"soak: {delivered[signal.SIGKILL]} SIGKILL and {delivered[signal.SIGTERM]} SIGTERM "
-          f"delivered ({KILLS} and {TERMS} planned) over {EPOCHS} epochs")
+    print(
+        f"soak: {delivered[signal.SIGKILL]} SIGKILL and {delivered[signal.SIGTERM]} SIGTERM "
+        f"delivered ({KILLS} and {TERMS} planned) over {EPOCHS} epochs"
+    )
     for _ in range(3):  # the same command until it says it is done
         if finished:
             break
@@ -116,8 +148,12 @@ def test_killed_and_stopped_runs_end_like_an_uninterrupted_one(tmp_path, compila
         finished = True
 
     reference_dir = tmp_path / "reference"
-    result = subprocess.run(_command(reference_dir, data_dir, compilation_cache_dir),
-                            capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        _command(reference_dir, data_dir, compilation_cache_dir),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     soaked, expected = reporting.read_metrics(workdir), reporting.read_metrics(reference_dir)
@@ -131,5 +167,6 @@ def test_killed_and_stopped_runs_end_like_an_uninterrupted_one(tmp_path, compila
     for leaf, reference_leaf in zip(leaves, reference_leaves):
         assert np.array_equal(np.asarray(leaf), np.asarray(reference_leaf))
     leftovers = glob.glob(str(workdir / "checkpoints" / "*tmp*")) + glob.glob(
-        os.path.join(data_dir, "**", "incomplete.*"), recursive=True)
+        os.path.join(data_dir, "**", "incomplete.*"), recursive=True
+    )
     assert leftovers == []

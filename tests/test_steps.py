@@ -1,4 +1,5 @@
 """The pure step functions: plateau schedule, non-finite sentinel, 4-device equivalence."""
+
 import functools
 import json
 import os
@@ -12,8 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxsegdepth import losses, models, optim, steps
-from jaxsegdepth.data import preprocess
+from jaxsegdepth import losses, models, optim, preprocess, steps
 from jaxsegdepth.data.normalization import MODEST_NORMALIZATION
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,14 +21,20 @@ PREPROCESS = preprocess.from_normalization(MODEST_NORMALIZATION)  # normalise, n
 
 
 def _plateau_config(patience=2, factor=0.1, lr=0.01, min_lr=1e-6):
-    return ml_collections.ConfigDict(dict(
-        optimizer=dict(learning_rate=lr),
-        schedule=dict(name="plateau", patience=patience, factor=factor, min_lr=min_lr, rtol=1e-4)))
+    return ml_collections.ConfigDict(
+        dict(
+            optimizer=dict(learning_rate=lr),
+            schedule=dict(
+                name="plateau", patience=patience, factor=factor, min_lr=min_lr, rtol=1e-4
+            ),
+        )
+    )
 
 
 def _masknet_state(plateau, lr=0.1):
-    return steps.create_train_state(models.MaskNet(), optax.sgd(lr, momentum=0.9), plateau,
-                                    jax.random.PRNGKey(0), resolution=8)
+    return steps.create_train_state(
+        models.MaskNet(), optax.sgd(lr, momentum=0.9), plateau, jax.random.PRNGKey(0), resolution=8
+    )
 
 
 def test_plateau_reduces_after_patience_bad_epochs_like_pytorch():
@@ -41,8 +47,9 @@ def test_plateau_reduces_after_patience_bad_epochs_like_pytorch():
         scales.append(float(state.plateau.scale))
     # epochs 3-5 do not improve on 0.8 -> cut after epoch 5; 0.79 improves; 7-9 bad -> cut
     # after 9; 10-12 bad again -> cut after 12, clipped at min_lr / lr = 5e-3.
-    np.testing.assert_allclose(scales, [1, 1, 1, 1, 0.1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 5e-3],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        scales, [1, 1, 1, 1, 0.1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 5e-3], rtol=1e-6
+    )
 
 
 def test_plateau_scale_multiplies_the_update():
@@ -65,11 +72,13 @@ def test_plateau_scale_multiplies_the_update():
 
 def _batch(rng, n, size):
     """A batch as the loader ships it: uint8 images, a 0/255 mask, sample indices."""
-    return {"bg": rng.integers(0, 256, (n, size, size, 3), np.uint8),
-            "bg_fg": rng.integers(0, 256, (n, size, size, 3), np.uint8),
-            "mask": np.where(rng.random((n, size, size, 1)) > 0.7, 255, 0).astype(np.uint8),
-            "depth": rng.integers(0, 256, (n, size, size, 1), np.uint8),
-            "index": np.arange(n, dtype=np.int32)}
+    return {
+        "bg": rng.integers(0, 256, (n, size, size, 3), np.uint8),
+        "bg_fg": rng.integers(0, 256, (n, size, size, 3), np.uint8),
+        "mask": np.where(rng.random((n, size, size, 1)) > 0.7, 255, 0).astype(np.uint8),
+        "depth": rng.integers(0, 256, (n, size, size, 1), np.uint8),
+        "index": np.arange(n, dtype=np.int32),
+    }
 
 
 def test_non_finite_loss_keeps_params_and_records_the_first_bad_step():
@@ -98,7 +107,7 @@ def test_non_finite_loss_keeps_params_and_records_the_first_bad_step():
 EQUIVALENCE = textwrap.dedent("""
     import json, jax, numpy as np, optax
     from jaxsegdepth import losses, mesh as mesh_lib, models, steps
-    from jaxsegdepth.data import preprocess
+    from jaxsegdepth import preprocess
     from jaxsegdepth.data.normalization import MODEST_NORMALIZATION
     assert jax.device_count() == 4, jax.devices()
     rng = np.random.default_rng(0)
@@ -146,13 +155,23 @@ def test_four_devices_match_one_device():
     BatchNorm statistics and the dropout masks are those of the global batch either way, and
     the photometric augmentation is each sample's, drawn from its index, wherever it lands.
     """
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-    out = subprocess.run([sys.executable, "-c", EQUIVALENCE], env=env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=ROOT,
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", EQUIVALENCE],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
-    line = next(l for l in out.stdout.splitlines() if l.startswith("RESULT"))
-    results = json.loads(line[len("RESULT"):])
+    line = next(text for text in out.stdout.splitlines() if text.startswith("RESULT"))
+    results = json.loads(line[len("RESULT") :])
     one, four = results["1"], results["4"]
     np.testing.assert_allclose(four["losses"], one["losses"], rtol=1e-5)
     assert one["losses"][1] != one["losses"][0]  # the first step changed the parameters

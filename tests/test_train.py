@@ -4,6 +4,7 @@ One session-wide data folder and the suite's compilation cache (conftest.py) kee
 affordable: 23 generated samples (16 train, 7 validation: the last validation batch of 4 is
 padded), 32x32, batch 4.
 """
+
 import glob
 import importlib
 import json
@@ -24,11 +25,21 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import configs  # noqa: E402
-import launch  # noqa: E402
-from jaxsegdepth import (checkpoints, errors, metrics, mesh as mesh_lib, optim,  # noqa: E402
-                         reporting, stages, state as state_lib, train)
-from jaxsegdepth.data import pipeline  # noqa: E402
+import configs
+import launch
+from jaxsegdepth import (
+    checkpoints,
+    errors,
+    mesh as mesh_lib,
+    metrics,
+    optim,
+    reporting,
+    restore,
+    setup,
+    stages,
+)
+from jaxsegdepth.modes import train
+from jaxsegdepth.data import pipeline
 
 NUM_SAMPLES, TRAIN, VAL = 23, 16, 7
 
@@ -41,10 +52,14 @@ def shared(tmp_path_factory, compilation_cache_dir):
 
 def _overrides(shared, **extra):
     values = {
-        "dataset.num_samples": NUM_SAMPLES, "dataset.data_dir": shared["data"],
-        "stages": "((32, 1),)", "batch_size": 4,
+        "dataset.num_samples": NUM_SAMPLES,
+        "dataset.data_dir": shared["data"],
+        "stages": "((32, 1),)",
+        "batch_size": 4,
         "steps_per_epoch": 3,
-        "log_every_steps": 2, "num_preview": 2, "compilation_cache_dir": shared["cache"],
+        "log_every_steps": 2,
+        "evals.preview.samples": 2,
+        "compilation_cache_dir": shared["cache"],
         "dataset.augment": True,  # resumes must reproduce the augmentation too
     }
     values.update(extra)
@@ -52,8 +67,15 @@ def _overrides(shared, **extra):
 
 
 def launch_cli(workdir, shared, config="configs/rmse_bce_dice.py", wait=True, **extra):
-    cmd = [sys.executable, os.path.join(ROOT, "launch.py"), "--config", os.path.join(ROOT, config),
-           "--workdir", str(workdir), *_overrides(shared, **extra)]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "launch.py"),
+        "--config",
+        os.path.join(ROOT, config),
+        "--workdir",
+        str(workdir),
+        *_overrides(shared, **extra),
+    ]
     if not wait:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -72,10 +94,21 @@ def _config(path="configs/rmse_bce_dice.py", **changes):
 
 def _masknet_config(shared, **changes):
     """In process, the MaskNet run `launch_cli(..., config="configs/masknet_bce.py")` makes."""
-    return _config("configs/masknet_bce.py", **{
-        "stages": ((32, 1),), "batch_size": 4, "steps_per_epoch": 3, "log_every_steps": 2,
-        "num_preview": 2, "dataset.num_samples": NUM_SAMPLES, "dataset.data_dir": shared["data"],
-        "dataset.augment": True, "compilation_cache_dir": shared["cache"], **changes})
+    return _config(
+        "configs/masknet_bce.py",
+        **{
+            "stages": ((32, 1),),
+            "batch_size": 4,
+            "steps_per_epoch": 3,
+            "log_every_steps": 2,
+            "evals.preview.samples": 2,
+            "dataset.num_samples": NUM_SAMPLES,
+            "dataset.data_dir": shared["data"],
+            "dataset.augment": True,
+            "compilation_cache_dir": shared["cache"],
+            **changes,
+        },
+    )
 
 
 def _load_config(path, arg=None):
@@ -86,21 +119,39 @@ def _validation_metrics(workdir, shared, resolution):
     """(step, metrics) of the run's chosen checkpoint, recomputed in one unpadded pass over
     every validation sample at `resolution`."""
     config = _config(**{"dataset.num_samples": NUM_SAMPLES, "dataset.data_dir": shared["data"]})
-    state = state_lib.load_for_inference(config, str(workdir))
-    batch = next(iter(pipeline.create_loader(
-        config.dataset, "validation", resolution=resolution, batch_size=VAL, shuffle=False,
-        seed=0, num_epochs=1, drop_remainder=False)))
+    state = restore.load_for_inference(config, str(workdir))
+    batch = next(
+        iter(
+            pipeline.create_loader(
+                config.dataset,
+                "validation",
+                resolution=resolution,
+                batch_size=VAL,
+                shuffle=False,
+                seed=0,
+                num_epochs=1,
+                drop_remainder=False,
+            )
+        )
+    )
     # uint8 as the loader ships it: the reference normalisation in float64, targets in [0, 1]
     norm = pipeline.input_normalization(config.dataset)
-    inputs = [((batch[k] / 255.0 - np.asarray(norm[k][0], np.float64))
-               / np.asarray(norm[k][1], np.float64)).astype(np.float32) for k in ("bg", "bg_fg")]
+    inputs = [
+        (
+            (batch[k] / 255.0 - np.asarray(norm[k][0], np.float64))
+            / np.asarray(norm[k][1], np.float64)
+        ).astype(np.float32)
+        for k in ("bg", "bg_fg")
+    ]
     targets = {k: (batch[k] / 255.0).astype(np.float32) for k in ("mask", "depth")}
-    outputs = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                             *inputs, train=False)
+    outputs = state.apply_fn(
+        {"params": state.params, "batch_stats": state.batch_stats}, *inputs, train=False
+    )
     return int(state.step), metrics.summarize(metrics.batch_sums(outputs, targets))
 
 
 # -- end to end -----------------------------------------------------------------------------
+
 
 def test_train_writes_outputs_and_resumes_without_repeating_epochs(tmp_path, shared):
     workdir = tmp_path / "run"
@@ -114,14 +165,26 @@ def test_train_writes_outputs_and_resumes_without_repeating_epochs(tmp_path, sha
     assert record["step"] == 3 and record["resolution"] == 32 and record["stage"] == 1
     config = _config(stages=((32, 1),), **plateau)
     assert record["lr"] == pytest.approx(float(optim.learning_rate_schedule(config, 3)(2)))
-    for key in ("train_loss", "val_loss", "val_iou", "val_iou_soft", "val_rmse", "val_mae",
-                "val_abs_rel", "val_delta1", "val_depth/rmse", "val_mask/bce_dice",
-                "samples_per_sec", "epoch_time_s"):
+    for key in (
+        "train_loss",
+        "val_loss",
+        "val_iou",
+        "val_iou_soft",
+        "val_rmse",
+        "val_mae",
+        "val_abs_rel",
+        "val_delta1",
+        "val_depth/rmse",
+        "val_mask/bce_dice",
+        "samples_per_sec",
+        "epoch_time_s",
+    ):
         assert np.isfinite(record[key]), key
     assert 0.0 <= record["val_iou"] <= 1.0 and 0.0 < record["val_rmse"] < 1.0
     assert record["samples_per_sec"] > 0
 
     from PIL import Image
+
     grid = np.asarray(Image.open(workdir / "predictions" / "epoch_001.png"))
     tile = 128 + 2  # 32px tiles enlarged 4x, 2px gaps
     assert grid.shape == (reporting.LABEL_HEIGHT + 2 * tile, 6 * tile, 3)  # 2 samples x 6 columns
@@ -159,12 +222,17 @@ def test_train_writes_outputs_and_resumes_without_repeating_epochs(tmp_path, sha
 
 
 def test_sigterm_saves_a_restorable_checkpoint_and_resume_matches_an_uninterrupted_run(
-        tmp_path, shared):
+    tmp_path, shared
+):
     """MaskNet (dropout, plateau): stopped by SIGTERM, resumed, equal to a run never stopped."""
     # A schedule that does not depend on the total number of epochs (one-cycle would); saves
     # between log steps.
-    common = dict(config="configs/masknet_bce.py", steps_per_epoch=0, log_every_steps=3,
-                  **{"schedule.name": "plateau", "checkpoint.every_steps": 1})
+    common = dict(
+        config="configs/masknet_bce.py",
+        steps_per_epoch=0,
+        log_every_steps=3,
+        **{"schedule.name": "plateau", "checkpoint.every_steps": 1},
+    )
     straight = launch_cli(tmp_path / "straight", shared, stages="((32, 3),)", **common)
     assert straight.returncode == 0, straight.stderr[-3000:]
     expected = reporting.read_metrics(tmp_path / "straight")
@@ -181,12 +249,13 @@ def test_sigterm_saves_a_restorable_checkpoint_and_resume_matches_an_uninterrupt
     assert "interrupted by SIGTERM" in stderr and "rerun the same command" in stderr
 
     config = _load_config("configs/masknet_bce.py")
-    state = state_lib.load_for_inference(config, str(workdir))  # best or latest: restorable
+    state = restore.load_for_inference(config, str(workdir))  # best or latest: restorable
     checkpointer = checkpoints.Checkpointer(str(workdir), "val_loss", "min")
     try:
         latest = checkpointer.latest_step()
-        restored, progress = checkpointer.restore(state_lib.abstract_state(
-            config, mesh_lib.create_mesh()), latest)
+        restored, progress = checkpointer.restore(
+            setup.abstract_state(config, mesh_lib.create_mesh()), latest
+        )
     finally:
         checkpointer.close()
     assert f"at step {latest}" in stderr
@@ -213,7 +282,8 @@ def test_crops_train_on_windows_and_validate_on_whole_images(tmp_path, shared):
     assert (record["step"], record["samples_per_sec"] > 0) == (3, True)
     # the validation was on whole 64 px images: the same numbers from the saved state
     assert record["val_iou"] == pytest.approx(
-        _validation_metrics(workdir, shared, resolution=64)[1]["iou"], abs=1e-5)
+        _validation_metrics(workdir, shared, resolution=64)[1]["iou"], abs=1e-5
+    )
     # another crop is another run: a resume under it is refused, naming the field
     refused = launch_cli(workdir, shared, stages="((64, 2),)", **plateau)
     assert refused.returncode == 2
@@ -232,30 +302,35 @@ def test_dwa_weights_follow_the_logged_epoch_losses_and_resume_exactly(tmp_path,
     assert "resuming from" in resumed.stdout + resumed.stderr
     records = reporting.read_metrics(tmp_path)
     assert [(r["weight/depth"], r["weight/mask"]) for r in records[:2]] == [(1.0, 1.0)] * 2
-    ratios = np.array([records[1][f"train_{t}/loss"] / records[0][f"train_{t}/loss"]
-                       for t in ("depth", "mask")])
+    ratios = np.array(
+        [records[1][f"train_{t}/loss"] / records[0][f"train_{t}/loss"] for t in ("depth", "mask")]
+    )
     want = 2 * np.exp(ratios / 2) / np.exp(ratios / 2).sum()
-    np.testing.assert_allclose([records[2]["weight/depth"], records[2]["weight/mask"]], want,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        [records[2]["weight/depth"], records[2]["weight/mask"]], want, rtol=1e-6
+    )
     assert abs(want[0] - 1) > 1e-4  # the weights did move
 
 
 def test_uncertainty_log_variances_are_logged_every_epoch_and_checkpointed(tmp_path, shared):
-    result = launch_cli(tmp_path, shared, stages="((32, 2),)", steps_per_epoch=2,
-                        loss_weighting="uncertainty")
+    result = launch_cli(
+        tmp_path, shared, stages="((32, 2),)", steps_per_epoch=2, loss_weighting="uncertainty"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     records = reporting.read_metrics(tmp_path)
     for record in records:
         for task in ("depth", "mask"):
             assert record[f"log_var/{task}"] != 0.0
-            assert record[f"weight/{task}"] == pytest.approx(np.exp(-record[f"log_var/{task}"]),
-                                                             rel=1e-6)
+            assert record[f"weight/{task}"] == pytest.approx(
+                np.exp(-record[f"log_var/{task}"]), rel=1e-6
+            )
     assert records[0]["log_var/mask"] != records[1]["log_var/mask"]
     config = _config(loss_weighting="uncertainty")
     checkpointer = checkpoints.Checkpointer(str(tmp_path))
     try:
-        state, _ = checkpointer.restore(state_lib.abstract_state(config, mesh_lib.create_mesh()),
-                                        checkpointer.best_step())
+        state, _ = checkpointer.restore(
+            setup.abstract_state(config, mesh_lib.create_mesh()), checkpointer.best_step()
+        )
     finally:
         checkpointer.close()
     record = next(r for r in records if r["step"] == int(state.step))
@@ -263,8 +338,9 @@ def test_uncertainty_log_variances_are_logged_every_epoch_and_checkpointed(tmp_p
         assert float(state.weighting["log_var"][task]) == record[f"log_var/{task}"]
 
 
-def test_non_finite_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp_path, shared,
-                                                                           monkeypatch):
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(
+    tmp_path, shared, monkeypatch
+):
     workdir = tmp_path / "run"
     common = dict(config="configs/masknet_bce.py", **{"schedule.name": "constant"})
     good = launch_cli(workdir, shared, **common)
@@ -272,8 +348,9 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp
     # Epoch 2 with an infinite rate (the config is unchanged, or the resume would be refused:
     # the optimizer's schedule is): step 4 turns the parameters into inf/NaN, so the loss of
     # step 5 is the first that is not finite.
-    monkeypatch.setattr(optim, "learning_rate_schedule", lambda config, steps: (
-        lambda step: float("inf")))
+    monkeypatch.setattr(
+        optim, "learning_rate_schedule", lambda config, steps: lambda step: float("inf")
+    )
     config = _masknet_config(shared, stages=((32, 2),), **{"schedule.name": "constant"})
     with pytest.raises(errors.NonFiniteLoss) as raised:
         train.run(config, str(workdir))
@@ -290,6 +367,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp
 
 # -- warm start (init_from) -------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def masknet_source(tmp_path_factory, shared):
     """(config, workdir) of a one-epoch MaskNet run under SGD and a plateau schedule: its one
@@ -303,26 +381,34 @@ def masknet_source(tmp_path_factory, shared):
 def _same(tree, other) -> bool:
     leaves, others = jax.tree.leaves(tree), jax.tree.leaves(other)
     return len(leaves) == len(others) and all(
-        np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(leaves, others))
+        np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(leaves, others)
+    )
 
 
 def test_init_from_takes_the_checkpoints_model_and_starts_the_rest_fresh(
-        masknet_source, shared, tmp_path, monkeypatch):
+    masknet_source, shared, tmp_path, monkeypatch
+):
     source_config, source = masknet_source
     started = {}
-    monkeypatch.setattr(train, "train_loop", lambda trainer, state, progress, stop: (
-        started.update(state=jax.device_get(state), progress=progress)))
+    monkeypatch.setattr(
+        train,
+        "train_loop",
+        lambda trainer, state, progress, stop: started.update(
+            state=jax.device_get(state), progress=progress
+        ),
+    )
     # Adam and one-cycle here: the source's SGD state does not fit, and is not read
     config = _masknet_config(shared, init_from=os.path.join(source, "checkpoints") + ":3")
     train.run(config, str(tmp_path))
     state = started["state"]
     checkpointer = checkpoints.Checkpointer(source)
     try:
-        saved, _ = checkpointer.restore(state_lib.abstract_state(source_config,
-                                                                 mesh_lib.create_mesh()), 3)
+        saved, _ = checkpointer.restore(
+            setup.abstract_state(source_config, mesh_lib.create_mesh()), 3
+        )
     finally:
         checkpointer.close()
-    fresh = jax.device_get(state_lib.create_state(config, 3))
+    fresh = jax.device_get(setup.create_state(config, 3))
     for part in ("params", "batch_stats"):
         assert _same(getattr(state, part), jax.device_get(getattr(saved, part))), part
         assert not _same(getattr(state, part), getattr(fresh, part)), part
@@ -332,8 +418,7 @@ def test_init_from_takes_the_checkpoints_model_and_starts_the_rest_fresh(
     assert started["progress"].settings["init_from"] == config.init_from
 
 
-def test_a_warm_started_run_resumes_its_own_checkpoint(masknet_source, shared, tmp_path,
-                                                        capsys):
+def test_a_warm_started_run_resumes_its_own_checkpoint(masknet_source, shared, tmp_path, capsys):
     copy, workdir = tmp_path / "source", str(tmp_path / "run")
     shutil.copytree(masknet_source[1], copy)
     config = _masknet_config(shared, init_from=str(copy), **{"schedule.name": "plateau"})
@@ -345,58 +430,89 @@ def test_a_warm_started_run_resumes_its_own_checkpoint(masknet_source, shared, t
     assert "resuming from" in capsys.readouterr().out
     assert [r["epoch"] for r in reporting.read_metrics(workdir)] == [1, 2]
     config.init_from = masknet_source[1]
-    with pytest.raises(errors.UsageError, match=re.escape(
-            f"init_from ({copy} -> {masknet_source[1]}) differ from its checkpoint")):
+    with pytest.raises(
+        errors.UsageError,
+        match=re.escape(f"init_from ({copy} -> {masknet_source[1]}) differ from its checkpoint"),
+    ):
         train.run(config, workdir)
 
 
-def test_init_from_another_models_checkpoint_stops_in_one_line(masknet_source, shared,
-                                                                tmp_path):
+def test_init_from_another_models_checkpoint_stops_in_one_line(masknet_source, shared, tmp_path):
     source, started = masknet_source[1], time.time()
     result = launch_cli(tmp_path / "run", shared, init_from=source)  # a DSResNet run
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: init_from={source}: step 3 of {source}/checkpoints is a masknet checkpoint, "
-        "which model=dsresnet cannot load (--config.model=masknet can)")
+        "which model=dsresnet cannot load (--config.model=masknet can)"
+    )
     assert "Traceback" not in result.stderr and time.time() - started < 60
 
 
 def test_init_from_names_a_missing_run_or_step_and_a_variable_that_does_not_fit(
-        masknet_source, shared, tmp_path):
+    masknet_source, shared, tmp_path
+):
     config, source = masknet_source
-    state = state_lib.load_for_inference(config, source)
+    state = restore.load_for_inference(config, source)
     kernel = state.params["out"]["kernel"]
-    odd = state.replace(params={**state.params, "out": {
-        **state.params["out"], "kernel": jax.numpy.zeros(kernel.shape[:-1] + (2,))}})
+    odd = state.replace(
+        params={
+            **state.params,
+            "out": {**state.params["out"], "kernel": jax.numpy.zeros(kernel.shape[:-1] + (2,))},
+        }
+    )
     checkpointer = checkpoints.Checkpointer(str(tmp_path / "odd"))
     try:
         checkpointer.save(odd, {"settings": {"model": "masknet"}})
     finally:
         checkpointer.close()
     for init_from, step, message in [
-            (str(tmp_path / "nowhere"), -1, f"init_from={tmp_path / 'nowhere'}: no checkpoints "
-             "folder there (expected a run's workdir or its checkpoints folder, optionally "
-             "with :STEP)"),
-            (f"{source}:7", -1, f"init_from={source}:7: no checkpoint at step 7 in "
-             f"{source}/checkpoints; available: [3]"),
-            (source, 3, "checkpoint.step=3 picks among WORKDIR's checkpoints: with init_from, "
-             f"write init_from={source}:3"),
-            (str(tmp_path / "odd"), -1, f"init_from={tmp_path / 'odd'}: step 3 of "
-             f"{tmp_path / 'odd' / 'checkpoints'} does not fit model=masknet: params/out/kernel "
-             "is (1, 1, 64, 2) in the checkpoint, (1, 1, 64, 1) in masknet")]:
+        (
+            str(tmp_path / "nowhere"),
+            -1,
+            f"init_from={tmp_path / 'nowhere'}: no checkpoints "
+            "folder there (expected a run's workdir or its checkpoints folder, optionally "
+            "with :STEP)",
+        ),
+        (
+            f"{source}:7",
+            -1,
+            f"init_from={source}:7: no checkpoint at step 7 in "
+            f"{source}/checkpoints; available: [3]",
+        ),
+        (
+            source,
+            3,
+            "checkpoint.step=3 picks among WORKDIR's checkpoints: with init_from, "
+            f"write init_from={source}:3",
+        ),
+        (
+            str(tmp_path / "odd"),
+            -1,
+            f"init_from={tmp_path / 'odd'}: step 3 of "
+            f"{tmp_path / 'odd' / 'checkpoints'} does not fit model=masknet: params/out/kernel "
+            "is (1, 1, 64, 2) in the checkpoint, (1, 1, 64, 1) in masknet",
+        ),
+    ]:
         wrong = _masknet_config(shared, init_from=init_from, **{"checkpoint.step": step})
         with pytest.raises(errors.UsageError) as raised:
-            state_lib.load_variables(wrong)
+            restore.load_variables(wrong)
         assert str(raised.value) == message
 
 
 # -- configuration --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("override, message", [
-    ({"stages": "(64,1)"}, "stages=(64, 1) is one stage, not a tuple of stages: write "
-                           "--config.stages='((64, 1),)'"),
-    ({"stages": "((48,1),)"}, "stages: resolution 48 is not a multiple of 32"),
-])
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            {"stages": "(64,1)"},
+            "stages=(64, 1) is one stage, not a tuple of stages: write "
+            "--config.stages='((64, 1),)'",
+        ),
+        ({"stages": "((48,1),)"}, "stages: resolution 48 is not a multiple of 32"),
+    ],
+)
 def test_bad_config_fails_before_compiling(tmp_path, shared, override, message):
     started = time.time()
     result = launch_cli(tmp_path / "run", shared, **override)
@@ -408,11 +524,14 @@ def test_bad_config_fails_before_compiling(tmp_path, shared, override, message):
     assert time.time() - started < 60
 
 
-@pytest.mark.parametrize("config, extra, message", [
-    ("configs/rmse_bce_dice.py:bogus", {}, "unknown config argument 'bogus'"),
-    ("configs/missing.py", {}, "No such file or directory"),
-    ("configs/rmse_bce_dice.py", {"optimizer.lr": 1}, "the config has no field 'lr'"),
-])
+@pytest.mark.parametrize(
+    "config, extra, message",
+    [
+        ("configs/rmse_bce_dice.py:bogus", {}, "unknown config argument 'bogus'"),
+        ("configs/missing.py", {}, "No such file or directory"),
+        ("configs/rmse_bce_dice.py", {"optimizer.lr": 1}, "the config has no field 'lr'"),
+    ],
+)
 def test_bad_command_line_fails_in_one_line(tmp_path, shared, config, extra, message):
     result = launch_cli(tmp_path / "run", shared, config=config, **extra)
     assert result.returncode == 2
@@ -421,29 +540,45 @@ def test_bad_command_line_fails_in_one_line(tmp_path, shared, config, extra, mes
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"loss": ml_collections.ConfigDict({"mask": {"focal": 1.0}})}, "unknown loss term 'focal'"),
-    ({"loss": ml_collections.ConfigDict({"edges": {"bce": 1.0}})}, "unknown head 'edges'"),
-    ({"model": "masknet"}, "loss has a 'depth' term but model 'masknet' only predicts"),
-    ({"model": "unet"}, "model='unet'"),
-    ({"dtype": "float16"}, "dtype='float16'"),
-    ({"stages": ()}, "stages=(): expected a non-empty tuple of (resolution, epochs) or "),
-    ({"stages": ((64, 1), (96, 1, 32, 0))}, "stages: stage 2 is (96, 1, 32, 0): expected "
-                                            "(resolution, epochs) or (resolution, epochs, crop)"),
-    ({"stages": ((64, -1),)}, "stages: stage 1 (64, -1, 0) has -1 epochs: expected >= 0"),
-    ({"optimizer.name": "rmsprop"}, "optimizer.name='rmsprop'"),
-    ({"schedule.name": "cosine"}, "schedule.name='cosine'"),
-    ({"checkpoint.mode": "best"}, "checkpoint.mode='best'"),
-    ({"checkpoint.monitor": "val_accuracy"}, "checkpoint.monitor='val_accuracy'"),
-    ({"mode": "evaluate", "evaluate.resolutions": (64, 80)}, "resolution 80 is not a multiple"),
-    ({"stages": ((64, 1), (96, 1, 80))}, "stages (crop): resolution 80 is not a multiple of 32"),
-    ({"stages": ((64, 1), (96, 1, 128))},
-     "stages: stage 2 (96, 1, 128) crops 128 px windows: expected 0 (whole images) up to its "
-     "resolution 96"),
-    ({"dataset.name": "modest_museum"}, "needs --config.dataset.manual_dir=DIR"),
-    ({"dataset.name": "modest_museum", "dataset.manual_dir": "/nonexistent/modest"},
-     "dataset.manual_dir='/nonexistent/modest' does not exist"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (
+            {"loss": ml_collections.ConfigDict({"mask": {"focal": 1.0}})},
+            "unknown loss term 'focal'",
+        ),
+        ({"loss": ml_collections.ConfigDict({"edges": {"bce": 1.0}})}, "unknown head 'edges'"),
+        ({"model": "masknet"}, "loss has a 'depth' term but model 'masknet' only predicts"),
+        ({"model": "unet"}, "model='unet'"),
+        ({"dtype": "float16"}, "dtype='float16'"),
+        ({"stages": ()}, "stages=(): expected a non-empty tuple of (resolution, epochs) or "),
+        (
+            {"stages": ((64, 1), (96, 1, 32, 0))},
+            "stages: stage 2 is (96, 1, 32, 0): expected "
+            "(resolution, epochs) or (resolution, epochs, crop)",
+        ),
+        ({"stages": ((64, -1),)}, "stages: stage 1 (64, -1, 0) has -1 epochs: expected >= 0"),
+        ({"optimizer.name": "rmsprop"}, "optimizer.name='rmsprop'"),
+        ({"schedule.name": "cosine"}, "schedule.name='cosine'"),
+        ({"checkpoint.mode": "best"}, "checkpoint.mode='best'"),
+        ({"checkpoint.monitor": "val_accuracy"}, "checkpoint.monitor='val_accuracy'"),
+        ({"mode": "evaluate", "evaluate.resolutions": (64, 80)}, "resolution 80 is not a multiple"),
+        (
+            {"stages": ((64, 1), (96, 1, 80))},
+            "stages (crop): resolution 80 is not a multiple of 32",
+        ),
+        (
+            {"stages": ((64, 1), (96, 1, 128))},
+            "stages: stage 2 (96, 1, 128) crops 128 px windows: expected 0 (whole images) up to its "
+            "resolution 96",
+        ),
+        ({"dataset.name": "modest_museum"}, "needs --config.dataset.manual_dir=DIR"),
+        (
+            {"dataset.name": "modest_museum", "dataset.manual_dir": "/nonexistent/modest"},
+            "dataset.manual_dir='/nonexistent/modest' does not exist",
+        ),
+    ],
+)
 def test_validate_config_names_the_problem(changes, message):
     with pytest.raises(errors.UsageError) as error:
         _validate(_config(**changes))
@@ -457,14 +592,20 @@ def _validate(config):
 
 def test_batch_size_must_split_over_devices_and_processes():
     three_devices = types.SimpleNamespace(devices=np.zeros(3))
-    with pytest.raises(errors.UsageError, match=r"batch_size=16 must be a positive multiple of "
-                                                r"the number of devices \(3\)"):
+    with pytest.raises(
+        errors.UsageError,
+        match=r"batch_size=16 must be a positive multiple of "
+        r"the number of devices \(3\)",
+    ):
         mesh_lib.check_batch_size(three_devices, 16)
     assert mesh_lib.check_batch_size(types.SimpleNamespace(devices=np.zeros(4)), 16) == 16
 
 
-RECIPES = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
-                 if not p.endswith(("__init__.py", "default.py")))
+RECIPES = sorted(
+    os.path.relpath(p, ROOT)
+    for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+    if not p.endswith(("__init__.py", "default.py"))
+)
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -497,49 +638,58 @@ def test_published_recipes_follow_the_reference():
     sweep = _load_config("configs/lr_range_test.py", "published")
     assert sweep.mode == "lr_range_test" and sweep.lr_range.batch_size == 256
     assert (sweep.lr_range.start_lr, sweep.lr_range.end_lr, sweep.lr_range.num_steps) == (
-        1e-7, 5.0, 400)
+        1e-7,
+        5.0,
+        400,
+    )
 
 
 def test_default_workdir_is_named_after_the_config():
     assert launch.default_workdir("configs/rmse_bce_dice.py") == os.path.join(
-        "runs", "rmse_bce_dice")
+        "runs", "rmse_bce_dice"
+    )
     assert launch.default_workdir("configs/rmse_bce_dice.py:published") == os.path.join(
-        "runs", "rmse_bce_dice_published")
+        "runs", "rmse_bce_dice_published"
+    )
 
 
 # -- checkpoints ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("mode, best", [("min", 2), ("max", 4)])
 def test_checkpointer_keeps_the_latest_and_the_best(tmp_path, mode, best):
     config = _config(model="masknet", **{"loss": ml_collections.ConfigDict({"mask": {"bce": 1.0}})})
-    state = state_lib.create_state(config, mesh=mesh_lib.create_mesh())
+    state = setup.create_state(config, mesh=mesh_lib.create_mesh())
     checkpointer = checkpoints.Checkpointer(str(tmp_path), "val_iou", mode)
     try:
         for step, value in zip((1, 2, 3, 4, 5), (0.5, 0.2, 0.6, 0.9, 0.4)):
             state = state.replace(step=jax.numpy.asarray(step, jax.numpy.int32))
             checkpointer.save(state, {"epoch": step}, {"val_iou": value})
-        checkpointer.save(state.replace(step=jax.numpy.asarray(6, jax.numpy.int32)),
-                          {"epoch": 5, "step_in_epoch": 1})  # mid-epoch: no metrics
+        checkpointer.save(
+            state.replace(step=jax.numpy.asarray(6, jax.numpy.int32)),
+            {"epoch": 5, "step_in_epoch": 1},
+        )  # mid-epoch: no metrics
         checkpointer.wait()
         assert sorted(checkpointer.all_steps()) == sorted({best, 6})
         assert checkpointer.best_step() == best and checkpointer.latest_step() == 6
         restored, loop = checkpointer.restore(
-            state_lib.abstract_state(config, mesh_lib.create_mesh()), best)
+            setup.abstract_state(config, mesh_lib.create_mesh()), best
+        )
         assert int(restored.step) == best and loop == {"epoch": best}
     finally:
         checkpointer.close()
     config.checkpoint.monitor, config.checkpoint.mode = "val_iou", mode
-    assert int(state_lib.load_for_inference(config, str(tmp_path)).step) == best
+    assert int(restore.load_for_inference(config, str(tmp_path)).step) == best
     config.checkpoint.step = 6
-    assert int(state_lib.load_for_inference(config, str(tmp_path)).step) == 6
+    assert int(restore.load_for_inference(config, str(tmp_path)).step) == 6
     config.checkpoint.step = 7
     with pytest.raises(errors.RunError, match="no checkpoint at step 7"):
-        state_lib.load_for_inference(config, str(tmp_path))
+        restore.load_for_inference(config, str(tmp_path))
 
 
 def test_load_for_inference_names_the_missing_directory(tmp_path):
     with pytest.raises(errors.RunError, match=str(tmp_path / "checkpoints")):
-        state_lib.load_for_inference(_config(), str(tmp_path))
+        restore.load_for_inference(_config(), str(tmp_path))
 
 
 def test_iterator_state_round_trips_through_json():
@@ -547,5 +697,6 @@ def test_iterator_state_round_trips_through_json():
         encoded = checkpoints.encode_iterator_state(state)
         json.dumps(encoded)
         decoded = checkpoints.decode_iterator_state(encoded)
-        assert decoded == (state if isinstance(state, bytes) else {"next_index": 5,
-                                                                      "nested": {"x": [1, 2]}})
+        assert decoded == (
+            state if isinstance(state, bytes) else {"next_index": 5, "nested": {"x": [1, 2]}}
+        )

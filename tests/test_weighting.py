@@ -1,5 +1,6 @@
 """Loss weighting: fixed, uncertainty (Kendall et al. 2018) and DWA (Liu et al. 2019) against
 their formulas on hand-computed numbers, one training step, and the config checks."""
+
 import functools
 import math
 
@@ -10,8 +11,7 @@ import optax
 import pytest
 
 from configs import default
-from jaxsegdepth import errors, losses, models, optim, steps, weighting
-from jaxsegdepth.data import preprocess
+from jaxsegdepth import errors, losses, models, optim, preprocess, steps, weighting
 from jaxsegdepth.data.normalization import MODEST_NORMALIZATION
 
 TASKS = ("depth", "mask")
@@ -27,7 +27,8 @@ def test_fixed_objective_is_the_loss_specs_total_bit_for_bit():
     total, terms = losses.compose(spec)(outputs, targets)
     assert float(terms["depth/loss"]) == pytest.approx(2 * float(terms["depth/rmse"]), rel=1e-6)
     assert float(terms["mask/loss"]) == pytest.approx(
-        float(terms["mask/bce"]) + 2 * float(terms["mask/dice"]), rel=1e-6)
+        float(terms["mask/bce"]) + 2 * float(terms["mask/dice"]), rel=1e-6
+    )
     fixed = weighting.Weighting("fixed", TASKS)
     assert fixed.init() == {} and fixed.learnable({}) == {}
     assert fixed.objective({}, total, terms) is total
@@ -45,9 +46,14 @@ def test_uncertainty_objective_and_gradient_follow_kendall():
     grads = jax.grad(lambda s: method.objective(s, TOTAL, TERMS))(state)["log_var"]
     assert float(grads["depth"]) == pytest.approx(1 - math.exp(-0.5) * 0.3, rel=1e-6)
     assert float(grads["mask"]) == pytest.approx(1 - math.exp(1.0) * 0.8, rel=1e-6)
-    assert method.report(state) == pytest.approx({
-        "weight/depth": math.exp(-0.5), "weight/mask": math.exp(1.0),
-        "log_var/depth": 0.5, "log_var/mask": -1.0})
+    assert method.report(state) == pytest.approx(
+        {
+            "weight/depth": math.exp(-0.5),
+            "weight/mask": math.exp(1.0),
+            "log_var/depth": 0.5,
+            "log_var/mask": -1.0,
+        }
+    )
 
 
 def test_dwa_weights_follow_liu_and_start_at_one():
@@ -58,8 +64,7 @@ def test_dwa_weights_follow_liu_and_start_at_one():
     state = method.after_epoch(state, {"depth": 0.6, "mask": 0.5})  # one epoch: still ones
     assert method.report(state) == {"weight/depth": 1.0, "weight/mask": 1.0}
     state = method.after_epoch(state, {"depth": 0.3, "mask": 0.5})
-    np.testing.assert_array_equal(np.asarray(state["epoch_loss"]["depth"]),
-                                  np.float32([0.3, 0.6]))
+    np.testing.assert_array_equal(np.asarray(state["epoch_loss"]["depth"]), np.float32([0.3, 0.6]))
     # r = (0.5, 1.0), r / T = (0.25, 0.5): w = 2 e^0.25 / (e^0.25 + e^0.5), ...
     e1, e2 = math.exp(0.25), math.exp(0.5)
     want = {"weight/depth": 2 * e1 / (e1 + e2), "weight/mask": 2 * e2 / (e1 + e2)}
@@ -75,10 +80,12 @@ def test_dwa_weights_follow_liu_and_start_at_one():
 def _batch(size=8):
     """A mask-only batch as the loader ships it: uint8 images, a 0/255 mask, sample indices."""
     rng = np.random.default_rng(0)
-    return {"bg": rng.integers(0, 256, (4, size, size, 3), np.uint8),
-            "bg_fg": rng.integers(0, 256, (4, size, size, 3), np.uint8),
-            "mask": np.where(rng.uniform(size=(4, size, size, 1)) > 0.7, 255, 0).astype(np.uint8),
-            "index": np.arange(4, dtype=np.int32)}
+    return {
+        "bg": rng.integers(0, 256, (4, size, size, 3), np.uint8),
+        "bg_fg": rng.integers(0, 256, (4, size, size, 3), np.uint8),
+        "mask": np.where(rng.uniform(size=(4, size, size, 1)) > 0.7, 255, 0).astype(np.uint8),
+        "index": np.arange(4, dtype=np.int32),
+    }
 
 
 def test_an_uncertainty_step_trains_the_log_variance_with_the_model():
@@ -89,11 +96,22 @@ def test_an_uncertainty_step_trains_the_log_variance_with_the_model():
     new = {}
     for name in ("fixed", "uncertainty"):
         method = weighting.Weighting(name, ("mask",))
-        state = steps.create_train_state(models.MaskNet(), optax.sgd(0.1), plateau,
-                                         jax.random.PRNGKey(0), resolution=8, weighting=method)
-        step = jax.jit(functools.partial(
-            steps.train_step, loss_fn=loss_fn,
-            preprocess=preprocess.from_normalization(MODEST_NORMALIZATION), weighting=method))
+        state = steps.create_train_state(
+            models.MaskNet(),
+            optax.sgd(0.1),
+            plateau,
+            jax.random.PRNGKey(0),
+            resolution=8,
+            weighting=method,
+        )
+        step = jax.jit(
+            functools.partial(
+                steps.train_step,
+                loss_fn=loss_fn,
+                preprocess=preprocess.from_normalization(MODEST_NORMALIZATION),
+                weighting=method,
+            )
+        )
         new[name] = step(state, _batch())
     (fixed_state, fixed_metrics), (state, metrics) = new["fixed"], new["uncertainty"]
     assert "objective" not in fixed_metrics
@@ -104,10 +122,13 @@ def test_an_uncertainty_step_trains_the_log_variance_with_the_model():
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"loss_weighting": "gradnorm"}, "loss_weighting='gradnorm': expected one of"),
-    ({"dwa_temperature": 0.0}, "dwa_temperature=0.0: expected > 0"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"loss_weighting": "gradnorm"}, "loss_weighting='gradnorm': expected one of"),
+        ({"dwa_temperature": 0.0}, "dwa_temperature=0.0: expected > 0"),
+    ],
+)
 def test_a_bad_weighting_setting_is_refused_in_one_line(changes, message):
     config = default.get_config()
     config.update(changes)

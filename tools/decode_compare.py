@@ -4,12 +4,13 @@
 
 On the synthetic set of `configs/default.py` (built if needed, as the benchmark does), per
 sample (bg, bg_fg as RGB; mask, depth as grey) in microseconds of one thread:
-- `pil`: PIL `draft` (DCT scaling) + PIL bilinear resize, the loader of 0.2;
+- `pil`: PIL `draft` (DCT scaling) + PIL bilinear resize;
 - `pil_cv2`: PIL `draft` + one OpenCV resize;
 - `loader`: `pipeline.decode_image`, libjpeg-turbo through simplejpeg at the DCT scale + one
   OpenCV resize (what the loader runs).
 Also the time to read a record from the tfds source. docs/data.md quotes it.
 """
+
 import argparse
 import io
 import json
@@ -23,8 +24,9 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jaxsegdepth import benchmark, names  # noqa: E402
-from jaxsegdepth.data import builders, pipeline  # noqa: E402
+from jaxsegdepth import names
+from tools import benchmark as benchmark_tool
+from jaxsegdepth.data import datasets, pipeline
 
 KEYS = names.INPUTS + names.HEADS
 
@@ -39,13 +41,16 @@ def _pil(data: bytes, mode: str, resolution: int, resize) -> np.ndarray:
 
 
 def pil(data, mode, resolution):
-    return _pil(data, mode, resolution,
-                lambda im, r: np.asarray(im.resize((r, r), Image.BILINEAR)))
+    return _pil(data, mode, resolution, lambda im, r: np.asarray(im.resize((r, r), Image.BILINEAR)))
 
 
 def pil_cv2(data, mode, resolution):
-    return _pil(data, mode, resolution,
-                lambda im, r: cv2.resize(np.asarray(im), (r, r), interpolation=cv2.INTER_LINEAR))
+    return _pil(
+        data,
+        mode,
+        resolution,
+        lambda im, r: cv2.resize(np.asarray(im), (r, r), interpolation=cv2.INTER_LINEAR),
+    )
 
 
 WAYS = {"pil": pil, "pil_cv2": pil_cv2, "loader": pipeline.decode_image}
@@ -65,20 +70,24 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--json", default="")
     args = parser.parse_args()
-    ds_config = benchmark.loader_config()
-    builders.prepare(ds_config)
-    source = builders.load(ds_config).data_source("train")
+    ds_config = benchmark_tool.loader_config()
+    datasets.prepare(ds_config)
+    source = datasets.load(ds_config).data_source("train")
     count = min(args.samples, len(source))
     start = time.perf_counter()
     records = [source[i] for i in range(count)]
-    result = {"samples": count, "read_us": (time.perf_counter() - start) / count * 1e6,
-              "decode_us": {}}
+    result = {
+        "samples": count,
+        "read_us": (time.perf_counter() - start) / count * 1e6,
+        "decode_us": {},
+    }
     for resolution in (int(r) for r in args.resolutions.split(",")):
         for way, decode in WAYS.items():
             per_sample_us(decode, records[:20], resolution)  # warm caches
-        result["decode_us"][resolution] = {way: min(per_sample_us(decode, records, resolution)
-                                                    for _ in range(2))
-                                           for way, decode in WAYS.items()}
+        result["decode_us"][resolution] = {
+            way: min(per_sample_us(decode, records, resolution) for _ in range(2))
+            for way, decode in WAYS.items()
+        }
     print(f"record read: {result['read_us']:.0f} us/sample ({count} samples)")
     print(f"{'res':>4} " + " ".join(f"{way:>9}" for way in WAYS) + "   (us per sample, 1 thread)")
     for resolution, row in result["decode_us"].items():

@@ -21,7 +21,7 @@ if ! python -c 'import jax, sys; sys.exit(jax.default_backend() != "gpu")'; then
 fi
 # Let XLA's allocator take most of the memory so the largest batch is the chip's, not 75% of it.
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}"
-python -m jaxsegdepth.benchmark --model dsresnet --resolutions 224 --dtype bfloat16 \
+python tools/benchmark.py --model dsresnet --resolutions 224 --dtype bfloat16 \
   --batch max --steps 5 --repeats 3 --warmup 2 --compile-cache off \
   --workers auto,0 --threads auto --loader-batch 128 --loader-batches 20 \
   --input-steps 10 --num-samples 6000 --json "$out"

@@ -3,12 +3,13 @@
     python tools/modest_photos.py OUT [--pairs 300] [--size 224] [--seed 1]
 
 OUT gets `bg/`, `bg_fg/`, `bg_fg_mask/` and `bg_fg_depth_map/`, one `<stem>.jpeg` each per
-pair, and `file_map.txt`, one line per pair with its four stems tab-separated (SPEC.md's
-layout), so `--config.dataset.name=modest_museum --config.dataset.manual_dir=OUT` reads it.
+pair, and `file_map.txt`, one line per pair with its four stems tab-separated (the layout in
+docs/reference.md), so `--config.dataset.name=modest_museum --config.dataset.manual_dir=OUT` reads it.
 The pairs have no depth: every depth map is 0, which the depth metrics read as "no depth here"
 (below `metrics.MIN_DEPTH`; they come out NaN), so train and evaluate the mask only. Seed 0 is
 `mode=evaluate`'s held-out photo pairs: the default seed 1 keeps them apart.
 """
+
 import argparse
 import os
 import sys
@@ -17,22 +18,23 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jaxsegdepth.data import builders, photos, synthetic  # noqa: E402
+from jaxsegdepth.data import modest, photos, synthetic
 
-STEM_PREFIXES = ("bg", "bg_fg", "mask", "depth")  # per folder, in builders.FOLDERS order
+STEM_PREFIXES = ("bg", "bg_fg", "mask", "depth")  # per folder, in modest.FOLDERS order
 
 
 def write(out: str, pairs: int, size: int = synthetic.SIZE, seed: int = 1) -> None:
     """Writes `pairs` pairs of `seed` at `size` x `size` into `out`."""
-    for folder in builders.FOLDERS:
+    for folder in modest.FOLDERS:
         os.makedirs(os.path.join(out, folder), exist_ok=True)
     depth = synthetic.encode_jpeg(np.zeros((size, size), np.uint8), synthetic.JPEG_QUALITY_TARGET)
     lines = []
     for index in range(pairs):
         pair = photos.generate(seed, index, size)
         stems = [f"{prefix}_{index:05d}" for prefix in STEM_PREFIXES]
-        for folder, stem, data in zip(builders.FOLDERS, stems,
-                                      (pair["bg"], pair["bg_fg"], pair["mask"], depth)):
+        for folder, stem, data in zip(
+            modest.FOLDERS, stems, (pair["bg"], pair["bg_fg"], pair["mask"], depth)
+        ):
             with open(os.path.join(out, folder, f"{stem}.jpeg"), "wb") as f:
                 f.write(data)
         lines.append("\t".join(stems))

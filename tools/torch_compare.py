@@ -19,6 +19,7 @@ JAX, ...) so that a machine that slows down or speeds up affects both alike; eac
 and the median of the per-round ratios JAX / torch, with the load average before and after.
 `--threads` sets torch's thread count (0: its default); JAX uses every core.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,9 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # `python tools/torch_compare.py` puts only tools/ on the path
 
-from jaxsegdepth import benchmark, errors, state as state_lib  # noqa: E402
-from jaxsegdepth.data import preprocess  # noqa: E402
+from jaxsegdepth import errors, hardware, preprocess, setup
+from jaxsegdepth.modes import benchmark
+from tools import benchmark as benchmark_tool
 
 # The loss the PyTorch side computes, as a `losses.compose` spec: the JAX recipe must match it.
 TORCH_LOSS = {"depth": {"rmse": 2.0}, "mask": {"bce_dice": 1.0}}
@@ -51,7 +53,8 @@ def import_torch():
             "requirements.txt. Install a CPU wheel into a separate environment, e.g. `python -m "
             "venv --system-site-packages ~/torchenv && ~/torchenv/bin/pip install torch "
             "--index-url https://download.pytorch.org/whl/cpu`, and run this script with "
-            "~/torchenv/bin/python") from None
+            "~/torchenv/bin/python"
+        ) from None
     return torch
 
 
@@ -63,10 +66,19 @@ def build_network():
         return nn.Conv2d(cin, cout, kernel, padding=kernel // 2)
 
     def residual(cin, cout):  # (conv3x3 -> ReLU -> BatchNorm) x 2, plus a 1x1 shortcut
-        return nn.ModuleDict({
-            "body": nn.Sequential(conv(cin, cout, 3), nn.ReLU(), nn.BatchNorm2d(cout),
-                                  conv(cout, cout, 3), nn.ReLU(), nn.BatchNorm2d(cout)),
-            "shortcut": conv(cin, cout, 1)})
+        return nn.ModuleDict(
+            {
+                "body": nn.Sequential(
+                    conv(cin, cout, 3),
+                    nn.ReLU(),
+                    nn.BatchNorm2d(cout),
+                    conv(cout, cout, 3),
+                    nn.ReLU(),
+                    nn.BatchNorm2d(cout),
+                ),
+                "shortcut": conv(cin, cout, 1),
+            }
+        )
 
     def up_block(cin, cout, merges_skip):
         parts = {"reduce": conv(cin, cout, 1), "block": residual(cin, cout)}
@@ -77,14 +89,30 @@ def build_network():
     widths = (512, 256, 128, 64, 32, 16)  # decoder: the last two blocks merge two skips
 
     def decoder():
-        blocks = {f"up{i}": up_block(cin, cout, i >= 3)
-                  for i, (cin, cout) in enumerate(zip(widths, widths[1:]))}
+        blocks = {
+            f"up{i}": up_block(cin, cout, i >= 3)
+            for i, (cin, cout) in enumerate(zip(widths, widths[1:]))
+        }
         return nn.ModuleDict({**blocks, "out": conv(widths[-1], 1, 1)})
 
-    encoders = {"bg1": (3, 16), "bg2": (16, 32), "fg1": (3, 16), "fg2": (16, 32),
-                "enc1": (32, 64), "enc2": (64, 128), "enc3": (128, 256), "enc4": (256, 512)}
-    return nn.ModuleDict({**{name: residual(*io) for name, io in encoders.items()},
-                          "merge": conv(64, 32, 1), "mask": decoder(), "depth": decoder()})
+    encoders = {
+        "bg1": (3, 16),
+        "bg2": (16, 32),
+        "fg1": (3, 16),
+        "fg2": (16, 32),
+        "enc1": (32, 64),
+        "enc2": (64, 128),
+        "enc3": (128, 256),
+        "enc4": (256, 512),
+    }
+    return nn.ModuleDict(
+        {
+            **{name: residual(*io) for name, io in encoders.items()},
+            "merge": conv(64, 32, 1),
+            "mask": decoder(),
+            "depth": decoder(),
+        }
+    )
 
 
 def forward(net, bg, bg_fg) -> dict:
@@ -111,8 +139,9 @@ def forward(net, bg, bg_fg) -> dict:
         x = bottleneck
         for i, (skip, extra) in enumerate(joins):
             block = net[head][f"up{i}"]
-            x = functional.interpolate(block["reduce"](x), scale_factor=2, mode="bilinear",
-                                       align_corners=False)
+            x = functional.interpolate(
+                block["reduce"](x), scale_factor=2, mode="bilinear", align_corners=False
+            )
             if extra is not None:
                 skip = block["merge"](torch.cat([skip, extra], 1))
             x = residual(block["block"], torch.cat([x, skip], 1))
@@ -140,8 +169,9 @@ def parameter_count(net) -> int:
 def to_torch(batch: dict[str, np.ndarray]) -> dict:
     """NHWC NumPy arrays -> contiguous NCHW torch tensors (same values)."""
     torch = import_torch()
-    return {k: torch.from_numpy(np.ascontiguousarray(v.transpose(0, 3, 1, 2)))
-            for k, v in batch.items()}
+    return {
+        k: torch.from_numpy(np.ascontiguousarray(v.transpose(0, 3, 1, 2))) for k, v in batch.items()
+    }
 
 
 def torch_steps(net, optimizer, batch: dict) -> tuple:
@@ -168,26 +198,32 @@ def torch_steps(net, optimizer, batch: dict) -> tuple:
 def jax_config(path: str):
     """The recipe the JAX side runs (DSResNet, float32); its loss must be `TORCH_LOSS` and its
     optimizer SGD, which is all the PyTorch side implements."""
-    config = benchmark.load_config(path, "dsresnet", "float32")
+    config = benchmark_tool.load_config(path, "dsresnet", "float32")
     if config.loss.to_dict() != TORCH_LOSS:
-        raise errors.UsageError(f"--config {path}: loss {config.loss.to_dict()}, but the PyTorch "
-                                f"side computes {TORCH_LOSS}")
+        raise errors.UsageError(
+            f"--config {path}: loss {config.loss.to_dict()}, but the PyTorch "
+            f"side computes {TORCH_LOSS}"
+        )
     if config.optimizer.name != "sgd" or config.optimizer.weight_decay:
-        raise errors.UsageError(f"--config {path}: optimizer {config.optimizer.name} (weight decay "
-                                f"{config.optimizer.weight_decay}); the PyTorch side runs SGD")
+        raise errors.UsageError(
+            f"--config {path}: optimizer {config.optimizer.name} (weight decay "
+            f"{config.optimizer.weight_decay}); the PyTorch side runs SGD"
+        )
     return config
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line of the module doc."""
-    parser = argparse.ArgumentParser(prog="python tools/torch_compare.py",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python tools/torch_compare.py", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--res", type=int, default=96, help="input side (a multiple of 32)")
     parser.add_argument("--batch", type=int, default=8, help="batch size")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timed rounds")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: its default)")
-    parser.add_argument("--steps", type=int, default=2, help="train steps per side and round "
-                        "(eval runs 3x as many)")
+    parser.add_argument(
+        "--steps", type=int, default=2, help="train steps per side and round (eval runs 3x as many)"
+    )
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each kind first")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="the JAX side's recipe")
     parser.add_argument("--json", default="", help="write every round's figures here")
@@ -203,20 +239,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def _sides(args: argparse.Namespace, torch) -> dict[str, tuple]:
     """{"torch": (train, evaluate), "jax": (train, evaluate)} on one batch, compiled, warm."""
     config = jax_config(args.config)
-    state_lib.validate(config, [args.res])
+    setup.validate(config, [args.res])
     batch = benchmark.synthetic_batch(args.batch, args.res, config.seed)
     # The torch network takes what the JAX steps feed the model: normalised float32.
-    model_batch = jax.device_get(preprocess.from_normalization(benchmark.NORMALIZATION)(
-        batch, train=False))
+    model_batch = jax.device_get(
+        preprocess.from_normalization(benchmark.NORMALIZATION)(batch, train=False)
+    )
     torch.manual_seed(config.seed)
     net = build_network()
-    optimizer = torch.optim.SGD(net.parameters(), lr=config.optimizer.learning_rate,
-                                momentum=config.optimizer.momentum,
-                                nesterov=config.optimizer.nesterov)
+    optimizer = torch.optim.SGD(
+        net.parameters(),
+        lr=config.optimizer.learning_rate,
+        momentum=config.optimizer.momentum,
+        nesterov=config.optimizer.nesterov,
+    )
     runner = benchmark.StepRunner(config, args.res, args.batch, batch=batch)
     runner.compile()
-    sides = {"torch": torch_steps(net, optimizer, to_torch(model_batch)),
-             "jax": (runner.train, runner.evaluate)}
+    sides = {
+        "torch": torch_steps(net, optimizer, to_torch(model_batch)),
+        "jax": (runner.train, runner.evaluate),
+    }
     for train, evaluate in sides.values():
         train(args.warmup)
         evaluate(args.warmup)
@@ -230,31 +272,45 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     sides = _sides(args, torch)
     rates = {side: {"train": [], "eval": []} for side in sides}
-    load_start = benchmark.load_average()
+    load_start = hardware.load_average()
     for _ in range(args.rounds):
         for side, (train, evaluate) in sides.items():
             rates[side]["train"].append(benchmark.samples_per_s(train, args.steps, args.batch))
             rates[side]["eval"].append(
-                benchmark.samples_per_s(evaluate, 3 * args.steps, args.batch))
-    result = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-              "jax": jax.__version__, "backend": jax.default_backend(), "config": args.config,
-              "res": args.res, "batch": args.batch, "rounds": args.rounds, "rates": rates,
-              "load_average": [load_start, benchmark.load_average()]}
+                benchmark.samples_per_s(evaluate, 3 * args.steps, args.batch)
+            )
+    result = {
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "config": args.config,
+        "res": args.res,
+        "batch": args.batch,
+        "rounds": args.rounds,
+        "rates": rates,
+        "load_average": [load_start, hardware.load_average()],
+    }
     for kind in ("train", "eval"):
         ratios = [j / t for j, t in zip(rates["jax"][kind], rates["torch"][kind])]
-        result[kind] = {"torch": statistics.median(rates["torch"][kind]),
-                        "jax": statistics.median(rates["jax"][kind]),
-                        "ratio": statistics.median(ratios), "ratios": ratios}
+        result[kind] = {
+            "torch": statistics.median(rates["torch"][kind]),
+            "jax": statistics.median(rates["jax"][kind]),
+            "ratio": statistics.median(ratios),
+            "ratios": ratios,
+        }
     return result
 
 
 def format_result(result: dict) -> str:
     """The one-line header and the train/eval table `run`'s result prints as."""
-    lines = [f"DSResNet {result['res']}x{result['res']}, batch {result['batch']}, "
-             f"{result['rounds']} rounds: torch {result['torch']} eager ({result['torch_threads']}"
-             f" threads) vs jax {result['jax']} jit ({result['backend']}); load average "
-             f"{result['load_average'][0]} -> {result['load_average'][1]}",
-             f"{'samples/s':9} {'torch':>8} {'jax':>8} {'jax/torch':>9}"]
+    lines = [
+        f"DSResNet {result['res']}x{result['res']}, batch {result['batch']}, "
+        f"{result['rounds']} rounds: torch {result['torch']} eager ({result['torch_threads']}"
+        f" threads) vs jax {result['jax']} jit ({result['backend']}); load average "
+        f"{result['load_average'][0]} -> {result['load_average'][1]}",
+        f"{'samples/s':9} {'torch':>8} {'jax':>8} {'jax/torch':>9}",
+    ]
     for kind in ("train", "eval"):
         r = result[kind]
         lines.append(f"{kind:9} {r['torch']:>8.2f} {r['jax']:>8.2f} {r['ratio']:>8.2f}x")
@@ -264,7 +320,7 @@ def format_result(result: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Runs the comparison and prints it; a missing torch or bad setting exits with `error:`."""
-    return benchmark.run_command(parse_args(argv), run, format_result)
+    return benchmark_tool.run_command(parse_args(argv), run, format_result)
 
 
 if __name__ == "__main__":

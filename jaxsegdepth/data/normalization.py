@@ -2,14 +2,15 @@
 
 Inputs are RGB scaled to [0, 1] (uint8 is divided by 255), then standardised per channel with
 the dataset's mean and std. The loader ships uint8; the jitted steps normalise on the device
-(`data.preprocess`), exported models inside themselves. `normalize` takes NumPy or JAX arrays
+(`preprocess`), exported models inside themselves. `normalize` takes NumPy or JAX arrays
 (traced ones too) and returns the same kind.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-# SPEC normalisation of MODEST Museum (inputs only), per channel: (mean, std).
+# The reference's normalisation of MODEST Museum (inputs only, docs/reference.md): (mean, std).
 MODEST_NORMALIZATION = {
     "bg": ((0.40086, 0.46599, 0.53281), (0.25451, 0.24249, 0.23615)),
     "bg_fg": ((0.41221, 0.47368, 0.53431), (0.25699, 0.24577, 0.24217)),

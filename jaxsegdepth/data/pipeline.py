@@ -13,7 +13,7 @@ background) and, with worker processes, `mp_prefetch`.
 Grain passes each element's global index, epoch * n + position, down the chain: the shuffle
 reseeds from it per epoch, and `Keys` keeps it with the sample, so the crop's window is drawn
 from it and the seed, and the jitted train step draws the photometric augmentation from it
-(`data.preprocess`). So the batches depend on neither the process that reads them nor the
+(`preprocess`). So the batches depend on neither the process that reads them nor the
 number of processes, and an iterator restored with `set_state(get_state())` yields exactly
 the batches an uninterrupted one would. Every transform is a module-level, picklable class.
 
@@ -23,10 +23,12 @@ quarter of float32's bytes cross to it.
 
 `dataset.worker_count` / `read_threads` = "auto" are chosen from the CPU count
 (`loader_settings`). Throughput: `measure_throughput`, reported per core by
-`python -m jaxsegdepth.benchmark` (docs/data.md).
+`python tools/benchmark.py` (docs/data.md).
 """
+
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import os
@@ -41,22 +43,33 @@ import simplejpeg
 from PIL import Image
 
 from jaxsegdepth import names
-from jaxsegdepth.data import builders
-from jaxsegdepth.data.builders import DatasetError
+from jaxsegdepth.data import datasets
+from jaxsegdepth.errors import DatasetError
 from jaxsegdepth.data.normalization import MODEST_NORMALIZATION
 
 INPUTS, TARGETS = names.INPUTS, names.HEADS
 AUTO = "auto"  # dataset.worker_count / read_threads chosen from the CPU count
 SINGLE_PROCESS_CPUS = 4  # "auto" reads in this process up to this many CPUs (`loader_settings`)
 # The dataset block is not type-safe (so "auto" and ints both go in): the type of each field.
-FIELD_TYPES = {"name": str, "data_dir": str, "manual_dir": str, "num_samples": int, "seed": int,
-               "skip_corrupt": bool, "val_fraction": (int, float), "prefetch_batches": int,
-               "augment": bool, "hsv_prob": (int, float), "contrast_prob": (int, float)}
+FIELD_TYPES = {
+    "name": str,
+    "data_dir": str,
+    "manual_dir": str,
+    "num_samples": int,
+    "seed": int,
+    "skip_corrupt": bool,
+    "val_fraction": (int, float),
+    "prefetch_batches": int,
+    "augment": bool,
+    "hsv_prob": (int, float),
+    "contrast_prob": (int, float),
+}
 
 
 class LoaderSettings(NamedTuple):
     """How many processes and threads read: `worker_count` grain worker processes (0: this
     process), each preparing `read_threads` batches at a time."""
+
     worker_count: int
     read_threads: int
     reason: str = ""  # how "auto" chose them
@@ -97,12 +110,15 @@ def loader_settings(ds_config, cpus: int | None = None) -> LoaderSettings:
     auto_workers = max(1, (cpus - 1) // 2) if cpus > SINGLE_PROCESS_CPUS else 0
     in_process = (workers if workers != AUTO else auto_workers) == 0
     auto_threads = max(2, min(cpus - 1, 3)) if in_process else 2
-    chosen = LoaderSettings(auto_workers if workers == AUTO else workers,
-                            auto_threads if threads == AUTO else threads)
+    chosen = LoaderSettings(
+        auto_workers if workers == AUTO else workers, auto_threads if threads == AUTO else threads
+    )
     if AUTO not in (workers, threads):
         return chosen
-    return chosen._replace(reason=f"dataset.worker_count={ds_config.worker_count}, "
-                                  f"read_threads={ds_config.read_threads} on {cpus} CPU(s)")
+    return chosen._replace(
+        reason=f"dataset.worker_count={ds_config.worker_count}, "
+        f"read_threads={ds_config.read_threads} on {cpus} CPU(s)"
+    )
 
 
 def validate(ds_config) -> None:
@@ -112,35 +128,36 @@ def validate(ds_config) -> None:
         if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
             expected = "number" if isinstance(kind, tuple) else kind.__name__
             raise DatasetError(f"dataset.{field}={value!r}: expected a {expected}")
-    builders.validate(ds_config)
+    datasets.validate(ds_config)
     loader_settings(ds_config)
     if ds_config.prefetch_batches < 1:
         raise DatasetError(f"dataset.prefetch_batches={ds_config.prefetch_batches}: expected >= 1")
     for field in ("hsv_prob", "contrast_prob"):
         if not 0.0 <= ds_config[field] <= 1.0:
-            raise DatasetError(f"dataset.{field}={ds_config[field]}: expected a probability "
-                               "in [0, 1]")
+            raise DatasetError(
+                f"dataset.{field}={ds_config[field]}: expected a probability in [0, 1]"
+            )
 
 
 def _split_name(split: str) -> str:
-    if split not in builders.SPLITS:
-        raise DatasetError(f"unknown split {split!r}: expected one of {builders.SPLITS}")
+    if split not in datasets.SPLITS:
+        raise DatasetError(f"unknown split {split!r}: expected one of {datasets.SPLITS}")
     return split
 
 
 def split_size(ds_config, split: str) -> int:
     """Global number of examples in `split` ("train" or "validation") of the built set."""
-    return builders.load(ds_config).split_sizes[_split_name(split)]
+    return datasets.load(ds_config).split_sizes[_split_name(split)]
 
 
 def input_normalization(ds_config) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{"bg": (mean, std), "bg_fg": (mean, std)}: float32 3-vectors for inputs in [0,1]. MODEST:
-    the SPEC values, without opening the set (predict/export may run where it is not);
+    the reference's values (docs/reference.md), without opening the set (predict/export may run where it is not);
     synthetic: measured over the generated set when it was built."""
     if ds_config.name == "modest_museum":
         norm = MODEST_NORMALIZATION
     else:
-        norm = builders.load(ds_config).normalization
+        norm = datasets.load(ds_config).normalization
     return {k: (np.asarray(m, np.float32), np.asarray(s, np.float32)) for k, (m, s) in norm.items()}
 
 
@@ -155,8 +172,12 @@ def _read(data: bytes, mode: str, resolution: int) -> np.ndarray:
     (e.g. CMYK), through PIL."""
     if data[:2] == b"\xff\xd8":
         try:
-            image = simplejpeg.decode_jpeg(data, colorspace="RGB" if mode == "RGB" else "GRAY",
-                                           min_height=resolution, min_width=resolution)
+            image = simplejpeg.decode_jpeg(
+                data,
+                colorspace="RGB" if mode == "RGB" else "GRAY",
+                min_height=resolution,
+                min_width=resolution,
+            )
             return image if mode == "RGB" else image[..., 0]
         except ValueError:
             pass
@@ -174,8 +195,11 @@ def decode_image(data: bytes, mode: str, resolution: int) -> np.ndarray:
     height, width = image.shape[:2]
     if (height, width) != (resolution, resolution):
         far = min(height, width) >= 2 * resolution
-        image = cv2.resize(image, (resolution, resolution),
-                           interpolation=cv2.INTER_AREA if far else cv2.INTER_LINEAR)
+        image = cv2.resize(
+            image,
+            (resolution, resolution),
+            interpolation=cv2.INTER_AREA if far else cv2.INTER_LINEAR,
+        )
     return image
 
 
@@ -189,8 +213,9 @@ def decode_sample(record: dict[str, Any], resolution: int) -> dict[str, np.ndarr
         except Exception as e:  # noqa: BLE001 - re-raised with the sample's name
             source = record.get("source", b"?")
             source = source.decode() if isinstance(source, bytes) else str(source)
-            raise DatasetError(f"cannot decode the {key!r} image of {source}: "
-                               f"{type(e).__name__}: {e}") from None
+            raise DatasetError(
+                f"cannot decode the {key!r} image of {source}: {type(e).__name__}: {e}"
+            ) from None
         out[key] = image if key in INPUTS else image[..., None]
     return out
 
@@ -227,8 +252,10 @@ class ReadBatch(grain.transforms.Map):
 
     def map(self, keys: np.ndarray) -> dict[str, np.ndarray]:
         size, count = self.crop or self.resolution, len(keys)
-        batch = {key: np.empty((count, size, size, 3 if key in INPUTS else 1), np.uint8)
-                 for key in INPUTS + TARGETS}
+        batch = {
+            key: np.empty((count, size, size, 3 if key in INPUTS else 1), np.uint8)
+            for key in INPUTS + TARGETS
+        }
         for row, (record, element) in enumerate(keys):
             window = self._window(element)
             for key, image in decode_sample(self.source[int(record)], self.resolution).items():
@@ -241,10 +268,20 @@ class ReadBatch(grain.transforms.Map):
 # Loader.
 
 
-def create_loader(ds_config, split: str, *, resolution: int, batch_size: int, shuffle: bool,
-                  seed: int, num_epochs: int | None = None, drop_remainder: bool = True,
-                  worker_count: int | None = None,
-                  shard: tuple[int, int] | None = None, crop: int = 0) -> grain.IterDataset:
+def create_loader(
+    ds_config,
+    split: str,
+    *,
+    resolution: int,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    num_epochs: int | None = None,
+    drop_remainder: bool = True,
+    worker_count: int | None = None,
+    shard: tuple[int, int] | None = None,
+    crop: int = 0,
+) -> grain.IterDataset:
     """An iterable of this process's slices of the global batches of `split` (module doc).
 
     batch_size: per-process batch size; a global batch is `batch_size * count` samples.
@@ -261,10 +298,11 @@ def create_loader(ds_config, split: str, *, resolution: int, batch_size: int, sh
     `set_state(state)` resumes exactly there (same pipeline arguments and worker count).
     """
     split = _split_name(split)
-    prepared = builders.load(ds_config)
+    prepared = datasets.load(ds_config)
     if resolution <= 0 or batch_size <= 0:
-        raise DatasetError(f"resolution and batch_size must be positive, got {resolution}, "
-                           f"{batch_size}")
+        raise DatasetError(
+            f"resolution and batch_size must be positive, got {resolution}, {batch_size}"
+        )
     if not 0 <= crop <= resolution:
         raise DatasetError(f"crop={crop}: expected 0 (none) up to the resolution {resolution}")
     settings = loader_settings(ds_config)
@@ -275,7 +313,7 @@ def create_loader(ds_config, split: str, *, resolution: int, batch_size: int, sh
         raise DatasetError(f"shard={shard}: expected (index, count) with 0 <= index < count")
 
     source = prepared.data_source(split)
-    ds = grain.MapDataset.range(len(source)).seed(int(seed) % 2 ** 32)
+    ds = grain.MapDataset.range(len(source)).seed(int(seed) % 2**32)
     if shuffle:
         ds = ds.shuffle()
     ds = ds.map_with_index(Keys())  # the global order: element e * n + p, epoch e, position p
@@ -283,35 +321,61 @@ def create_loader(ds_config, split: str, *, resolution: int, batch_size: int, sh
     if drop_remainder:
         ds = ds[: n - n % global_batch]  # whole global batches: every process, the same steps
     if len(ds) == 0:
-        raise DatasetError(f"{prepared.name} {split}: {n} example(s), fewer than one global batch "
-                           f"of {global_batch} ({count} process(es) x batch_size {batch_size})")
+        raise DatasetError(
+            f"{prepared.name} {split}: {n} example(s), fewer than one global batch "
+            f"of {global_batch} ({count} process(es) x batch_size {batch_size})"
+        )
     ds = ds.batch(int(batch_size))[index::count]  # this process's block of each global batch
     ds = ds.repeat(num_epochs)  # reseeds the shuffle and crops every epoch
-    ds = ds.map(ReadBatch(source, int(resolution), int(crop), int(seed) % 2 ** 32))
-    ids = ds.to_iter_dataset(grain.ReadOptions(
-        num_threads=settings.read_threads,
-        prefetch_buffer_size=max(ds_config.prefetch_batches, settings.read_threads)))
+    ds = ds.map(ReadBatch(source, int(resolution), int(crop), int(seed) % 2**32))
+    ids = ds.to_iter_dataset(
+        grain.ReadOptions(
+            num_threads=settings.read_threads,
+            prefetch_buffer_size=max(ds_config.prefetch_batches, settings.read_threads),
+        )
+    )
     if worker_count > 0:
-        ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(worker_count),
-                                                           per_worker_buffer_size=1))
+        ids = ids.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=int(worker_count), per_worker_buffer_size=1)
+        )
     return ids
 
 
-def measure_throughput(ds_config, resolution: int, batch_size: int = 32,
-                       worker_count: int | None = None,
-                       num_batches: int = 20, warmup: int = 3, split: str = "train") -> float:
+def measure_throughput(
+    ds_config,
+    resolution: int,
+    batch_size: int = 32,
+    worker_count: int | None = None,
+    num_batches: int = 20,
+    warmup: int = 3,
+    split: str = "train",
+) -> float:
     """Samples/s the loader delivers (worker_count=None: `loader_settings`'), measured over
     `num_batches` batches after `warmup` (worker start-up excluded)."""
-    loader = create_loader(ds_config, split, resolution=resolution, batch_size=batch_size,
-                           shuffle=True, seed=0, worker_count=worker_count)
-    it = iter(loader)
-    try:
+    loader = create_loader(
+        ds_config,
+        split,
+        resolution=resolution,
+        batch_size=batch_size,
+        shuffle=True,
+        seed=0,
+        worker_count=worker_count,
+    )
+    with iterate(loader) as batches:
         for _ in range(warmup):
-            next(it)
-        t = time.perf_counter()
+            next(batches)
+        start = time.perf_counter()
         for _ in range(num_batches):
-            next(it)
-        return num_batches * batch_size / (time.perf_counter() - t)
+            next(batches)
+        return num_batches * batch_size / (time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def iterate(loader):
+    """An iterator over `loader` whose worker processes, if it has any, stop on leaving."""
+    batches = iter(loader)
+    try:
+        yield batches
     finally:
-        if hasattr(it, "close"):
-            it.close()
+        if hasattr(batches, "close"):
+            batches.close()

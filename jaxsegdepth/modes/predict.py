@@ -26,6 +26,7 @@ file name and skipped; the others are still processed. If any pair failed, `run`
 `errors.RunError` (exit 1) naming every failure, after writing the good pairs. Nothing to predict
 (inputs not set, a path that does not exist, empty folders) is an `errors.UsageError` (exit 2).
 """
+
 import dataclasses
 import functools
 import json
@@ -38,8 +39,7 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from jaxsegdepth import (checkpoints, errors, mesh as mesh_lib, models, reporting,
-                         state as state_lib)
+from jaxsegdepth import checkpoints, errors, mesh as mesh_lib, models, reporting, restore, setup
 from jaxsegdepth.data import pipeline
 
 SIDE_BY_SIDE_MAX_TILE = 512  # tiles of the side-by-side picture are scaled down to this
@@ -61,22 +61,31 @@ class Failure:
 
 # -- settings -------------------------------------------------------------------------------
 
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Refuses, in one line naming the field, settings that would fail every pair alike, and
     inputs that leave nothing to predict (before anything loads)."""
     cfg = config.predict
-    state_lib.validate(config, (cfg.resolution,) if cfg.resolution else (),
-                       "predict.resolution (0: each image's own size)")
+    setup.validate(
+        config,
+        (cfg.resolution,) if cfg.resolution else (),
+        "predict.resolution (0: each image's own size)",
+    )
     stride = models.MODELS[config.model].STRIDE
     if cfg.max_side < 0 or 0 < cfg.max_side < stride:
-        raise errors.UsageError(f"predict.max_side={cfg.max_side}: expected 0 (no cap) or >= "
-                                f"{stride}, the stride of {config.model}")
+        raise errors.UsageError(
+            f"predict.max_side={cfg.max_side}: expected 0 (no cap) or >= "
+            f"{stride}, the stride of {config.model}"
+        )
     if not 0.0 <= cfg.threshold <= 1.0:
-        raise errors.UsageError(f"predict.threshold={cfg.threshold}: expected a probability in "
-                                "[0, 1]")
+        raise errors.UsageError(
+            f"predict.threshold={cfg.threshold}: expected a probability in [0, 1]"
+        )
     if cfg.colormap not in colormaps:
-        raise errors.UsageError(f"predict.colormap={cfg.colormap!r} is not a matplotlib colour "
-                                "map (e.g. viridis, magma, plasma, inferno, turbo)")
+        raise errors.UsageError(
+            f"predict.colormap={cfg.colormap!r} is not a matplotlib colour "
+            "map (e.g. viridis, magma, plasma, inferno, turbo)"
+        )
     checkpoints.validate(config)
     pipeline.validate(config.dataset)
     find_pairs(cfg.bg, cfg.bg_fg)
@@ -84,22 +93,26 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 # -- finding and reading the pairs ----------------------------------------------------------
 
+
 def find_pairs(bg: str, bg_fg: str) -> tuple[list[Pair], list[Failure]]:
     """Pairs from two files or two folders (matched by file name without extension).
 
     A pair that cannot be made is a `Failure`; nothing to pair at all is an `errors.UsageError`.
     """
     if not bg or not bg_fg:
-        raise errors.UsageError("predict.bg and predict.bg_fg: set both (two image files, or two "
-                                "folders of images matched by file name)")
+        raise errors.UsageError(
+            "predict.bg and predict.bg_fg: set both (two image files, or two "
+            "folders of images matched by file name)"
+        )
     for field, path in (("predict.bg", bg), ("predict.bg_fg", bg_fg)):
         if not os.path.exists(path):
             raise errors.UsageError(f"{field}={path!r}: no such file or folder")
     if os.path.isfile(bg) and os.path.isfile(bg_fg):
         return [Pair(os.path.splitext(os.path.basename(bg_fg))[0], bg, bg_fg)], []
     if not (os.path.isdir(bg) and os.path.isdir(bg_fg)):
-        raise errors.UsageError(f"predict.bg={bg!r} and predict.bg_fg={bg_fg!r}: expected two "
-                                "files or two folders")
+        raise errors.UsageError(
+            f"predict.bg={bg!r} and predict.bg_fg={bg_fg!r}: expected two files or two folders"
+        )
     failures = []
     bg_files, bg_fg_files = (_files_by_name(folder, failures) for folder in (bg, bg_fg))
     pairs = []
@@ -114,8 +127,9 @@ def find_pairs(bg: str, bg_fg: str) -> tuple[list[Pair], list[Failure]]:
         else:
             pairs.append(Pair(name, a[0], b[0]))
     if not pairs and not failures:
-        raise errors.UsageError(f"predict.bg={bg!r}, predict.bg_fg={bg_fg!r}: no files in the "
-                                "folders")
+        raise errors.UsageError(
+            f"predict.bg={bg!r}, predict.bg_fg={bg_fg!r}: no files in the folders"
+        )
     return pairs, failures
 
 
@@ -129,8 +143,14 @@ def _files_by_name(folder: str, failures: list) -> dict[str, list[str]]:
             by_name.setdefault(os.path.splitext(entry)[0], []).append(path)
     for name, paths in by_name.items():
         if len(paths) > 1:
-            failures.append(Failure(name, paths, f"{folder}: several files are named {name!r} "
-                                    f"({', '.join(map(os.path.basename, paths))}); keep one"))
+            failures.append(
+                Failure(
+                    name,
+                    paths,
+                    f"{folder}: several files are named {name!r} "
+                    f"({', '.join(map(os.path.basename, paths))}); keep one",
+                )
+            )
             by_name[name] = []
     return by_name
 
@@ -145,14 +165,16 @@ def read_image(path: str) -> np.ndarray:
         raise ValueError(f"{path}: cannot be read as an image ({error})") from error
 
 
-def model_size(height: int, width: int, stride: int, resolution: int = 0,
-               max_side: int = 0) -> tuple[int, int]:
+def model_size(
+    height: int, width: int, stride: int, resolution: int = 0, max_side: int = 0
+) -> tuple[int, int]:
     """(height, width) the model sees: `resolution` squared, or each side rounded to `stride`."""
     if resolution:
         return resolution, resolution
     scale = min(1.0, max_side / max(height, width)) if max_side else 1.0
-    return tuple(max(stride, int(round(side * scale / stride)) * stride)
-                 for side in (height, width))
+    return tuple(
+        max(stride, int(round(side * scale / stride)) * stride) for side in (height, width)
+    )
 
 
 def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -167,18 +189,29 @@ def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 # -- one pair -------------------------------------------------------------------------------
 
-def predict_pair(predict_fn: Callable, bg: np.ndarray, bg_fg: np.ndarray,
-                 model_hw: tuple[int, int]) -> dict:
+
+def predict_pair(
+    predict_fn: Callable, bg: np.ndarray, bg_fg: np.ndarray, model_hw: tuple[int, int]
+) -> dict:
     """{head: (H, W) float32 probability} at the input's size for one uint8 RGB pair: resized
     to `model_hw` and run by `predict_fn` (which normalises)."""
     inputs = [resize(image, model_hw)[None] for image in (bg, bg_fg)]
     outputs = jax.device_get(predict_fn(*inputs))
-    return {head: np.clip(resize(np.asarray(value[0, ..., 0], np.float32), bg.shape[:2]), 0, 1)
-            for head, value in outputs.items()}
+    return {
+        head: np.clip(resize(np.asarray(value[0, ..., 0], np.float32), bg.shape[:2]), 0, 1)
+        for head, value in outputs.items()
+    }
 
 
-def write_outputs(output_dir: str, name: str, bg: np.ndarray, bg_fg: np.ndarray,
-                  outputs: dict, threshold: float, colormap: str) -> list[str]:
+def write_outputs(
+    output_dir: str,
+    name: str,
+    bg: np.ndarray,
+    bg_fg: np.ndarray,
+    outputs: dict,
+    threshold: float,
+    colormap: str,
+) -> list[str]:
     """Writes one pair's files (see the module doc); returns their paths."""
     paths = []
 
@@ -195,8 +228,12 @@ def write_outputs(output_dir: str, name: str, bg: np.ndarray, bg_fg: np.ndarray,
     save("mask.png", binary)
     overlay = bg_fg.astype(np.float32)
     overlay[binary > 0] = 0.5 * overlay[binary > 0] + 0.5 * np.array([255, 0, 0], np.float32)
-    columns = [("bg", [bg]), ("bg_fg", [bg_fg]), ("mask probability", [mask]),
-               (f"mask >= {threshold:g}", [overlay.astype(np.uint8)])]
+    columns = [
+        ("bg", [bg]),
+        ("bg_fg", [bg_fg]),
+        ("mask probability", [mask]),
+        (f"mask >= {threshold:g}", [overlay.astype(np.uint8)]),
+    ]
     if "depth" in outputs:
         depth = outputs["depth"].astype(np.float32)
         colour = reporting.to_rgb("depth", depth, colormap)
@@ -209,9 +246,19 @@ def write_outputs(output_dir: str, name: str, bg: np.ndarray, bg_fg: np.ndarray,
 
 # -- many pairs -----------------------------------------------------------------------------
 
-def predict_pairs(predict_fn: Callable, pairs: list[Pair], output_dir: str, *,
-                  stride: int, threshold: float = 0.5, resolution: int = 0, max_side: int = 0,
-                  colormap: str = "viridis", failures: Optional[list[Failure]] = None) -> dict:
+
+def predict_pairs(
+    predict_fn: Callable,
+    pairs: list[Pair],
+    output_dir: str,
+    *,
+    stride: int,
+    threshold: float = 0.5,
+    resolution: int = 0,
+    max_side: int = 0,
+    colormap: str = "viridis",
+    failures: Optional[list[Failure]] = None,
+) -> dict:
     """Predicts and writes every pair; a failing pair is recorded, not raised. Returns the
     summary written to `summary.json`."""
     os.makedirs(output_dir, exist_ok=True)
@@ -221,20 +268,29 @@ def predict_pairs(predict_fn: Callable, pairs: list[Pair], output_dir: str, *,
         try:
             bg, bg_fg = read_image(pair.bg), read_image(pair.bg_fg)
             if bg.shape != bg_fg.shape:
-                raise ValueError(f"{pair.bg} is {bg.shape[1]}x{bg.shape[0]} but {pair.bg_fg} is "
-                                 f"{bg_fg.shape[1]}x{bg_fg.shape[0]} (width x height): the two "
-                                 "images of a pair must have the same size")
+                raise ValueError(
+                    f"{pair.bg} is {bg.shape[1]}x{bg.shape[0]} but {pair.bg_fg} is "
+                    f"{bg_fg.shape[1]}x{bg_fg.shape[0]} (width x height): the two "
+                    "images of a pair must have the same size"
+                )
             model_hw = model_size(*bg.shape[:2], stride, resolution, max_side)
             outputs = predict_pair(predict_fn, bg, bg_fg, model_hw)
-            written[pair.name] = write_outputs(output_dir, pair.name, bg, bg_fg, outputs,
-                                               threshold, colormap)
+            written[pair.name] = write_outputs(
+                output_dir, pair.name, bg, bg_fg, outputs, threshold, colormap
+            )
             reporting.say(f"predicted {pair.name} ({bg.shape[1]}x{bg.shape[0]})")
         except Exception as error:  # one bad pair must not stop the others
-            message = str(error) if isinstance(error, ValueError) else (
-                f"{pair.bg}, {pair.bg_fg}: {type(error).__name__}: {error}")
+            message = (
+                str(error)
+                if isinstance(error, ValueError)
+                else (f"{pair.bg}, {pair.bg_fg}: {type(error).__name__}: {error}")
+            )
             failures.append(Failure(pair.name, [pair.bg, pair.bg_fg], message))
-    summary = {"output_dir": output_dir, "written": written,
-               "failed": [dataclasses.asdict(f) for f in failures]}
+    summary = {
+        "output_dir": output_dir,
+        "written": written,
+        "failed": [dataclasses.asdict(f) for f in failures],
+    }
     with open(os.path.join(output_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     return summary
@@ -246,18 +302,27 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     cfg = config.predict
     pairs, failures = find_pairs(cfg.bg, cfg.bg_fg)
     mesh = mesh_lib.create_mesh(jax.local_devices()[:1])
-    state = state_lib.load_for_inference(config, workdir, mesh)
-    _, _, predict_step = state_lib.jit_steps(
-        config, mesh, pipeline.input_normalization(config.dataset))
+    state = restore.load_for_inference(config, workdir, mesh)
+    _, _, predict_step = setup.compiled_steps(
+        config, mesh, pipeline.input_normalization(config.dataset)
+    )
     output_dir = cfg.output_dir or os.path.join(workdir, "predictions_user")
     summary = predict_pairs(
-        functools.partial(predict_step, state), pairs, output_dir,
+        functools.partial(predict_step, state),
+        pairs,
+        output_dir,
         stride=models.MODELS[config.model].STRIDE,
-        threshold=cfg.threshold, resolution=cfg.resolution, max_side=cfg.max_side,
-        colormap=cfg.colormap, failures=failures)
+        threshold=cfg.threshold,
+        resolution=cfg.resolution,
+        max_side=cfg.max_side,
+        colormap=cfg.colormap,
+        failures=failures,
+    )
     done = f"{len(summary['written'])} pair(s) written to {output_dir}"
     if summary["failed"]:
-        raise errors.RunError(f"{len(summary['failed'])} pair(s) failed ({done}; details in "
-                              f"summary.json): " + "; ".join(f["error"] for f in summary["failed"]))
+        raise errors.RunError(
+            f"{len(summary['failed'])} pair(s) failed ({done}; details in "
+            f"summary.json): " + "; ".join(f["error"] for f in summary["failed"])
+        )
     reporting.say(f"Predicted {done}")
     return summary

@@ -11,6 +11,7 @@ each sample's global element index (epoch * n + position, the same on every proc
 
 Pure JAX, batched: a few elementwise passes over the batch, negligible next to the model.
 """
+
 import dataclasses
 from typing import Optional
 
@@ -44,8 +45,7 @@ class Photometric:
 def draws(seed: int, index: jax.Array) -> jax.Array:
     """(N, NUM_DRAWS) uniforms in [0, 1): row i depends only on `seed` and `index[i]`."""
     key = jax.random.PRNGKey(seed)
-    return jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i), (NUM_DRAWS,)))(
-        index)
+    return jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i), (NUM_DRAWS,)))(index)
 
 
 def hsv_matrices(hue_turns: jax.Array, saturation: jax.Array, value: jax.Array) -> jax.Array:
@@ -55,11 +55,18 @@ def hsv_matrices(hue_turns: jax.Array, saturation: jax.Array, value: jax.Array) 
     angle = 2.0 * jnp.pi * hue_turns
     c, s = jnp.cos(angle) * saturation, jnp.sin(angle) * saturation
     one, zero = jnp.ones_like(c), jnp.zeros_like(c)
-    chroma = jnp.stack([jnp.stack([one, zero, zero], -1), jnp.stack([zero, c, -s], -1),
-                        jnp.stack([zero, s, c], -1)], -2)
+    chroma = jnp.stack(
+        [
+            jnp.stack([one, zero, zero], -1),
+            jnp.stack([zero, c, -s], -1),
+            jnp.stack([zero, s, c], -1),
+        ],
+        -2,
+    )
     from_yiq, to_yiq = (jnp.asarray(m, jnp.float32) for m in (_FROM_YIQ, _TO_YIQ))
-    return value[:, None, None] * jnp.einsum("ij,njk,kl->nil", from_yiq, chroma, to_yiq,
-                                             precision=jax.lax.Precision.HIGHEST)
+    return value[:, None, None] * jnp.einsum(
+        "ij,njk,kl->nil", from_yiq, chroma, to_yiq, precision=jax.lax.Precision.HIGHEST
+    )
 
 
 def unit(x: jax.Array) -> jax.Array:
@@ -74,25 +81,31 @@ def _per_sample(x: jax.Array) -> jax.Array:
 def _mix_channels(images: jax.Array, matrices: jax.Array) -> jax.Array:
     """out[..., d] = sum_c M[d, c] x[..., c], as exact float32 multiply-adds (a matmul would
     run at TF32 on GPUs)."""
-    return jnp.stack([sum(images[..., c] * matrices[:, d, c][:, None, None] for c in range(3))
-                      for d in range(3)], axis=-1)
+    return jnp.stack(
+        [
+            sum(images[..., c] * matrices[:, d, c][:, None, None] for c in range(3))
+            for d in range(3)
+        ],
+        axis=-1,
+    )
 
 
 def photometric(images: dict, index: jax.Array, seed: int, params: Photometric) -> dict:
     """{input: (N,H,W,3) float in [0, 1]} -> the same, augmented per `params` (module doc)."""
     u = draws(seed, index)
     do_hsv, do_contrast = u[:, 0] < params.hsv_prob, u[:, 1] < params.contrast_prob
-    matrices = hsv_matrices((2 * u[:, 2] - 1) * params.hue,
-                            1 + (2 * u[:, 3] - 1) * params.saturation,
-                            1 + (2 * u[:, 4] - 1) * params.value)
+    matrices = hsv_matrices(
+        (2 * u[:, 2] - 1) * params.hue,
+        1 + (2 * u[:, 3] - 1) * params.saturation,
+        1 + (2 * u[:, 4] - 1) * params.value,
+    )
     factor = _per_sample(1 + (2 * u[:, 5] - 1) * params.contrast)
     out = {}
     for key, x in images.items():
         x = jnp.where(_per_sample(do_hsv), jnp.clip(_mix_channels(x, matrices), 0.0, 1.0), x)
         luma = sum(x[..., c] * LUMA[c] for c in range(3)).mean(axis=(1, 2))
         mean = _per_sample(luma)
-        x = jnp.where(_per_sample(do_contrast),
-                      jnp.clip((x - mean) * factor + mean, 0.0, 1.0), x)
+        x = jnp.where(_per_sample(do_contrast), jnp.clip((x - mean) * factor + mean, 0.0, 1.0), x)
         out[key] = x
     return out
 
@@ -118,26 +131,39 @@ class Preprocess:
     def __call__(self, batch: dict, *, train: bool) -> dict:
         """A loader batch -> normalised float32 inputs, [0, 1] targets, other arrays (e.g.
         evaluation's `weights`) as they are; augmented when `train` and `augment` is set."""
-        out = {k: unit(v) if k in names.HEADS else v for k, v in batch.items()
-               if k != names.INDEX and k not in names.INPUTS}
+        out = {
+            k: unit(v) if k in names.HEADS else v
+            for k, v in batch.items()
+            if k != names.INDEX and k not in names.INPUTS
+        }
         images = {key: batch[key] for key in names.INPUTS}
         if train and self.augment is not None:
-            images = photometric({k: unit(v) for k, v in images.items()}, batch[names.INDEX],
-                                 self.seed, self.augment)
+            images = photometric(
+                {k: unit(v) for k, v in images.items()}, batch[names.INDEX], self.seed, self.augment
+            )
         out["bg"], out["bg_fg"] = self.inputs(images["bg"], images["bg_fg"])
         return out
 
 
-def from_normalization(normalization: dict, augment: Optional[Photometric] = None,
-                       seed: int = 0) -> Preprocess:
+def from_normalization(
+    normalization: dict, augment: Optional[Photometric] = None, seed: int = 0
+) -> Preprocess:
     """A `Preprocess` from {input: (mean, std)} of any array-likes."""
-    return Preprocess(tuple((k, tuple(map(float, m)), tuple(map(float, s)))
-                            for k, (m, s) in normalization.items()), augment, int(seed))
+    return Preprocess(
+        tuple(
+            (k, tuple(map(float, m)), tuple(map(float, s))) for k, (m, s) in normalization.items()
+        ),
+        augment,
+        int(seed),
+    )
 
 
 def from_config(ds_config, normalization: dict, seed: int) -> Preprocess:
     """The `Preprocess` of `config.dataset` (its augment, hsv_prob, contrast_prob) and a run's
     seed, with the dataset's `normalization`."""
-    augment = Photometric(hsv_prob=ds_config.hsv_prob, contrast_prob=ds_config.contrast_prob) \
-        if ds_config.augment else None
+    augment = (
+        Photometric(hsv_prob=ds_config.hsv_prob, contrast_prob=ds_config.contrast_prob)
+        if ds_config.augment
+        else None
+    )
     return from_normalization(normalization, augment, seed)

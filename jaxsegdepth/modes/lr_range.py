@@ -20,6 +20,7 @@ against log(lr), is also in the JSON, for reference only.
 Writes `WORKDIR/lr_range.json` and `WORKDIR/lr_range.png`; the model and optimizer state are
 thrown away.
 """
+
 import json
 import math
 import os
@@ -28,39 +29,50 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxsegdepth import (charts, errors, mesh as mesh_lib, names, optim, reporting,
-                         stages, state as state_lib)
-from jaxsegdepth.data import builders, pipeline
+from jaxsegdepth import charts, errors, mesh as mesh_lib, names, optim, reporting, setup, stages
+from jaxsegdepth.data import datasets, pipeline
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Refuses, in one line, sweep settings that would fail (before anything compiles)."""
     cfg = config.lr_range
     if not 0 < cfg.start_lr < cfg.end_lr:
-        raise errors.UsageError(f"lr_range: expected 0 < start_lr < end_lr, got start_lr="
-                                f"{cfg.start_lr}, end_lr={cfg.end_lr}")
+        raise errors.UsageError(
+            f"lr_range: expected 0 < start_lr < end_lr, got start_lr="
+            f"{cfg.start_lr}, end_lr={cfg.end_lr}"
+        )
     if cfg.num_steps < 2:
         raise errors.UsageError(f"lr_range.num_steps={cfg.num_steps}: expected at least 2")
     if cfg.spacing not in optim.SPACINGS:
-        raise errors.UsageError(f"lr_range.spacing={cfg.spacing!r}: expected one of "
-                                f"{optim.SPACINGS}")
+        raise errors.UsageError(
+            f"lr_range.spacing={cfg.spacing!r}: expected one of {optim.SPACINGS}"
+        )
     if not 0.0 < cfg.smoothing <= 1.0:
         raise errors.UsageError(f"lr_range.smoothing={cfg.smoothing}: expected a value in (0, 1]")
     if not cfg.diverge_factor > 1.0:
         raise errors.UsageError(f"lr_range.diverge_factor={cfg.diverge_factor}: expected > 1")
-    state_lib.validate(config, (cfg.resolution or stages.of(config)[0].resolution,), "lr_range.resolution")
+    setup.validate(
+        config, (cfg.resolution or stages.of(config)[0].resolution,), "lr_range.resolution"
+    )
     optim.validate(config)
     pipeline.validate(config.dataset)
-    mesh_lib.check_batch_size(mesh_lib.create_mesh(), cfg.batch_size or config.batch_size,
-                              "lr_range.batch_size" if cfg.batch_size else "batch_size")
+    mesh_lib.check_batch_size(
+        mesh_lib.create_mesh(),
+        cfg.batch_size or config.batch_size,
+        "lr_range.batch_size" if cfg.batch_size else "batch_size",
+    )
 
 
 def suggest(lrs, smoothed) -> dict:
     """`suggested_lr` (lowest smoothed loss) and `steepest_lr` (steepest fall against log lr)."""
     lrs, smoothed = np.asarray(lrs, np.float64), np.asarray(smoothed, np.float64)
     best = int(np.argmin(smoothed))
-    result = {"suggested_lr": float(lrs[best]), "suggested_step": best,
-              "min_smoothed_loss": float(smoothed[best]), "steepest_lr": None}
+    result = {
+        "suggested_lr": float(lrs[best]),
+        "suggested_step": best,
+        "min_smoothed_loss": float(smoothed[best]),
+        "steepest_lr": None,
+    }
     if len(lrs) >= 3:
         slope = np.gradient(smoothed, np.log(lrs))
         result["steepest_lr"] = float(lrs[int(np.argmin(slope))])
@@ -92,8 +104,10 @@ class _Record:
         self.bar.update(1)
         self.bar.set_postfix(lr=f"{lr:.3g}", smoothed=f"{value:.4f}", refresh=False)
         if diverged:
-            self.stop_reason = (f"diverged at step {step} (lr {lr:.3g}): smoothed loss "
-                                f"{value:.4g} > {self.cfg.diverge_factor} x best {self.best:.4g}")
+            self.stop_reason = (
+                f"diverged at step {step} (lr {lr:.3g}): smoothed loss "
+                f"{value:.4g} > {self.cfg.diverge_factor} x best {self.best:.4g}"
+            )
         return diverged
 
 
@@ -104,25 +118,37 @@ def sweep(config: ml_collections.ConfigDict) -> dict:
     global_batch = cfg.batch_size or config.batch_size
     mesh = mesh_lib.create_mesh()
     schedule = optim.range_schedule(cfg.start_lr, cfg.end_lr, cfg.num_steps, cfg.spacing)
-    state = state_lib.create_state(config, mesh=mesh,
-                                   tx=optim.create_optimizer(config.optimizer, schedule))
-    builders.prepare(config.dataset)
-    train_step, _, _ = state_lib.jit_steps(
-        config, mesh, pipeline.input_normalization(config.dataset))
-    batches = iter(pipeline.create_loader(
-        config.dataset, "train", resolution=resolution,
-        batch_size=mesh_lib.check_batch_size(mesh, global_batch), shuffle=True,
-        seed=config.seed, num_epochs=None, drop_remainder=True))
+    state = setup.create_state(
+        config, mesh=mesh, tx=optim.create_optimizer(config.optimizer, schedule)
+    )
+    datasets.prepare(config.dataset)
+    train_step, _, _ = setup.compiled_steps(
+        config, mesh, pipeline.input_normalization(config.dataset)
+    )
+    batches = iter(
+        pipeline.create_loader(
+            config.dataset,
+            "train",
+            resolution=resolution,
+            batch_size=mesh_lib.check_batch_size(mesh, global_batch),
+            shuffle=True,
+            seed=config.seed,
+            num_epochs=None,
+            drop_remainder=True,
+        )
+    )
     keys = names.INPUTS + tuple(config.loss.keys()) + (names.INDEX,)  # what the train step uses
-    bar = reporting.progress_bar(cfg.num_steps, "LR range test", enabled=jax.process_index() == 0,
-                                 unit="step")
+    bar = reporting.progress_bar(
+        cfg.num_steps, "LR range test", enabled=jax.process_index() == 0, unit="step"
+    )
     record = _Record(cfg, schedule, bar)
     # The loss of step i is read after step i + 1 has been dispatched, so the device is never
     # idle waiting for the host; a stop discards that one extra step (the state is thrown away).
     pending = None
     for step, batch in zip(range(cfg.num_steps), batches):
-        state, step_metrics = train_step(state, mesh_lib.shard_batch(
-            mesh, {key: batch[key] for key in keys}))
+        state, step_metrics = train_step(
+            state, mesh_lib.shard_batch(mesh, {key: batch[key] for key in keys})
+        )
         if pending is not None and record.add(pending[0], float(pending[1])):
             pending = None
             break
@@ -131,17 +157,30 @@ def sweep(config: ml_collections.ConfigDict) -> dict:
         record.add(pending[0], float(pending[1]))
     bar.close()
     if len(record.lrs) < 2:
-        raise errors.RunError(f"LR range test stopped after {len(record.lrs)} step(s): "
-                              f"{record.stop_reason}; lower lr_range.start_lr")
+        raise errors.RunError(
+            f"LR range test stopped after {len(record.lrs)} step(s): "
+            f"{record.stop_reason}; lower lr_range.start_lr"
+        )
     return {
-        "lrs": record.lrs, "losses": record.raw, "smoothed": record.smoothed,
-        **suggest(record.lrs, record.smoothed), "stop_reason": record.stop_reason,
+        "lrs": record.lrs,
+        "losses": record.raw,
+        "smoothed": record.smoothed,
+        **suggest(record.lrs, record.smoothed),
+        "stop_reason": record.stop_reason,
         "num_steps_run": len(record.lrs),
-        "sweep": {"start_lr": cfg.start_lr, "end_lr": cfg.end_lr, "num_steps": cfg.num_steps,
-                  "spacing": cfg.spacing, "smoothing": cfg.smoothing,
-                  "diverge_factor": cfg.diverge_factor, "resolution": resolution,
-                  "batch_size": global_batch, "optimizer": config.optimizer.to_dict(),
-                  "model": config.model, "loss": config.loss.to_dict()},
+        "sweep": {
+            "start_lr": cfg.start_lr,
+            "end_lr": cfg.end_lr,
+            "num_steps": cfg.num_steps,
+            "spacing": cfg.spacing,
+            "smoothing": cfg.smoothing,
+            "diverge_factor": cfg.diverge_factor,
+            "resolution": resolution,
+            "batch_size": global_batch,
+            "optimizer": config.optimizer.to_dict(),
+            "model": config.model,
+            "loss": config.loss.to_dict(),
+        },
     }
 
 
@@ -149,16 +188,23 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs the sweep and writes `WORKDIR/lr_range.json` and `WORKDIR/lr_range.png`."""
     result = sweep(config)
     os.makedirs(workdir, exist_ok=True)
-    json_path, png_path = os.path.join(workdir, "lr_range.json"), os.path.join(workdir, "lr_range.png")
+    json_path, png_path = (
+        os.path.join(workdir, "lr_range.json"),
+        os.path.join(workdir, "lr_range.png"),
+    )
     if jax.process_index() == 0:
         with open(json_path, "w") as f:
             json.dump(result, f, indent=1)
         charts.lr_range(result, png_path)
         steepest = f"{result['steepest_lr']:.3g}" if result["steepest_lr"] else "n/a"
-        reporting.say(f"LR range test: {result['num_steps_run']} steps, {result['stop_reason']}.\n"
-              f"Suggested learning rate (lowest smoothed loss): {result['suggested_lr']:.4g} "
-              f"(steepest descent at {steepest}); written to {json_path} and {png_path}")
+        reporting.say(
+            f"LR range test: {result['num_steps_run']} steps, {result['stop_reason']}.\n"
+            f"Suggested learning rate (lowest smoothed loss): {result['suggested_lr']:.4g} "
+            f"(steepest descent at {steepest}); written to {json_path} and {png_path}"
+        )
         if result["suggested_step"] == result["num_steps_run"] - 1:
-            reporting.say("Note: the smoothed loss was still falling at the last step, so the sweep never "
-                  "reached divergence and the suggestion is a lower bound: raise lr_range.end_lr")
+            reporting.say(
+                "Note: the smoothed loss was still falling at the last step, so the sweep never "
+                "reached divergence and the suggestion is a lower bound: raise lr_range.end_lr"
+            )
     return result

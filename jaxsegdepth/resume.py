@@ -1,0 +1,160 @@
+"""What a run carries across a stop, and whether it may continue: `Progress` (saved with the
+state in every checkpoint), the settings a resumed run must share with the run it continues,
+and the state a run starts from (its latest checkpoint, a warm start or a new one)."""
+
+import dataclasses
+import json
+from typing import Optional
+
+import ml_collections
+from flax import traverse_util
+
+from jaxsegdepth import checkpoints, errors, reporting, restore, setup, stages, steps
+from jaxsegdepth.data import pipeline
+
+
+@dataclasses.dataclass
+class Progress:
+    """What the loop carries besides the `TrainState`, saved with it in every checkpoint."""
+
+    loss_sum: float = 0.0  # train losses of this epoch's finished steps, added in step order
+    loss_count: int = 0
+    task_loss_sums: dict = dataclasses.field(default_factory=dict)  # the same, per head
+    iterator: Optional[dict] = None  # the data iterator's state at the save (JSON)
+    iterator_stage: int = -1  # the stage that iterator reads for
+    last_record: Optional[dict] = None  # the last finished epoch's metrics.jsonl line
+    settings: Optional[dict] = None  # `resume_settings` of the run, checked on resume
+
+
+# What a resumed run must share with the run it resumes (dotted config fields). `stages` may
+# extend it (see `check_resume`); everything else is free to change.
+RESUME_FIELDS = (
+    "model",
+    "dtype",
+    "seed",
+    "batch_size",
+    "steps_per_epoch",
+    "optimizer",
+    "schedule",
+    "loss",
+    "loss_weighting",
+    "dwa_temperature",
+    "dataset.name",
+    "dataset.num_samples",
+    "dataset.seed",
+    "dataset.val_fraction",
+    "dataset.skip_corrupt",
+    "dataset.augment",
+    "dataset.hsv_prob",
+    "dataset.contrast_prob",
+    "dataset.worker_count",
+    "stages",
+    "init_from",
+)
+# What the settings of checkpoints written before `stages` existed hold instead of it.
+_OLD_STAGE_FIELDS = ("resolutions", "stage_epochs", "crops")
+
+
+def resume_settings(config: ml_collections.ConfigDict) -> dict:
+    """{dotted field: JSON value} of every leaf under `RESUME_FIELDS`."""
+    tree = {}
+    for field in RESUME_FIELDS:
+        value = config
+        for part in field.split("."):
+            value = value[part]
+        tree[field] = value.to_dict() if hasattr(value, "to_dict") else value
+    tree["stages"] = stages.as_json(config.stages)
+    # The iterator's state is per worker process: the count "auto" resolves to must match.
+    tree["dataset.worker_count"] = pipeline.loader_settings(config.dataset).worker_count
+    return json.loads(json.dumps(traverse_util.flatten_dict(tree, sep=".")))
+
+
+def check_resume(config: ml_collections.ConfigDict, saved: Optional[dict], directory: str) -> None:
+    """Refuses (exit 2, naming the fields) to resume a run under settings it was not trained
+    with. More epochs are allowed where that is well defined: the stages so far unchanged,
+    the last one longer or new ones after it, and a schedule whose length is not fixed (not
+    one-cycle, which is laid out over the whole run)."""
+    current, saved = resume_settings(config), _with_stages(saved or {})
+    changed = [f for f in current if f in saved and saved[f] != current[f]]
+    extended = "stages" in changed and _extends(saved["stages"], current["stages"])
+    spans_run = config.schedule.name == "onecycle"
+    if extended and not spans_run:
+        changed.remove("stages")
+    if not changed:
+        return
+    note = (
+        " (a one-cycle schedule spans the whole run: it cannot be extended)"
+        if (extended and spans_run)
+        else ""
+    )
+    if "dataset.worker_count" in changed:
+        note += (
+            f" (dataset.worker_count={config.dataset.worker_count} is resolved on this "
+            f"host; give --config.dataset.worker_count={saved['dataset.worker_count']}, "
+            "the checkpoint's)"
+        )
+    shown = ", ".join(f"{f} ({saved[f]} -> {current[f]})" for f in changed)
+    raise errors.UsageError(
+        f"cannot resume the run in {directory}: {shown} differ from its "
+        f"checkpoint{note}; set them back, or use another --workdir"
+    )
+
+
+def _with_stages(saved: dict) -> dict:
+    """Settings saved before `stages` existed (resolutions, stage_epochs, crops) as `stages`."""
+    if "stages" in saved or "resolutions" not in saved:
+        return saved
+    crops = saved.get("crops") or [0] * len(saved["resolutions"])
+    rest = {k: v for k, v in saved.items() if k not in _OLD_STAGE_FIELDS}
+    return {
+        **rest,
+        "stages": [
+            list(stage) for stage in zip(saved["resolutions"], saved["stage_epochs"], crops)
+        ],
+    }
+
+
+def _extends(old: list, new: list) -> bool:
+    """Whether stages `new` continue stages `old`: those done unchanged, the last one as
+    long or longer at the same size and crop, new stages after it."""
+    n = len(old)
+    if len(new) < n or new[: n - 1] != old[: n - 1]:
+        return False
+    (resolution, epochs, crop), (new_resolution, new_epochs, new_crop) = old[-1], new[n - 1]
+    return (new_resolution, new_crop) == (resolution, crop) and new_epochs >= epochs
+
+
+def warm_start(config, workdir: str, mesh) -> Optional[dict]:
+    """The model variables `config.init_from` names, checked and read before anything is built
+    or compiled; None without it, or when `workdir` has a checkpoint to resume from."""
+    if not config.init_from or checkpoints.has_checkpoint(workdir):
+        return None
+    variables, source = restore.load_variables(config, mesh)
+    reporting.say(
+        f"starting from the parameters and batch statistics of {source}; "
+        "optimizer, schedule and step start fresh"
+    )
+    return variables
+
+
+def restore_or_create(
+    config, checkpointer, mesh, per_epoch, warm: Optional[dict]
+) -> tuple[steps.TrainState, Progress]:
+    """The run's latest checkpoint and its `Progress`, checked against `config`; else a new
+    state (with `warm`'s variables, if any) and an empty `Progress`."""
+    latest = checkpointer.latest_step()
+    if latest is None:
+        state = setup.create_state(config, per_epoch, mesh)
+        if warm is not None:
+            state = state.replace(**warm)
+        return state, Progress(settings=resume_settings(config))
+    target = setup.abstract_state(config, mesh, per_epoch)
+    state, saved = checkpointer.restore(target, latest)
+    progress = Progress(**saved)
+    check_resume(config, progress.settings, checkpointer.directory)
+    progress.settings = resume_settings(config)
+    reporting.say(
+        f"resuming from {checkpointer.directory} step {latest}: "
+        f"{latest // per_epoch} epoch(s) done, {latest % per_epoch} step(s) into the next"
+    )
+    return state, progress

@@ -1,0 +1,136 @@
+"""The one place a config becomes a model, an optimizer, a `steps.TrainState` and compiled steps.
+
+Every mode builds here: training (`create_state`, and `abstract_state` to restore into), the
+LR range test (with its own sweep as `tx`), the benchmark and the inference modes (through
+`restore`); `compiled_steps` compiles the steps with the config's loss, loss weighting and
+augmentation. Which checkpoint to read, and reading it, is `restore`'s.
+"""
+
+import functools
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+from jaxsegdepth import (
+    errors,
+    losses,
+    mesh as mesh_lib,
+    models,
+    optim,
+    preprocess,
+    steps,
+    weighting,
+)
+
+DTYPES = ("float32", "bfloat16")
+INIT_RESOLUTION = 32  # parameter shapes do not depend on it; DSResNet needs a multiple of 32
+
+
+def validate(
+    config: ml_collections.ConfigDict, resolutions: Sequence[int], field: str = "stages"
+) -> None:
+    """Refuses, in one line, a model, dtype, loss or loss weighting that cannot run at
+    `resolutions` (the setting `field` of the config)."""
+    if config.model not in models.MODELS:
+        raise errors.UsageError(f"model={config.model!r}: expected one of {sorted(models.MODELS)}")
+    if config.dtype not in DTYPES:
+        raise errors.UsageError(f"dtype={config.dtype!r}: expected one of {DTYPES}")
+    stride = models.MODELS[config.model].STRIDE
+    for resolution in resolutions:
+        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution <= 0:
+            raise errors.UsageError(
+                f"{field}: resolution {resolution!r} must be a positive integer"
+            )
+        if resolution % stride:
+            raise errors.UsageError(
+                f"{field}: resolution {resolution} is not a multiple of "
+                f"{stride}, which {config.model} needs"
+            )
+    try:
+        spec = losses.validate_spec(config.loss)
+    except (ValueError, TypeError) as error:
+        raise errors.UsageError(f"loss: {error}") from None
+    weighting.validate(config)
+    model_heads = heads(config)
+    smallest = min(resolutions, default=None)
+    for head, terms in spec.items():
+        if head not in model_heads:
+            raise errors.UsageError(
+                f"loss has a {head!r} term but model {config.model!r} only predicts {model_heads}"
+            )
+        for term, size in (("ms_ssim", losses.MS_SSIM_MIN_SIZE), ("ssim", losses.SSIM_WINDOW)):
+            if term in terms and smallest is not None and smallest < size:
+                raise errors.UsageError(
+                    f"{field}: loss term {term} needs resolutions >= {size}, got {smallest}"
+                )
+
+
+def heads(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The heads `config.model` declares (its output keys)."""
+    return models.MODELS[config.model].HEADS
+
+
+def create_model(config: ml_collections.ConfigDict) -> nn.Module:
+    return models.create(config.model, config.dtype)
+
+
+def create_state(
+    config: ml_collections.ConfigDict,
+    steps_per_epoch: int = 1,
+    mesh: Optional[Mesh] = None,
+    tx: Optional[optax.GradientTransformation] = None,
+) -> steps.TrainState:
+    """The model of `config.model` in `config.dtype`, initialised from `config.seed`, under jit.
+
+    The optimizer follows `config.optimizer`/`config.schedule` (`steps_per_epoch` places the
+    schedule's boundaries) unless `tx` is given. The state is replicated on `mesh` (default:
+    every device).
+    """
+    mesh = mesh_lib.create_mesh() if mesh is None else mesh
+    init = _initializer(config, steps_per_epoch, tx)
+    return jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(jax.random.PRNGKey(config.seed))
+
+
+def abstract_state(
+    config: ml_collections.ConfigDict,
+    mesh: Mesh,
+    steps_per_epoch: int = 1,
+    tx: Optional[optax.GradientTransformation] = None,
+) -> steps.TrainState:
+    """The shapes, dtypes and (replicated) shardings of `create_state`'s result, no compute."""
+    shapes = jax.eval_shape(
+        _initializer(config, steps_per_epoch, tx), jax.random.PRNGKey(config.seed)
+    )
+    sharding = mesh_lib.replicated(mesh)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
+def _initializer(config, steps_per_epoch, tx):
+    if tx is None:
+        tx = optim.create_optimizer(
+            config.optimizer, optim.learning_rate_schedule(config, steps_per_epoch)
+        )
+    return functools.partial(
+        steps.create_train_state,
+        create_model(config),
+        tx,
+        optim.plateau(config),
+        resolution=INIT_RESOLUTION,
+        weighting=weighting.from_config(config),
+    )
+
+
+def compiled_steps(config: ml_collections.ConfigDict, mesh: Mesh, normalization: dict):
+    """`steps.jit_steps` for `config`: its loss spec, its loss weighting and its augmentation,
+    with the dataset's input `normalization` ({input: (mean, std)},
+    `pipeline.input_normalization`)."""
+    return steps.jit_steps(
+        mesh,
+        losses.compose(config.loss),
+        preprocess.from_config(config.dataset, normalization, config.seed),
+        weighting.from_config(config),
+    )
