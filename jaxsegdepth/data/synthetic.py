@@ -6,9 +6,9 @@ One sample is a background room (`bg`), the same room with 1-4 figures standing 
 through one decoding path.
 
 Scene model (a pinhole camera inside a box-shaped room, metres):
-- camera at height `hc` above the floor, looking down the room; the visible surface of every
-  pixel is the nearest of floor, ceiling, left/right wall and back wall (computed with inverse
-  depths, which are linear in the pixel coordinates for a plane);
+- camera at `camera_height` above the floor, looking down the room; the visible surface of
+  every pixel is the nearest of floor, ceiling, left/right wall and back wall (computed with
+  inverse depths, which are linear in the pixel coordinates for a plane);
 - textured floor (planks, tiles or stone), painted walls (sometimes striped wallpaper), a
   skirting board, framed pictures on the walls, 0-2 background exhibits (pedestals with
   sculptures, benches) that belong to `bg`;
@@ -16,24 +16,33 @@ Scene model (a pinhole camera inside a box-shaped room, metres):
   scaled by perspective, painted far to near with a depth test so that nearer things occlude
   farther ones; colours and textures are sometimes drawn from the wall/exhibit distributions, so
   a figure cannot be told apart from the background by its colour alone;
+- capture realism in `bg_fg`: one distant light per sample makes every figure cast a soft
+  shadow on the floor (and on a wall it stands near), darkening only the room's own surfaces;
+  sometimes the light of the whole shot also changes a little (gain and colour cast). Neither
+  is foreground: the mask stays the figures alone, where a background-subtraction threshold
+  would take the shadows too;
 - depth image = clip((1/z - 1/Z_FAR) / (1/Z_NEAR - 1/Z_FAR), 0, 1) (normalised inverse depth,
   near = bright, like the reference's depth maps); figures are always nearer than the floor and
-  walls behind them.
+  walls behind them;
+- bg and bg_fg are JPEG-encoded at qualities drawn apart per sample (`JPEG_QUALITY_RGB_RANGE`,
+  carried by `render`'s `jpeg_quality`), the targets at `JPEG_QUALITY_TARGET`.
 
 Everything is deterministic for `(seed, index)`: `render(seed, index)` draws from
 `np.random.default_rng([seed, index])` and a fixed noise bank.
 
-Command: `python -m jaxsegdepth.data.synthetic --speed N` times `generate`. A preview grid of
-samples is drawn above the data layer: `python -m jaxsegdepth.plots samples --out preview.png`.
+Speed: `python tools/synthetic_speed.py --speed N` times `generate`. A preview grid of samples:
+`python tools/plot.py samples --out preview.png`.
 """
+
 from __future__ import annotations
 
-import argparse
+import colorsys
+import dataclasses
 import functools
 import io
 import math
-import time
 
+import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -41,32 +50,49 @@ from jaxsegdepth import names
 
 # Part of every built set's name: bump it whenever `render` or `encode` changes their output,
 # so a set made by an older generator is rebuilt rather than silently reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SIZE = 224
 Z_NEAR = 2.0  # metres mapped to depth 1.0 (anything nearer is clipped)
 Z_FAR = 20.0  # metres mapped to depth 0.0
-JPEG_QUALITY_RGB = 90
+JPEG_QUALITY_RGB = 90  # inputs of a sample that names no quality of its own (and photos.py's)
+JPEG_QUALITY_RGB_RANGE = (75, 95)  # inclusive; bg and bg_fg draw theirs apart per sample
 JPEG_QUALITY_TARGET = 95
+QUALITY_KEY = "jpeg_quality"  # render's (2,) uint8 entry: the qualities of names.INPUTS
 KEYS = names.INPUTS + names.HEADS
 
 _INV_NEAR, _INV_FAR = 1.0 / Z_NEAR, 1.0 / Z_FAR
 _DEPTH_SCALE = 1.0 / (_INV_NEAR - _INV_FAR)
 
 # Colour distributions (RGB 0..255). Figures draw from these too (see _figure_colour).
-_WALL_COLOURS = np.array([
-    (232, 226, 214), (205, 203, 198), (216, 198, 168), (150, 48, 50), (58, 92, 76),
-    (52, 64, 102), (190, 170, 132), (172, 190, 204), (120, 120, 124), (200, 160, 120),
-], np.float32)
-_FLOOR_COLOURS = np.array([
-    (128, 86, 52), (160, 118, 78), (96, 64, 44), (150, 150, 148), (196, 192, 184),
-    (70, 70, 74), (176, 140, 100), (110, 100, 90),
-], np.float32)
-_EXHIBIT_COLOURS = np.array([
-    (236, 234, 228), (140, 96, 52), (70, 60, 52), (180, 170, 150), (40, 40, 44), (200, 180, 120),
-], np.float32)
-_SKIN_COLOURS = np.array([
-    (236, 200, 170), (210, 160, 120), (170, 120, 86), (120, 80, 56), (80, 56, 40),
-], np.float32)
+_WALL_COLOURS = np.array(
+    [
+        (232, 226, 214), (205, 203, 198), (216, 198, 168), (150, 48, 50), (58, 92, 76),
+        (52, 64, 102), (190, 170, 132), (172, 190, 204), (120, 120, 124), (200, 160, 120),
+    ],
+    np.float32,
+)  # fmt: skip
+_FLOOR_COLOURS = np.array(
+    [
+        (128, 86, 52), (160, 118, 78), (96, 64, 44), (150, 150, 148), (196, 192, 184),
+        (70, 70, 74), (176, 140, 100), (110, 100, 90),
+    ],
+    np.float32,
+)  # fmt: skip
+_EXHIBIT_COLOURS = np.array(
+    [
+        (236, 234, 228), (140, 96, 52), (70, 60, 52), (180, 170, 150), (40, 40, 44),
+        (200, 180, 120),
+    ],
+    np.float32,
+)  # fmt: skip
+_SKIN_COLOURS = np.array(
+    [(236, 200, 170), (210, 160, 120), (170, 120, 86), (120, 80, 56), (80, 56, 40)], np.float32
+)
+
+# Surface labels of the room; `_Scene.surface` holds the plane ids 0-4 of the visible room and
+# _COVERED where an exhibit or a figure hides it.
+_FLOOR, _CEILING, _LEFT_WALL, _RIGHT_WALL, _BACK_WALL, _SKIRTING = range(6)
+_COVERED = -1
 
 _CIRCLE14 = [(math.cos(a), math.sin(a)) for a in np.linspace(0, 2 * np.pi, 14, endpoint=False)]
 _BANK = 512  # side of the precomputed noise textures
@@ -77,10 +103,10 @@ def _noise_bank() -> tuple[np.ndarray, np.ndarray]:
     """Smooth (two octaves) and fine noise textures, fixed forever by their seed."""
     rng = np.random.default_rng(20240601)
     smooth = np.zeros((_BANK, _BANK), np.float32)
-    for cells, amp in ((8, 0.65), (32, 0.35)):
+    for cells, amplitude in ((8, 0.65), (32, 0.35)):
         grid = rng.standard_normal((cells, cells)).astype(np.float32)
-        img = Image.fromarray(grid, mode="F").resize((_BANK, _BANK), Image.BICUBIC)
-        smooth += amp * np.asarray(img, np.float32)
+        upsampled = Image.fromarray(grid, mode="F").resize((_BANK, _BANK), Image.BICUBIC)
+        smooth += amplitude * np.asarray(upsampled, np.float32)
     smooth /= np.abs(smooth).max()
     fine = rng.standard_normal((_BANK, _BANK)).astype(np.float32) * 0.5
     return smooth, fine
@@ -88,18 +114,35 @@ def _noise_bank() -> tuple[np.ndarray, np.ndarray]:
 
 @functools.lru_cache(maxsize=8)
 def _pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
-    c = np.arange(size, dtype=np.float32) + 0.5
-    return c[None, :], c[:, None]  # u (1, W), v (H, 1): broadcast, not materialised
+    """Pixel-centre coordinates u (1, W) and v (H, 1): broadcast, not materialised."""
+    centres = np.arange(size, dtype=np.float32) + 0.5
+    return centres[None, :], centres[:, None]
 
 
-def _crop(bank: np.ndarray, rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    y = int(rng.integers(0, _BANK - h + 1))
-    x = int(rng.integers(0, _BANK - w + 1))
-    return bank[y:y + h, x:x + w]
+def _crop(bank: np.ndarray, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    top = int(rng.integers(0, _BANK - height + 1))
+    left = int(rng.integers(0, _BANK - width + 1))
+    return bank[top : top + height, left : left + width]
+
+
+def _clip_colour(values: np.ndarray) -> np.ndarray:
+    """`np.clip(values, 0, 255)` at a fraction of its cost on the tiny arrays of colours."""
+    return np.minimum(np.maximum(values, 0), 255)
+
+
+def _per_label(values: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """`values[:, label]` for a uint8 label image, (len(values), H, W) float32, by lookup tables
+    (faster than `np.take`)."""
+    table = np.zeros((len(values), 256), np.float32)
+    table[:, : values.shape[1]] = values
+    out = np.empty((len(values),) + label.shape, np.float32)
+    for row, plane in zip(table, out):
+        cv2.LUT(label, row, dst=plane)
+    return out
 
 
 def _jitter(rng, colour, amount=14.0):
-    return np.clip(colour + rng.uniform(-amount, amount, 3), 0, 255).astype(np.float32)
+    return _clip_colour(colour + rng.uniform(-amount, amount, 3)).astype(np.float32)
 
 
 def _pick(rng, table):
@@ -108,292 +151,426 @@ def _pick(rng, table):
 
 def _random_colour(rng) -> np.ndarray:
     """A saturated-ish random colour (clothing)."""
-    h = rng.uniform(0, 1)
-    s = rng.uniform(0.2, 0.9)
-    v = rng.uniform(0.25, 0.95)
-    i = int(h * 6) % 6
-    f = h * 6 - int(h * 6)
-    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
-    rgb = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
-    return np.array(rgb, np.float32) * 255
+    hue, saturation, value = rng.uniform(0, 1), rng.uniform(0.2, 0.9), rng.uniform(0.25, 0.95)
+    return np.array(colorsys.hsv_to_rgb(hue, saturation, value), np.float32) * 255
 
 
 def _figure_colour(rng, wall, floor) -> np.ndarray:
     """Clothing/sculpture colours: often random, sometimes exactly the room's own palette."""
-    r = rng.uniform()
-    if r < 0.2:
+    draw = rng.uniform()
+    if draw < 0.2:
         return _jitter(rng, wall, 10)  # the very wall colour of this room
-    if r < 0.3:
+    if draw < 0.3:
         return _jitter(rng, floor, 10)
-    if r < 0.45:
+    if draw < 0.45:
         return _jitter(rng, _pick(rng, _WALL_COLOURS))
-    if r < 0.55:
+    if draw < 0.55:
         return _jitter(rng, _pick(rng, _EXHIBIT_COLOURS))
     return _random_colour(rng)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Standing:
+    """An object standing on the floor as it was painted: its part ids and where they went."""
+
+    parts: np.ndarray  # (rows, columns) part ids, 0 = empty
+    left: int  # image column of parts[:, 0]
+    top: int  # image row of parts[0]
+    centre_u: float  # image column of its vertical axis
+    foot_v: float  # image row of the floor it stands on
+    px_per_m: float  # its scale in the image
+    x: float  # world position of its axis on the floor (metres)
+    z: float
+
+
 class _Scene:
-    """Mutable render state: uint8 image, inverse depth and the room parameters."""
+    """Mutable render state: uint8 image, inverse depth, visible surfaces and the room.
+
+    World coordinates (metres): camera at the origin, x to the right, y up, z down the room.
+    """
 
     def __init__(self, rng: np.random.Generator, size: int):
         self.rng = rng
         self.size = size
-        s = size / 224.0
-        self.f = 180.0 * s * rng.uniform(0.94, 1.06)  # focal length (pixels)
-        self.vx = size * (0.5 + rng.uniform(-0.12, 0.12))  # vanishing point
-        self.vy = size * rng.uniform(0.40, 0.50)
-        self.hc = rng.uniform(1.45, 1.75)  # camera height
-        self.hu = rng.uniform(3.0, 4.0) - self.hc  # ceiling above the camera
-        width = rng.uniform(5.0, 9.0)
-        self.wl = width * rng.uniform(0.35, 0.65)
-        self.wr = width - self.wl
-        self.d = rng.uniform(9.0, 15.0)  # back wall distance
-        self.light = rng.uniform(0.85, 1.1)
-        self.wall = _jitter(rng, _pick(rng, _WALL_COLOURS))
-        self.floor = _jitter(rng, _pick(rng, _FLOOR_COLOURS))
-        self.img = None  # (H, W, 3) float32, 0..255
-        self.inv = None  # (H, W) float32 inverse depth
+        self.focal_px = 180.0 * (size / 224.0) * rng.uniform(0.94, 1.06)
+        self.vanishing_u = size * (0.5 + rng.uniform(-0.12, 0.12))  # image of the view axis
+        self.vanishing_v = size * rng.uniform(0.40, 0.50)  # also the horizon's row
+        self.camera_height = rng.uniform(1.45, 1.75)
+        self.ceiling_above_camera = rng.uniform(3.0, 4.0) - self.camera_height
+        room_width = rng.uniform(5.0, 9.0)
+        self.left_wall_distance = room_width * rng.uniform(0.35, 0.65)
+        self.right_wall_distance = room_width - self.left_wall_distance
+        self.back_wall_distance = rng.uniform(9.0, 15.0)
+        self.light_level = rng.uniform(0.85, 1.1)
+        self.wall_colour = _jitter(rng, _pick(rng, _WALL_COLOURS))
+        self.floor_colour = _jitter(rng, _pick(rng, _FLOOR_COLOURS))
+        self.image = None  # (H, W, 3) uint8
+        self.inverse_depth = None  # (H, W) float32
+        self.surface = None  # (H, W) int8: room plane id, or _COVERED
 
     # -- room -------------------------------------------------------------------------------
     def render_room(self):
-        rng, n, f = self.rng, self.size, self.f
-        u, v = _pixel_grid(n)
-        du, dv = u - self.vx, v - self.vy  # (1, W), (H, 1)
+        rng, size, focal = self.rng, self.size, self.focal_px
+        u, v = _pixel_grid(size)
+        u_offset, v_offset = u - self.vanishing_u, v - self.vanishing_v  # (1, W), (H, 1)
         # Inverse depth of each plane along every pixel's ray (<= 0 where the ray misses it).
         # Floor/ceiling depend on the row only, the side walls on the column only.
-        floor_i, ceil_i = dv * (1.0 / (f * self.hc)), dv * (-1.0 / (f * self.hu))
-        left_i, right_i = du * (-1.0 / (f * self.wl)), du * (1.0 / (f * self.wr))
-        row_i = np.maximum(floor_i, ceil_i)
-        row_l = np.where(floor_i >= ceil_i, 0, 1).astype(np.uint8)
-        col_i = np.maximum(left_i, right_i)
-        col_l = np.where(left_i >= right_i, 2, 3).astype(np.uint8)
-        inv = np.maximum(np.maximum(row_i, col_i), np.float32(1.0 / self.d))
-        label = np.where(row_i >= col_i, row_l, col_l)
-        label[inv == np.float32(1.0 / self.d)] = 4  # back wall
-        self.inv = inv
-        z = 1.0 / inv
-        x_world = du * z * (1.0 / f)
+        floor_inv = v_offset * (1.0 / (focal * self.camera_height))
+        ceiling_inv = v_offset * (-1.0 / (focal * self.ceiling_above_camera))
+        left_inv = u_offset * (-1.0 / (focal * self.left_wall_distance))
+        right_inv = u_offset * (1.0 / (focal * self.right_wall_distance))
+        row_inv = np.maximum(floor_inv, ceiling_inv)
+        row_label = np.where(floor_inv >= ceiling_inv, _FLOOR, _CEILING).astype(np.uint8)
+        column_inv = np.maximum(left_inv, right_inv)
+        column_label = np.where(left_inv >= right_inv, _LEFT_WALL, _RIGHT_WALL).astype(np.uint8)
+        back_inv = np.float32(1.0 / self.back_wall_distance)
+        inverse_depth = np.maximum(np.maximum(row_inv, column_inv), back_inv)
+        label = np.where(row_inv >= column_inv, row_label, column_label)
+        label[inverse_depth == back_inv] = _BACK_WALL
+        self.surface = label.astype(np.int8)
+        self.inverse_depth = inverse_depth
+        z = 1.0 / inverse_depth
+        x_world = u_offset * z * (1.0 / focal)
 
-        # Per-surface base colour and the amplitude of its smooth noise; label 5 is the skirting
-        # board where the walls meet the floor.
-        board_h = rng.uniform(0.08, 0.18)
-        board = (label >= 2) & ((dv * z) > (self.hc - board_h) * f)
-        label[board] = 5
-        side = rng.uniform(0.8, 0.95)  # one side wall is lit less
-        left_f, right_f = (side, 1.0) if rng.uniform() < 0.5 else (1.0, side)
+        # Per-surface base colour and the amplitude of its smooth noise; the skirting board is
+        # where the walls meet the floor.
+        board_height = rng.uniform(0.08, 0.18)
+        board = (label >= _LEFT_WALL) & (
+            (v_offset * z) > (self.camera_height - board_height) * focal
+        )
+        label[board] = _SKIRTING
+        dim_side = rng.uniform(0.8, 0.95)  # one side wall is lit less
+        left_shade, right_shade = (dim_side, 1.0) if rng.uniform() < 0.5 else (1.0, dim_side)
         ceiling = _jitter(rng, np.array([238, 236, 230], np.float32), 10)
-        board_colour = _jitter(rng, _pick(rng, (self.floor * 0.7, np.full(3, 235.0, np.float32))))
-        palette = np.stack([
-            self.floor, ceiling, self.wall * left_f, self.wall * right_f, self.wall * 0.97,
-            board_colour]) * self.light
-        amp = np.array([rng.uniform(0.04, 0.12), 0.03, 0.05, 0.05, 0.05, 0.02], np.float32)
+        board_colour = _jitter(
+            rng, _pick(rng, (self.floor_colour * 0.7, np.full(3, 235.0, np.float32)))
+        )
+        wall = self.wall_colour
+        palette = self.light_level * np.stack(
+            [self.floor_colour, ceiling, wall * left_shade, wall * right_shade, wall * 0.97,
+             board_colour]
+        )  # fmt: skip
+        noise_amplitude = np.array(
+            [rng.uniform(0.04, 0.12), 0.03, 0.05, 0.05, 0.05, 0.02], np.float32
+        )
 
         smooth, fine = _noise_bank()
-        shade = 1.0 + np.take(amp, label) * _crop(smooth, rng, n, n) + 0.02 * _crop(fine, rng, n, n)
-        shade *= 0.82 + 0.3 * np.clip((inv - _INV_FAR) * _DEPTH_SCALE, 0, 1)  # light falloff
+        texture = _per_label(noise_amplitude[None], label)[0] * _crop(smooth, rng, size, size)
+        shade = 1.0 + texture + 0.02 * _crop(fine, rng, size, size)
+        shade *= 0.82 + 0.3 * np.clip((inverse_depth - _INV_FAR) * _DEPTH_SCALE, 0, 1)  # falloff
 
         pattern, floor_delta = self._floor_pattern(x_world, z, smooth)
         delta = np.zeros((3, 6), np.float32)  # channel-first: fast broadcasting below
-        delta[:, 0] = floor_delta * self.light
-        img = np.take(palette.T, label, axis=1)  # (3, H, W)
-        img += np.take(delta, label, axis=1) * pattern
+        delta[:, _FLOOR] = floor_delta * self.light_level
+        image = _per_label(palette.T, label)
+        image += _per_label(delta, label) * pattern
         if rng.uniform() < 0.3:  # striped wallpaper on the walls
-            sw = 1.0 / rng.uniform(0.15, 0.4)
-            coord = np.where(label == 4, x_world, z)
-            stripes = (np.floor(coord * sw).astype(np.int32) & 1).astype(np.float32)
-            wdelta = np.zeros((3, 6), np.float32)
-            wdelta[:, 2:5] = (self.wall * rng.uniform(-0.15, 0.15) * self.light)[:, None]
-            img += np.take(wdelta, label, axis=1) * stripes
-        img *= shade
-        np.clip(img, 0, 255, out=img)
-        self.img = np.ascontiguousarray(img.astype(np.uint8).transpose(1, 2, 0))
+            stripes_per_m = 1.0 / rng.uniform(0.15, 0.4)
+            along_wall = np.where(label == _BACK_WALL, x_world, z)
+            stripes = (np.floor(along_wall * stripes_per_m).astype(np.int32) & 1).astype(np.float32)
+            stripe_delta = np.zeros((3, 6), np.float32)
+            stripe_delta[:, _LEFT_WALL : _BACK_WALL + 1] = (
+                wall * rng.uniform(-0.15, 0.15) * self.light_level
+            )[:, None]
+            image += _per_label(stripe_delta, label) * stripes
+        image *= shade
+        np.clip(image, 0, 255, out=image)
+        self.image = cv2.merge(list(image.astype(np.uint8)))  # (H, W, 3)
 
     def _floor_pattern(self, x_world, z, smooth):
         """Planks, tiles or stone: (pattern, the floor colour change it scales)."""
-        rng, n = self.rng, self.size
+        rng = self.rng
         floor_kind = int(rng.integers(3))
         if floor_kind == 0:  # planks along the room
-            pw = rng.uniform(0.15, 0.3)
-            xp = x_world * (1.0 / pw)
-            plank = np.floor(xp)
+            plank_width = rng.uniform(0.15, 0.3)
+            across_planks = x_world * (1.0 / plank_width)
+            plank = np.floor(across_planks)
             tone = plank * 0.618034
             tone -= np.floor(tone)
-            pattern = 0.12 * tone + 0.25 * (np.abs(xp - plank - 0.5) > 0.46)
-            floor_delta = -self.floor * 0.9
-        elif floor_kind == 1:  # checker tiles
-            ts = 1.0 / rng.uniform(0.4, 1.0)
-            pattern = ((np.floor(x_world * ts) + np.floor(z * ts)).astype(np.int32) & 1).astype(np.float32)
+            seam = np.abs(across_planks - plank - 0.5) > 0.46
+            return 0.12 * tone + 0.25 * seam, -self.floor_colour * 0.9
+        if floor_kind == 1:  # checker tiles
+            tiles_per_m = 1.0 / rng.uniform(0.4, 1.0)
+            tile_sum = np.floor(x_world * tiles_per_m) + np.floor(z * tiles_per_m)
+            pattern = (tile_sum.astype(np.int32) & 1).astype(np.float32)
             other = _jitter(rng, _pick(rng, _FLOOR_COLOURS), 20)
-            floor_delta = (other - self.floor) * rng.uniform(0.3, 1.0)
-        else:  # stone
-            pattern = _crop(smooth, rng, n, n) * 0.5
-            floor_delta = self.floor * 0.4
-        return pattern, floor_delta
+            return pattern, (other - self.floor_colour) * rng.uniform(0.3, 1.0)
+        # stone
+        return _crop(smooth, rng, self.size, self.size) * 0.5, self.floor_colour * 0.4
 
     # -- pictures ---------------------------------------------------------------------------
     def _project(self, x, y, z):
-        return (self.vx + self.f * x / z, self.vy - self.f * y / z)
+        """Image (u, v) of the world point (x, y, z)."""
+        return (self.vanishing_u + self.focal_px * x / z, self.vanishing_v - self.focal_px * y / z)
 
     def render_pictures(self):
         """Framed pictures on the back and side walls, drawn in perspective with PIL."""
         rng = self.rng
-        canvas = Image.fromarray(self.img)
+        canvas = Image.fromarray(self.image)
         draw = ImageDraw.Draw(canvas)
         quads = []
         # Back wall: slots along its width.
-        k = int(rng.integers(0, 4))
-        x0, x1 = -self.wl + 0.4, self.wr - 0.4
-        for i in range(k):
-            a = x0 + (x1 - x0) * i / k
-            b = x0 + (x1 - x0) * (i + 1) / k
-            w = min(b - a - 0.2, rng.uniform(0.6, 2.2))
-            if w < 0.3:
+        slots = int(rng.integers(0, 4))
+        wall_start, wall_end = -self.left_wall_distance + 0.4, self.right_wall_distance - 0.4
+        for slot in range(slots):
+            slot_start = wall_start + (wall_end - wall_start) * slot / slots
+            slot_end = wall_start + (wall_end - wall_start) * (slot + 1) / slots
+            width = min(slot_end - slot_start - 0.2, rng.uniform(0.6, 2.2))
+            if width < 0.3:
                 continue
-            c = rng.uniform(a + w / 2 + 0.1, b - w / 2 - 0.1) if b - a - 0.2 > w else (a + b) / 2
-            h = rng.uniform(0.5, 1.6)
-            yc = rng.uniform(-0.1, 0.7)
-            quads.append([self._project(x, y, self.d) for x, y in (
-                (c - w / 2, yc + h / 2), (c + w / 2, yc + h / 2),
-                (c + w / 2, yc - h / 2), (c - w / 2, yc - h / 2))])
+            if slot_end - slot_start - 0.2 > width:
+                centre = rng.uniform(slot_start + width / 2 + 0.1, slot_end - width / 2 - 0.1)
+            else:
+                centre = (slot_start + slot_end) / 2
+            height = rng.uniform(0.5, 1.6)
+            centre_y = rng.uniform(-0.1, 0.7)
+            corners = _quad_corners(centre, centre_y, width, height)
+            quads.append([self._project(x, y, self.back_wall_distance) for x, y in corners])
         # Side walls: slots along the depth.
-        for wall_x, sign in ((-self.wl, -1), (self.wr, 1)):
-            z_visible = self.f * abs(wall_x) / max(1.0, (self.vx if sign < 0 else self.size - self.vx))
-            z0 = max(z_visible + 0.3, 2.0)
-            k = int(rng.integers(0, 3))
-            for i in range(k):
-                a = z0 + (self.d - 0.5 - z0) * i / k
-                b = z0 + (self.d - 0.5 - z0) * (i + 1) / k
-                w = min(b - a - 0.2, rng.uniform(0.8, 2.5))
-                if w < 0.4:
+        for wall_x, sign in ((-self.left_wall_distance, -1), (self.right_wall_distance, 1)):
+            edge_px = self.vanishing_u if sign < 0 else self.size - self.vanishing_u
+            z_visible = self.focal_px * abs(wall_x) / max(1.0, edge_px)
+            z_start = max(z_visible + 0.3, 2.0)
+            z_end = self.back_wall_distance - 0.5
+            slots = int(rng.integers(0, 3))
+            for slot in range(slots):
+                slot_start = z_start + (z_end - z_start) * slot / slots
+                slot_end = z_start + (z_end - z_start) * (slot + 1) / slots
+                width = min(slot_end - slot_start - 0.2, rng.uniform(0.8, 2.5))
+                if width < 0.4:
                     continue
-                c = (a + b) / 2
-                h = rng.uniform(0.5, 1.5)
-                yc = rng.uniform(-0.1, 0.7)
-                quads.append([self._project(wall_x, y, z) for z, y in (
-                    (c - w / 2, yc + h / 2), (c + w / 2, yc + h / 2),
-                    (c + w / 2, yc - h / 2), (c - w / 2, yc - h / 2))])
+                centre = (slot_start + slot_end) / 2
+                height = rng.uniform(0.5, 1.5)
+                centre_y = rng.uniform(-0.1, 0.7)
+                corners = _quad_corners(centre, centre_y, width, height)
+                quads.append([self._project(wall_x, y, z) for z, y in corners])
         for quad in quads:
             self._draw_picture(draw, np.array(quad, np.float32))
-        self.img = np.array(canvas)
+        self.image = np.array(canvas)
 
     def _draw_picture(self, draw, quad):
-        rng, light = self.rng, self.light
-
+        """A framed picture in the image quad (top-left, top-right, bottom-right, bottom-left)."""
+        rng, light = self.rng, self.light_level
         (ax, ay), (bx, by), (cx, cy), (dx, dy) = quad.tolist()
 
         def at(s, t):  # bilinear point in the quad (s: left->right, t: top->bottom)
-            tx, ty = ax + (bx - ax) * s, ay + (by - ay) * s
-            btx, bty = dx + (cx - dx) * s, dy + (cy - dy) * s
-            return (tx + (btx - tx) * t, ty + (bty - ty) * t)
+            top_x, top_y = ax + (bx - ax) * s, ay + (by - ay) * s
+            bottom_x, bottom_y = dx + (cx - dx) * s, dy + (cy - dy) * s
+            return (top_x + (bottom_x - top_x) * t, top_y + (bottom_y - top_y) * t)
 
-        def poly(s0, s1, t0, t1):
+        def rectangle(s0, s1, t0, t1):
             return [at(s0, t0), at(s1, t0), at(s1, t1), at(s0, t1)]
 
-        def col(c):
-            return tuple(int(x) for x in np.clip(c * light, 0, 255))
+        def lit(colour):
+            return tuple(int(channel) for channel in _clip_colour(colour * light))
 
         frame = _pick(rng, ((150, 110, 40), (40, 32, 28), (230, 228, 220), (110, 70, 40)))
-        draw.polygon([tuple(p) for p in quad], fill=col(_jitter(rng, np.array(frame, np.float32))))
-        m = rng.uniform(0.05, 0.12)
-        draw.polygon(poly(m, 1 - m, m, 1 - m), fill=col(_random_colour(rng)))
+        draw.polygon([tuple(p) for p in quad], fill=lit(_jitter(rng, np.array(frame, np.float32))))
+        margin = rng.uniform(0.05, 0.12)
+        inner_end = 1 - margin
+        draw.polygon(rectangle(margin, inner_end, margin, inner_end), fill=lit(_random_colour(rng)))
         kind = int(rng.integers(3))
         if kind == 0:  # landscape: horizontal bands
-            t = m
+            band_top = margin
             for _ in range(int(rng.integers(2, 4))):
-                t1 = min(1 - m, t + rng.uniform(0.15, 0.5))
-                draw.polygon(poly(m, 1 - m, t, t1), fill=col(_random_colour(rng)))
-                t = t1
+                band_bottom = min(inner_end, band_top + rng.uniform(0.15, 0.5))
+                draw.polygon(
+                    rectangle(margin, inner_end, band_top, band_bottom),
+                    fill=lit(_random_colour(rng)),
+                )
+                band_top = band_bottom
         if kind <= 1:  # a round motif (portrait / still life)
-            cs, ct, r = rng.uniform(0.35, 0.65), rng.uniform(0.35, 0.6), rng.uniform(0.12, 0.3)
-            pts = [at(cs + r * c, ct + r * 1.2 * sn) for c, sn in _CIRCLE14]
-            draw.polygon(pts, fill=col(_random_colour(rng)))
+            centre_s, centre_t = rng.uniform(0.35, 0.65), rng.uniform(0.35, 0.6)
+            radius = rng.uniform(0.12, 0.3)
+            outline = [at(centre_s + radius * c, centre_t + radius * 1.2 * s) for c, s in _CIRCLE14]
+            draw.polygon(outline, fill=lit(_random_colour(rng)))
         else:  # abstract: a few rectangles
             for _ in range(int(rng.integers(1, 4))):
-                s0, t0 = rng.uniform(m, 0.7), rng.uniform(m, 0.7)
-                draw.polygon(poly(s0, min(1 - m, s0 + rng.uniform(0.1, 0.4)), t0,
-                                  min(1 - m, t0 + rng.uniform(0.1, 0.4))),
-                             fill=col(_random_colour(rng)))
+                s0, t0 = rng.uniform(margin, 0.7), rng.uniform(margin, 0.7)
+                s1 = min(inner_end, s0 + rng.uniform(0.1, 0.4))
+                t1 = min(inner_end, t0 + rng.uniform(0.1, 0.4))
+                draw.polygon(rectangle(s0, s1, t0, t1), fill=lit(_random_colour(rng)))
 
     # -- objects standing on the floor (background exhibits and foreground figures) --------
     def floor_z_range(self, z_min=2.4, z_max=9.5):
-        n = self.size
-        z_feet_visible = self.f * self.hc / max(1.0, n - 3 - self.vy)  # feet inside the frame
-        lo = max(z_min, z_feet_visible)
-        hi = min(z_max, self.d - 0.8)
-        return lo, max(hi, lo + 0.1)
+        """Depths at which an object's feet are inside the frame and in front of the back wall."""
+        z_feet_visible = (
+            self.focal_px * self.camera_height / max(1.0, self.size - 3 - self.vanishing_v)
+        )
+        near = max(z_min, z_feet_visible)
+        far = min(z_max, self.back_wall_distance - 0.8)
+        return near, max(far, near + 0.1)
 
-    def place(self, z, u_center, half_width_m):
-        """Clamp a position so the object stays between the side walls."""
-        x = (u_center - self.vx) * z / self.f
-        x = float(np.clip(x, -self.wl + half_width_m + 0.1, self.wr - half_width_m - 0.1))
-        return x
+    def place(self, z, centre_u, half_width_m):
+        """World x of an object seen at column `centre_u`, clamped between the side walls."""
+        x = (centre_u - self.vanishing_u) * z / self.focal_px
+        lowest = -self.left_wall_distance + half_width_m + 0.1
+        return float(min(max(x, lowest), self.right_wall_distance - half_width_m - 0.1))
 
-    def paint(self, parts: np.ndarray, x0: int, y0: int, colours: np.ndarray, inv_z: float,
-              texture_amp: float, mask: np.ndarray | None):
-        """Composite a part-id patch (0 = empty) at (x0, y0) with a depth test.
+    def paint(
+        self,
+        parts: np.ndarray,
+        left: int,
+        top: int,
+        colours: np.ndarray,
+        inverse_z: float,
+        texture_amplitude: float,
+        mask: np.ndarray | None,
+    ):
+        """Composite a part-id patch (0 = empty) at (left, top) with a depth test.
 
         `colours[k]` is the RGB of part k; shading is cylindrical across the patch width plus
-        smooth-noise texture. Pixels already nearer than `inv_z` occlude the object.
+        smooth-noise texture. Pixels already nearer than `inverse_z` occlude the object.
         """
-        rng, n = self.rng, self.size
-        ph, pw = parts.shape
-        ya, yb = max(0, y0), min(n, y0 + ph)
-        xa, xb = max(0, x0), min(n, x0 + pw)
-        if ya >= yb or xa >= xb:
+        rng, size = self.rng, self.size
+        patch_rows, patch_columns = parts.shape
+        row_start, row_end = max(0, top), min(size, top + patch_rows)
+        column_start, column_end = max(0, left), min(size, left + patch_columns)
+        if row_start >= row_end or column_start >= column_end:
             return
-        p = parts[ya - y0:yb - y0, xa - x0:xb - x0]
-        inside = (p > 0) & (self.inv[ya:yb, xa:xb] < inv_z)
+        window = np.s_[row_start:row_end, column_start:column_end]
+        visible_parts = parts[
+            row_start - top : row_end - top, column_start - left : column_end - left
+        ]
+        inside = (visible_parts > 0) & (self.inverse_depth[window] < inverse_z)
         if not inside.any():
             return
         smooth, fine = _noise_bank()
-        h, w = p.shape
-        xs = (np.arange(xa, xb, dtype=np.float32) - x0 + 0.5) / pw
-        shade = 0.72 + 0.38 * np.sin(np.pi * np.clip(xs, 0, 1))[None, :]
-        shade = shade * (1.0 + texture_amp * _crop(smooth, rng, h, w) + 0.03 * _crop(fine, rng, h, w))
-        col = colours[p][inside] * (shade * self.light)[inside][:, None]
-        region = self.img[ya:yb, xa:xb]
-        region[inside] = np.clip(col, 0, 255).astype(np.uint8)
-        self.inv[ya:yb, xa:xb][inside] = inv_z
+        rows, columns = visible_parts.shape
+        across = (
+            np.arange(column_start, column_end, dtype=np.float32) - left + 0.5
+        ) / patch_columns
+        across_shade = 0.72 + 0.38 * np.sin(np.pi * across)  # across is inside (0, 1)
+        texture = _crop(smooth, rng, rows, columns)
+        grain = _crop(fine, rng, rows, columns)
+        ys, xs = np.nonzero(inside)
+        shade = across_shade[xs] * (
+            1.0 + texture_amplitude * texture[ys, xs] + 0.03 * grain[ys, xs]
+        )
+        colour = colours[visible_parts[ys, xs]] * (shade * self.light_level)[:, None]
+        self.image[window][ys, xs] = _clip_colour(colour).astype(np.uint8)
+        self.inverse_depth[window][ys, xs] = inverse_z
+        self.surface[window][ys, xs] = _COVERED
         if mask is not None:
-            mask[ya:yb, xa:xb] |= inside
+            mask[window] |= inside
+
+    # -- shadows ----------------------------------------------------------------------------
+    def camera_matrix(self) -> np.ndarray:
+        """World (x, y, z) -> homogeneous image (column, row) of pixel indices."""
+        return np.array(
+            [
+                [self.focal_px, 0.0, self.vanishing_u - 0.5],
+                [0.0, -self.focal_px, self.vanishing_v - 0.5],
+                [0.0, 0.0, 1.0],
+            ]
+        )
+
+    def walls(self) -> tuple[tuple[int, int, float], ...]:
+        """(surface label, world axis, position on that axis) of each wall's plane."""
+        return (
+            (_LEFT_WALL, 0, -self.left_wall_distance),
+            (_RIGHT_WALL, 0, self.right_wall_distance),
+            (_BACK_WALL, 2, self.back_wall_distance),
+        )
 
 
-def _person_parts(rng, h: int) -> np.ndarray:
-    """Part ids of a person-like silhouette of height h: 1 head, 2 torso+arms, 3 legs."""
+def _quad_corners(centre, centre_y, width, height):
+    """Corners of an upright rectangle on a wall: top-left, top-right, bottom-right, bottom-left."""
+    return (
+        (centre - width / 2, centre_y + height / 2),
+        (centre + width / 2, centre_y + height / 2),
+        (centre + width / 2, centre_y - height / 2),
+        (centre - width / 2, centre_y - height / 2),
+    )
+
+
+def _person_parts(rng, height: int) -> np.ndarray:
+    """Part ids of a person-like silhouette `height` pixels tall: 1 head, 2 torso+arms, 3 legs."""
     aspect = rng.uniform(0.26, 0.38)
-    w = max(3, int(round(h * aspect)))
-    img = Image.new("L", (w, h), 0)
-    d = ImageDraw.Draw(img)
-    cx = w / 2 + rng.uniform(-0.05, 0.05) * w
-    r = h * rng.uniform(0.055, 0.07)
-    hy = r * 1.1
-    shoulder, hip = h * rng.uniform(0.16, 0.2), h * rng.uniform(0.48, 0.54)
-    sw, hw = w * rng.uniform(0.36, 0.46), w * rng.uniform(0.26, 0.34)
-    arm = w * rng.uniform(0.1, 0.14)
-    swing = rng.uniform(-0.08, 0.08) * w
+    width = max(3, int(round(height * aspect)))
+    image = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(image)
+    centre_x = width / 2 + rng.uniform(-0.05, 0.05) * width
+    head_radius = height * rng.uniform(0.055, 0.07)
+    head_y = head_radius * 1.1
+    shoulder_y, hip_y = height * rng.uniform(0.16, 0.2), height * rng.uniform(0.48, 0.54)
+    shoulder_half = width * rng.uniform(0.36, 0.46)
+    hip_half = width * rng.uniform(0.26, 0.34)
+    arm_width = width * rng.uniform(0.1, 0.14)
+    swing = rng.uniform(-0.08, 0.08) * width
     # legs
-    stance = rng.uniform(0.02, 0.12) * w
-    leg = w * rng.uniform(0.13, 0.17)
-    for sgn in (-1, 1):
-        top_in, top_out = cx + sgn * 0.02 * w, cx + sgn * hw
-        foot = cx + sgn * (leg + stance)
-        d.polygon([(top_in, hip - 2), (top_out, hip - 2), (foot + sgn * leg * 0.6, h - 1),
-                   (foot - sgn * leg * 0.9, h - 1)], fill=3)
+    stance = rng.uniform(0.02, 0.12) * width
+    leg_width = width * rng.uniform(0.13, 0.17)
+    bottom = height - 1
+    for side in (-1, 1):
+        top_inner, top_outer = centre_x + side * 0.02 * width, centre_x + side * hip_half
+        foot = centre_x + side * (leg_width + stance)
+        draw.polygon(
+            [
+                (top_inner, hip_y - 2),
+                (top_outer, hip_y - 2),
+                (foot + side * leg_width * 0.6, bottom),
+                (foot - side * leg_width * 0.9, bottom),
+            ],
+            fill=3,
+        )
     if rng.uniform() < 0.3:  # coat or skirt over the upper legs
-        d.polygon([(cx - hw, hip - 2), (cx + hw, hip - 2), (cx + hw * 1.35, h * 0.75),
-                   (cx - hw * 1.35, h * 0.75)], fill=2)
+        hem_y, hem_half = height * 0.75, hip_half * 1.35
+        draw.polygon(
+            [
+                (centre_x - hip_half, hip_y - 2),
+                (centre_x + hip_half, hip_y - 2),
+                (centre_x + hem_half, hem_y),
+                (centre_x - hem_half, hem_y),
+            ],
+            fill=2,
+        )
     # torso and arms
-    d.polygon([(cx - sw, shoulder), (cx + sw, shoulder), (cx + hw, hip), (cx - hw, hip)], fill=2)
-    for sgn in (-1, 1):
-        x_sh = cx + sgn * sw
-        hand = x_sh + sgn * arm * 0.3 + swing * sgn * rng.uniform(0.5, 1.5)
-        d.polygon([(x_sh - sgn * arm, shoulder), (x_sh, shoulder + arm * 0.3),
-                   (hand, h * 0.56), (hand - sgn * arm, h * 0.56)], fill=2)
-    d.ellipse([cx - sw * 0.95, shoulder - r * 0.3, cx + sw * 0.95, shoulder + r * 0.8], fill=2)
+    draw.polygon(
+        [
+            (centre_x - shoulder_half, shoulder_y),
+            (centre_x + shoulder_half, shoulder_y),
+            (centre_x + hip_half, hip_y),
+            (centre_x - hip_half, hip_y),
+        ],
+        fill=2,
+    )
+    hand_y = height * 0.56
+    for side in (-1, 1):
+        shoulder_x = centre_x + side * shoulder_half
+        hand = shoulder_x + side * arm_width * 0.3 + swing * side * rng.uniform(0.5, 1.5)
+        draw.polygon(
+            [
+                (shoulder_x - side * arm_width, shoulder_y),
+                (shoulder_x, shoulder_y + arm_width * 0.3),
+                (hand, hand_y),
+                (hand - side * arm_width, hand_y),
+            ],
+            fill=2,
+        )
+    draw.ellipse(
+        [
+            centre_x - shoulder_half * 0.95,
+            shoulder_y - head_radius * 0.3,
+            centre_x + shoulder_half * 0.95,
+            shoulder_y + head_radius * 0.8,
+        ],
+        fill=2,
+    )
     # neck and head
-    d.rectangle([cx - r * 0.45, hy, cx + r * 0.45, shoulder + 1], fill=1)
-    d.ellipse([cx - r * 0.85, hy - r, cx + r * 0.85, hy + r * 1.05], fill=1)
-    return np.asarray(img, np.uint8)
+    neck_half = head_radius * 0.45
+    draw.rectangle([centre_x - neck_half, head_y, centre_x + neck_half, shoulder_y + 1], fill=1)
+    head_half = head_radius * 0.85
+    draw.ellipse(
+        [
+            centre_x - head_half,
+            head_y - head_radius,
+            centre_x + head_half,
+            head_y + head_radius * 1.05,
+        ],
+        fill=1,
+    )
+    return np.asarray(image, np.uint8)
 
 
 def silhouette(rng: np.random.Generator, height: int) -> np.ndarray:
@@ -404,168 +581,350 @@ def silhouette(rng: np.random.Generator, height: int) -> np.ndarray:
     return _blob_parts(rng, height, rng.uniform(0.35, 0.9)) > 0
 
 
-def _blob_parts(rng, h: int, aspect: float) -> np.ndarray:
+def _blob_parts(rng, height: int, aspect: float) -> np.ndarray:
     """A smooth sculpture: a solid-of-revolution profile or a stack of ellipses (part 1/2)."""
-    w = max(3, int(round(h * aspect)))
-    img = Image.new("L", (w, h), 0)
-    d = ImageDraw.Draw(img)
+    width = max(3, int(round(height * aspect)))
+    image = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(image)
     if rng.uniform() < 0.5:
-        ys = np.linspace(0, h - 1, 14)
-        t = ys / max(1, h - 1)
-        k, ph = rng.uniform(0.6, 1.6), rng.uniform(0, np.pi)
-        r = w / 2 * (0.45 + 0.55 * np.abs(np.sin(np.pi * k * t + ph)))
-        r[0] = max(r[0] * 0.5, 1.0)
-        r[-1] = max(r[-1], w * 0.3)
-        pts = [(w / 2 - ri, yi) for ri, yi in zip(r, ys)] + \
-              [(w / 2 + ri, yi) for ri, yi in zip(r[::-1], ys[::-1])]
-        d.polygon(pts, fill=1)
+        ys = np.linspace(0, height - 1, 14)
+        t = ys / max(1, height - 1)
+        waves, phase = rng.uniform(0.6, 1.6), rng.uniform(0, np.pi)
+        radius = width / 2 * (0.45 + 0.55 * np.abs(np.sin(np.pi * waves * t + phase)))
+        radius[0] = max(radius[0] * 0.5, 1.0)
+        radius[-1] = max(radius[-1], width * 0.3)
+        left_side = [(width / 2 - r, y) for r, y in zip(radius, ys)]
+        right_side = [(width / 2 + r, y) for r, y in zip(radius[::-1], ys[::-1])]
+        draw.polygon(left_side + right_side, fill=1)
     else:
-        y = h - 1
+        bottom = height - 1
         for i in range(int(rng.integers(1, 4))):
-            eh = max(2.0, (h / 2) * rng.uniform(0.5, 1.1))
-            ew = w / 2 * rng.uniform(0.55, 1.0) * (0.85 ** i)
-            top = max(0.0, y - eh)
-            d.ellipse([w / 2 - ew, top, w / 2 + ew, y], fill=1 + i % 2)
-            y = top + eh * 0.2
-            if y <= 1:
+            ellipse_height = max(2.0, (height / 2) * rng.uniform(0.5, 1.1))
+            half_width = width / 2 * rng.uniform(0.55, 1.0) * (0.85**i)
+            top = max(0.0, bottom - ellipse_height)
+            draw.ellipse(
+                [width / 2 - half_width, top, width / 2 + half_width, bottom], fill=1 + i % 2
+            )
+            bottom = top + ellipse_height * 0.2
+            if bottom <= 1:
                 break
-    return np.asarray(img, np.uint8)
+    return np.asarray(image, np.uint8)
 
 
-def _box_parts(h: int, w: int, top_h: int) -> np.ndarray:
+def _box_parts(height: int, width: int, top_height: int) -> np.ndarray:
     """A box seen from the front: part 1 front face, part 2 top face."""
-    img = np.zeros((h + top_h, w), np.uint8)
-    img[:top_h] = 2
-    img[top_h:] = 1
-    return img
+    parts = np.zeros((height + top_height, width), np.uint8)
+    parts[:top_height] = 2
+    parts[top_height:] = 1
+    return parts
 
 
-def _add_object(scene: _Scene, rng, parts_fn, z, u, height_m, colours, amp, mask):
-    px_per_m = scene.f / z
-    h = max(4, int(round(height_m * px_per_m)))
-    parts = parts_fn(h)
-    ph, pw = parts.shape
-    x = scene.place(z, u, pw / px_per_m / 2)
-    uc = scene.vx + x * px_per_m
-    v_foot = scene.vy + scene.hc * px_per_m
-    x0 = int(round(uc - pw / 2))
-    y0 = int(round(v_foot - ph))
-    scene.paint(parts, x0, y0, colours, 1.0 / z, amp, mask)
-    return uc, pw
+def _add_object(scene: _Scene, parts_fn, z, centre_u, height_m, colours, texture_amplitude, mask):
+    """Paints the patch `parts_fn(height_px)` standing on the floor at depth `z`, column
+    `centre_u` (clamped between the walls)."""
+    px_per_m = scene.focal_px / z
+    parts = parts_fn(max(4, int(round(height_m * px_per_m))))
+    patch_rows, patch_columns = parts.shape
+    x = scene.place(z, centre_u, patch_columns / px_per_m / 2)
+    centre_u = scene.vanishing_u + x * px_per_m
+    foot_v = scene.vanishing_v + scene.camera_height * px_per_m
+    left = int(round(centre_u - patch_columns / 2))
+    top = int(round(foot_v - patch_rows))
+    scene.paint(parts, left, top, colours, 1.0 / z, texture_amplitude, mask)
+    return _Standing(parts, left, top, centre_u, foot_v, px_per_m, x, z)
 
 
 def _render_exhibits(scene: _Scene):
     """Background exhibits: pedestals with a sculpture, or benches (part of `bg`)."""
     rng = scene.rng
-    lo, hi = scene.floor_z_range(3.0, 11.0)
+    near, far = scene.floor_z_range(3.0, 11.0)
     for _ in range(int(rng.choice(3, p=[0.35, 0.45, 0.2]))):
-        z = 1.0 / rng.uniform(1.0 / hi, 1.0 / lo)
-        u = rng.uniform(0.1, 0.9) * scene.size
-        px = scene.f / z
+        z = 1.0 / rng.uniform(1.0 / far, 1.0 / near)
+        centre_u = rng.uniform(0.1, 0.9) * scene.size
+        px_per_m = scene.focal_px / z
         colour = _jitter(rng, _pick(rng, _EXHIBIT_COLOURS))
+        empty = np.zeros(3, np.float32)
         if rng.uniform() < 0.6:  # pedestal + sculpture on it
-            ped_h, ped_w = rng.uniform(0.7, 1.1), rng.uniform(0.4, 0.7)
-            top = max(1, int(0.06 * px))
-            colours = np.stack([np.zeros(3, np.float32), colour, colour * 1.08])
-            uc, _ = _add_object(scene, rng, lambda h: _box_parts(h, max(3, int(ped_w * px)), top),
-                                z, u, ped_h, colours, 0.04, None)
+            pedestal_height, pedestal_width = rng.uniform(0.7, 1.1), rng.uniform(0.4, 0.7)
+            top_rows = max(1, int(0.06 * px_per_m))
+            pedestal_columns = max(3, int(pedestal_width * px_per_m))
+            pedestal = _add_object(
+                scene,
+                lambda rows: _box_parts(rows, pedestal_columns, top_rows),
+                z,
+                centre_u,
+                pedestal_height,
+                np.stack([empty, colour, colour * 1.08]),
+                0.04,
+                None,
+            )
             # The sculpture stands on the pedestal's top (drawn as a second object, same depth).
-            sh = rng.uniform(0.3, 0.8)
-            sc = np.stack([np.zeros(3, np.float32), _figure_colour(rng, scene.wall, scene.floor),
-                           _jitter(rng, _pick(rng, _EXHIBIT_COLOURS))])
-            parts = _blob_parts(rng, max(4, int(sh * px)), rng.uniform(0.5, 0.9))
-            ph, pw = parts.shape
-            v_top = scene.vy + (scene.hc - ped_h) * px - top
-            scene.paint(parts, int(round(uc - pw / 2)), int(round(v_top - ph)), sc,
-                        1.0 / (z - 0.05), 0.1, None)
+            sculpture_height = rng.uniform(0.3, 0.8)
+            sculpture_colours = np.stack(
+                [
+                    empty,
+                    _figure_colour(rng, scene.wall_colour, scene.floor_colour),
+                    _jitter(rng, _pick(rng, _EXHIBIT_COLOURS)),
+                ]
+            )
+            parts = _blob_parts(
+                rng, max(4, int(sculpture_height * px_per_m)), rng.uniform(0.5, 0.9)
+            )
+            rows, columns = parts.shape
+            pedestal_top_v = (
+                scene.vanishing_v + (scene.camera_height - pedestal_height) * px_per_m - top_rows
+            )
+            scene.paint(
+                parts,
+                int(round(pedestal.centre_u - columns / 2)),
+                int(round(pedestal_top_v - rows)),
+                sculpture_colours,
+                1.0 / (z - 0.05),
+                0.1,
+                None,
+            )
         else:  # bench
-            bw = rng.uniform(1.2, 2.2)
-            colours = np.stack([np.zeros(3, np.float32), colour * 0.8, colour])
-            _add_object(scene, rng, lambda h: _box_parts(h, max(3, int(bw * px)), max(1, int(0.1 * px))),
-                        z, u, 0.45, colours, 0.05, None)
+            bench_columns = max(3, int(rng.uniform(1.2, 2.2) * px_per_m))
+            seat_rows = max(1, int(0.1 * px_per_m))
+            _add_object(
+                scene,
+                lambda rows: _box_parts(rows, bench_columns, seat_rows),
+                z,
+                centre_u,
+                0.45,
+                np.stack([empty, colour * 0.8, colour]),
+                0.05,
+                None,
+            )
 
 
-def _render_figures(scene: _Scene, mask: np.ndarray):
+def _render_figures(scene: _Scene, mask: np.ndarray) -> list[_Standing]:
+    """The 1-4 foreground figures, far to near, into the image and `mask`."""
     rng = scene.rng
-    lo, hi = scene.floor_z_range()
+    near, far = scene.floor_z_range()
     count = int(rng.integers(1, 5))
-    zs = 1.0 / rng.uniform(1.0 / hi, 1.0 / lo, count)  # uniform in image row of the feet
-    us = rng.uniform(0.12, 0.88, count) * scene.size
+    depths = 1.0 / rng.uniform(1.0 / far, 1.0 / near, count)  # uniform in image row of the feet
+    centres_u = rng.uniform(0.12, 0.88, count) * scene.size
     for i in range(1, count):
         if rng.uniform() < 0.35:  # stand close to (and possibly overlap) an earlier figure
-            us[i] = us[i - 1] + rng.uniform(-0.5, 0.5) * scene.f * 0.5 / zs[i]
-    for i in np.argsort(-zs):  # far to near
-        z, u = float(zs[i]), float(us[i])
-        amp = rng.uniform(0.05, 0.3)
+            centres_u[i] = (
+                centres_u[i - 1] + rng.uniform(-0.5, 0.5) * scene.focal_px * 0.5 / depths[i]
+            )
+    figures = []
+    empty = np.zeros(3, np.float32)
+    for i in np.argsort(-depths):  # far to near
+        z, centre_u = float(depths[i]), float(centres_u[i])
+        texture_amplitude = rng.uniform(0.05, 0.3)
         if rng.uniform() < 0.65:
-            colours = np.stack([
-                np.zeros(3, np.float32), _jitter(rng, _pick(rng, _SKIN_COLOURS), 10),
-                _figure_colour(rng, scene.wall, scene.floor),
-                _figure_colour(rng, scene.wall, scene.floor)])
-            _add_object(scene, rng, lambda h: _person_parts(rng, h), z, u,
-                        rng.uniform(1.45, 1.9), colours, amp, mask)
+            colours = np.stack(
+                [
+                    empty,
+                    _jitter(rng, _pick(rng, _SKIN_COLOURS), 10),
+                    _figure_colour(rng, scene.wall_colour, scene.floor_colour),
+                    _figure_colour(rng, scene.wall_colour, scene.floor_colour),
+                ]
+            )
+            height_m = rng.uniform(1.45, 1.9)
+            parts_fn = functools.partial(_person_parts, rng)
         else:
-            c = _figure_colour(rng, scene.wall, scene.floor)
-            colours = np.stack([np.zeros(3, np.float32), c, _jitter(rng, c, 30)])
-            aspect = rng.uniform(0.35, 0.9)
-            _add_object(scene, rng, lambda h: _blob_parts(rng, h, aspect), z, u,
-                        rng.uniform(0.6, 1.7), colours, amp, mask)
+            colour = _figure_colour(rng, scene.wall_colour, scene.floor_colour)
+            colours = np.stack([empty, colour, _jitter(rng, colour, 30)])
+            parts_fn = functools.partial(_blob_parts, rng, aspect=rng.uniform(0.35, 0.9))
+            height_m = rng.uniform(0.6, 1.7)
+        figures.append(
+            _add_object(scene, parts_fn, z, centre_u, height_m, colours, texture_amplitude, mask)
+        )
+    return figures
 
 
-def render(seed: int, index: int, size: int = SIZE) -> dict[str, np.ndarray]:
-    """Renders sample `index` of the set with `seed`: uint8 arrays bg, bg_fg (H,W,3), mask,
-    depth (H,W); mask is 0/255 (union of the visible figures), depth near = bright."""
+@dataclasses.dataclass(frozen=True)
+class _Lighting:
+    """How the light of `bg_fg` differs from `bg`'s: one distant light makes the figures cast
+    shadows, and sometimes the whole shot's light changes a little."""
+
+    shadow_step: np.ndarray  # (x, z) shift of a shadow point per metre of height above the floor
+    umbra_light: float  # fraction of the light left in a full shadow
+    penumbra_m: float  # shadow blur (metres at the caster) where it leaves the caster's top
+    fade: float  # the shadow's loss of strength from the feet to the caster's top
+    gain: np.ndarray | None  # (3,) per-channel gain of bg_fg; None: the same light as bg
+
+
+def _draw_lighting(rng: np.random.Generator) -> _Lighting:
+    """A sample's light: from any side, 32-68 degrees high; shadows mostly clear, some faint."""
+    azimuth = rng.uniform(0, 2 * np.pi)
+    step = rng.uniform(0.4, 1.6) * np.array([np.sin(azimuth), np.cos(azimuth)])
+    step[1] = max(step[1], -0.5)  # shadows cast towards the camera end well in front of it
+    umbra_light = rng.uniform(0.45, 0.85) if rng.uniform() < 0.8 else rng.uniform(0.85, 0.95)
+    penumbra_m = rng.uniform(0.02, 0.1)
+    fade = rng.uniform(0.0, 0.5)
+    relit = rng.uniform() < 0.3
+    gain = rng.uniform(0.9, 1.1) * (1.0 + rng.uniform(-0.03, 0.03, 3))
+    return _Lighting(step, umbra_light, penumbra_m, fade, gain if relit else None)
+
+
+def _shadow_source(scene: _Scene, figure: _Standing, lighting: _Lighting):
+    """A figure's shadow density on its own pixel grid, padded for the penumbra, and the affine
+    map from that grid's (column, row, 1) to the world points that cast it (3x3).
+
+    The figure is a cut-out turned to face the light (narrower when lit from the side), so that
+    its shadow has its silhouette's shape whatever the light's direction. The density is the
+    sharp silhouette at the feet, blurred more towards the top, and weaker by `fade` there.
+    """
+    rows, columns = figure.parts.shape
+    blur_px = lighting.penumbra_m * figure.px_per_m
+    pad = int(math.ceil(3 * blur_px)) + 1
+    solid = np.zeros((rows + 2 * pad, columns + 2 * pad), np.float32)
+    solid[pad : pad + rows, pad : pad + columns] = figure.parts > 0
+    density = cv2.GaussianBlur(solid, (0, 0), blur_px)
+    height_px = figure.foot_v - figure.top + pad - 0.5 - np.arange(solid.shape[0], dtype=np.float32)
+    up = np.minimum(np.maximum(height_px / rows, 0), 1)[:, None]  # 0 at the feet, 1 at the top
+    density -= solid
+    density *= up
+    density += solid
+    density *= 1 - lighting.fade * up
+
+    # The cut-out's horizontal axis: across the light, towards +x where it can.
+    step_x, step_z = lighting.shadow_step
+    step_length = math.hypot(step_x, step_z)
+    facing = abs(step_z) / step_length  # 1: lit from the front or the back, 0: from a side
+    scale = math.copysign(0.6 + 0.4 * facing, step_z) / step_length
+    across_x, across_z = step_z * scale, -step_x * scale
+    metres_per_px = 1.0 / figure.px_per_m
+    lateral = (figure.left - pad + 0.5 - figure.centre_u) * metres_per_px  # at column 0
+    height = (figure.foot_v - figure.top + pad - 0.5) * metres_per_px  # at row 0
+    to_world = np.array(
+        [
+            [across_x * metres_per_px, 0.0, figure.x + across_x * lateral],
+            [0.0, -metres_per_px, height - scene.camera_height],
+            [across_z * metres_per_px, 0.0, figure.z + across_z * lateral],
+        ]
+    )
+    return density, to_world
+
+
+def _onto_plane(to_world: np.ndarray, light: np.ndarray, axis: int, position: float) -> np.ndarray:
+    """`to_world` followed by the projection along `light` onto the plane world[axis] = position."""
+    travel = to_world[axis] * (-1.0 / light[axis])
+    travel[2] += position / light[axis]
+    return to_world + light[:, None] * travel
+
+
+def _cast_shadows(scene: _Scene, figures: list[_Standing], lighting: _Lighting) -> None:
+    """Darkens the room's visible floor and walls where the figures' shadows fall.
+
+    Each figure's shadow density is warped onto every plane it reaches with one homography
+    (grid -> caster -> plane along the light -> image); shadows combine by their maximum (one
+    light), and only pixels that show that plane are darkened, never brightened.
+    """
+    size = scene.size
+    light = np.array([lighting.shadow_step[0], -1.0, lighting.shadow_step[1]])
+    camera = scene.camera_matrix()
+    # The walls the light travels towards, steeply enough for a shadow of some length.
+    lit_walls = [
+        (label, axis, position)
+        for label, axis, position in scene.walls()
+        if light[axis] * position > 0.1 * abs(position)
+    ]
+    occlusion = np.zeros((size, size), np.float32)
+    top, left, bottom, right = size, size, 0, 0
+    for figure in figures:
+        density, to_world = _shadow_source(scene, figure, lighting)
+        rows, columns = density.shape
+        corners = np.array([[-0.5, columns - 0.5, -0.5, columns - 0.5],
+                            [-0.5, -0.5, rows - 0.5, rows - 0.5], [1, 1, 1, 1]])  # fmt: skip
+        on_floor = _onto_plane(to_world, light, 1, -scene.camera_height)
+        reach = on_floor @ corners  # where the shadow would fall if the floor went on forever
+        planes = [(_FLOOR, on_floor)]
+        for label, axis, position in lit_walls:  # a wall only where the shadow runs past it
+            if (reach[axis] * position > position * position).any():
+                planes.append((label, _onto_plane(to_world, light, axis, position)))
+        for label, on_plane in planes:
+            to_image = camera @ on_plane
+            us, vs, depths = (to_image @ corners).tolist()
+            if min(depths) < 0.1:  # reaches behind the camera
+                continue
+            us = [u / depth for u, depth in zip(us, depths)]
+            vs = [v / depth for v, depth in zip(vs, depths)]
+            u_start, u_end = max(0, int(min(us))), min(size, int(max(us)) + 2)
+            v_start, v_end = max(0, int(min(vs))), min(size, int(max(vs)) + 2)
+            if u_start >= u_end or v_start >= v_end:
+                continue
+            to_window = np.array([[1, 0, -u_start], [0, 1, -v_start], [0, 0, 1]]) @ to_image
+            shadow = cv2.warpPerspective(
+                density, to_window, (u_end - u_start, v_end - v_start), flags=cv2.INTER_LINEAR
+            )
+            window = np.s_[v_start:v_end, u_start:u_end]
+            shadow[scene.surface[window] != label] = 0
+            np.maximum(occlusion[window], shadow, out=occlusion[window])
+            top, left = min(top, v_start), min(left, u_start)
+            bottom, right = max(bottom, v_end), max(right, u_end)
+    if top >= bottom:
+        return
+    keep = 1.0 - (1.0 - lighting.umbra_light) * occlusion[top:bottom, left:right]
+    region = scene.image[top:bottom, left:right]
+    darker = region * cv2.merge([keep] * 3) + 0.5  # keep <= 1, rounded: never brighter
+    region[:] = darker.astype(np.uint8)
+
+
+def _relight(image: np.ndarray, gain: np.ndarray | None) -> np.ndarray:
+    """The image under a light `gain` times as strong per channel (None: unchanged)."""
+    if gain is None:
+        return image
+    table = np.clip(np.arange(256)[:, None] * gain + 0.5, 0, 255).astype(np.uint8)
+    return cv2.LUT(image, table[None])
+
+
+def _render(
+    seed: int, index: int, size: int = SIZE, *, shadows: bool = True
+) -> dict[str, np.ndarray]:
+    """`render`, with the shadows optional: the same random draws either way, so the two
+    differ exactly by the shadows."""
     rng = np.random.default_rng([int(seed), int(index)])
     scene = _Scene(rng, size)
     scene.render_room()
     scene.render_pictures()
     _render_exhibits(scene)
-    bg = scene.img.copy()
+    bg = scene.image.copy()
     mask = np.zeros((size, size), bool)
-    _render_figures(scene, mask)
-    bg_fg = scene.img
-    depth = np.clip((scene.inv - _INV_FAR) * (_DEPTH_SCALE * 255.0) + 0.5, 0, 255).astype(np.uint8)
-    return {"bg": bg, "bg_fg": bg_fg, "mask": mask.astype(np.uint8) * 255, "depth": depth}
+    figures = _render_figures(scene, mask)
+    lighting = _draw_lighting(rng)
+    lowest, highest = JPEG_QUALITY_RGB_RANGE
+    qualities = rng.integers(lowest, highest + 1, len(names.INPUTS)).astype(np.uint8)
+    if shadows:
+        _cast_shadows(scene, figures, lighting)
+    bg_fg = _relight(scene.image, lighting.gain)
+    depth = (scene.inverse_depth - _INV_FAR) * (_DEPTH_SCALE * 255.0) + 0.5
+    return {
+        "bg": bg,
+        "bg_fg": bg_fg,
+        "mask": mask.astype(np.uint8) * 255,
+        "depth": np.clip(depth, 0, 255).astype(np.uint8),
+        QUALITY_KEY: qualities,
+    }
 
 
-def encode_jpeg(array: np.ndarray, quality: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
+def render(seed: int, index: int, size: int = SIZE) -> dict[str, np.ndarray]:
+    """Renders sample `index` of the set with `seed`: uint8 arrays bg, bg_fg (H,W,3), mask,
+    depth (H,W) and `QUALITY_KEY` (2,); mask is 0/255 (union of the visible figures), depth
+    near = bright, and the last holds the JPEG qualities `encode` gives bg and bg_fg."""
+    return _render(seed, index, size)
+
+
+def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
 
 
 def encode(sample: dict[str, np.ndarray]) -> dict[str, bytes]:
-    """JPEG-encodes a rendered sample (inputs at quality 90, targets at 95)."""
-    return {k: encode_jpeg(sample[k], JPEG_QUALITY_RGB if k in ("bg", "bg_fg") else JPEG_QUALITY_TARGET)
-            for k in KEYS}
+    """JPEG-encodes a rendered sample: bg and bg_fg at the sample's `QUALITY_KEY` qualities
+    (JPEG_QUALITY_RGB for arrays without them), mask and depth at JPEG_QUALITY_TARGET."""
+    inputs = sample.get(QUALITY_KEY, (JPEG_QUALITY_RGB,) * len(names.INPUTS))
+    qualities = dict.fromkeys(names.HEADS, JPEG_QUALITY_TARGET)
+    qualities.update(zip(names.INPUTS, (int(quality) for quality in inputs)))
+    return {key: encode_jpeg(sample[key], qualities[key]) for key in KEYS}
 
 
 def generate(seed: int, index: int, size: int = SIZE) -> dict[str, bytes]:
     """Sample `index` of the synthetic set with `seed`, as JPEG bytes keyed bg/bg_fg/mask/depth."""
     return encode(render(seed, index, size))
-
-
-def measure_speed(num: int = 200, seed: int = 0, size: int = SIZE) -> tuple[float, float]:
-    """Samples/s of `generate` (render + 4 JPEG encodes) in this process: (per CPU second of this
-    process, per wall-clock second). On a busy shared machine the first is the meaningful one."""
-    generate(seed, 10 ** 6, size)  # warm the caches
-    t, c = time.perf_counter(), time.process_time()
-    for i in range(num):
-        generate(seed, i, size)
-    return num / (time.process_time() - c), num / (time.perf_counter() - t)
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--speed", type=int, required=True, metavar="N",
-                        help="time generating this many samples")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=int, default=SIZE)
-    args = parser.parse_args(argv)
-    cpu, wall = measure_speed(args.speed, args.seed, args.size)
-    print(f"generate: {cpu:.0f} samples per CPU-second ({wall:.0f}/s wall clock) at "
-          f"{args.size}x{args.size}, render + 4 JPEG encodes, one process")
-
-
-if __name__ == "__main__":
-    main()
