@@ -17,6 +17,10 @@ def get_config() -> ml_collections.ConfigDict:
     # default: its best, else latest). train: start from its parameters and batch statistics
     # (optimizer, schedule and step fresh); evaluate/predict/export: use it instead of WORKDIR's.
     config.init_from = ""
+    # The input statistics a model runs with. "auto": a new run takes config.dataset's; a resumed
+    # or warm-started run and evaluate/predict/export keep those of the model they read (its
+    # checkpoint's model card). "dataset": always config.dataset's.
+    config.input_normalization = "auto"
     # Several hosts: jax.distributed.initialize() before anything else (README, "GPUs and several
     # hosts"); also turned on by JAXSEGDEPTH_DISTRIBUTED=1. Empty/0/-1: auto-detected (Cloud TPU,
     # SLURM, Open MPI, Kubernetes) or JAX_COORDINATOR_ADDRESS.
@@ -27,16 +31,16 @@ def get_config() -> ml_collections.ConfigDict:
             num_processes=0,
             process_id=-1,
             heartbeat_timeout_s=100,  # a process silent this long is taken for dead
-            shutdown_timeout_s=60,
+            shutdown_timeout_s=60,  # how long one that ends waits for the others to fail them
         )
-    )  # how long one that ends waits for the others before failing them
+    )
     config.compilation_cache_dir = ""  # "": ~/.cache/jaxsegdepth/jax; "none": off
 
     config.dataset = ml_collections.ConfigDict(
         dict(
             name="synthetic_museum",  # synthetic_museum | modest_museum
             data_dir="",  # prepared tfds data; "" = ~/tensorflow_datasets
-            manual_dir="",  # modest_museum: the extracted MODEST folder or its .zip (never downloaded)
+            manual_dir="",  # modest_museum: the MODEST folder or its .zip (never downloaded)
             num_samples=2000,  # synthetic_museum: size of the generated set (1,400 train / 600 val)
             seed=0,  # synthetic_museum: generation seed
             skip_corrupt=False,  # modest_museum: leave out samples with corrupt JPEGs (else: error)
@@ -46,13 +50,29 @@ def get_config() -> ml_collections.ConfigDict:
             worker_count="auto",
             read_threads="auto",
             prefetch_batches=2,  # batches prepared ahead per reading process (>= its threads)
-            # Photometric augmentation of the inputs on the train split: the reference's recipes
-            # (`:published`) turn it on; the synthetic scenes have no photometric shift between
-            # the splits, and it slowed learning on them (docs/results.md).
+            # Photometric augmentation of the inputs on the train split, one draw for both: the
+            # reference's recipes (`:published`) turn it on; the synthetic scenes have no
+            # photometric shift between the splits, and it slowed learning on them
+            # (docs/results.md).
             augment=False,
             hsv_prob=0.25,  # probability of hue/saturation/value jitter
-            contrast_prob=0.25,
-        ),  # probability of random contrast
+            contrast_prob=0.25,  # probability of random contrast
+            # Capture nuisances on the train split, each shot (plate, scene) on its own
+            # (jaxsegdepth/capture.py): a real plate and scene are two exposures, with their own
+            # exposure, white balance, gamma and sensor noise, the camera nudged between them.
+            # A model trained on pixel-identical plates takes any difference for foreground.
+            capture=dict(
+                enabled=True,
+                prob=1.0,  # probability that a sample gets nuisances at all
+                exposure=0.25,  # stops, each shot in [-e, e]
+                white_balance=0.05,  # per-channel gain in [1 - w, 1 + w]
+                gamma=0.1,  # gamma in [1 / (1 + g), 1 + g]
+                noise=0.02,  # sensor noise std at white, each shot in [0, noise]
+                shift_px=2.0,  # plate translation per axis, pixels at 224 px
+                rotate_deg=0.3,  # plate rotation, degrees
+                scale=0.005,  # plate scale in [1 - s, 1 + s]
+            ),
+        ),
         # Not type-safe, so worker_count/read_threads take "auto" or an int, from Python too
         # (a command-line override arrives as a string); `pipeline.validate` checks them all.
         type_safe=False,
@@ -84,16 +104,18 @@ def get_config() -> ml_collections.ConfigDict:
     config.schedule = ml_collections.ConfigDict(
         dict(
             name="onecycle",  # constant | step | plateau | onecycle
+            # plateau (and `factor` for step)
             patience=2,
             factor=0.1,
             min_lr=1e-6,
-            rtol=1e-4,  # plateau (and `factor` for step)
+            rtol=1e-4,
             boundaries=(3,),  # step: epochs after which the rate is multiplied by `factor`
+            # onecycle
             pct_start=0.3,
             div_factor=25.0,
             final_div_factor=1e4,
         )
-    )  # onecycle
+    )
 
     # Loss as data: head -> {term: weight}; see jaxsegdepth.losses.compose.
     # RMSE + (BCE & Dice): 2 rmse(depth) + bce(mask) + 2 dice(mask, smooth 1e-6), as the reference.
@@ -106,12 +128,12 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.checkpoint = ml_collections.ConfigDict(
         dict(
-            monitor="val_loss",
-            mode="min",  # the metric that picks the best checkpoint
+            monitor="val_loss",  # the metric that picks the best checkpoint, and its mode
+            mode="min",
             every_steps=0,  # 0: only at the end of every epoch
-            step=-1,
+            step=-1,  # evaluate/predict/export: -1 best, else this step
         )
-    )  # evaluate/predict/export: -1 best, else this step
+    )
 
     # Evaluators (jaxsegdepth/evaluators.py): name -> type, `every` training epochs between
     # runs (0: never in training), `evaluate` whether mode=evaluate runs it, and the type's own
@@ -119,13 +141,19 @@ def get_config() -> ml_collections.ConfigDict:
     config.evals = ml_collections.ConfigDict(
         dict(
             val=dict(type="validation", every=1, evaluate=True),  # its val_loss picks the best
-            preview=dict(
-                type="preview", every=1, evaluate=False, samples=6
-            ),  # validation samples drawn in predictions/epoch_NNN.png
+            # `samples` validation samples drawn in predictions/epoch_NNN.png
+            preview=dict(type="preview", every=1, evaluate=False, samples=6),
             baselines=dict(type="baselines", every=0, evaluate=True),
-            photos=dict(type="photos", every=0, evaluate=True, pairs=48),
+            # Held-out pairs of real photographs (masks only; data/photos.py): the generator's
+            # silhouettes; other shapes; other shapes with capture nuisances (shadows,
+            # exposure, noise, a nudged plate, JPEG quality)
+            photos=dict(type="photos", every=0, evaluate=True, pairs=48, set="photos"),
+            photos_clean=dict(type="photos", every=0, evaluate=True, pairs=48, set="photos_clean"),
+            photos_capture=dict(
+                type="photos", every=0, evaluate=True, pairs=48, set="photos_capture"
+            ),
         )
-    )  # held-out pairs of real photographs (masks only)
+    )
 
     # LR range test (mode=lr_range_test): sweep start_lr -> end_lr over num_steps ("exp" or
     # "linear" spacing) with config.optimizer; `smoothing` is the weight of the newest loss in the
@@ -144,30 +172,30 @@ def get_config() -> ml_collections.ConfigDict:
         )
     )
 
-    config.evaluate = ml_collections.ConfigDict(
-        dict(resolutions=())
-    )  # mode=evaluate: input sides to evaluate at; (): the last stage's
+    # mode=evaluate: input sides to evaluate at; (): the last stage's
+    config.evaluate = ml_collections.ConfigDict(dict(resolutions=()))
 
     config.predict = ml_collections.ConfigDict(
         dict(
+            # two image files, or two folders matched by file name (without the extension)
             bg="",
-            bg_fg="",  # two image files, or two folders matched by file name (sans extension)
+            bg_fg="",
             output_dir="",  # "": WORKDIR/predictions_user
             threshold=0.5,  # mask probability -> the thresholded mask PNG
             resolution=0,  # model input side (multiple of 32); 0: each image's size rounded to 32
-            max_side=1024,  # with resolution 0: scale down so the longer side is at most this (0: no cap)
-            colormap="viridis",
+            max_side=1024,  # with resolution 0: the longer side scaled down to this (0: no cap)
+            colormap="viridis",  # matplotlib colour map of the depth PNG
         )
-    )  # matplotlib colour map of the depth PNG
+    )
 
     config.export = ml_collections.ConfigDict(
         dict(
             resolution=224,  # input side of the exported function (fixed)
             batch_size=0,  # 0: any batch (symbolic dimension), else this fixed batch
             platforms=("cpu", "cuda"),  # lowered for each; (): the default backend only
-            output_dir="",
+            output_dir="",  # "": WORKDIR/export
         )
-    )  # "": WORKDIR/export
+    )
     return config
 
 
@@ -186,6 +214,7 @@ def use_published(
     """
     config.dataset.name = "modest_museum"
     config.dataset.augment = augment
+    config.dataset.capture.enabled = False  # the reference trains without capture nuisances
     config.stages = tuple(stages)  # the reference trains on whole images
     config.optimizer.name, config.optimizer.learning_rate = "sgd", learning_rate
     config.optimizer.momentum = 0.9

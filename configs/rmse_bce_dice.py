@@ -10,6 +10,9 @@ from configs import default
 
 def get_config(arg=None):
     config = default.get_config()
+    # Every epoch's record says how the model does on real photographs with capture
+    # nuisances, beside the best background-subtraction threshold (photos_capture_*).
+    config.evals.photos_capture.every = 1
     if default.check_arg(arg):
         default.use_published(config, stages=((96, 3), (160, 5), (224, 3)), learning_rate=0.01)
     return config

@@ -1,11 +1,13 @@
 """Checkpoints (Orbax): save and restore, nothing else.
 
-`WORKDIR/checkpoints/<step>/` holds two items:
+`WORKDIR/checkpoints/<step>/` holds three items:
 - `state`: the `steps.TrainState` pytree (parameters, BatchNorm statistics, optimizer and
   plateau state, RNG, step, non-finite sentinel);
 - `loop`: JSON with the loop position (`epoch` = completed epochs, `step_in_epoch`, `stage`),
   the data iterator's state (`iterator`, for the stage in `iterator_stage`) and the partial
-  epoch's running train loss, so a rerun resumes exactly where the last save left off.
+  epoch's running train loss, so a rerun resumes exactly where the last save left off;
+- `card`: the model card (`card.py`): model, heads, stride, the input normalisation it trained
+  with, the resolution it last trained at.
 
 A warm start and the inference modes read only the parts of a checkpoint they use
 (`variable_shapes` from the metadata, then `restore_parts`), whatever optimizer its run
@@ -14,7 +16,7 @@ trained with.
 The manager keeps the latest checkpoint and the best one by `config.checkpoint.monitor`
 (`mode` "min" or "max"); only end-of-epoch saves carry metrics, so a mid-epoch save (every N
 steps, or on SIGTERM) is kept only while it is the latest. Saving is asynchronous.
-What to restore into comes from `state.abstract_state`.
+What to restore into comes from `setup.abstract_state`.
 """
 
 import base64
@@ -34,6 +36,7 @@ from jaxsegdepth import errors, steps
 CHECKPOINT_DIR = "checkpoints"
 MODES = ("min", "max")
 VARIABLES = ("params", "batch_stats")  # the parts of the state that are the model
+CARD = "card"  # the item holding the model card (`card.py`)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -120,7 +123,7 @@ class Checkpointer:
             cleanup_tmp_directories=True,
         )
         self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "loop")
+            self.directory, options=options, item_names=("state", "loop", CARD)
         )
 
     def latest_step(self) -> Optional[int]:
@@ -132,8 +135,15 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
-    def save(self, state: steps.TrainState, loop: dict, metrics: Optional[dict] = None) -> None:
-        """Starts an asynchronous save of `state` and `loop` at `state.step`.
+    def save(
+        self,
+        state: steps.TrainState,
+        loop: dict,
+        metrics: Optional[dict] = None,
+        card: Optional[dict] = None,
+    ) -> None:
+        """Starts an asynchronous save of `state`, `loop` and the model `card` (the trainer
+        always gives one) at `state.step`.
 
         `metrics` (end of epoch) makes the checkpoint a candidate for "best". The trainer saves
         each step at most once, so an existing checkpoint is never deleted to make room.
@@ -144,7 +154,9 @@ class Checkpointer:
         self.manager.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop)
+                state=ocp.args.StandardSave(state),
+                loop=ocp.args.JsonSave(loop),
+                **({} if card is None else {CARD: ocp.args.JsonSave(card)}),
             ),
             metrics=metrics,
             force=True,
@@ -169,6 +181,15 @@ class Checkpointer:
         """The `loop` JSON saved at `step` alone."""
         restored = self.manager.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore()))
         return dict(restored["loop"])
+
+    def restore_card(self, step: int) -> Optional[dict]:
+        """The model card saved at `step`, or None for a checkpoint written without one."""
+        if not os.path.isdir(os.path.join(self.directory, str(step), CARD)):
+            return None
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(**{CARD: ocp.args.JsonRestore()})
+        )
+        return dict(restored[CARD])
 
     def variable_shapes(self, step: int) -> dict[str, tuple]:
         """{"params/.../kernel": shape, "batch_stats/...": shape} saved at `step`, from the

@@ -14,8 +14,10 @@ is one class here and one config entry.
 - `baselines`: what a model must beat on the validation split (the best `max_channel |bg -
   bg_fg|` threshold, chosen on the training split; the mean training depth map) and what no
   model can beat (`ceiling_iou`).
-- `photos`: held-out pairs made of real photographs (`data.photos`), the model's mask IoU
-  beside the best difference threshold, chosen on other pairs of the same kind.
+- `photos`: held-out pairs made of real photographs (`data.photos`, the set `set`: of the
+  generator's shapes or others, clean or with capture nuisances), the model's mask IoU beside
+  the best difference threshold, chosen on other pairs of the same set; a grid of the pairs the
+  model does worst on.
 """
 
 import dataclasses
@@ -75,6 +77,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 raise errors.UsageError(f"{field}.{count}={settings[count]}: expected >= 1")
         if settings.type == "photos":
             mesh_lib.check_batch_size(mesh_lib.create_mesh(), settings.pairs, f"{field}.pairs")
+            if settings.get("set", "photos") not in photos.SETS:
+                raise errors.UsageError(
+                    f"{field}.set={settings.set!r}: expected one of {sorted(photos.SETS)}"
+                )
     validation = config.evals.get(VALIDATION)
     if validation is None or validation.type != "validation":
         raise errors.UsageError(
@@ -105,7 +111,7 @@ def create(name: str, context: Context, should_stop: Callable[[], bool] = lambda
         return Preview(context, settings.samples)
     if settings.type == "baselines":
         return Baselines(context)
-    return Photos(context, settings.pairs)
+    return Photos(context, settings.pairs, settings.get("set", "photos"), tag=name)
 
 
 # -- the validation split, padded to whole batches ------------------------------------------
@@ -323,66 +329,86 @@ class Baselines:
 # -- held-out real photographs ----------------------------------------------------------------
 
 
+def _per_image_iou(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """IoU of each image of a binary (N, H, W, 1) prediction with its soft target."""
+    prediction, target = prediction.astype(np.float64), target.astype(np.float64)
+    overlap = (prediction * target).sum((1, 2, 3))
+    union = (prediction + target).sum((1, 2, 3)) - overlap
+    return (overlap + metrics.IOU_SMOOTH) / (union + metrics.IOU_SMOOTH)
+
+
 class Photos:
     """Mask IoU of the model and of the best `max_channel |bg - bg_fg|` threshold on `pairs`
-    held-out pairs of real photographs, which the model never saw, decoded as the training data
-    is; the threshold is chosen on as many other pairs of the same kind. Masks only (the pairs
-    have no depth). Every process takes part: each predicts its slice, then all are gathered."""
+    held-out pairs of real photographs of the set `photo_set` (`data.photos.SETS`), which the
+    model never saw, decoded as the training data is; the threshold is chosen on as many pairs
+    of the set's tuning split. Masks only (the pairs have no depth). The grid draws the pairs
+    the model does worst on. Every process takes part: each predicts its slice, then all are
+    gathered."""
 
-    def __init__(self, context: Context, pairs: int):
-        self.context, self.count = context, pairs
-        self._pairs = [photos.generate(0, index) for index in range(2 * pairs)]
+    def __init__(
+        self, context: Context, pairs: int, photo_set: str = "photos", tag: str = "photos"
+    ):
+        self.context, self.count, self.tag = context, pairs, tag
+        chosen = photos.SETS[photo_set]
+        self._pairs = {
+            split: photos.pairs(chosen, 0, pairs, split=split) for split in photos.SPLITS
+        }
+        self._thresholds = {}  # resolution -> the tuning split's best threshold
 
-    def _decoded(self, pairs: list, resolution: int) -> dict:
+    def _decoded(self, split: str, resolution: int) -> dict:
         return {
             key: np.stack(
                 [
                     pipeline.decode_image(pair[key], "L" if key == "mask" else "RGB", resolution)
-                    for pair in pairs
+                    for pair in self._pairs[split]
                 ]
             )
             for key in (*names.INPUTS, "mask")
         }
 
+    def _threshold(self, resolution: int) -> float:
+        if resolution not in self._thresholds:
+            tuning = self._decoded("tuning", resolution)
+            difference = _difference({k: preprocess.unit(tuning[k]) for k in names.INPUTS})
+            sums = _iou_sums(
+                difference, preprocess.unit(tuning["mask"][..., None]), DIFF_THRESHOLDS
+            )
+            self._thresholds[resolution] = best_threshold(np.asarray(sums))
+        return self._thresholds[resolution]
+
     def run(self, state, resolution: int) -> Result:
         if "mask" not in self.context.heads:
             return Result()
-        tuning = self._decoded(self._pairs[self.count :], resolution)
-        threshold = best_threshold(
-            np.asarray(
-                _iou_sums(
-                    _difference({k: preprocess.unit(tuning[k]) for k in names.INPUTS}),
-                    preprocess.unit(tuning["mask"][..., None]),
-                    DIFF_THRESHOLDS,
-                )
-            )
-        )
-        images = self._decoded(self._pairs[: self.count], resolution)
+        threshold = self._threshold(resolution)
+        images = self._decoded("eval", resolution)
         mask = preprocess.unit(images["mask"][..., None])
         local = self.count // jax.process_count()
         mine = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
         batch = mesh_lib.shard_batch(
             self.context.mesh, {key: images[key][mine] for key in names.INPUTS}
         )
-        probabilities = multihost_utils.process_allgather(
-            self.context.predict_step(state, batch["bg"], batch["bg_fg"])["mask"], tiled=True
+        probabilities = np.asarray(
+            multihost_utils.process_allgather(
+                self.context.predict_step(state, batch["bg"], batch["bg_fg"])["mask"], tiled=True
+            )
         )
         difference = _difference({key: preprocess.unit(images[key]) for key in names.INPUTS})
+        model_ious = _per_image_iou(probabilities > 0.5, mask)
         result = {
             "pairs": self.count,
-            "model_iou": float(metrics.iou(probabilities, mask)),
+            "model_iou": float(model_ious.mean()),
             "difference_threshold": threshold,
-            "difference_iou": float(metrics.iou(difference, mask, threshold)),
+            "difference_iou": float(_per_image_iou(difference > threshold, mask).mean()),
             "ceiling_iou": ceiling_iou(mask) / self.count,
         }
-        n = min(PHOTO_PREVIEW, self.count)
+        worst = np.argsort(model_ious, kind="stable")[:PHOTO_PREVIEW]
         grid = reporting.image_grid(
             [
-                ("bg", images["bg"][:n]),
-                ("bg_fg", images["bg_fg"][:n]),
-                ("mask", mask[:n]),
-                ("pred mask", np.asarray(probabilities)[:n]),
-                (f"|diff| > {threshold:g}", (difference[:n] > threshold)),
+                ("bg", images["bg"][worst]),
+                ("bg_fg", images["bg_fg"][worst]),
+                ("mask", mask[worst]),
+                ("pred mask", probabilities[worst]),
+                (f"|diff| > {threshold:g}", difference[worst] > threshold),
             ]
         )
-        return Result(metrics=result, images={"photos": grid})
+        return Result(metrics=result, images={self.tag: grid})

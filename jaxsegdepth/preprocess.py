@@ -3,9 +3,11 @@
 The loader ships bg, bg_fg (N,H,W,3), mask, depth (N,H,W,1) as uint8 and `index` (N,) int32,
 each sample's global element index (epoch * n + position, the same on every process). Here:
 
-- train only, when asked: photometric augmentation of the inputs, targets never. Sample i's
-  draws come from `fold_in(PRNGKey(seed), index[i])`, so they are a pure function of the seed
-  and the sample, whatever the batch, device or process count, and a resume repeats them;
+- train only, when asked: photometric augmentation of the inputs (one draw for both: the
+  scene's light), then capture nuisances (`capture`: each shot its own exposure, white
+  balance, gamma and sensor noise, the plate nudged); targets never. Sample i's draws come
+  from `fold_in(PRNGKey(seed), index[i])`, so they are a pure function of the seed and the
+  sample, whatever the batch, device or process count, and a resume repeats them;
 - the inputs normalised with the dataset's mean/std (`normalization.normalize`), the targets
   scaled to [0, 1], everything float32; `index` dropped.
 
@@ -19,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsegdepth import names
+from jaxsegdepth import capture as capture_lib, errors, names
 from jaxsegdepth.data.normalization import normalize
 
 _TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
@@ -116,12 +118,14 @@ class Preprocess:
 
     normalization: ((input, mean, std), ...), the dataset's statistics for inputs in [0, 1],
     as tuples so that the whole is hashable (usable as a static argument).
-    augment: the train step's photometric augmentation, None for none; `seed` draws it.
+    augment: the train step's photometric augmentation, None for none;
+    capture: the train step's capture nuisances, None for none; `seed` draws both.
     """
 
     normalization: tuple
     augment: Optional[Photometric] = None
     seed: int = 0
+    capture: Optional[capture_lib.Capture] = None
 
     def inputs(self, bg: jax.Array, bg_fg: jax.Array) -> tuple[jax.Array, jax.Array]:
         """uint8 (or [0, 1] float) RGB pair -> normalised float32 model inputs."""
@@ -130,23 +134,28 @@ class Preprocess:
 
     def __call__(self, batch: dict, *, train: bool) -> dict:
         """A loader batch -> normalised float32 inputs, [0, 1] targets, other arrays (e.g.
-        evaluation's `weights`) as they are; augmented when `train` and `augment` is set."""
+        evaluation's `weights`) as they are; augmented when `train` (module doc)."""
         out = {
             k: unit(v) if k in names.HEADS else v
             for k, v in batch.items()
             if k != names.INDEX and k not in names.INPUTS
         }
         images = {key: batch[key] for key in names.INPUTS}
-        if train and self.augment is not None:
-            images = photometric(
-                {k: unit(v) for k, v in images.items()}, batch[names.INDEX], self.seed, self.augment
-            )
+        if train and (self.augment is not None or self.capture is not None):
+            images = {k: unit(v) for k, v in images.items()}
+            if self.augment is not None:
+                images = photometric(images, batch[names.INDEX], self.seed, self.augment)
+            if self.capture is not None:
+                images = capture_lib.apply(images, batch[names.INDEX], self.seed, self.capture)
         out["bg"], out["bg_fg"] = self.inputs(images["bg"], images["bg_fg"])
         return out
 
 
 def from_normalization(
-    normalization: dict, augment: Optional[Photometric] = None, seed: int = 0
+    normalization: dict,
+    augment: Optional[Photometric] = None,
+    seed: int = 0,
+    capture: Optional[capture_lib.Capture] = None,
 ) -> Preprocess:
     """A `Preprocess` from {input: (mean, std)} of any array-likes."""
     return Preprocess(
@@ -155,15 +164,38 @@ def from_normalization(
         ),
         augment,
         int(seed),
+        capture,
     )
 
 
+CAPTURE_FIELDS = tuple(field.name for field in dataclasses.fields(capture_lib.Capture))
+
+
+def validate(ds_config) -> None:
+    """Refuses, in one line, capture strengths that cannot be drawn (`dataset.capture`)."""
+    settings = ds_config.capture
+    for field in CAPTURE_FIELDS:
+        value = settings[field]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise errors.UsageError(f"dataset.capture.{field}={value!r}: expected a number >= 0")
+    if settings.prob > 1:
+        raise errors.UsageError(f"dataset.capture.prob={settings.prob}: expected a probability")
+    if settings.scale >= 1:
+        raise errors.UsageError(f"dataset.capture.scale={settings.scale}: expected < 1")
+
+
 def from_config(ds_config, normalization: dict, seed: int) -> Preprocess:
-    """The `Preprocess` of `config.dataset` (its augment, hsv_prob, contrast_prob) and a run's
-    seed, with the dataset's `normalization`."""
+    """The `Preprocess` of `config.dataset` (its augment, hsv_prob, contrast_prob and capture
+    block) and a run's seed, with the model's input `normalization`."""
     augment = (
         Photometric(hsv_prob=ds_config.hsv_prob, contrast_prob=ds_config.contrast_prob)
         if ds_config.augment
         else None
     )
-    return from_normalization(normalization, augment, seed)
+    settings = ds_config.capture
+    capture = (
+        capture_lib.Capture(**{field: float(settings[field]) for field in CAPTURE_FIELDS})
+        if settings.enabled
+        else None
+    )
+    return from_normalization(normalization, augment, seed, capture)

@@ -6,6 +6,7 @@ values; fetching them from devices, once per log interval, is the trainer's job.
 
 import json
 import os
+import sys
 from typing import Optional, Sequence
 
 import jax
@@ -25,6 +26,12 @@ def say(message: str) -> None:
     """A line for the person running the command, printed by process 0 only."""
     if jax.process_index() == 0:
         print(message, flush=True)
+
+
+def warn(message: str) -> None:
+    """A warning line on stderr, printed by process 0 only."""
+    if jax.process_index() == 0:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def read_metrics(workdir: str) -> list[dict]:

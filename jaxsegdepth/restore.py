@@ -8,6 +8,7 @@ difference, before anything compiles.
 """
 
 import contextlib
+import dataclasses
 import os
 from typing import Optional
 
@@ -16,25 +17,38 @@ import optax
 from flax import traverse_util
 from jax.sharding import Mesh
 
-from jaxsegdepth import checkpoints, errors, mesh as mesh_lib, setup, steps
+from jaxsegdepth import card, checkpoints, errors, mesh as mesh_lib, reporting, setup, steps
+from jaxsegdepth.data import pipeline
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """A checkpoint read for inference: the state, the model card (None when the checkpoint was
+    written without one) and a phrase naming the checkpoint."""
+
+    state: steps.TrainState
+    card: Optional[dict]
+    source: str
 
 
 def load_for_inference(
     config: ml_collections.ConfigDict, workdir: str, mesh: Optional[Mesh] = None
-) -> steps.TrainState:
+) -> Restored:
     """The model of `config.init_from` when set, else of `workdir` at step
     `config.checkpoint.step` if >= 0; by default the best end-of-epoch checkpoint (the latest
-    when there are only mid-epoch saves). A `steps.TrainState` with the checkpoint's step,
-    parameters and batch statistics and no optimizer: only the model has to fit `config`.
+    when there are only mid-epoch saves). Its state is a `steps.TrainState` with the
+    checkpoint's step, parameters and batch statistics and no optimizer: only the model has to
+    fit `config`.
 
     Raises `errors.RunError` naming the directory when `workdir` holds no checkpoint (or not
     the requested step), `errors.UsageError` for a missing `init_from` or another model's
     checkpoint. The state is replicated on `mesh` (default: every device).
     """
     mesh = mesh_lib.create_mesh() if mesh is None else mesh
-    with _checked_checkpoint(config, workdir, mesh) as (checkpointer, step, _, target):
+    with _checked_checkpoint(config, workdir, mesh) as (checkpointer, step, source, target):
         parts = checkpointer.restore_parts(step, {"step": target.step, **_variables(target)})
-    return target.replace(
+        card = checkpointer.restore_card(step)
+    state = target.replace(
         tx=optax.identity(),
         opt_state=(),
         weighting={},
@@ -43,17 +57,34 @@ def load_for_inference(
         nonfinite_step=None,
         **parts,
     )
+    return Restored(state, card, source)
 
 
-def load_variables(
-    config: ml_collections.ConfigDict, mesh: Optional[Mesh] = None
-) -> tuple[dict, str]:
-    """The parameters and batch statistics of `config.init_from`'s checkpoint (replicated on
-    `mesh`) and a phrase naming it; nothing else of it is read, so its run may have trained
-    with any optimizer, schedule or loss. `errors.UsageError` as `load_for_inference`."""
+def load_variables(config: ml_collections.ConfigDict, mesh: Optional[Mesh] = None) -> tuple:
+    """(parameters and batch statistics, model card or None, a phrase naming the checkpoint)
+    of `config.init_from`'s checkpoint, replicated on `mesh`; nothing else of it is read, so
+    its run may have trained with any optimizer, schedule or loss. `errors.UsageError` as
+    `load_for_inference`."""
     mesh = mesh_lib.create_mesh() if mesh is None else mesh
     with _checked_checkpoint(config, None, mesh) as (checkpointer, step, source, target):
-        return checkpointer.restore_parts(step, _variables(target)), source
+        variables = checkpointer.restore_parts(step, _variables(target))
+        return variables, checkpointer.restore_card(step), source
+
+
+def input_normalization(
+    config: ml_collections.ConfigDict, model_card: Optional[dict], source: str
+) -> dict:
+    """The {input: (mean, std)} a model runs with: its card's (`input_normalization="auto"`), or
+    `config.dataset`'s when asked (`"dataset"`) or when the checkpoint has no card (a
+    checkpoint written before cards: said in one warning line)."""
+    if model_card is not None and config.input_normalization == "auto":
+        return card.normalization(model_card)
+    if model_card is None:
+        reporting.warn(
+            f"{source} carries no model card: its inputs are normalised with "
+            f"the statistics of dataset {config.dataset.name}"
+        )
+    return pipeline.input_normalization(config.dataset)
 
 
 def parse_init_from(value: str) -> tuple[str, int]:

@@ -47,9 +47,11 @@ RESUME_FIELDS = (
     "dataset.augment",
     "dataset.hsv_prob",
     "dataset.contrast_prob",
+    "dataset.capture",
     "dataset.worker_count",
     "stages",
     "init_from",
+    "input_normalization",
 )
 # What the settings of checkpoints written before `stages` existed hold instead of it.
 _OLD_STAGE_FIELDS = ("resolutions", "stage_epochs", "crops")
@@ -124,30 +126,44 @@ def _extends(old: list, new: list) -> bool:
     return (new_resolution, new_crop) == (resolution, crop) and new_epochs >= epochs
 
 
-def warm_start(config, workdir: str, mesh) -> Optional[dict]:
-    """The model variables `config.init_from` names, checked and read before anything is built
-    or compiled; None without it, or when `workdir` has a checkpoint to resume from."""
+@dataclasses.dataclass(frozen=True)
+class WarmStart:
+    """What a new run takes from `config.init_from`: the model's variables and its card."""
+
+    variables: dict
+    card: Optional[dict]
+    source: str
+
+
+def warm_start(config, workdir: str, mesh) -> Optional[WarmStart]:
+    """The model `config.init_from` names, checked and read before anything is built or
+    compiled; None without it, or when `workdir` has a checkpoint to resume from."""
     if not config.init_from or checkpoints.has_checkpoint(workdir):
         return None
-    variables, source = restore.load_variables(config, mesh)
+    variables, model_card, source = restore.load_variables(config, mesh)
     reporting.say(
         f"starting from the parameters and batch statistics of {source}; "
         "optimizer, schedule and step start fresh"
     )
-    return variables
+    return WarmStart(variables, model_card, source)
 
 
 def restore_or_create(
-    config, checkpointer, mesh, per_epoch, warm: Optional[dict]
-) -> tuple[steps.TrainState, Progress]:
-    """The run's latest checkpoint and its `Progress`, checked against `config`; else a new
-    state (with `warm`'s variables, if any) and an empty `Progress`."""
+    config, checkpointer, mesh, per_epoch, warm: Optional[WarmStart]
+) -> tuple[steps.TrainState, Progress, dict]:
+    """The run's latest checkpoint, its `Progress` and input normalisation, checked against
+    `config`; else a new state (with `warm`'s variables, if any), an empty `Progress` and the
+    normalisation of `warm`'s model or of the dataset (`restore.input_normalization`)."""
     latest = checkpointer.latest_step()
     if latest is None:
-        state = setup.create_state(config, per_epoch, mesh)
-        if warm is not None:
-            state = state.replace(**warm)
-        return state, Progress(settings=resume_settings(config))
+        state, progress = (
+            setup.create_state(config, per_epoch, mesh),
+            Progress(settings=resume_settings(config)),
+        )
+        if warm is None:
+            return state, progress, pipeline.input_normalization(config.dataset)
+        normalization = restore.input_normalization(config, warm.card, warm.source)
+        return state.replace(**warm.variables), progress, normalization
     target = setup.abstract_state(config, mesh, per_epoch)
     state, saved = checkpointer.restore(target, latest)
     progress = Progress(**saved)
@@ -157,4 +173,7 @@ def restore_or_create(
         f"resuming from {checkpointer.directory} step {latest}: "
         f"{latest // per_epoch} epoch(s) done, {latest % per_epoch} step(s) into the next"
     )
-    return state, progress
+    normalization = restore.input_normalization(
+        config, checkpointer.restore_card(latest), f"step {latest} of {checkpointer.directory}"
+    )
+    return state, progress, normalization

@@ -27,6 +27,7 @@ from jaxsegdepth import (
 )
 
 DTYPES = ("float32", "bfloat16")
+NORMALIZATIONS = ("auto", "dataset")  # config.input_normalization
 INIT_RESOLUTION = 32  # parameter shapes do not depend on it; DSResNet needs a multiple of 32
 
 
@@ -37,6 +38,11 @@ def validate(
     `resolutions` (the setting `field` of the config)."""
     if config.model not in models.MODELS:
         raise errors.UsageError(f"model={config.model!r}: expected one of {sorted(models.MODELS)}")
+    if config.input_normalization not in NORMALIZATIONS:
+        raise errors.UsageError(
+            f"input_normalization={config.input_normalization!r}: expected one of {NORMALIZATIONS}"
+        )
+    preprocess.validate(config.dataset)
     if config.dtype not in DTYPES:
         raise errors.UsageError(f"dtype={config.dtype!r}: expected one of {DTYPES}")
     stride = models.MODELS[config.model].STRIDE

@@ -22,6 +22,7 @@ from PIL import Image
 from configs import default
 from jaxsegdepth import (
     artifact,
+    checkpoints,
     charts,
     errors,
     evaluators,
@@ -247,7 +248,7 @@ def test_evaluate_writes_exact_metrics(trained, tmp_path):
         assert at_res[key] == pytest.approx(record[f"val_{key}"], rel=1e-6), key
 
     # NumPy recomputation over every validation sample, no padding involved
-    state = restore.load_for_inference(config, workdir)
+    state = restore.load_for_inference(config, workdir).state
     for res in (RES, 64):
         loader = pipeline.create_loader(
             config.dataset,
@@ -363,8 +364,9 @@ def test_evaluate_writes_exact_metrics(trained, tmp_path):
 
 def test_evaluate_scores_an_init_from_checkpoint_on_another_dataset(trained, tmp_path):
     """The synthetic-trained MaskNet on a MODEST-layout folder of photo pairs: the checkpoint
-    from init_from, the data and its normalisation (MODEST's) from config.dataset, the
-    results in the new workdir; the trained run's folder is left as it was."""
+    from init_from, the data from config.dataset, the inputs normalised with the model's own
+    statistics (its card's, not MODEST's), the results in the new workdir; the trained run's
+    folder is left as it was."""
     base, workdir, record = trained
     folder = str(tmp_path / "photos")
     modest_photos.write(folder, pairs=20, size=64)
@@ -388,7 +390,8 @@ def test_evaluate_scores_an_init_from_checkpoint_on_another_dataset(trained, tmp
     assert written["checkpoint"] == os.path.abspath(workdir)
 
     # NumPy: the folder's validation pairs (the reference split of its 20 lines), decoded,
-    # normalised with MODEST's statistics, through the trained parameters
+    # normalised with the model's (the synthetic set's) statistics, through the trained
+    # parameters
     with open(os.path.join(folder, "file_map.txt")) as f:
         lines = [line.split("\t") for line in f.read().splitlines()]
 
@@ -401,12 +404,12 @@ def test_evaluate_scores_an_init_from_checkpoint_on_another_dataset(trained, tmp
     inputs = [
         _reference_normalize(
             np.stack([read(i, column, "RGB") for i in val]),
-            *normalization.MODEST_NORMALIZATION[key],
+            *pipeline.input_normalization(base.dataset)[key],
         ).astype(np.float32)
         for column, key in enumerate(("bg", "bg_fg"))
     ]
     target = np.stack([read(i, 2, "L") for i in val])[..., None] / 255.0
-    state = restore.load_for_inference(base, workdir)
+    state = restore.load_for_inference(base, workdir).state
     probs = _sigmoid(
         state.apply_fn(
             {"params": state.params, "batch_stats": state.batch_stats}, *inputs, train=False
@@ -415,6 +418,80 @@ def test_evaluate_scores_an_init_from_checkpoint_on_another_dataset(trained, tmp
     got = written["metrics"][str(RES)]
     assert got["iou"] == pytest.approx(_mean_iou(probs > 0.5, target), abs=1e-5)
     assert got["iou_soft"] == pytest.approx(_mean_iou(probs, target), abs=1e-5)
+
+
+def _predicted(config, workdir, pair, out) -> dict:
+    """{file name: bytes} that `predict.run` writes for one pair into `out`."""
+    config.predict.bg, config.predict.bg_fg = pair
+    config.predict.output_dir = str(out)
+    predict.validate(config)
+    predict.run(config, workdir)
+    return {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".png"}
+
+
+def test_the_checkpoint_carries_its_model_card(trained):
+    config, workdir, record = trained
+    checkpointer = checkpoints.Checkpointer(workdir, read_only=True)
+    try:
+        saved = checkpointer.restore_card(checkpointer.latest_step())
+    finally:
+        checkpointer.close()
+    norm = pipeline.input_normalization(config.dataset)  # the synthetic set's, measured
+    assert saved == {
+        "model": "masknet",
+        "heads": ["mask"],
+        "stride": 1,
+        "dtype": "float32",
+        "normalization": {
+            key: {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+            for key, (mean, std) in norm.items()
+        },
+        "resolution": record["resolution"],
+        "dataset": "synthetic_museum",
+        "version": saved["version"],
+    }
+
+
+def test_a_run_folder_alone_predicts_and_exports(trained, pair, tmp_path, capsys):
+    """The run's folder copied elsewhere, with an empty data folder: predict writes what it
+    writes beside its dataset, and export bakes in the card's statistics."""
+    base, workdir, _ = trained
+    here = _predicted(_copy(base), workdir, pair, tmp_path / "here")
+    alone = str(tmp_path / "alone")
+    shutil.copytree(workdir, alone)
+    config = _copy(base)
+    config.dataset.data_dir = str(tmp_path / "empty")
+    assert _predicted(config, alone, pair, tmp_path / "there") == here
+    config.export.update(dict(resolution=RES, batch_size=1, platforms=()))
+    export.validate(config)
+    export.run(config, alone)
+    meta = json.loads((tmp_path / "alone" / "export" / artifact.METADATA).read_text())
+    norm = pipeline.input_normalization(base.dataset)
+    assert meta["normalization"] == {
+        k: [np.asarray(m).tolist(), np.asarray(s).tolist()] for k, (m, s) in norm.items()
+    }
+    assert meta["card"]["model"] == "masknet"
+    assert not os.path.exists(tmp_path / "empty")  # nothing was built or read there
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_a_checkpoint_without_a_card_uses_the_dataset_s_statistics_and_says_so(
+    trained, pair, tmp_path, capsys
+):
+    base, workdir, _ = trained
+    here = _predicted(_copy(base), workdir, pair, tmp_path / "here")
+    older = tmp_path / "older"
+    shutil.copytree(workdir, older)
+    for card_dir in older.glob(f"checkpoints/*/{checkpoints.CARD}"):
+        shutil.rmtree(card_dir)
+    capsys.readouterr()
+    assert _predicted(_copy(base), str(older), pair, tmp_path / "there") == here
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("warning: step ") and warnings[0].endswith(
+        "carries no model card: its inputs are normalised with the statistics of dataset "
+        "synthetic_museum"
+    )
 
 
 def test_ceiling_iou_is_the_best_of_every_binary_mask():
@@ -610,7 +687,7 @@ def test_predict_names_the_bad_pairs_and_writes_the_good_ones(predicted_folders)
 def test_predict_writes_the_models_probability(predicted_folders):
     config, workdir, bg, bg_fg, out, _ = predicted_folders
     # MaskNet (stride 1) sees each image at its own size
-    state = restore.load_for_inference(config, workdir)
+    state = restore.load_for_inference(config, workdir).state
     norm = pipeline.input_normalization(config.dataset)
     expected = _expected_probabilities(state, bg / "good.png", bg_fg / "good.jpg", norm, (37, 45))[
         "mask"
@@ -751,7 +828,7 @@ def test_export_mode_matches_predict_step_for_any_batch(trained, one_device, pre
     for key, (mean, std) in norm.items():
         np.testing.assert_array_equal(np.float32(meta["normalization"][key][0]), mean)
         np.testing.assert_array_equal(np.float32(meta["normalization"][key][1]), std)
-    state = restore.load_for_inference(config, workdir, one_device)
+    state = restore.load_for_inference(config, workdir, one_device).state
     predict_step = predict_jit(norm)
     rng = np.random.default_rng(0)
     for n in (1, 3):  # the batch dimension is symbolic

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxsegdepth import preprocess
+from jaxsegdepth import capture, errors, preprocess
 from jaxsegdepth.modes import benchmark
 from jaxsegdepth.data.normalization import MODEST_NORMALIZATION
 
@@ -137,3 +137,57 @@ def test_draws_follow_the_configured_probabilities():
     assert abs(np.mean(u[:, 0] < params.hsv_prob) - 0.25) < 0.015
     assert abs(np.mean(u[:, 1] < params.contrast_prob) - 0.25) < 0.015
     assert abs(np.corrcoef(u[:, 0], u[:, 1])[0, 1]) < 0.03  # independent draws
+
+
+def test_capture_nuisances_follow_the_photometric_jitter_in_training_only():
+    """`dataset.capture` on: the train step's inputs are the photometric jitter's, then each
+    shot's capture nuisances (`capture.apply`, its own tests check it against NumPy), then the
+    normalisation; evaluation sees the images as they are."""
+    from configs import default
+
+    config = default.get_config()
+    config.dataset.augment = True
+    prep = preprocess.from_config(config.dataset, MODEST_NORMALIZATION, seed=5)
+    assert prep.capture == capture.Capture(
+        **{field: float(config.dataset.capture[field]) for field in preprocess.CAPTURE_FIELDS}
+    )
+    batch = _batch(4, index=np.arange(20, 24))
+    jittered = preprocess.photometric(
+        {k: preprocess.unit(batch[k]) for k in ("bg", "bg_fg")}, batch["index"], 5, prep.augment
+    )
+    captured = capture.apply(jittered, batch["index"], 5, prep.capture)
+    out = jax.jit(lambda b: prep(b, train=True))(batch)
+    for key in ("bg", "bg_fg"):
+        want = _normalised(np.asarray(captured[key], np.float64), key)
+        np.testing.assert_allclose(out[key], want, atol=2e-4)
+    plain = prep(batch, train=False)
+    np.testing.assert_allclose(
+        plain["bg"], _normalised(batch["bg"].astype(np.float64) / 255, "bg"), atol=1e-5
+    )
+    config.dataset.capture.enabled = False
+    assert preprocess.from_config(config.dataset, MODEST_NORMALIZATION, seed=5).capture is None
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("noise", -0.1, r"dataset.capture.noise=-0.1: expected a number >= 0"),
+        ("prob", 1.5, r"dataset.capture.prob=1.5: expected a probability"),
+        ("scale", 1.0, r"dataset.capture.scale=1.0: expected < 1"),
+        ("shift_px", "two", r"dataset.capture.shift_px='two': expected a number >= 0"),
+    ],
+)
+def test_bad_capture_strengths_are_refused_in_one_line(field, value, message):
+    from configs import default
+
+    config = default.get_config()
+    config.dataset.capture[field] = value
+    with pytest.raises(errors.UsageError, match=f"^{message}$"):
+        preprocess.validate(config.dataset)
+
+
+def test_the_published_recipes_train_without_capture_nuisances():
+    from configs import rmse_bce_dice
+
+    assert rmse_bce_dice.get_config().dataset.capture.enabled
+    assert not rmse_bce_dice.get_config("published").dataset.capture.enabled

@@ -119,7 +119,7 @@ def _validation_metrics(workdir, shared, resolution):
     """(step, metrics) of the run's chosen checkpoint, recomputed in one unpadded pass over
     every validation sample at `resolution`."""
     config = _config(**{"dataset.num_samples": NUM_SAMPLES, "dataset.data_dir": shared["data"]})
-    state = restore.load_for_inference(config, str(workdir))
+    state = restore.load_for_inference(config, str(workdir)).state
     batch = next(
         iter(
             pipeline.create_loader(
@@ -249,7 +249,7 @@ def test_sigterm_saves_a_restorable_checkpoint_and_resume_matches_an_uninterrupt
     assert "interrupted by SIGTERM" in stderr and "rerun the same command" in stderr
 
     config = _load_config("configs/masknet_bce.py")
-    state = restore.load_for_inference(config, str(workdir))  # best or latest: restorable
+    state = restore.load_for_inference(config, str(workdir)).state  # best or latest: restorable
     checkpointer = checkpoints.Checkpointer(str(workdir), "val_loss", "min")
     try:
         latest = checkpointer.latest_step()
@@ -452,7 +452,7 @@ def test_init_from_names_a_missing_run_or_step_and_a_variable_that_does_not_fit(
     masknet_source, shared, tmp_path
 ):
     config, source = masknet_source
-    state = restore.load_for_inference(config, source)
+    state = restore.load_for_inference(config, source).state
     kernel = state.params["out"]["kernel"]
     odd = state.replace(
         params={
@@ -679,9 +679,9 @@ def test_checkpointer_keeps_the_latest_and_the_best(tmp_path, mode, best):
     finally:
         checkpointer.close()
     config.checkpoint.monitor, config.checkpoint.mode = "val_iou", mode
-    assert int(restore.load_for_inference(config, str(tmp_path)).step) == best
+    assert int(restore.load_for_inference(config, str(tmp_path)).state.step) == best
     config.checkpoint.step = 6
-    assert int(restore.load_for_inference(config, str(tmp_path)).step) == 6
+    assert int(restore.load_for_inference(config, str(tmp_path)).state.step) == 6
     config.checkpoint.step = 7
     with pytest.raises(errors.RunError, match="no checkpoint at step 7"):
         restore.load_for_inference(config, str(tmp_path))

@@ -19,8 +19,7 @@ draw from streams of their own, so pairs with one seed and index differ only in 
 and nuisances name.
 
 `SETS` names the evaluated sets and `pairs` makes their JPEG bytes; a set's "tuning" split (for
-choosing a background-subtraction threshold, `best_threshold`) and "eval" split never share a
-pair. Everything is deterministic per `(seed, index)`.
+choosing a background-subtraction threshold) and "eval" split never share a pair. Everything is deterministic per `(seed, index)`.
 """
 
 import dataclasses
@@ -63,8 +62,6 @@ SHAPES = ("silhouette", "blob", "contour")
 NUISANCES = ("shadow", "exposure", "noise", "shift", "jpeg")
 SPLITS = ("eval", "tuning")
 SPLIT_PAIRS = 1 << 20  # split s holds the indices [s * SPLIT_PAIRS, (s + 1) * SPLIT_PAIRS)
-THRESHOLDS = np.round(np.arange(0.01, 0.51, 0.01), 2)  # |bg - bg_fg| cut-offs of best_threshold
-IOU_SMOOTH = 1e-6  # as metrics.iou's
 JPEG_QUALITIES = (75, 95)  # the "jpeg" nuisance's range, both ends included
 
 
@@ -349,31 +346,3 @@ def decode(pair: dict[str, bytes]) -> dict[str, np.ndarray]:
         key: np.asarray(Image.open(io.BytesIO(data)).convert("L" if key == "mask" else "RGB"))
         for key, data in pair.items()
     }
-
-
-def threshold_ious(
-    decoded: list[dict[str, np.ndarray]], thresholds: np.ndarray = THRESHOLDS
-) -> np.ndarray:
-    """Mean over pairs of the IoU (smoothed as metrics.iou) of `max_channel |bg - bg_fg| > t`
-    with the mask in [0, 1], for each t of `thresholds`: background subtraction's score, in
-    float32 arithmetic as the evaluator's (images times 1/255, then the difference)."""
-    thresholds = np.asarray(thresholds, np.float32)
-    unit = np.float32(1 / 255)
-    total = np.zeros(len(thresholds))
-    for pair in decoded:
-        bg, bg_fg = (pair[key].astype(np.float32) * unit for key in ("bg", "bg_fg"))
-        difference = np.abs(bg - bg_fg).max(axis=-1)
-        target = pair["mask"].astype(np.float32) * unit
-        predicted = difference[None] > thresholds[:, None, None]
-        overlap = np.sum(predicted * target, axis=(1, 2))
-        union = np.sum(predicted, axis=(1, 2)) + target.sum() - overlap
-        total += (overlap + IOU_SMOOTH) / (union + IOU_SMOOTH)
-    return total / len(decoded)
-
-
-def best_threshold(decoded: list[dict[str, np.ndarray]]) -> tuple[float, float]:
-    """The threshold of `THRESHOLDS` with the highest `threshold_ious` on `decoded`, and that
-    IoU."""
-    ious = threshold_ious(decoded)
-    best = int(np.argmax(ious))
-    return float(THRESHOLDS[best]), float(ious[best])

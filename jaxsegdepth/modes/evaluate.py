@@ -102,15 +102,15 @@ TITLES = {  # what the printed tables say of each evaluator type
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Evaluates the chosen checkpoint; writes `WORKDIR/eval.json` and prints the tables."""
     mesh = mesh_lib.create_mesh()
-    state = restore.load_for_inference(config, workdir, mesh)  # fails clearly if none
+    model = restore.load_for_inference(config, workdir, mesh)  # fails clearly if none
+    state = model.state
     source = os.path.abspath(restore.parse_init_from(config.init_from)[0] or workdir)
     os.makedirs(workdir, exist_ok=True)
     datasets.prepare(config.dataset)
     step = int(jax.device_get(state.step))
     heads = setup.heads(config)
-    _, eval_step, predict_step = setup.compiled_steps(
-        config, mesh, pipeline.input_normalization(config.dataset)
-    )
+    normalization = restore.input_normalization(config, model.card, model.source)
+    _, eval_step, predict_step = setup.compiled_steps(config, mesh, normalization)
     context = evaluators.Context(config, mesh, heads, eval_step, predict_step)
     chosen = {
         name: evaluators.create(name, context) for name in evaluators.for_evaluate_mode(config)

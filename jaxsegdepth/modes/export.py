@@ -1,7 +1,7 @@
 """`mode=export`: a trained model as one self-contained, serialized `jax.export` artifact.
 
-The exported function is `steps.predict_step` with the trained state and the dataset's
-normalisation baked in: it maps a pair of NHWC uint8 RGB images `(bg, bg_fg)` to a dict of
+The exported function is `steps.predict_step` with the trained state and the model's input
+normalisation (its model card's) baked in: it maps a pair of NHWC uint8 RGB images `(bg, bg_fg)` to a dict of
 probabilities (`sigmoid` of the logits), `{"mask": (N,H,W,1), "depth": (N,H,W,1)}` (MaskNet:
 only `"mask"`); `model.json`'s `input_dtype` says what an artifact takes. Parameters, BatchNorm statistics and the mean/std
 are constants, so running it needs JAX and the artifact, not this package's model code:
@@ -143,16 +143,18 @@ def export_state(
 
 def run(config, workdir: str) -> str:
     """Exports the best checkpoint (or `config.checkpoint.step`) of the run in `workdir`."""
-    state = restore.load_for_inference(
+    model = restore.load_for_inference(
         config, workdir, mesh_lib.create_mesh(jax.local_devices()[:1])
     )
     cfg = config.export
     output_dir = cfg.output_dir or os.path.join(workdir, "export")
-    metadata = {"model": config.model, "step": int(jax.device_get(state.step))}
+    metadata = {"model": config.model, "step": int(jax.device_get(model.state.step))}
+    if model.card is not None:
+        metadata["card"] = model.card
     path, exported = export_state(
-        state,
+        model.state,
         output_dir,
-        pipeline.input_normalization(config.dataset),
+        restore.input_normalization(config, model.card, model.source),
         resolution=cfg.resolution,
         batch_size=cfg.batch_size,
         platforms=tuple(cfg.platforms) or None,

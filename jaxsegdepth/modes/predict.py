@@ -10,7 +10,8 @@ Each pair is resized (bilinear) to a model size - `predict.resolution` squared i
 own size with each side rounded to the nearest multiple of the model's stride (32 for DSResNet,
 at least one stride), after scaling down so the longer side is at most `predict.max_side`
 (0: no cap) - and handed to the predict step as uint8, which normalises it on the device with
-the dataset's mean/std (`pipeline.input_normalization`); the predictions are resized back to
+the model's own input statistics (its checkpoint's model card, `card.py`), so no dataset is
+needed; the predictions are resized back to
 the original size.
 
 Written to `predict.output_dir` (default `WORKDIR/predictions_user`), per pair `NAME`:
@@ -302,13 +303,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     cfg = config.predict
     pairs, failures = find_pairs(cfg.bg, cfg.bg_fg)
     mesh = mesh_lib.create_mesh(jax.local_devices()[:1])
-    state = restore.load_for_inference(config, workdir, mesh)
-    _, _, predict_step = setup.compiled_steps(
-        config, mesh, pipeline.input_normalization(config.dataset)
-    )
+    model = restore.load_for_inference(config, workdir, mesh)
+    normalization = restore.input_normalization(config, model.card, model.source)
+    _, _, predict_step = setup.compiled_steps(config, mesh, normalization)
     output_dir = cfg.output_dir or os.path.join(workdir, "predictions_user")
     summary = predict_pairs(
-        functools.partial(predict_step, state),
+        functools.partial(predict_step, model.state),
         pairs,
         output_dir,
         stride=models.MODELS[config.model].STRIDE,

@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 
 from jaxsegdepth import (
+    card,
     checkpoints,
     errors,
     evaluators,
@@ -95,6 +96,7 @@ class Trainer:
     checkpointer: checkpoints.Checkpointer
     reporter: reporting.Reporter
     evaluators: dict  # name -> the evaluators that run during training
+    normalization: dict  # {input: (mean, std)} the steps normalise with, kept in the model card
 
     @property
     def total_steps(self) -> int:
@@ -139,11 +141,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Optional[dict]:
             workdir, config.checkpoint.monitor, config.checkpoint.mode
         )
         try:
-            state, progress = resume.restore_or_create(config, checkpointer, mesh, per_epoch, warm)
+            state, progress, normalization = resume.restore_or_create(
+                config, checkpointer, mesh, per_epoch, warm
+            )
             start = int(jax.device_get(state.step))
             reporter = reporting.Reporter(workdir, jax.process_index() == 0, start)
             reporter.resume(start // per_epoch, progress.last_record)
-            trainer = _trainer(config, mesh, per_epoch, checkpointer, reporter, stop)
+            trainer = _trainer(config, mesh, per_epoch, checkpointer, reporter, stop, normalization)
             try:
                 record = _train(trainer, state, progress, stop)
                 checkpointer.wait()
@@ -185,10 +189,8 @@ def _say_loader(config) -> None:
     )
 
 
-def _trainer(config, mesh, per_epoch, checkpointer, reporter, stop) -> Trainer:
-    train_step, eval_step, predict_step = setup.compiled_steps(
-        config, mesh, pipeline.input_normalization(config.dataset)
-    )
+def _trainer(config, mesh, per_epoch, checkpointer, reporter, stop, normalization) -> Trainer:
+    train_step, eval_step, predict_step = setup.compiled_steps(config, mesh, normalization)
     context = evaluators.Context(config, mesh, setup.heads(config), eval_step, predict_step)
     return Trainer(
         config=config,
@@ -208,6 +210,7 @@ def _trainer(config, mesh, per_epoch, checkpointer, reporter, stop) -> Trainer:
             for name, settings in config.evals.items()
             if settings.every
         },
+        normalization=normalization,
     )
 
 
@@ -426,8 +429,9 @@ def _end_epoch(
 def _save(
     trainer: Trainer, state, progress: resume.Progress, iterator, record: Optional[dict]
 ) -> None:
-    """The one place that saves: the state, the loop's progress with the iterator's position
-    and, at an epoch's end, the record's finite numbers (for the best-checkpoint choice)."""
+    """The one place that saves: the state, the loop's progress with the iterator's position,
+    the model card and, at an epoch's end, the record's finite numbers (for the best-checkpoint
+    choice)."""
     saved = dataclasses.replace(
         progress, iterator=checkpoints.encode_iterator_state(iterator.get_state())
     )
@@ -440,7 +444,9 @@ def _save(
             if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
         }
     )
-    trainer.checkpointer.save(state, dataclasses.asdict(saved), metrics=numbers)
+    resolution = trainer.stages[trainer.stage_of(int(jax.device_get(state.step)) - 1)].resolution
+    model_card = card.create(trainer.config, trainer.normalization, resolution)
+    trainer.checkpointer.save(state, dataclasses.asdict(saved), numbers, model_card)
 
 
 def _stop(trainer: Trainer, signum: int, done: int, bar) -> None:
