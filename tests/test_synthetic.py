@@ -65,8 +65,8 @@ def test_shadows_darken_the_room_around_the_figures_and_never_brighten(renders):
     darkened_fractions = np.array(darkened_fractions)
     # Shadows are visible in most samples and large in many (not in all: some lights are faint,
     # and a shadow cast straight away from the camera hides behind its figure).
-    assert (darkened_fractions > 0.005).sum() >= 12, darkened_fractions
-    assert (darkened_fractions > 0.01).sum() >= 7, darkened_fractions
+    assert (darkened_fractions > 0.005).sum() >= 10, darkened_fractions
+    assert (darkened_fractions > 0.01).sum() >= 6, darkened_fractions
     assert darkened_fractions.mean() > 0.01, darkened_fractions
 
 
