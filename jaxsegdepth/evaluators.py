@@ -59,8 +59,9 @@ class Context:
     predict_step: Callable
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Refuses, in one line, an `evals` entry that cannot run."""
+def validate(config: ml_collections.ConfigDict, training: bool = False) -> None:
+    """Refuses, in one line, an `evals` entry that cannot run (in a training run: a validation
+    that does not run every epoch, whose val_loss the best checkpoint and the plateau read)."""
     for name, settings in config.evals.items():
         field = f"evals.{name}"
         if settings.get("type") not in TYPES:
@@ -86,6 +87,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise errors.UsageError(
             f"evals.{VALIDATION}: expected a validation evaluator (its "
             "val_loss picks the best checkpoint)"
+        )
+    if training and validation.every != 1:
+        raise errors.UsageError(
+            f"evals.{VALIDATION}.every={validation.every}: expected 1 (the best checkpoint and "
+            "the plateau schedule read val_loss every epoch)"
         )
 
 

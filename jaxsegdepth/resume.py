@@ -52,6 +52,9 @@ RESUME_FIELDS = (
     "stages",
     "init_from",
     "input_normalization",
+    "accumulate_steps",
+    "freeze",
+    "lr_multipliers",
 )
 # What the settings of checkpoints written before `stages` existed hold instead of it.
 _OLD_STAGE_FIELDS = ("resolutions", "stage_epochs", "crops")

@@ -75,6 +75,23 @@ def validate(
                 )
 
 
+def validate_optimizer(config: ml_collections.ConfigDict) -> None:
+    """`optim.validate`, and that every `freeze`/`lr_multipliers` regex matches a parameter of
+    `config.model` (its shapes traced, nothing compiled)."""
+    optim.validate(config)
+    if config.freeze or config.lr_multipliers:
+        optim.validate_paths(config, parameter_paths(config))
+
+
+def parameter_paths(config: ml_collections.ConfigDict) -> list[str]:
+    """The paths of `config.model`'s parameters, as `optim.parameter_paths` names them."""
+    dummy = jax.ShapeDtypeStruct((1, INIT_RESOLUTION, INIT_RESOLUTION, 3), jax.numpy.float32)
+    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+    model = create_model(config)
+    shapes = jax.eval_shape(lambda a, b: model.init(rngs, a, b, train=False), dummy, dummy)
+    return optim.parameter_paths(shapes["params"])
+
+
 def heads(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     """The heads `config.model` declares (its output keys)."""
     return models.MODELS[config.model].HEADS
@@ -117,9 +134,7 @@ def abstract_state(
 
 def _initializer(config, steps_per_epoch, tx):
     if tx is None:
-        tx = optim.create_optimizer(
-            config.optimizer, optim.learning_rate_schedule(config, steps_per_epoch)
-        )
+        tx = optim.training_optimizer(config, steps_per_epoch)
     return functools.partial(
         steps.create_train_state,
         create_model(config),
@@ -131,7 +146,7 @@ def _initializer(config, steps_per_epoch, tx):
 
 
 def compiled_steps(config: ml_collections.ConfigDict, mesh: Mesh, normalization: dict):
-    """`steps.jit_steps` for `config`: its loss spec, its loss weighting and its augmentation,
+    """`steps.jit_steps` for `config`: its loss spec, loss weighting, augmentation and norms,
     with the dataset's input `normalization` ({input: (mean, std)},
     `pipeline.input_normalization`)."""
     return steps.jit_steps(
@@ -139,4 +154,5 @@ def compiled_steps(config: ml_collections.ConfigDict, mesh: Mesh, normalization:
         losses.compose(config.loss),
         preprocess.from_config(config.dataset, normalization, config.seed),
         weighting.from_config(config),
+        norms=config.log_norms,
     )

@@ -4,7 +4,7 @@ The steps know nothing of files, loggers or configs: they take a state and the l
 arrays and return a state and metrics. Each first runs its `preprocess.Preprocess` on the
 device (normalisation; photometric augmentation in the train step), then the model. `jit_steps`
 compiles them with the batch sharded on the mesh's `data` axis and the state replicated; under
-`jit` BatchNorm statistics are global.
+`jit` BatchNorm statistics are global. `StepTrace` records a profiler trace around some of them.
 """
 
 import functools
@@ -17,7 +17,7 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh
 
-from jaxsegdepth import losses, mesh as mesh_lib, metrics, names, weighting as weighting_lib
+from jaxsegdepth import errors, losses, mesh as mesh_lib, metrics, names, weighting as weighting_lib
 from jaxsegdepth.preprocess import Preprocess
 
 
@@ -61,6 +61,9 @@ def create_train_state(
     )
 
 
+NORMS = ("grad_norm", "param_norm", "update_norm")  # train step metrics with `norms`
+
+
 def _targets(batch: dict) -> dict:
     return {head: batch[head] for head in names.HEADS if head in batch}
 
@@ -72,10 +75,13 @@ def train_step(
     loss_fn: losses.LossFn,
     preprocess: Preprocess,
     weighting: weighting_lib.Weighting = weighting_lib.FIXED,
+    norms: bool = False,
 ) -> tuple[TrainState, dict]:
     """One optimizer step on `weighting`'s objective, on the augmented, normalised `batch`.
-    Metrics: `loss` (the loss spec's fixed sum), its terms, and `objective` when it differs.
-    A non-finite objective leaves the state unchanged and records the step."""
+    Metrics: `loss` (the loss spec's fixed sum), its terms, and `objective` when it differs;
+    with `norms`, the global L2 norms (float32) of the gradient, the parameters after the step
+    and the applied update, all over the trained pair (`NORMS`). A non-finite objective (or,
+    with `norms`, gradient norm) leaves the state unchanged and records the step."""
     dropout_rng = jax.random.fold_in(state.rng, state.step)
     batch = preprocess(batch, train=True)
 
@@ -100,6 +106,9 @@ def train_step(
     updates, opt_state = state.tx.update(grads, state.opt_state, trained)
     updates = jax.tree.map(lambda u: u * state.plateau.scale.astype(u.dtype), updates)
     params, learned = optax.apply_updates(trained, updates)
+    norm_metrics = (
+        dict(zip(NORMS, map(optax.tree.norm, (grads, (params, learned), updates)))) if norms else {}
+    )
     stepped = state.replace(
         step=state.step + 1,
         params=params,
@@ -107,14 +116,14 @@ def train_step(
         batch_stats=batch_stats,
         weighting={**state.weighting, **learned},
     )
-    finite = jnp.isfinite(objective)
+    finite = jnp.isfinite(objective) & jnp.isfinite(norm_metrics.get("grad_norm", 0.0))
     kept = state.replace(
         step=state.step + 1,
         nonfinite_step=jnp.where(state.nonfinite_step < 0, state.step, state.nonfinite_step),
     )
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), stepped, kept)
     extra = {} if weighting.method == "fixed" else {"objective": objective}
-    return new_state, {"loss": loss, **terms, **extra}
+    return new_state, {"loss": loss, **terms, **extra, **norm_metrics}
 
 
 def eval_step(
@@ -159,6 +168,45 @@ def update_plateau(
     return state.replace(plateau=new)
 
 
+class StepTrace:
+    """A `jax.profiler` trace of the 1-based train steps `first..last` into `directory` (in
+    TensorBoard's layout, plus a Perfetto JSON), on process 0 when `enabled`; (0, 0): none.
+    It only watches: the steps and their results are the same with and without it."""
+
+    def __init__(self, step_range: tuple, directory: str, enabled: bool = True):
+        self.first, self.last = (int(s) for s in step_range)
+        self.directory, self.enabled, self.active = directory, enabled and self.last > 0, False
+
+    @staticmethod
+    def validate(step_range) -> None:
+        """Refuses, in one line, a `profile_steps` that is not (0, 0) or (first, last),
+        1 <= first <= last."""
+        ok = isinstance(step_range, (tuple, list)) and len(step_range) == 2
+        ok = ok and all(isinstance(s, int) and not isinstance(s, bool) for s in step_range)
+        if not ok or (tuple(step_range) != (0, 0) and not 1 <= step_range[0] <= step_range[1]):
+            raise errors.UsageError(
+                f"profile_steps={step_range!r}: expected (first, last), 1 <= first <= last "
+                "(1-based train steps), or (0, 0) for none"
+            )
+
+    def before(self, step: int) -> None:
+        """Starts the trace before 0-based train step `step` when it is in the range."""
+        if self.enabled and not self.active and self.first <= step + 1 <= self.last:
+            jax.profiler.start_trace(self.directory, create_perfetto_trace=True)
+            self.active = True
+
+    def after(self, done: int, state) -> None:
+        """Stops it once step `done` (1-based), the range's last, has run to the end."""
+        if self.active and done >= self.last:
+            jax.block_until_ready(state)
+            self.close()
+
+    def close(self) -> None:
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
+
+
 # On the CPU, XLA hands convolutions, elementwise ops, dots and reductions to YNNPACK by
 # default; for DSResNet its convolutions are slower than XLA's own, while its reductions
 # (BatchNorm statistics) are faster. YNNPACK for reductions only, on an idle 2-core machine:
@@ -176,15 +224,18 @@ def jit_steps(
     loss_fn: losses.LossFn,
     preprocess: Preprocess,
     weighting: weighting_lib.Weighting = weighting_lib.FIXED,
+    norms: bool = False,
 ) -> tuple[Callable, Callable, Callable]:
-    """`train_step`, `eval_step` and `predict_step` compiled for `mesh`.
+    """`train_step` (with `norms`), `eval_step` and `predict_step` compiled for `mesh`.
 
     The batch is sharded on `data`, the state replicated and donated to the train step.
     """
     replicated, sharded = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
     options = compiler_options(mesh.devices.flat[0].platform)
     train = jax.jit(
-        functools.partial(train_step, loss_fn=loss_fn, preprocess=preprocess, weighting=weighting),
+        functools.partial(
+            train_step, loss_fn=loss_fn, preprocess=preprocess, weighting=weighting, norms=norms
+        ),
         in_shardings=(replicated, sharded),
         out_shardings=(replicated, replicated),
         donate_argnums=0,

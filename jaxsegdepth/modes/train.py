@@ -57,18 +57,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     setup.validate(config, [stage.resolution for stage in schedule], "stages")
     # crops are training input sizes: the model's stride and the loss's minimum size apply
     setup.validate(config, [stage.crop for stage in schedule if stage.crop], "stages (crop)")
-    optim.validate(config)
+    setup.validate_optimizer(config)
+    steps.StepTrace.validate(config.profile_steps)
     checkpoints.validate(config)
     pipeline.validate(config.dataset)
     mesh_lib.check_batch_size(mesh_lib.create_mesh(), config.batch_size)
-    evaluators.validate(config)
-    if config.evals[evaluators.VALIDATION].every != 1:
-        raise errors.UsageError(
-            f"evals.{evaluators.VALIDATION}.every="
-            f"{config.evals[evaluators.VALIDATION].every}: expected 1 (the "
-            "best checkpoint and the plateau schedule read val_loss every "
-            "epoch)"
-        )
+    evaluators.validate(config, training=True)
     for field, minimum in (("log_every_steps", 1), ("steps_per_epoch", 0)):
         if config[field] < minimum:
             raise errors.UsageError(f"{field}={config[field]}: expected >= {minimum}")
@@ -97,6 +91,7 @@ class Trainer:
     reporter: reporting.Reporter
     evaluators: dict  # name -> the evaluators that run during training
     normalization: dict  # {input: (mean, std)} the steps normalise with, kept in the model card
+    trace: steps.StepTrace  # config.profile_steps
 
     @property
     def total_steps(self) -> int:
@@ -109,7 +104,8 @@ class Trainer:
 
     def learning_rate(self, plateau_scale, step: int) -> float:
         """The rate step `step` (1-based) used: the schedule's times the plateau's scale."""
-        return float(self.schedule(max(step - 1, 0))) * float(plateau_scale)
+        count = optim.optimizer_step(self.config, max(step - 1, 0))
+        return float(self.schedule(count)) * float(plateau_scale)
 
     def shard(self, host_batch: dict) -> dict:
         keys = names.INPUTS + self.heads + (names.INDEX,)
@@ -153,6 +149,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Optional[dict]:
                 checkpointer.wait()
                 return record
             finally:
+                trainer.trace.close()
                 reporter.close()
         except OSError as error:
             raise errors.RunError(
@@ -211,6 +208,11 @@ def _trainer(config, mesh, per_epoch, checkpointer, reporter, stop, normalizatio
             if settings.every
         },
         normalization=normalization,
+        trace=steps.StepTrace(
+            config.profile_steps,
+            os.path.join(os.path.dirname(checkpointer.directory), "profile"),
+            jax.process_index() == 0,
+        ),
     )
 
 
@@ -248,7 +250,9 @@ def train_loop(
             iterator = _open_iterator(trainer, stage, progress)
         if bar is None:
             bar, epoch_start, started = _epoch_bar(trainer, epoch, step), step, time.time()
+        trainer.trace.before(step)
         state, step_metrics = trainer.train_step(state, trainer.shard(next(iterator)))
+        trainer.trace.after(step + 1, state)
         pending.append(step_metrics)
         if len(pending) > IN_FLIGHT:  # keep the host a few steps ahead, no further
             jax.block_until_ready(pending[-1 - IN_FLIGHT]["loss"])
