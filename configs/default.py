@@ -87,6 +87,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.stages = ((96, 5), (128, 1), (224, 2, 128))
     config.steps_per_epoch = 0  # 0: one pass over the training split
     config.log_every_steps = 10
+    # train/grad_norm, train/param_norm, train/update_norm (global L2) among the step metrics;
+    # a non-finite gradient norm then stops the run like a non-finite loss
+    config.log_norms = False
+    # A jax.profiler trace of the 1-based train steps (first, last) in WORKDIR/profile/
+    # (process 0; docs/performance.md); (0, 0): none
+    config.profile_steps = (0, 0)
 
     # The reference trains with SGD (momentum 0.9, lr 0.01, reduce-on-plateau), which the
     # `:published` configs keep. On the CPU budget Adam with a one-cycle schedule gets much
@@ -101,6 +107,15 @@ def get_config() -> ml_collections.ConfigDict:
             grad_clip_norm=0.0,
         )
     )
+    # One optimizer step every `accumulate_steps` batches of batch_size (optax.MultiSteps, the
+    # mean gradient; the schedule counts optimizer steps; BatchNorm sees each batch alone:
+    # docs/performance.md); 1: every batch
+    config.accumulate_steps = 1
+    # Fine-tuning (docs/transfer.md): regexes over parameter paths ("enc1/convs/conv1/kernel"),
+    # each matching whole paths, e.g. ("enc.*",). `freeze`: those parameters never move;
+    # `lr_multipliers`: ((regex, factor), ...), the first match's factor scales the update.
+    config.freeze = ()
+    config.lr_multipliers = ()
     config.schedule = ml_collections.ConfigDict(
         dict(
             name="onecycle",  # constant | step | plateau | onecycle
@@ -180,11 +195,22 @@ def get_config() -> ml_collections.ConfigDict:
             # two image files, or two folders matched by file name (without the extension)
             bg="",
             bg_fg="",
-            output_dir="",  # "": WORKDIR/predictions_user
+            output_dir="",  # "": WORKDIR/predictions_user; a clip: WORKDIR/predictions_video/NAME
             threshold=0.5,  # mask probability -> the thresholded mask PNG
             resolution=0,  # model input side (multiple of 32); 0: each image's size rounded to 32
             max_side=1024,  # with resolution 0: the longer side scaled down to this (0: no cap)
             colormap="viridis",  # matplotlib colour map of the depth PNG
+            # A clip from a fixed camera instead of bg_fg (leave it empty): a video OpenCV reads
+            # or a folder of numbered frames, predicted frame by frame against a plate
+            # (docs/modes.md, "Predict on a video")
+            video="",
+            plate_frames=0,  # > 0: the plate is the per-pixel median of the first N frames; 0: bg
+            outputs=("mask_prob", "mask", "depth", "side_by_side"),  # and/or "composite"
+            replace_bg="0,255,0",  # composite's new background: a colour R,G,B or an image file
+            video_format="mp4",  # mp4 (OpenCV's mp4v) | png (a folder of numbered PNGs each)
+            batch_size=8,  # frames per model call
+            temporal_smoothing=0.0,  # alpha of an average over frames (0: off), against flicker
+            fps=25.0,  # a frame folder's frame rate (a video file keeps its own)
         )
     )
 

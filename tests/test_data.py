@@ -270,7 +270,8 @@ def test_synthetic_mask_and_depth_agree():
         depth = s["depth"].astype(np.float64) / 255
         assert 0.002 < mask.mean() < 0.5
         change = np.abs(s["bg"].astype(int) - s["bg_fg"])
-        assert change[~mask].mean() < 5  # outside the figures: their soft shadows, a mild light change
+        # outside the figures: their soft shadows, a mild light change
+        assert change[~mask].mean() < 5
         assert change[mask].mean() > 4 * change[~mask].mean()
         assert not np.array_equal(s["bg"][mask], s["bg_fg"][mask])
         grown = mask.copy()

@@ -321,8 +321,8 @@ def test_evaluate_writes_exact_metrics(trained, tmp_path):
 
     # The held-out pairs of real photographs: the model's IoU and the best threshold's on 8
     # other pairs, in NumPy.
-    def photo_pairs(indices):
-        pairs = [photos.generate(0, i) for i in indices]
+    def photo_pairs(split):
+        pairs = photos.pairs(photos.SETS["photos"], 0, 8, split=split)
         images = {
             k: np.stack(
                 [pipeline.decode_image(p[k], "L" if k == "mask" else "RGB", RES) for p in pairs]
@@ -332,11 +332,11 @@ def test_evaluate_writes_exact_metrics(trained, tmp_path):
         difference = np.abs(images["bg"] / 255.0 - images["bg_fg"] / 255.0).max(-1, keepdims=True)
         return images, difference, images["mask"][..., None] / 255.0
 
-    _, tuning_difference, tuning_target = photo_pairs(range(8, 16))
+    _, tuning_difference, tuning_target = photo_pairs("tuning")
     photo_best = thresholds[
         int(np.argmax([_mean_iou(tuning_difference > t, tuning_target) for t in thresholds]))
     ]
-    images, difference, target = photo_pairs(range(8))
+    images, difference, target = photo_pairs("eval")
     norm = pipeline.input_normalization(config.dataset)
     inputs = {
         k: ((images[k] / 255.0 - norm[k][0]) / norm[k][1]).astype(np.float32)
@@ -1006,3 +1006,28 @@ def test_samples_preview_draws_decoded_synthetic_samples(tmp_path, capsys):
     )
     assert plot_tool.main(["samples", "--out", str(out), "--n", "0"]) == 2
     assert capsys.readouterr().err.startswith("error: samples: expected n >= 1")
+
+
+@pytest.mark.parametrize(
+    "changes, training, message",
+    [
+        ({"evals.photos.type": "nope"}, False, r"evals.photos.type='nope': expected one of"),
+        ({"evals.preview.every": -1}, False, r"evals.preview.every=-1: expected >= 0"),
+        ({"evals.preview.samples": 0}, False, r"evals.preview.samples=0: expected >= 1"),
+        ({"evals.photos_clean.set": "mine"}, False, r"evals.photos_clean.set='mine': expected"),
+        ({"evals.val.type": "preview"}, False, r"evals.val: expected a validation evaluator"),
+        ({"evals.val.every": 2}, True, r"evals.val.every=2: expected 1"),
+    ],
+)
+def test_evals_entries_are_checked_in_one_line(data_dir, changes, training, message):
+    config = _config(data_dir)
+    evaluators.validate(config, training=True)  # the defaults are fine
+    for field, value in changes.items():
+        node, *path = config, *field.split(".")
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = value
+    with pytest.raises(errors.UsageError, match=f"^{message}"):
+        evaluators.validate(config, training=training)
+    if training:  # mode=evaluate does not care how often training validates
+        evaluators.validate(config)

@@ -91,12 +91,17 @@ class PhotoSet:
 
 # One seed: the sets share their photographs' crops pair by pair, so they differ only in shapes
 # and nuisances ("photos" is the set mode=evaluate has always used).
+# "photos_<nuisance>": the clean set's pairs with that one nuisance, to see what each costs.
 SETS = {
     photo_set.name: photo_set
     for photo_set in (
         PhotoSet("photos"),
         PhotoSet("photos_clean", ("blob", "contour")),
         PhotoSet("photos_capture", ("blob", "contour"), NUISANCES),
+        *(
+            PhotoSet(f"photos_{nuisance}", ("blob", "contour"), (nuisance,))
+            for nuisance in NUISANCES
+        ),
     )
 }
 

@@ -26,6 +26,9 @@ A pair with a missing partner, an unreadable file or two images of different siz
 file name and skipped; the others are still processed. If any pair failed, `run` raises
 `errors.RunError` (exit 1) naming every failure, after writing the good pairs. Nothing to predict
 (inputs not set, a path that does not exist, empty folders) is an `errors.UsageError` (exit 2).
+
+With `config.predict.video` (a clip from a fixed camera, `predict.bg_fg` empty) the same model,
+loaded the same way, predicts every frame against a plate into videos: `video/from_config.py`.
 """
 
 import dataclasses
@@ -42,6 +45,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from jaxsegdepth import checkpoints, errors, mesh as mesh_lib, models, reporting, restore, setup
 from jaxsegdepth.data import pipeline
+from jaxsegdepth.video import from_config as video_from_config
 
 SIDE_BY_SIDE_MAX_TILE = 512  # tiles of the side-by-side picture are scaled down to this
 
@@ -89,7 +93,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     checkpoints.validate(config)
     pipeline.validate(config.dataset)
-    find_pairs(cfg.bg, cfg.bg_fg)
+    if cfg.video:
+        video_from_config.validate(cfg, _model_hw(config))
+    else:
+        find_pairs(cfg.bg, cfg.bg_fg)
 
 
 # -- finding and reading the pairs ----------------------------------------------------------
@@ -175,6 +182,16 @@ def model_size(
     scale = min(1.0, max_side / max(height, width)) if max_side else 1.0
     return tuple(
         max(stride, int(round(side * scale / stride)) * stride) for side in (height, width)
+    )
+
+
+def _model_hw(config: ml_collections.ConfigDict) -> Callable[[int, int], tuple[int, int]]:
+    """`model_size` under `config`'s model and `config.predict`: (height, width) -> model size."""
+    return functools.partial(
+        model_size,
+        stride=models.MODELS[config.model].STRIDE,
+        resolution=config.predict.resolution,
+        max_side=config.predict.max_side,
     )
 
 
@@ -297,18 +314,30 @@ def predict_pairs(
     return summary
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Predicts every pair of `config.predict` on one device; returns the summary, or raises
-    `errors.RunError` naming every failed pair after writing the good ones."""
-    cfg = config.predict
-    pairs, failures = find_pairs(cfg.bg, cfg.bg_fg)
+def load_predict_fn(config: ml_collections.ConfigDict, workdir: str) -> Callable:
+    """The model to predict with as `predict_fn(bg, bg_fg)` on one device: uint8 RGB batches in,
+    {head: probabilities} out."""
     mesh = mesh_lib.create_mesh(jax.local_devices()[:1])
     model = restore.load_for_inference(config, workdir, mesh)
     normalization = restore.input_normalization(config, model.card, model.source)
     _, _, predict_step = setup.compiled_steps(config, mesh, normalization)
+    return functools.partial(predict_step, model.state)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Predicts every pair of `config.predict` (or every frame of its `video`) on one device;
+    returns the summary, or raises `errors.RunError` naming every failed pair after writing the
+    good ones."""
+    cfg = config.predict
+    if cfg.video:
+        return video_from_config.run(
+            cfg, workdir, load_predict_fn(config, workdir), _model_hw(config)
+        )
+    pairs, failures = find_pairs(cfg.bg, cfg.bg_fg)
+    predict_fn = load_predict_fn(config, workdir)
     output_dir = cfg.output_dir or os.path.join(workdir, "predictions_user")
     summary = predict_pairs(
-        functools.partial(predict_step, model.state),
+        predict_fn,
         pairs,
         output_dir,
         stride=models.MODELS[config.model].STRIDE,

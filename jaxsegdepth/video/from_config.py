@@ -1,0 +1,143 @@
+"""`mode=predict` on a clip (`config.predict.video`): the checks `validate` runs before anything
+loads, and the run around `prediction.predict_clip` with its progress bar, its report and its
+failures as `errors` (exit 2 for a bad setting or file, 1 for a clip that breaks off, 130 for
+Ctrl-C; what was written before either stays playable).
+
+The mode loads the model; this module takes its `predict_fn(bg, bg_fg)` and `model_hw(height,
+width)`, the model's input size for a clip of that size (the image rules: `predict.resolution`,
+`predict.max_side`, the model's stride).
+"""
+
+import os
+import signal
+from typing import Callable, Union
+
+import ml_collections
+
+from jaxsegdepth import errors, reporting
+from jaxsegdepth.video import clips, outputs as outputs_lib, prediction
+
+ModelSizeFn = Callable[[int, int], tuple[int, int]]
+
+
+def validate(cfg: ml_collections.ConfigDict, model_hw: ModelSizeFn) -> None:
+    """Refuses, in one line naming the field or the file, video settings `run` cannot work with:
+    checks the options, opens the clip and loads the plate (a plate of another size is one
+    warning line)."""
+    if cfg.bg_fg:
+        raise errors.UsageError(
+            f"predict.bg_fg={cfg.bg_fg!r} and predict.video={cfg.video!r}: leave predict.bg_fg "
+            "empty to predict a clip (its frames are the bg_fg images)"
+        )
+    if cfg.plate_frames < 0 or (cfg.plate_frames > 0 and cfg.bg):
+        raise errors.UsageError(
+            f"predict.plate_frames={cfg.plate_frames} with predict.bg={cfg.bg!r}: expected "
+            "either N > 0 (the plate is the median of the first N frames) or predict.bg"
+        )
+    if not cfg.plate_frames and not cfg.bg:
+        raise errors.UsageError(
+            "predict.video needs a plate: predict.bg=IMAGE (the empty scene) or "
+            "predict.plate_frames=N (the per-pixel median of the first N frames)"
+        )
+    if not cfg.fps > 0:
+        raise errors.UsageError(f"predict.fps={cfg.fps}: expected frames per second > 0")
+    info = _probe(cfg)
+    try:
+        prediction.check_options(
+            model_hw=model_hw(info.height, info.width),
+            batch_size=cfg.batch_size,
+            outputs=tuple(cfg.outputs),
+            threshold=cfg.threshold,
+            colormap=cfg.colormap,
+            temporal_smoothing=cfg.temporal_smoothing,
+            video_format=cfg.video_format,
+        )
+        if "composite" in cfg.outputs:
+            outputs_lib.replacement_background(cfg.replace_bg, info.height, info.width)
+    except ValueError as error:  # each names its argument, which is the field of predict
+        raise errors.UsageError(f"predict.{error}") from error
+    try:
+        _, _, warning = clips.load_plate(_plate(cfg), info)
+    except ValueError as error:  # names the file
+        raise errors.UsageError(str(error)) from error
+    if warning:
+        reporting.warn(warning)
+
+
+def output_dir(cfg: ml_collections.ConfigDict, workdir: str) -> str:
+    """`predict.output_dir`, else WORKDIR/predictions_video/<the clip's file or folder name>."""
+    if cfg.output_dir:
+        return cfg.output_dir
+    stem = os.path.splitext(os.path.basename(os.path.normpath(cfg.video)))[0]
+    return os.path.join(workdir, "predictions_video", stem)
+
+
+def run(
+    cfg: ml_collections.ConfigDict, workdir: str, predict_fn: Callable, model_hw: ModelSizeFn
+) -> dict:
+    """Predicts the clip of `cfg.video` with `predict_fn` and writes its outputs; returns the
+    summary (also in summary.json)."""
+    info = _probe(cfg)
+    size = model_hw(info.height, info.width)
+    out = output_dir(cfg, workdir)
+    frames = f"{info.frame_count} frames" if info.frame_count else "frames"
+    reporting.say(
+        f"predicting {info.path} ({info.width}x{info.height}, {frames}) at "
+        f"{size[1]}x{size[0]}, batch {cfg.batch_size}"
+    )
+    bar = reporting.progress_bar(info.frame_count, "frames", unit="frame")
+
+    def progress(done: int, total: Union[int, None]) -> None:
+        if bar.total is None and total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        summary = prediction.predict_clip(
+            predict_fn,
+            info.path,
+            _plate(cfg),
+            out,
+            model_hw=size,
+            batch_size=cfg.batch_size,
+            outputs=tuple(cfg.outputs),
+            threshold=cfg.threshold,
+            colormap=cfg.colormap,
+            temporal_smoothing=cfg.temporal_smoothing,
+            replace_bg=cfg.replace_bg,
+            video_format=cfg.video_format,
+            fps=cfg.fps,
+            progress=progress,
+        )
+    except clips.ClipBroken as error:
+        raise errors.RunError(f"{error} (playable; details in summary.json)") from error
+    except ValueError as error:
+        raise errors.UsageError(str(error)) from error
+    except prediction.ClipInterrupted as error:
+        raise errors.Interrupted(
+            f"{error} (playable up to there; rerun to predict the whole clip)", signal.SIGINT
+        ) from error
+    finally:
+        bar.close()
+    for warning in summary["warnings"]:
+        if not warning.startswith("plate "):  # the plate's was said by `validate`
+            reporting.warn(warning)
+    reporting.say(f"Predicted {summary['frames_written']} frames into {out}:")
+    for name, path in summary["outputs"].items():
+        reporting.say(f"  {name}: {path}")
+    reporting.say(
+        f"{summary['frames_per_s']} frames/s end to end, {summary['model_frames_per_s']} in the "
+        f"model (its first call, compiling, took {summary['first_call_s']} s)"
+    )
+    return summary
+
+
+def _probe(cfg: ml_collections.ConfigDict) -> clips.ClipInfo:
+    try:
+        return clips.probe(cfg.video, cfg.fps)
+    except ValueError as error:
+        raise errors.UsageError(f"predict.video: {error}") from error
+
+
+def _plate(cfg: ml_collections.ConfigDict) -> Union[str, int]:
+    return cfg.plate_frames if cfg.plate_frames > 0 else cfg.bg
