@@ -209,7 +209,9 @@ def get_config() -> ml_collections.ConfigDict:
             replace_bg="0,255,0",  # composite's new background: a colour R,G,B or an image file
             video_format="mp4",  # mp4 (OpenCV's mp4v) | png (a folder of numbered PNGs each)
             batch_size=8,  # frames per model call
-            temporal_smoothing=0.0,  # alpha of an average over frames (0: off), against flicker
+            # alpha of an average over frames (0: off); measured 0.3-0.8 on moving figures: more
+            # flicker (their fading trail), IoU -0.001 to -0.35 (docs/modes.md)
+            temporal_smoothing=0.0,
             fps=25.0,  # a frame folder's frame rate (a video file keeps its own)
         )
     )
