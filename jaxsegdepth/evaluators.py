@@ -359,7 +359,7 @@ class Photos:
         self._pairs = {
             split: photos.pairs(chosen, 0, pairs, split=split) for split in photos.SPLITS
         }
-        self._thresholds = {}  # resolution -> the tuning split's best threshold
+        self._prepared = {}  # resolution -> (the tuning split's best threshold, eval images)
 
     def _decoded(self, split: str, resolution: int) -> dict:
         return {
@@ -372,21 +372,23 @@ class Photos:
             for key in (*names.INPUTS, "mask")
         }
 
-    def _threshold(self, resolution: int) -> float:
-        if resolution not in self._thresholds:
+    def _prepare(self, resolution: int) -> tuple[float, dict]:
+        """The tuning split's best threshold and the decoded eval pairs at `resolution`, made
+        once: the trainer evaluates every epoch at the same few resolutions."""
+        if resolution not in self._prepared:
             tuning = self._decoded("tuning", resolution)
             difference = _difference({k: preprocess.unit(tuning[k]) for k in names.INPUTS})
             sums = _iou_sums(
                 difference, preprocess.unit(tuning["mask"][..., None]), DIFF_THRESHOLDS
             )
-            self._thresholds[resolution] = best_threshold(np.asarray(sums))
-        return self._thresholds[resolution]
+            threshold = best_threshold(np.asarray(sums))
+            self._prepared[resolution] = threshold, self._decoded("eval", resolution)
+        return self._prepared[resolution]
 
     def run(self, state, resolution: int) -> Result:
         if "mask" not in self.context.heads:
             return Result()
-        threshold = self._threshold(resolution)
-        images = self._decoded("eval", resolution)
+        threshold, images = self._prepare(resolution)
         mask = preprocess.unit(images["mask"][..., None])
         local = self.count // jax.process_count()
         mine = slice(jax.process_index() * local, (jax.process_index() + 1) * local)

@@ -2,7 +2,7 @@
 videos; on the host, around any `predict_fn(bg, bg_fg)`. Submodules are imported explicitly.
 
 - `prediction`: `predict_clip` (the threaded run, `summary.json`), `check_options`,
-  `tqdm_progress`, `ClipInterrupted`.
+  `ClipInterrupted`.
 - `clips`: `probe` a video file or a folder of numbered frames, read its frames (`ClipBroken`
   where that fails), `load_plate` (an image, or the median of the first frames).
 - `batches`: the frames as the model's fixed-shape batches, and its predictions on their way out.

@@ -10,15 +10,13 @@ Three stages overlap. A reader thread decodes, resizes and batches frames up to
 and the flicker figures. One writer thread per output renders and encodes, in frame order.
 """
 
-import contextlib
 import json
 import os
 import time
-from typing import Callable, Iterator, Optional, Union
+from typing import Callable, Optional, Union
 
 import jax
 import numpy as np
-import tqdm
 
 from jaxsegdepth.video import batches, clips, outputs as outputs_lib, pixels, temporal, threads
 
@@ -283,20 +281,3 @@ def _with_count(
 def _write_summary(out_dir: str, summary: dict) -> None:
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
-
-
-@contextlib.contextmanager
-def tqdm_progress(description: str, total: Optional[int] = None) -> Iterator[ProgressFn]:
-    """A `progress` callback for `predict_clip` drawing a tqdm bar: frames/s, and the ETA when
-    the frame count is known (`total`, e.g. `clips.probe(clip).frame_count`, or the one reported)."""
-    bar = tqdm.tqdm(desc=description, total=total, unit="frame")
-
-    def update(frames_done: int, frames_total: Optional[int]) -> None:
-        if bar.total is None and frames_total:
-            bar.total = frames_total
-        bar.update(frames_done - bar.n)
-
-    try:
-        yield update
-    finally:
-        bar.close()
