@@ -116,6 +116,10 @@ def get_config() -> ml_collections.ConfigDict:
     # `lr_multipliers`: ((regex, factor), ...), the first match's factor scales the update.
     config.freeze = ()
     config.lr_multipliers = ()
+    # An exponential moving average of the weights (and BatchNorm statistics), updated every
+    # train step with this decay (0: none; docs/performance.md). When on, validation, the best
+    # checkpoint, evaluate, predict and export use the average.
+    config.ema_decay = 0.0
     config.schedule = ml_collections.ConfigDict(
         dict(
             name="onecycle",  # constant | step | plateau | onecycle
@@ -156,6 +160,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.evals = ml_collections.ConfigDict(
         dict(
             val=dict(type="validation", every=1, evaluate=True),  # its val_loss picks the best
+            # With ema_decay > 0, the same pass on the trained weights behind the average
+            # (training only), e.g. to see what the average gains
+            val_trained=dict(type="validation", every=0, evaluate=False, weights="trained"),
             # `samples` validation samples drawn in predictions/epoch_NNN.png
             preview=dict(type="preview", every=1, evaluate=False, samples=6),
             baselines=dict(type="baselines", every=0, evaluate=True),

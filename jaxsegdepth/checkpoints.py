@@ -194,10 +194,17 @@ class Checkpointer:
     def variable_shapes(self, step: int) -> dict[str, tuple]:
         """{"params/.../kernel": shape, "batch_stats/...": shape} saved at `step`, from the
         metadata (no array is read)."""
-        with ocp.PyTreeCheckpointer() as reader:
-            tree = reader.metadata(self._state_path(step)).item_metadata.tree
+        tree = self._state_metadata(step)
         flat = traverse_util.flatten_dict({k: tree[k] for k in VARIABLES if k in tree}, sep="/")
         return {path: tuple(leaf.shape) for path, leaf in flat.items()}
+
+    def has_ema(self, step: int) -> bool:
+        """Whether the state at `step` keeps a moving average of the model's variables."""
+        return bool(self._state_metadata(step).get("ema"))
+
+    def _state_metadata(self, step: int) -> dict:
+        with ocp.PyTreeCheckpointer() as reader:
+            return reader.metadata(self._state_path(step)).item_metadata.tree
 
     def restore_parts(self, step: int, target: dict) -> dict:
         """Only `target`'s parts of the state at `step` (e.g. {"params": ..., "batch_stats":

@@ -9,7 +9,9 @@ is one class here and one config entry.
 - `validation`: loss, loss terms and metrics over the whole validation split, exact: the last
   partial batch is padded with repeats of its real samples weighted 0 (in the metric sums and
   the loss terms), so the result depends neither on the padding nor on how many processes read
-  the split; `loss` averages the batch losses weighted by their numbers of real samples.
+  the split; `loss` averages the batch losses weighted by their numbers of real samples. Of the
+  model's weights (the moving average when the run keeps one), or with `weights="trained"`
+  (training only) of the trained weights behind that average.
 - `preview`: a grid of the first `samples` validation samples: inputs, targets, predictions.
 - `baselines`: what a model must beat on the validation split (the best `max_channel |bg -
   bg_fg|` threshold, chosen on the training split; the mean training depth map) and what no
@@ -38,6 +40,7 @@ VALIDATION = "val"  # the evaluator whose val_loss picks the best checkpoint and
 FETCH_EVERY = 16  # evaluation sums come to the host (float64) every this many batches
 DIFF_THRESHOLDS = np.round(np.arange(0.01, 0.51, 0.01), 2)  # |bg - bg_fg| cut-offs tried
 PHOTO_PREVIEW = 6  # pairs drawn in the held-out photographs' grid
+WEIGHTS = ("model", "trained")  # a validation's weights: the model's (EMA if kept), the trained
 
 
 @dataclasses.dataclass
@@ -76,6 +79,15 @@ def validate(config: ml_collections.ConfigDict, training: bool = False) -> None:
         for count in ("samples", "pairs"):
             if settings.get(count, 1) < 1:
                 raise errors.UsageError(f"{field}.{count}={settings[count]}: expected >= 1")
+        if settings.type == "validation" and settings.get("weights", "model") not in WEIGHTS:
+            raise errors.UsageError(
+                f"{field}.weights={settings.weights!r}: expected one of {WEIGHTS}"
+            )
+        if settings.get("weights") == "trained" and settings.evaluate:
+            raise errors.UsageError(
+                f"{field}: weights='trained' runs in training only (evaluate, predict and "
+                "export read the moving average when a run keeps one): set evaluate=False"
+            )
         if settings.type == "photos":
             mesh_lib.check_batch_size(mesh_lib.create_mesh(), settings.pairs, f"{field}.pairs")
             if settings.get("set", "photos") not in photos.SETS:
@@ -112,7 +124,7 @@ def create(name: str, context: Context, should_stop: Callable[[], bool] = lambda
     """The evaluator `config.evals[name]` describes."""
     settings = context.config.evals[name]
     if settings.type == "validation":
-        return Validation(context, should_stop)
+        return Validation(context, should_stop, settings.get("weights", "model"))
     if settings.type == "preview":
         return Preview(context, settings.samples)
     if settings.type == "baselines":
@@ -170,12 +182,19 @@ def _add(totals: dict, values: dict) -> None:
 class Validation:
     """Loss, loss terms and metrics over the whole validation split (module doc)."""
 
-    def __init__(self, context: Context, should_stop: Callable[[], bool] = lambda: False):
-        self.context, self.should_stop = context, should_stop
+    def __init__(
+        self,
+        context: Context,
+        should_stop: Callable[[], bool] = lambda: False,
+        weights: str = "model",
+    ):
+        self.context, self.should_stop, self.weights = context, should_stop, weights
 
     def run(self, state, resolution: int) -> Optional[Result]:
         """Keys `loss`, the metrics of `names.metric_names` and `<head>/<term>`; None, leaving
         the pass unfinished, as soon as `should_stop()` is true after a batch."""
+        if self.weights == "trained":
+            state = state.replace(ema={})
         totals, pending = {}, []
 
         def fetch():

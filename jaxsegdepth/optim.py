@@ -43,6 +43,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     accumulate = config.accumulate_steps
     if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
         raise errors.UsageError(f"accumulate_steps={accumulate!r}: expected an integer >= 1")
+    decay = config.ema_decay
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
+        raise errors.UsageError(
+            f"ema_decay={decay!r}: expected 0 (no moving average) or a decay in (0, 1), e.g. 0.999"
+        )
     for regex in config.freeze:
         _compile("freeze", regex)
     for pair in config.lr_multipliers:

@@ -24,11 +24,13 @@ from jaxsegdepth.data import pipeline
 @dataclasses.dataclass(frozen=True)
 class Restored:
     """A checkpoint read for inference: the state, the model card (None when the checkpoint was
-    written without one) and a phrase naming the checkpoint."""
+    written without one), a phrase naming the checkpoint and which of its weights the state
+    holds ("ema": the run's moving average, else "trained")."""
 
     state: steps.TrainState
     card: Optional[dict]
     source: str
+    weights: str = "trained"
 
 
 def load_for_inference(
@@ -46,18 +48,22 @@ def load_for_inference(
     """
     mesh = mesh_lib.create_mesh() if mesh is None else mesh
     with _checked_checkpoint(config, workdir, mesh) as (checkpointer, step, source, target):
-        parts = checkpointer.restore_parts(step, {"step": target.step, **_variables(target)})
+        weights = "ema" if checkpointer.has_ema(step) else "trained"
+        variables, source = _model_variables(checkpointer, step, target, source)
+        parts = checkpointer.restore_parts(step, {"step": target.step})
         card = checkpointer.restore_card(step)
     state = target.replace(
         tx=optax.identity(),
         opt_state=(),
+        ema={},
         weighting={},
         plateau=None,
         rng=None,
         nonfinite_step=None,
         **parts,
+        **variables,
     )
-    return Restored(state, card, source)
+    return Restored(state, card, source, weights)
 
 
 def load_variables(config: ml_collections.ConfigDict, mesh: Optional[Mesh] = None) -> tuple:
@@ -67,7 +73,7 @@ def load_variables(config: ml_collections.ConfigDict, mesh: Optional[Mesh] = Non
     `load_for_inference`."""
     mesh = mesh_lib.create_mesh() if mesh is None else mesh
     with _checked_checkpoint(config, None, mesh) as (checkpointer, step, source, target):
-        variables = checkpointer.restore_parts(step, _variables(target))
+        variables, source = _model_variables(checkpointer, step, target, source)
         return variables, checkpointer.restore_card(step), source
 
 
@@ -95,6 +101,15 @@ def parse_init_from(value: str) -> tuple[str, int]:
 
 def _variables(state) -> dict:
     return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def _model_variables(checkpointer, step: int, target, source: str) -> tuple[dict, str]:
+    """(the model's variables at `step`, `source` naming them): the moving average when the
+    run kept one (`config.ema_decay`), else the trained parameters and batch statistics."""
+    if checkpointer.has_ema(step):
+        ema = checkpointer.restore_parts(step, {"ema": _variables(target)})["ema"]
+        return ema, f"{source} (its EMA weights)"
+    return checkpointer.restore_parts(step, _variables(target)), source
 
 
 @contextlib.contextmanager

@@ -55,6 +55,7 @@ RESUME_FIELDS = (
     "accumulate_steps",
     "freeze",
     "lr_multipliers",
+    "ema_decay",
 )
 # What the settings of checkpoints written before `stages` existed hold instead of it.
 _OLD_STAGE_FIELDS = ("resolutions", "stage_epochs", "crops")
@@ -166,7 +167,8 @@ def restore_or_create(
         if warm is None:
             return state, progress, pipeline.input_normalization(config.dataset)
         normalization = restore.input_normalization(config, warm.card, warm.source)
-        return state.replace(**warm.variables), progress, normalization
+        state = state.replace(**warm.variables)
+        return state.replace(ema=dict(warm.variables) if state.ema else {}), progress, normalization
     target = setup.abstract_state(config, mesh, per_epoch)
     state, saved = checkpointer.restore(target, latest)
     progress = Progress(**saved)

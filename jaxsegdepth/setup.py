@@ -142,12 +142,13 @@ def _initializer(config, steps_per_epoch, tx):
         optim.plateau(config),
         resolution=INIT_RESOLUTION,
         weighting=weighting.from_config(config),
+        ema=config.ema_decay > 0,
     )
 
 
 def compiled_steps(config: ml_collections.ConfigDict, mesh: Mesh, normalization: dict):
-    """`steps.jit_steps` for `config`: its loss spec, loss weighting, augmentation and norms,
-    with the dataset's input `normalization` ({input: (mean, std)},
+    """`steps.jit_steps` for `config`: its loss spec, loss weighting, augmentation, norms and
+    moving average, with the dataset's input `normalization` ({input: (mean, std)},
     `pipeline.input_normalization`)."""
     return steps.jit_steps(
         mesh,
@@ -155,4 +156,5 @@ def compiled_steps(config: ml_collections.ConfigDict, mesh: Mesh, normalization:
         preprocess.from_config(config.dataset, normalization, config.seed),
         weighting.from_config(config),
         norms=config.log_norms,
+        ema_decay=config.ema_decay,
     )

@@ -23,9 +23,12 @@ from jaxsegdepth.preprocess import Preprocess
 
 class TrainState(train_state.TrainState):
     """Parameters, BatchNorm statistics, optimizer and plateau state, the loss weighting's
-    state, RNG and a NaN sentinel. The optimizer trains `(params, weighting.learnable(...))`."""
+    state, RNG and a NaN sentinel. The optimizer trains `(params, weighting.learnable(...))`.
+    `ema` is {} or an exponential moving average {"params", "batch_stats"} of the model's
+    variables, which evaluation and inference then use (`model_variables`)."""
 
     batch_stats: Any
+    ema: Any
     weighting: Any
     plateau: optax.contrib.ReduceLROnPlateauState
     rng: jax.Array
@@ -39,21 +42,25 @@ def create_train_state(
     rng: jax.Array,
     resolution: int = 64,
     weighting: weighting_lib.Weighting = weighting_lib.FIXED,
+    ema: bool = False,
 ) -> TrainState:
-    """Initialises the model on a dummy (1, resolution, resolution, 3) pair."""
+    """Initialises the model on a dummy (1, resolution, resolution, 3) pair; with `ema`, its
+    moving average starts at the initial variables."""
     params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
     dummy = jnp.zeros((1, resolution, resolution, 3), jnp.float32)
     variables = model.init(
         {"params": params_rng, "dropout": dropout_rng}, dummy, dummy, train=False
     )
     params, weights = variables["params"], weighting.init()
+    batch_stats = variables.get("batch_stats", {})
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         apply_fn=model.apply,
         params=params,
         tx=tx,
         opt_state=tx.init((params, weighting.learnable(weights))),
-        batch_stats=variables.get("batch_stats", {}),
+        batch_stats=batch_stats,
+        ema={"params": params, "batch_stats": batch_stats} if ema else {},
         weighting=weights,
         plateau=plateau.init(params),
         rng=state_rng,
@@ -62,6 +69,19 @@ def create_train_state(
 
 
 NORMS = ("grad_norm", "param_norm", "update_norm")  # train step metrics with `norms`
+
+
+def model_variables(state: TrainState) -> dict:
+    """The variables evaluation and inference run: the moving average when the state keeps
+    one, else the trained parameters and BatchNorm statistics."""
+    return state.ema or {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def ema_decay_at(decay: float, step: jax.Array) -> jax.Array:
+    """The moving average's decay at 0-based train step `step`: `decay`, capped at
+    (1 + step) / (10 + step) so that the first steps do not keep the random initialisation."""
+    step = step.astype(jnp.float32)
+    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
 def _targets(batch: dict) -> dict:
@@ -76,12 +96,15 @@ def train_step(
     preprocess: Preprocess,
     weighting: weighting_lib.Weighting = weighting_lib.FIXED,
     norms: bool = False,
+    ema_decay: float = 0.0,
 ) -> tuple[TrainState, dict]:
     """One optimizer step on `weighting`'s objective, on the augmented, normalised `batch`.
     Metrics: `loss` (the loss spec's fixed sum), its terms, and `objective` when it differs;
     with `norms`, the global L2 norms (float32) of the gradient, the parameters after the step
-    and the applied update, all over the trained pair (`NORMS`). A non-finite objective (or,
-    with `norms`, gradient norm) leaves the state unchanged and records the step."""
+    and the applied update, all over the trained pair (`NORMS`). With `ema_decay` > 0, the
+    state's moving average takes the new variables with weight 1 - `ema_decay_at`. A
+    non-finite objective (or, with `norms`, gradient norm) leaves the state unchanged and
+    records the step."""
     dropout_rng = jax.random.fold_in(state.rng, state.step)
     batch = preprocess(batch, train=True)
 
@@ -109,11 +132,20 @@ def train_step(
     norm_metrics = (
         dict(zip(NORMS, map(optax.tree.norm, (grads, (params, learned), updates)))) if norms else {}
     )
+    ema = state.ema
+    if ema_decay:
+        decay = ema_decay_at(ema_decay, state.step)
+        ema = jax.tree.map(
+            lambda average, new: decay * average + (1.0 - decay) * new,
+            ema,
+            {"params": params, "batch_stats": batch_stats},
+        )
     stepped = state.replace(
         step=state.step + 1,
         params=params,
         opt_state=opt_state,
         batch_stats=batch_stats,
+        ema=ema,
         weighting={**state.weighting, **learned},
     )
     finite = jnp.isfinite(objective) & jnp.isfinite(norm_metrics.get("grad_norm", 0.0))
@@ -129,14 +161,10 @@ def train_step(
 def eval_step(
     state: TrainState, batch: dict, *, loss_fn: losses.LossFn, preprocess: Preprocess
 ) -> dict:
-    """Loss terms and additive metric sums for one batch (`batch["weights"]` masks padding)."""
+    """Loss terms and additive metric sums for one batch (`batch["weights"]` masks padding), of
+    the `model_variables`."""
     batch = preprocess(batch, train=False)
-    outputs = state.apply_fn(
-        {"params": state.params, "batch_stats": state.batch_stats},
-        batch["bg"],
-        batch["bg_fg"],
-        train=False,
-    )
+    outputs = state.apply_fn(model_variables(state), batch["bg"], batch["bg_fg"], train=False)
     targets = _targets(batch)
     loss, terms = loss_fn(outputs, targets, batch.get("weights"))
     return {
@@ -151,12 +179,8 @@ def predict_step(
 ) -> dict:
     """Probabilities (sigmoid of the logits) for every head the model has, from a uint8 (or
     [0, 1] float) RGB pair: the one inference function, jitted by `jit_steps` and wrapped by
-    `export`."""
-    outputs = state.apply_fn(
-        {"params": state.params, "batch_stats": state.batch_stats},
-        *preprocess.inputs(bg, bg_fg),
-        train=False,
-    )
+    `export`. Of the `model_variables`."""
+    outputs = state.apply_fn(model_variables(state), *preprocess.inputs(bg, bg_fg), train=False)
     return {head: jax.nn.sigmoid(logits.astype(jnp.float32)) for head, logits in outputs.items()}
 
 
@@ -225,8 +249,10 @@ def jit_steps(
     preprocess: Preprocess,
     weighting: weighting_lib.Weighting = weighting_lib.FIXED,
     norms: bool = False,
+    ema_decay: float = 0.0,
 ) -> tuple[Callable, Callable, Callable]:
-    """`train_step` (with `norms`), `eval_step` and `predict_step` compiled for `mesh`.
+    """`train_step` (with `norms` and `ema_decay`), `eval_step` and `predict_step` compiled
+    for `mesh`.
 
     The batch is sharded on `data`, the state replicated and donated to the train step.
     """
@@ -234,7 +260,12 @@ def jit_steps(
     options = compiler_options(mesh.devices.flat[0].platform)
     train = jax.jit(
         functools.partial(
-            train_step, loss_fn=loss_fn, preprocess=preprocess, weighting=weighting, norms=norms
+            train_step,
+            loss_fn=loss_fn,
+            preprocess=preprocess,
+            weighting=weighting,
+            norms=norms,
+            ema_decay=ema_decay,
         ),
         in_shardings=(replicated, sharded),
         out_shardings=(replicated, replicated),

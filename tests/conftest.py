@@ -62,6 +62,7 @@ def dsresnet_state():
         tx=optax.identity(),
         opt_state=(),
         batch_stats=variables["batch_stats"],
+        ema={},
         weighting={},
         plateau=None,
         rng=None,

@@ -153,6 +153,7 @@ def _host_initialised_state(model, tx, resolution):
         tx=tx,
         opt_state=jax.jit(tx.init)((params, {})),
         batch_stats=variables["batch_stats"],
+        ema={},
         weighting={},
         plateau=jax.jit(plateau.init)(params),
         rng=jax.random.PRNGKey(0),

@@ -28,6 +28,7 @@ LAYERS = {
     "data.synthetic.figures": 2,
     "data.synthetic.shadows": 2,
     "data.synthetic.samples": 2,
+    "data.synthetic.walk": 2,
     "data.photos": 2,
     "data.modest": 2,
     "data.builders": 2,

@@ -27,30 +27,8 @@ SCENE = (0, 11)  # (seed, index) of the synthetic sample whose room and figure m
 NOISE = 2.0  # standard deviation of the sensor noise, of 255
 
 
-def moving_figure(
-    frames: int = FRAMES, size: int = SIZE, scene: tuple = SCENE, noise: float = NOISE, seed=0
-) -> tuple[np.ndarray, list, list]:
-    """(the room's plate, the frames, their true masks): uint8 RGB (H, W, 3), and bool (H, W)
-    masks. The figure crosses from the left edge to the right one; each frame gets its own
-    Gaussian noise."""
-    sample = synthetic.render(*scene, size)
-    plate, whole = sample["bg"], sample["mask"] > 127
-    columns = np.flatnonzero(whole.any(axis=0))
-    left, width = columns[0], columns[-1] + 1 - columns[0]
-    figure_mask = whole[:, left : left + width]
-    figure = sample["bg_fg"][:, left : left + width]
-    rng = np.random.default_rng(seed)
-    images, masks = [], []
-    for t in range(frames):
-        x = int(round(t * (size - width) / max(1, frames - 1)))
-        mask = np.zeros((size, size), bool)
-        mask[:, x : x + width] = figure_mask
-        image = plate.copy()
-        image[mask] = figure[figure_mask]
-        noisy = image + rng.normal(0.0, noise, image.shape)
-        images.append(np.clip(np.round(noisy), 0, 255).astype(np.uint8))
-        masks.append(mask)
-    return plate, images, masks
+def moving_figure(frames: int = FRAMES, size: int = SIZE) -> tuple[np.ndarray, list, list]:
+    return synthetic.moving_figure(frames, size, SCENE, NOISE)
 
 
 def write_mp4(path: str, frames: list, fps: float = 25.0) -> str:

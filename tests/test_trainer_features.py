@@ -1,5 +1,6 @@
 """Trainer features: norms among the step metrics, gradient accumulation, frozen parameters and
-per-layer rates, the profiler trace; each against an independent reference."""
+per-layer rates, the profiler trace, the moving average of the weights; each against an
+independent reference."""
 
 import functools
 import glob
@@ -24,17 +25,19 @@ from configs import default
 from jaxsegdepth import (
     checkpoints,
     errors,
+    evaluators,
     losses,
     mesh as mesh_lib,
     models,
     optim,
     preprocess,
+    restore,
     resume,
     setup,
     steps,
 )
 from jaxsegdepth.data.normalization import MODEST_NORMALIZATION
-from jaxsegdepth.modes import train
+from jaxsegdepth.modes import evaluate, train
 
 PREPROCESS = preprocess.from_normalization(MODEST_NORMALIZATION)  # normalise, no augmentation
 BCE = losses.compose({"mask": {"bce": 1.0}})
@@ -85,6 +88,7 @@ def _state(model, config, steps_per_epoch=10):
         optim.plateau(config),
         jax.random.PRNGKey(0),
         resolution=8,
+        ema=config.ema_decay > 0,
     )
 
 
@@ -292,28 +296,27 @@ FOUR_DEVICES = textwrap.dedent("""
                 "index": np.arange(b * n, (b + 1) * n, dtype=np.int32)} for b in range(4)]
     host_state = jax.device_get(steps.create_train_state(
         models.MaskNet(), optim.training_optimizer(config, 4), optim.plateau(config),
-        jax.random.PRNGKey(0), resolution=size))
+        jax.random.PRNGKey(0), resolution=size, ema=True))
     pre = preprocess.from_normalization(MODEST_NORMALIZATION)
     results = {}
     for devices in (1, 4):
         mesh = mesh_lib.create_mesh(jax.devices()[:devices])
         train, _, _ = steps.jit_steps(
-            mesh, losses.compose({"mask": {"bce": 1.0}}), pre, norms=True)
+            mesh, losses.compose({"mask": {"bce": 1.0}}), pre, norms=True, ema_decay=0.5)
         state = jax.device_put(host_state, mesh_lib.replicated(mesh))
         metrics = []
         for batch in batches:
             state, m = train(state, mesh_lib.shard_batch(mesh, batch))
             metrics.append({k: float(v) for k, v in m.items()})
-        params = jax.device_get(state.params)
-        results[devices] = dict(
-            metrics=metrics,
-            params={k: [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(v)]
-                    for k, v in params.items()})
+        results[devices] = dict(metrics=metrics, **{
+            name: {k: [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(v)]
+                   for k, v in jax.device_get(tree).items()}
+            for name, tree in (("params", state.params), ("ema", state.ema["params"]))})
     print("RESULT" + json.dumps(results))
 """)
 
 
-def test_four_devices_match_one_with_norms_accumulation_and_frozen_layers():
+def test_four_devices_match_one_with_norms_accumulation_frozen_layers_and_ema():
     env = dict(
         os.environ,
         XLA_FLAGS="--xla_force_host_platform_device_count=4",
@@ -336,9 +339,10 @@ def test_four_devices_match_one_with_norms_accumulation_and_frozen_layers():
         for key in m1:
             np.testing.assert_allclose(m4[key], m1[key], rtol=1e-5, atol=1e-7)
     assert [m["update_norm"] == 0 for m in one["metrics"]] == [True, False, True, False]
-    for name in one["params"]:
-        for a, b in zip(four["params"][name], one["params"][name]):
-            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+    for tree in ("params", "ema"):
+        for name in one[tree]:
+            for a, b in zip(four[tree][name], one[tree][name]):
+                np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
     initial = jax.device_get(
         steps.create_train_state(
             models.MaskNet(), optax.sgd(0.1), optax.identity(), jax.random.PRNGKey(0), resolution=16
@@ -349,26 +353,70 @@ def test_four_devices_match_one_with_norms_accumulation_and_frozen_layers():
             np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b).ravel())
 
 
+def test_the_moving_average_follows_numpys_float64_recurrence():
+    """ema_t = d_t ema_(t-1) + (1 - d_t) w_t, d_t = min(decay, (1 + t) / (10 + t)), from the
+    initial variables; BatchNorm statistics too. Training itself is unchanged by it."""
+    decay = 0.8
+    with_ema, without = _config(ema_decay=decay), _config()
+    state, plain = _state(models.MaskNet(), with_ema), _state(models.MaskNet(), without)
+    reference = _host({"params": state.params, "batch_stats": state.batch_stats})
+    step_ema, step_plain = _step(ema_decay=decay), _step()
+    rng = np.random.default_rng(2)
+    for t in range(4):
+        batch = _batch(rng, 4)
+        state, _ = step_ema(state, batch)
+        plain, _ = step_plain(plain, batch)
+        d = min(decay, (1 + t) / (10 + t))
+        new = _host({"params": state.params, "batch_stats": state.batch_stats})
+        reference = [d * r + (1 - d) * w for r, w in zip(reference, new)]
+        for a, b in zip(_host(state.ema), reference):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        for a, b in zip(_host(state.params), _host(plain.params)):
+            np.testing.assert_array_equal(a, b)
+    assert max(np.abs(a - b).max() for a, b in zip(_host(state.ema), new)) > 1e-4
+    # evaluation runs the average: the same outputs as a state whose weights are the average
+    evaluate = jax.jit(functools.partial(steps.eval_step, loss_fn=BCE, preprocess=PREPROCESS))
+    averaged = state.replace(ema={}, **state.ema)
+    batch = _batch(rng, 4)
+    np.testing.assert_array_equal(
+        float(evaluate(state, batch)["loss"]), float(evaluate(averaged, batch)["loss"])
+    )
+    assert float(evaluate(state, batch)["loss"]) != float(
+        evaluate(state.replace(ema={}), batch)["loss"]
+    )
+
+
+def test_an_ema_decay_outside_0_1_is_refused_in_one_line():
+    for bad in (1.0, -0.1, 1.5):
+        with pytest.raises(errors.UsageError, match="^ema_decay=.*expected 0 .* in \\(0, 1\\)"):
+            optim.validate(_config(ema_decay=bad))
+    optim.validate(_config(ema_decay=0.999))
+
+
 def test_new_fields_that_change_results_are_resume_settings():
-    assert {"accumulate_steps", "freeze", "lr_multipliers"} <= set(resume.RESUME_FIELDS)
+    assert {"accumulate_steps", "freeze", "lr_multipliers", "ema_decay"} <= set(
+        resume.RESUME_FIELDS
+    )
     assert "profile_steps" not in resume.RESUME_FIELDS
 
 
 # A tiny MaskNet run: 28 training samples, 3 steps of 8 per epoch, updates every 2 steps, so
-# the first epoch ends (and checkpoints) in the middle of the second group.
+# the first epoch ends (and checkpoints) in the middle of the second group; a moving average
+# of the weights, validated beside the trained weights.
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("tfds"))
 
 
 def _run_config(data_dir, epochs, **changes):
-    config = _config(accumulate_steps=2, log_norms=True, **changes)
+    config = _config(accumulate_steps=2, log_norms=True, ema_decay=0.9, **changes)
     config.model = "masknet"
     config.loss = ml_collections.ConfigDict({"mask": {"bce": 1.0, "dice": 2.0}})
     config.dataset.num_samples, config.dataset.data_dir = 40, data_dir
     config.stages = ((32, epochs),)
     config.batch_size, config.log_every_steps = 8, 1
     config.evals.preview.every = 0
+    config.evals.val_trained.every = 1
     config.compilation_cache_dir = "none"
     return config
 
@@ -386,7 +434,7 @@ def _final_params(config, workdir):
         state, _ = checkpointer.restore(target, checkpointer.latest_step())
     finally:
         checkpointer.close()
-    return jax.device_get((state.params, state.opt_state))
+    return jax.device_get((state.params, state.opt_state, state.ema))
 
 
 @pytest.fixture(scope="module")
@@ -424,3 +472,38 @@ def test_a_profiled_run_writes_a_trace_and_the_same_metrics(uninterrupted, data_
         jax.tree.leaves(_final_params(config, str(tmp_path))),
     ):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_moving_average_is_what_validation_and_inference_run(uninterrupted):
+    config, workdir = uninterrupted
+    records = _records(workdir)
+    config = config.copy_and_resolve_references()
+    config.checkpoint.step = records[-1]["step"]  # the latest, as _final_params reads
+    for record in records:
+        assert record["eval_weights"] == "ema"
+        assert record["val_loss"] != record["val_trained_loss"]
+    params, _, ema = _final_params(config, workdir)
+    model = restore.load_for_inference(config, workdir)
+    assert model.weights == "ema" and model.source.endswith("(its EMA weights)")
+    assert model.state.ema == {}
+    loaded = jax.device_get({"params": model.state.params, "batch_stats": model.state.batch_stats})
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(ema)):
+        np.testing.assert_array_equal(a, b)
+    assert any(
+        np.abs(a - b).max() > 0
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ema["params"]))
+    )
+    result = evaluate.run(config, workdir)
+    assert result["weights"] == "ema"
+    assert result["step"] == records[-1]["step"]
+    assert result["metrics"]["32"]["loss"] == pytest.approx(records[-1]["val_loss"], rel=1e-5)
+
+
+def test_a_trained_weights_validation_is_refused_in_evaluate_mode():
+    config = _config()
+    config.evals.val_trained.evaluate = True
+    with pytest.raises(errors.UsageError, match="^evals.val_trained: weights='trained' runs in"):
+        evaluators.validate(config)
+    config.evals.val_trained.evaluate, config.evals.val_trained.weights = False, "average"
+    with pytest.raises(errors.UsageError, match="^evals.val_trained.weights='average': expected"):
+        evaluators.validate(config)

@@ -127,6 +127,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     result = {
         "step": step,
         "checkpoint": source,
+        "weights": model.weights,
         "split": "validation",
         "num_samples": pipeline.split_size(config.dataset, "validation"),
         "model": config.model,

@@ -410,6 +410,7 @@ def _end_epoch(
         "lr": lr,
         "train_loss": progress.loss_sum / count,
         **{f"train_{names.task_loss(task)}": mean for task, mean in task_means.items()},
+        "eval_weights": "ema" if state.ema else "trained",  # what validation evaluated
         **evaluated,
         **weights,
         "samples_per_sec": samples_per_sec,

@@ -36,7 +36,7 @@ Speed: `python tools/synthetic_speed.py --speed N` times `generate`. A preview g
 Modules: `samples` (`render`, `encode`, `generate` and the set's constants), `room` (the camera,
 the room, its pictures and the depth-tested painting), `shapes` (silhouettes, sculptures,
 boxes), `figures` (placing the exhibits and figures), `shadows` (the light of bg_fg) and
-`textures` (colours and noise).
+`textures` (colours and noise); `walk` makes a clip from a fixed camera with known masks.
 """
 
 from jaxsegdepth.data.synthetic import room, samples
@@ -55,6 +55,7 @@ from jaxsegdepth.data.synthetic.samples import (
     render,
 )
 from jaxsegdepth.data.synthetic.shapes import silhouette
+from jaxsegdepth.data.synthetic.walk import moving_figure
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -69,6 +70,7 @@ __all__ = [
     "encode",
     "encode_jpeg",
     "generate",
+    "moving_figure",
     "render",
     "silhouette",
 ]
