@@ -431,6 +431,23 @@ def test_torch_compare_runs_the_reference_recipe_or_refuses():
         torch_compare.jax_config("configs/ssim_dice.py:published")
 
 
+def test_the_bare_jax_steps_compute_the_trainers_losses():
+    """`--bare`'s eval step, from the trainer's initial state on the normalised batch: the same
+    loss as the trainer's eval step on the uint8 batch; its train step lowers the loss."""
+    config = torch_compare.jax_config(torch_compare.DEFAULT_CONFIG)
+    batch = benchmark.synthetic_batch(2, 32, seed=5)
+    model_batch = jax.device_get(
+        preprocess.from_normalization(benchmark.NORMALIZATION)(batch, train=False)
+    )
+    train, evaluate = torch_compare.bare_steps(config, model_batch)
+    runner = benchmark.StepRunner(config, 32, 2, batch=batch)
+    runner.compile()
+    before = evaluate(1)
+    assert before == pytest.approx(float(runner.evaluate(1)["loss"]), rel=1e-5)
+    train(5)
+    assert evaluate(1) < before
+
+
 def test_torch_compare_without_torch_says_how_to_install_it(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` fail
     with pytest.raises(SystemExit) as exit_info:

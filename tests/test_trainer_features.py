@@ -507,3 +507,14 @@ def test_a_trained_weights_validation_is_refused_in_evaluate_mode():
     config.evals.val_trained.evaluate, config.evals.val_trained.weights = False, "average"
     with pytest.raises(errors.UsageError, match="^evals.val_trained.weights='average': expected"):
         evaluators.validate(config)
+
+
+def test_a_warm_start_keeps_a_moving_average_from_the_source_weights(
+    uninterrupted, data_dir, tmp_path
+):
+    """init_from with ema_decay: the average starts at the source's (EMA) weights, in buffers
+    of its own (the train step donates both)."""
+    _, source = uninterrupted
+    config = _run_config(data_dir, 1, init_from=source)
+    record = train.run(config, str(tmp_path))
+    assert record["eval_weights"] == "ema" and np.isfinite(record["val_loss"])

@@ -2,6 +2,7 @@
 
   python tools/torch_compare.py [--res 96] [--batch 8] [--rounds 5] [--threads 0]
       [--steps 2] [--warmup 2] [--config configs/rmse_bce_dice.py:published] [--json out.json]
+      [--bare]
 
 A script of the repository, not of the installed package: run it from the root of a clone (it
 puts that root on `sys.path`, and the recipe paths are relative to it). PyTorch is optional
@@ -18,6 +19,12 @@ JAX, ...) so that a machine that slows down or speeds up affects both alike; eac
 `--steps` train steps and 3x as many eval steps per side. Printed: median samples/s per side
 and the median of the per-round ratios JAX / torch, with the load average before and after.
 `--threads` sets torch's thread count (0: its default); JAX uses every core.
+
+`--bare` adds a third side, `bare`: the plainest JAX steps of the same model, loss and SGD on
+the normalised float32 batch the PyTorch side gets, without what the trainer's steps add (the
+uint8 inputs normalised on the device, the NaN sentinel, the plateau scale, the eval step's
+metric sums). The ratio jax / bare is what those cost; bare / torch is the compiler against
+PyTorch's kernels.
 """
 
 from __future__ import annotations
@@ -28,13 +35,16 @@ import statistics
 import sys
 from typing import Any, Sequence
 
+import functools
+
 import jax
 import numpy as np
+import optax
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # `python tools/torch_compare.py` puts only tools/ on the path
 
-from jaxsegdepth import errors, hardware, preprocess, setup
+from jaxsegdepth import errors, hardware, losses, mesh as mesh_lib, preprocess, setup, steps
 from jaxsegdepth.modes import benchmark
 from tools import benchmark as benchmark_tool
 
@@ -195,6 +205,56 @@ def torch_steps(net, optimizer, batch: dict) -> tuple:
     return train, evaluate
 
 
+def bare_steps(config, model_batch: dict) -> tuple:
+    """`train(n)` and `evaluate(n)` of the plainest jitted JAX steps on the normalised float32
+    `model_batch`: the model's loss and SGD with momentum, nothing else (module doc)."""
+    model, loss_fn = setup.create_model(config), losses.compose(config.loss)
+    state = setup.create_state(config, mesh=mesh_lib.create_mesh(jax.devices()[:1]))
+    tx = optax.sgd(config.optimizer.learning_rate, momentum=config.optimizer.momentum)
+    inputs = (model_batch["bg"], model_batch["bg_fg"])
+    targets = {"mask": model_batch["mask"], "depth": model_batch["depth"]}
+    options = steps.compiler_options(jax.default_backend())
+    dropout = jax.random.fold_in(state.rng, 0)  # the trainer's at its first step
+
+    @functools.partial(jax.jit, donate_argnums=0, compiler_options=options)
+    def train_step(carry, inputs, targets):
+        params, batch_stats, opt_state = carry
+
+        def objective(params):
+            outputs, mutated = model.apply(
+                {"params": params, "batch_stats": batch_stats},
+                *inputs,
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": dropout},
+            )
+            return loss_fn(outputs, targets)[0], mutated["batch_stats"]
+
+        (loss, batch_stats), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
+
+    @functools.partial(jax.jit, compiler_options=options)
+    def eval_step(variables, inputs, targets):
+        return loss_fn(model.apply(variables, *inputs, train=False), targets)[0]
+
+    carry = [(state.params, state.batch_stats, tx.init(state.params))]
+
+    def train(num_steps: int) -> float:
+        """The last step's loss, once computed."""
+        for _ in range(num_steps):
+            carry[0], loss = train_step(carry[0], inputs, targets)
+        return float(loss)
+
+    def evaluate(num_steps: int) -> float:
+        variables = {"params": carry[0][0], "batch_stats": carry[0][1]}
+        for _ in range(num_steps):
+            loss = eval_step(variables, inputs, targets)
+        return float(loss)
+
+    return train, evaluate
+
+
 def jax_config(path: str):
     """The recipe the JAX side runs (DSResNet, float32); its loss must be `TORCH_LOSS` and its
     optimizer SGD, which is all the PyTorch side implements."""
@@ -227,6 +287,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each kind first")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="the JAX side's recipe")
     parser.add_argument("--json", default="", help="write every round's figures here")
+    parser.add_argument(
+        "--bare", action="store_true", help="add the plainest JAX steps as a third side"
+    )
     args = parser.parse_args(argv)
     for name in ("res", "batch", "rounds", "steps"):
         if getattr(args, name) < 1:
@@ -259,6 +322,8 @@ def _sides(args: argparse.Namespace, torch) -> dict[str, tuple]:
         "torch": torch_steps(net, optimizer, to_torch(model_batch)),
         "jax": (runner.train, runner.evaluate),
     }
+    if args.bare:
+        sides["bare"] = bare_steps(config, model_batch)
     for train, evaluate in sides.values():
         train(args.warmup)
         evaluate(args.warmup)
@@ -294,11 +359,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for kind in ("train", "eval"):
         ratios = [j / t for j, t in zip(rates["jax"][kind], rates["torch"][kind])]
         result[kind] = {
-            "torch": statistics.median(rates["torch"][kind]),
-            "jax": statistics.median(rates["jax"][kind]),
+            **{side: statistics.median(rates[side][kind]) for side in sides},
             "ratio": statistics.median(ratios),
             "ratios": ratios,
         }
+        if "bare" in sides:
+            for name, (a, b) in (("bare_ratio", ("bare", "torch")), ("jax_bare", ("jax", "bare"))):
+                result[kind][name] = statistics.median(
+                    [x / y for x, y in zip(rates[a][kind], rates[b][kind])]
+                )
     return result
 
 
@@ -311,10 +380,16 @@ def format_result(result: dict) -> str:
         f"{result['load_average'][0]} -> {result['load_average'][1]}",
         f"{'samples/s':9} {'torch':>8} {'jax':>8} {'jax/torch':>9}",
     ]
+    bare = "bare" in result["train"]
+    if bare:
+        lines[-1] += f" {'bare':>8} {'bare/torch':>10} {'jax/bare':>8}"
     for kind in ("train", "eval"):
         r = result[kind]
-        lines.append(f"{kind:9} {r['torch']:>8.2f} {r['jax']:>8.2f} {r['ratio']:>8.2f}x")
-    lines.append("medians of the rounds; jax/torch: median of the per-round ratios")
+        line = f"{kind:9} {r['torch']:>8.2f} {r['jax']:>8.2f} {r['ratio']:>8.2f}x"
+        if bare:
+            line += f" {r['bare']:>8.2f} {r['bare_ratio']:>9.2f}x {r['jax_bare']:>7.2f}x"
+        lines.append(line)
+    lines.append("medians of the rounds; ratios: medians of the per-round ratios")
     return "\n".join(lines)
 
 
