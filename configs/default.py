@@ -217,7 +217,7 @@ def get_config() -> ml_collections.ConfigDict:
             video_format="mp4",  # mp4 (OpenCV's mp4v) | png (a folder of numbered PNGs each)
             batch_size=8,  # frames per model call
             # alpha of an average over frames (0: off); measured 0.3-0.8 on moving figures: more
-            # flicker (their fading trail), IoU -0.001 to -0.35 (docs/modes.md)
+            # flicker (their fading trail), IoU +0.001 to -0.39 (docs/modes.md)
             temporal_smoothing=0.0,
             fps=25.0,  # a frame folder's frame rate (a video file keeps its own)
         )
