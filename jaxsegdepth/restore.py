@@ -48,8 +48,7 @@ def load_for_inference(
     """
     mesh = mesh_lib.create_mesh() if mesh is None else mesh
     with _checked_checkpoint(config, workdir, mesh) as (checkpointer, step, source, target):
-        weights = "ema" if checkpointer.has_ema(step) else "trained"
-        variables, source = _model_variables(checkpointer, step, target, source)
+        variables, weights, source = _model_variables(checkpointer, step, target, source)
         parts = checkpointer.restore_parts(step, {"step": target.step})
         card = checkpointer.restore_card(step)
     state = target.replace(
@@ -73,7 +72,7 @@ def load_variables(config: ml_collections.ConfigDict, mesh: Optional[Mesh] = Non
     `load_for_inference`."""
     mesh = mesh_lib.create_mesh() if mesh is None else mesh
     with _checked_checkpoint(config, None, mesh) as (checkpointer, step, source, target):
-        variables, source = _model_variables(checkpointer, step, target, source)
+        variables, _, source = _model_variables(checkpointer, step, target, source)
         return variables, checkpointer.restore_card(step), source
 
 
@@ -103,13 +102,14 @@ def _variables(state) -> dict:
     return {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def _model_variables(checkpointer, step: int, target, source: str) -> tuple[dict, str]:
-    """(the model's variables at `step`, `source` naming them): the moving average when the
-    run kept one (`config.ema_decay`), else the trained parameters and batch statistics."""
+def _model_variables(checkpointer, step: int, target, source: str) -> tuple[dict, str, str]:
+    """(the model's variables at `step`, which they are, `source` naming them): the moving
+    average ("ema") when the run kept one (`config.ema_decay`), else the trained parameters
+    and batch statistics ("trained")."""
     if checkpointer.has_ema(step):
         ema = checkpointer.restore_parts(step, {"ema": _variables(target)})["ema"]
-        return ema, f"{source} (its EMA weights)"
-    return checkpointer.restore_parts(step, _variables(target)), source
+        return ema, "ema", f"{source} (its EMA weights)"
+    return checkpointer.restore_parts(step, _variables(target)), "trained", source
 
 
 @contextlib.contextmanager

@@ -6,7 +6,6 @@ import dataclasses
 import json
 from typing import Optional
 
-import jax
 import ml_collections
 from flax import traverse_util
 
@@ -168,8 +167,7 @@ def restore_or_create(
         if warm is None:
             return state, progress, pipeline.input_normalization(config.dataset)
         normalization = restore.input_normalization(config, warm.card, warm.source)
-        # The average starts as a copy: the train step donates both, so no buffer may be shared.
-        ema = jax.tree.map(lambda x: x.copy(), warm.variables) if state.ema else {}
+        ema = steps.initial_ema(warm.variables) if state.ema else {}
         return state.replace(ema=ema, **warm.variables), progress, normalization
     target = setup.abstract_state(config, mesh, per_epoch)
     state, saved = checkpointer.restore(target, latest)

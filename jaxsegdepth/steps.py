@@ -60,7 +60,7 @@ def create_train_state(
         tx=tx,
         opt_state=tx.init((params, weighting.learnable(weights))),
         batch_stats=batch_stats,
-        ema={"params": params, "batch_stats": batch_stats} if ema else {},
+        ema=initial_ema({"params": params, "batch_stats": batch_stats}) if ema else {},
         weighting=weights,
         plateau=plateau.init(params),
         rng=state_rng,
@@ -69,6 +69,12 @@ def create_train_state(
 
 
 NORMS = ("grad_norm", "param_norm", "update_norm")  # train step metrics with `norms`
+
+
+def initial_ema(variables: dict) -> dict:
+    """A moving average that starts at `variables`, in buffers of its own: the train step
+    donates the state, and one buffer cannot be donated twice."""
+    return jax.tree.map(jnp.copy, variables)
 
 
 def model_variables(state: TrainState) -> dict:

@@ -386,6 +386,18 @@ def test_the_moving_average_follows_numpys_float64_recurrence():
     )
 
 
+def test_a_new_moving_average_has_buffers_of_its_own():
+    """The train step donates the state: a state made outside jit must not share a buffer
+    between the weights and their average."""
+    state = _state(models.MaskNet(), _config(ema_decay=0.9))
+    donating = jax.jit(
+        functools.partial(steps.train_step, loss_fn=BCE, preprocess=PREPROCESS, ema_decay=0.9),
+        donate_argnums=0,
+    )
+    new_state, metrics = donating(state, _batch(np.random.default_rng(3), 2))
+    assert np.isfinite(float(metrics["loss"])) and int(new_state.step) == 1
+
+
 def test_an_ema_decay_outside_0_1_is_refused_in_one_line():
     for bad in (1.0, -0.1, 1.5):
         with pytest.raises(errors.UsageError, match="^ema_decay=.*expected 0 .* in \\(0, 1\\)"):

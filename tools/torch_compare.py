@@ -30,12 +30,11 @@ PyTorch's kernels.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
 from typing import Any, Sequence
-
-import functools
 
 import jax
 import numpy as np

@@ -37,7 +37,7 @@ import configs
 from jaxsegdepth import mesh as mesh_lib, models, setup
 from jaxsegdepth.data import pipeline, synthetic
 from jaxsegdepth.modes import predict
-from jaxsegdepth.video import outputs as outputs_lib, prediction
+from jaxsegdepth.video import outputs as outputs_lib, pixels, prediction
 
 SIZES = ((640, 360), (1280, 720))  # (width, height) of the speed clips
 OUTPUT_SETS = {"default": outputs_lib.DEFAULT_OUTPUTS, "mask_prob": ("mask_prob",)}
@@ -66,9 +66,8 @@ def write_clip(path: str, frames: list, size: tuple) -> str:
 
 def model_alone(predict_fn, plate: np.ndarray, frames: list, model_hw, batch: int, calls=8):
     """Frames/s of `predict_fn` on one batch of `frames`, results on the host, after a call."""
-    resized = [cv2.resize(f, model_hw[::-1], interpolation=cv2.INTER_AREA) for f in frames[:batch]]
-    bg = np.repeat(cv2.resize(plate, model_hw[::-1])[None], batch, axis=0)
-    bg_fg = np.stack(resized)
+    bg = np.repeat(pixels.resize(plate, model_hw)[None], batch, axis=0)
+    bg_fg = np.stack([pixels.resize(frame, model_hw) for frame in frames[:batch]])
     jax.device_get(predict_fn(bg, bg_fg))
     start = time.perf_counter()
     for _ in range(calls):
