@@ -1,6 +1,6 @@
 """The benchmark command at a tiny setting, its FLOP counts, its recipes (the trainer's loss and
 optimizer), the bfloat16 training path, and the PyTorch comparison script `tools/torch_compare.py`
-(its PyTorch half only where torch is installed: it is optional).
+(its PyTorch half only where torch is installed: it is optional), and `tools/conv_speed.py`.
 
 (bfloat16 outputs against float32 on the same parameters: tests/test_models.py.)
 """
@@ -23,7 +23,7 @@ from jaxsegdepth import errors, hardware, losses, models, preprocess, steps
 from jaxsegdepth.modes import benchmark
 from jaxsegdepth.data import pipeline
 
-from tools import benchmark as benchmark_tool, torch_compare
+from tools import benchmark as benchmark_tool, conv_speed, torch_compare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -481,3 +481,78 @@ def test_torch_network_is_the_spec_and_its_loss_is_the_recipes():
     got = torch_compare.loss(torch_compare.to_torch(logits), torch_compare.to_torch(batch))
     want, _ = losses.compose(torch_compare.TORCH_LOSS)(logits, batch)
     assert float(got) == pytest.approx(float(want), rel=1e-5)
+
+
+# ---- tools/conv_speed.py ----------------------------------------------------------------------
+
+
+def _numpy_conv_same(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """A "same" stride-1 NHWC x HWIO convolution by explicit shifted sums, in float64."""
+    k, (h, w) = kernel.shape[0], x.shape[1:3]
+    padded = np.pad(x, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)))
+    out = np.zeros(x.shape[:3] + kernel.shape[-1:])
+    for i in range(k):
+        for j in range(k):
+            out += padded[:, i : i + h, j : j + w] @ kernel[i, j]
+    return out
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_patch_product_and_xla_convolution_are_the_numpy_convolution(k):
+    rng = np.random.default_rng(k)
+    x, kernel = rng.normal(size=(2, 5, 7, 4)), rng.normal(size=(k, k, 4, 3))
+    want = _numpy_conv_same(x, kernel)
+    with jax.enable_x64(True):
+        for conv in (conv_speed.patches_conv, conv_speed.xla_conv):
+            np.testing.assert_allclose(conv(jnp.asarray(x), jnp.asarray(kernel)), want, rtol=1e-12)
+
+
+def test_conv_layers_are_every_convolution_of_the_model():
+    layers = conv_speed.conv_layers(models.DSResNet(), 96)
+    params = jax.eval_shape(
+        lambda: models.DSResNet().init(
+            jax.random.key(0), jnp.zeros((1, 96, 96, 3)), jnp.zeros((1, 96, 96, 3))
+        )
+    )["params"]
+    kernels = [x.shape for x in jax.tree.leaves(params) if x.ndim == 4]
+    # 4 image encoder blocks x 3 + merge + 4 shared blocks x 3 = 25; per head 3 decoders x 4
+    # (reduce, two 3x3, shortcut) + 2 x 5 (and a skip merge) + the output = 23
+    assert sum(layers.values()) == len(kernels) == 25 + 2 * 23
+    assert sorted(
+        (k, k, cin, cout) for (_, cin, cout, k), n in layers.items() for _ in range(n)
+    ) == (sorted(kernels))
+    # the two image encoders' first convolutions; the bottleneck's 3x3 at 96 / 32 = 3 pixels
+    assert layers[(96, 3, 16, 3)] == 2 and layers[(3, 512, 512, 3)] == 1
+
+
+def test_patches_interceptor_changes_only_the_small_3x3_convolutions():
+    model = models.MaskNet()
+    rng = np.random.default_rng(0)
+    bg, bg_fg = (jnp.asarray(rng.normal(size=(2, 16, 16, 3)), jnp.float32) for _ in range(2))
+    variables = model.init(jax.random.key(0), bg, bg_fg)
+
+    def apply(max_pixels):
+        with nn.intercept_methods(conv_speed.patches_interceptor(max_pixels)):
+            jaxpr = str(jax.make_jaxpr(lambda v: model.apply(v, bg, bg_fg))(variables))
+            return model.apply(variables, bg, bg_fg)["mask"], jaxpr.count("dot_general")
+
+    plain, plain_dots = apply(0)
+    patched, patched_dots = apply(16 * 16)
+    np.testing.assert_allclose(patched, plain, rtol=1e-4, atol=1e-5)
+    # MaskNet's four 3x3 convolutions become products; 1x1 ones are never intercepted
+    assert (plain_dots, patched_dots) == (0, 4)
+    assert apply(16 * 16 - 1)[1] == 0
+
+
+def test_conv_speed_patches_times_each_setting_against_the_first(capsys):
+    result = conv_speed.main(
+        ["patches", "--model", "masknet", "--config", "", "--res", "16", "--batch", "2"]
+        + ["--rounds", "1", "--max-pixels", "0,256"]
+    )
+    rows = result["rows"]
+    assert [row["max_pixels"] for row in rows] == [0, 256]
+    assert rows[0]["train"]["ratio"] == rows[0]["eval"]["ratio"] == 1.0
+    assert all(row[kind]["ms"] > 0 for row in rows for kind in ("train", "eval"))
+    assert capsys.readouterr().out.startswith("masknet 16x16, batch 2;")
+    with pytest.raises(SystemExit):
+        conv_speed.parse_args(["patches", "--max-pixels", "0,x"])
