@@ -525,34 +525,65 @@ def test_conv_layers_are_every_convolution_of_the_model():
     assert layers[(96, 3, 16, 3)] == 2 and layers[(3, 512, 512, 3)] == 1
 
 
-def test_patches_interceptor_changes_only_the_small_3x3_convolutions():
+def test_patches_interceptor_changes_only_the_small_3x3_convolutions(monkeypatch):
     model = models.MaskNet()
     rng = np.random.default_rng(0)
     bg, bg_fg = (jnp.asarray(rng.normal(size=(2, 16, 16, 3)), jnp.float32) for _ in range(2))
     variables = model.init(jax.random.key(0), bg, bg_fg)
 
-    def apply(max_pixels):
+    def mask(max_pixels):
         with nn.intercept_methods(conv_speed.patches_interceptor(max_pixels)):
-            jaxpr = str(jax.make_jaxpr(lambda v: model.apply(v, bg, bg_fg))(variables))
-            return model.apply(variables, bg, bg_fg)["mask"], jaxpr.count("dot_general")
+            return np.asarray(model.apply(variables, bg, bg_fg)["mask"])
 
-    plain, plain_dots = apply(0)
-    patched, patched_dots = apply(16 * 16)
-    np.testing.assert_allclose(patched, plain, rtol=1e-4, atol=1e-5)
-    # MaskNet's four 3x3 convolutions become products; 1x1 ones are never intercepted
-    assert (plain_dots, patched_dots) == (0, 4)
-    assert apply(16 * 16 - 1)[1] == 0
+    plain = mask(0)
+    np.testing.assert_allclose(mask(16 * 16), plain, rtol=1e-4, atol=1e-5)
+    # what the interceptor returns is the product's: a product of twice the kernel shows
+    monkeypatch.setattr(conv_speed, "patches_conv", lambda x, k: x[..., :1] * 0 + 7.0)
+    np.testing.assert_array_equal(mask(16 * 16 - 1), plain)  # no map is that small
+    assert not np.allclose(mask(16 * 16), plain)
+
+
+def test_conv_speed_layers_times_every_shape_of_the_model(capsys):
+    result = conv_speed.main(
+        ["layers", "--model", "masknet", "--res", "16", "--batch", "1", "--rounds", "1"]
+    )
+    # the two image convolutions, the 1x1 merge, two 3x3 blocks and the 1x1 output (models.py)
+    shapes = {(16, 3, 32, 3): 2, (16, 64, 32, 1): 1, (16, 32, 64, 3): 1, (16, 64, 64, 3): 1}
+    shapes[(16, 64, 1, 1)] = 1
+    assert conv_speed.conv_layers(models.MaskNet(), 16) == shapes
+    rows = result["rows"]
+    assert {tuple(row["shape"]): row["count"] for row in rows} == shapes
+    sides = ["xla", "patches"] + (["torch"] if result["torch"] else [])
+    assert list(result["totals"]) == sides
+    for side in sides:
+        assert all(row[side] > 0 for row in rows)
+        assert result["totals"][side] == pytest.approx(sum(r["count"] * r[side] for r in rows))
+    out = capsys.readouterr().out
+    assert out.startswith("masknet 16x16, batch 1;") and "sum over the layers" in out
 
 
 def test_conv_speed_patches_times_each_setting_against_the_first(capsys):
     result = conv_speed.main(
-        ["patches", "--model", "masknet", "--config", "", "--res", "16", "--batch", "2"]
-        + ["--rounds", "1", "--max-pixels", "0,256"]
+        ["patches", "--model", "masknet", "--res", "16", "--batch", "2", "--rounds", "1"]
+        + ["--max-pixels", "0,256"]
     )
+    assert result["config"] == ""  # MaskNet's own recipe
     rows = result["rows"]
     assert [row["max_pixels"] for row in rows] == [0, 256]
     assert rows[0]["train"]["ratio"] == rows[0]["eval"]["ratio"] == 1.0
     assert all(row[kind]["ms"] > 0 for row in rows for kind in ("train", "eval"))
     assert capsys.readouterr().out.startswith("masknet 16x16, batch 2;")
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["patches", "--max-pixels", "0,x"], "comma-separated integers"),
+        (["patches", "--max-pixels", "0,0"], "repeats a value"),
+        (["layers", "--res", "100"], "dsresnet needs a multiple of 32"),
+    ],
+)
+def test_conv_speed_refuses_bad_settings(argv, message, capsys):
     with pytest.raises(SystemExit):
-        conv_speed.parse_args(["patches", "--max-pixels", "0,x"])
+        conv_speed.parse_args(argv)
+    assert message in capsys.readouterr().err

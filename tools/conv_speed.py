@@ -4,8 +4,7 @@ small-map 3x3 convolutions as matrix products.
   python tools/conv_speed.py layers [--res 96] [--batch 8] [--rounds 5] [--threads 2]
       [--model dsresnet] [--json out.json]
   python tools/conv_speed.py patches [--res 96] [--batch 8] [--rounds 5]
-      [--max-pixels 0,36,144,576] [--config configs/rmse_bce_dice.py:published]
-      [--model dsresnet] [--json out.json]
+      [--max-pixels 0,36,144,576] [--config RECIPE] [--model dsresnet] [--json out.json]
 
 A script of the repository: run it from the root of a clone.
 
@@ -19,7 +18,8 @@ threads. Each shape's sides run in interleaved rounds; printed are the medians i
 sums weighted by the layer counts.
 
 `patches` times the trainer's own train and eval steps (`benchmark.StepRunner`, as
-tools/torch_compare.py) once per `--max-pixels` value P: the model's 3x3 convolutions whose
+tools/torch_compare.py) for `--config` (default: configs/rmse_bce_dice.py:published for
+DSResNet, the model's own recipe otherwise) once per `--max-pixels` value P: the model's 3x3 convolutions whose
 maps have at most P pixels per image run as patch products (0: none, the model as it is), in
 interleaved rounds; printed are ms per step and the median per-round ratio to the first P.
 """
@@ -43,7 +43,7 @@ import jax.numpy as jnp
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # `python tools/conv_speed.py` puts only tools/ on the path
 
-from jaxsegdepth import errors, hardware, models
+from jaxsegdepth import errors, hardware, models, setup
 from jaxsegdepth.modes import benchmark
 from tools import benchmark as benchmark_tool, torch_compare
 
@@ -108,14 +108,15 @@ def _jax_side(conv: Callable, shape: tuple, batch: int) -> Callable[[], Any]:
 
 
 def _torch_side(torch, shape: tuple, batch: int) -> Callable[[], Any]:
-    """`nn.Conv2d` forward and backward at `shape` (NCHW)."""
+    """`nn.Conv2d` (no bias, as the JAX sides) forward and backward at `shape` (NCHW)."""
     side, cin, cout, k = shape
-    conv = torch.nn.Conv2d(cin, cout, k, padding=k // 2)
+    conv = torch.nn.Conv2d(cin, cout, k, padding=k // 2, bias=False)
     x = torch.randn(batch, cin, side, side, requires_grad=cin != 3)
     dy = torch.randn(batch, cout, side, side)
 
     def step():
         conv.zero_grad(set_to_none=True)
+        x.grad = None
         conv(x).backward(dy)
 
     return step
@@ -169,17 +170,21 @@ def run_layers(args: argparse.Namespace) -> dict:
 
 def patches_interceptor(max_pixels: int) -> Callable:
     """A `nn.intercept_methods` function that recomputes every 3x3 `nn.Conv` whose map has at
-    most `max_pixels` pixels per image with `patches_conv` (XLA drops the unused original)."""
+    most `max_pixels` pixels per image with `patches_conv` (XLA drops the unused original).
+    Those convolutions must be stride-1, "same" and biased, as `models` makes them."""
 
     def intercept(call, args, kwargs, context):
         out = call(*args, **kwargs)
-        module, x = context.module, args[0] if args else None
+        module = context.module
         if (
             isinstance(module, nn.Conv)
             and context.method_name == "__call__"
             and module.kernel_size == (3, 3)
-            and x.shape[1] * x.shape[2] <= max_pixels
+            and out.shape[1] * out.shape[2] <= max_pixels
         ):
+            x = args[0] if args else kwargs["inputs"]
+            if x.shape[:3] != out.shape[:3] or not module.use_bias:
+                raise ValueError(f"{module.name}: only stride-1 'same' convolutions with a bias")
             params = module.variables["params"]
             kernel, bias = (params[name].astype(module.dtype) for name in ("kernel", "bias"))
             return patches_conv(x.astype(module.dtype), kernel) + bias
@@ -188,16 +193,10 @@ def patches_interceptor(max_pixels: int) -> Callable:
     return intercept
 
 
-def _ms_per_step(run: Callable[[int], Any], num_steps: int) -> float:
-    """ms per step of `run(num_steps)`, which returns once its work is done."""
-    start = time.perf_counter()
-    run(num_steps)
-    return (time.perf_counter() - start) / num_steps * 1000
-
-
 def run_patches(args: argparse.Namespace) -> dict:
     """The trainer's steps compiled once per `--max-pixels`, timed in interleaved rounds."""
     config = benchmark_tool.load_config(args.config, args.model, "float32")
+    setup.validate(config, [args.res])
     batch = benchmark.synthetic_batch(args.batch, args.res, config.seed)
     runners = {}
     for max_pixels in args.max_pixels:
@@ -211,8 +210,9 @@ def run_patches(args: argparse.Namespace) -> dict:
     ms = {p: {"train": [], "eval": []} for p in runners}
     for _ in range(args.rounds):
         for p, runner in runners.items():
-            ms[p]["train"].append(_ms_per_step(runner.train, 2))
-            ms[p]["eval"].append(_ms_per_step(runner.evaluate, 6))
+            # samples/s of one-sample "batches" = steps/s
+            ms[p]["train"].append(1000 / benchmark.samples_per_s(runner.train, 2, 1))
+            ms[p]["eval"].append(1000 / benchmark.samples_per_s(runner.evaluate, 6, 1))
     first = args.max_pixels[0]
     rows = [
         {
@@ -272,7 +272,7 @@ def format_result(result: dict) -> str:
             + " ".join(f"{row[name]:>10.2f}" for name in sides)
         )
     totals = " ".join(f"{result['totals'][name]:>10.1f}" for name in sides)
-    lines.append(f"{'sum over the layers':>20} {totals}")
+    lines.append(f"{'sum over the layers':>21} {totals}")
     return "\n".join(lines + ["medians of interleaved rounds: forward + backward, ms per call"])
 
 
@@ -288,7 +288,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: its default)")
     parser.add_argument("--model", choices=sorted(models.MODELS), default="dsresnet")
     parser.add_argument(
-        "--config", default=torch_compare.DEFAULT_CONFIG, help="the recipe of `patches`"
+        "--config",
+        default=None,
+        help="the recipe of `patches` (default: the published one for DSResNet, else the model's)",
     )
     parser.add_argument(
         "--max-pixels",
@@ -306,6 +308,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name} must be at least 1")
     if args.threads < 0 or min(args.max_pixels) < 0:
         parser.error("--threads and --max-pixels must be at least 0")
+    if args.config is None:
+        args.config = torch_compare.DEFAULT_CONFIG if args.model == "dsresnet" else ""
+    if len(set(args.max_pixels)) < len(args.max_pixels):
+        parser.error(f"--max-pixels repeats a value: {args.max_pixels}")
+    stride = models.MODELS[args.model].STRIDE
+    if args.res % stride:
+        parser.error(f"--res {args.res}: {args.model} needs a multiple of {stride}")
     return args
 
 
