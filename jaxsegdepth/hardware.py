@@ -84,6 +84,19 @@ def load_average() -> list[float] | None:
         return None
 
 
+def cpu_model() -> str:
+    """The host CPU's model name ("AMD EPYC", ...): CPU rates differ by maker and generation."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def environment() -> dict[str, Any]:
     """Versions, backend, devices and XLA flags this run measured."""
     device = jax.devices()[0]
@@ -97,6 +110,7 @@ def environment() -> dict[str, Any]:
         "device_kind": device.device_kind,
         "device_count": jax.device_count(),
         "process_count": jax.process_count(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "peak_source": PEAK_SOURCE,

@@ -127,6 +127,21 @@ def test_gpu_peaks_by_device_kind():
     assert hardware.peak_tflops(Device(), "bfloat16") is None
 
 
+def test_the_cpu_model_is_the_one_the_os_names(tmp_path, monkeypatch):
+    real_open = open
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n")
+    monkeypatch.setattr(
+        "builtins.open",
+        lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k),
+    )
+    assert hardware.cpu_model() == "AMD EPYC"
+    cpuinfo.unlink()  # no /proc/cpuinfo (macOS, Windows): what `platform` says
+    monkeypatch.setattr("platform.processor", lambda: "arm")
+    assert hardware.cpu_model() == "arm"
+    assert hardware.environment()["cpu"] == "arm"
+
+
 def _host_initialised_state(model, tx, resolution):
     """A TrainState like `steps.create_train_state`'s, with the variables filled on the host
     (kernels N(0, 1/fan_in), biases 0, fresh BatchNorm): compiling DSResNet's init would
@@ -417,6 +432,14 @@ def test_torch_compare_arguments():
             torch_compare.parse_args(bad)
 
 
+def test_torch_compare_rounds_rotate_which_side_goes_first():
+    names = ["torch", "jax", "bare"]
+    orders = [torch_compare._round_order(names, i) for i in range(4)]
+    assert orders == [names, ["jax", "bare", "torch"], ["bare", "torch", "jax"], names]
+    # over len(names) rounds every side holds every position once
+    assert all(sorted(order[p] for order in orders[:3]) == sorted(names) for p in range(3))
+
+
 def test_torch_compare_runs_the_reference_recipe_or_refuses():
     config = torch_compare.jax_config(torch_compare.DEFAULT_CONFIG)
     assert (config.optimizer.name, config.optimizer.learning_rate, config.optimizer.momentum) == (
@@ -446,6 +469,40 @@ def test_the_bare_jax_steps_compute_the_trainers_losses():
     assert before == pytest.approx(float(runner.evaluate(1)["loss"]), rel=1e-5)
     train(5)
     assert evaluate(1) < before
+
+
+def test_a_side_in_a_process_of_its_own_times_rounds_and_passes_errors_on():
+    """`--processes`: a worker times a round per call and stops when closed; a bad recipe's
+    error reaches the caller as the same exception."""
+    argv = ["--res", "32", "--batch", "2", "--steps", "1", "--warmup", "0", "--processes"]
+    side = torch_compare.SideProcess("bare", torch_compare.parse_args(argv))
+    try:
+        rounds = [side() for _ in range(2)]
+    finally:
+        side.close()
+    assert len(rounds) == 2
+    assert all(
+        len(rates) == 2 and all(math.isfinite(r) and r > 0 for r in rates) for rates in rounds
+    )
+    assert side.process.exitcode == 0
+    bad = torch_compare.parse_args([*argv, "--config", "configs/default.py"])
+    with pytest.raises(errors.UsageError, match="optimizer adam"):
+        torch_compare.SideProcess("jax", bad)
+
+
+def test_torch_compare_with_a_process_per_side(capsys):
+    pytest.importorskip("torch")
+    result = torch_compare.main(
+        ["--res", "32", "--batch", "2", "--rounds", "1", "--steps", "1", "--warmup", "0"]
+        + ["--threads", "1", "--bare", "--processes"]
+    )
+    assert result["processes"] is True and result["torch_threads"] == 1
+    for kind in ("train", "eval"):
+        rates = {side: result["rates"][side][kind] for side in ("torch", "jax", "bare")}
+        assert all(len(r) == 1 and r[0] > 0 for r in rates.values())
+        assert result[kind]["ratio"] == pytest.approx(rates["jax"][0] / rates["torch"][0])
+        assert result[kind]["jax_bare"] == pytest.approx(rates["jax"][0] / rates["bare"][0])
+    assert "a process per side" in capsys.readouterr().out
 
 
 def test_torch_compare_without_torch_says_how_to_install_it(monkeypatch, capsys):

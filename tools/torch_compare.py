@@ -2,7 +2,7 @@
 
   python tools/torch_compare.py [--res 96] [--batch 8] [--rounds 5] [--threads 0]
       [--steps 2] [--warmup 2] [--config configs/rmse_bce_dice.py:published] [--json out.json]
-      [--bare]
+      [--bare] [--processes]
 
 A script of the repository, not of the installed package: run it from the root of a clone (it
 puts that root on `sys.path`, and the recipe paths are relative to it). PyTorch is optional
@@ -14,11 +14,18 @@ reference's) on 2 rmse(sigmoid depth) + bce(mask) + 2 dice(mask, smooth 1e-6); i
 forward pass and the loss under `torch.inference_mode`. The JAX side is
 `benchmark.StepRunner`: the trainer's steps for the same recipe, whose loss must be that one.
 
-Both run in this process on the same random batch, in interleaved rounds (torch, JAX, torch,
-JAX, ...) so that a machine that slows down or speeds up affects both alike; each round times
-`--steps` train steps and 3x as many eval steps per side. Printed: median samples/s per side
-and the median of the per-round ratios JAX / torch, with the load average before and after.
+Both run in this process on the same random batch, in interleaved rounds, so that a machine
+that slows down or speeds up affects both alike; each round times `--steps` train steps and 3x
+as many eval steps per side, and starts one side later than the round before (torch, JAX; JAX,
+torch; ...), so that no side always follows the same other one, whose threads may still be
+spinning. Printed: median samples/s per side and the median of the per-round ratios JAX /
+torch, with the load average before and after.
 `--threads` sets torch's thread count (0: its default); JAX uses every core.
+
+`--processes` runs each side in a worker process of its own, still in interleaved rounds (this
+process asks each worker in turn to time one round): no side's thread pool then shares a
+process with another's (PyTorch's OpenMP threads, XLA's), and each process holds only its own
+side's memory. Both ways are in docs/performance.md with what they gave.
 
 `--bare` adds a third side, `bare`: the plainest JAX steps of the same model, loss and SGD on
 the normalised float32 batch the PyTorch side gets, without what the trainer's steps add (the
@@ -30,7 +37,9 @@ PyTorch's kernels.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import multiprocessing
 import os
 import statistics
 import sys
@@ -289,6 +298,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--bare", action="store_true", help="add the plainest JAX steps as a third side"
     )
+    parser.add_argument(
+        "--processes", action="store_true", help="run each side in a worker process of its own"
+    )
     args = parser.parse_args(argv)
     for name in ("res", "batch", "rounds", "steps"):
         if getattr(args, name) < 1:
@@ -298,60 +310,157 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _sides(args: argparse.Namespace, torch) -> dict[str, tuple]:
-    """{"torch": (train, evaluate), "jax": (train, evaluate)} on one batch, compiled, warm."""
+def _build_side(name: str, args: argparse.Namespace) -> tuple:
+    """`(train, evaluate)` of side `name` ("torch", "jax" or "bare") on the recipe's random
+    batch, compiled and warmed up. Every side builds the same batch from the recipe's seed."""
     config = jax_config(args.config)
     setup.validate(config, [args.res])
     batch = benchmark.synthetic_batch(args.batch, args.res, config.seed)
-    # The torch network takes what the JAX steps feed the model: normalised float32.
+    # The torch and bare sides take what the trainer's steps feed the model: normalised float32.
     model_batch = jax.device_get(
         preprocess.from_normalization(benchmark.NORMALIZATION)(batch, train=False)
     )
-    torch.manual_seed(config.seed)
-    net = build_network()
-    optimizer = torch.optim.SGD(
-        net.parameters(),
-        lr=config.optimizer.learning_rate,
-        momentum=config.optimizer.momentum,
-        nesterov=config.optimizer.nesterov,
-    )
-    runner = benchmark.StepRunner(config, args.res, args.batch, batch=batch)
-    runner.compile()
-    sides = {
-        "torch": torch_steps(net, optimizer, to_torch(model_batch)),
-        "jax": (runner.train, runner.evaluate),
-    }
-    if args.bare:
-        sides["bare"] = bare_steps(config, model_batch)
-    for train, evaluate in sides.values():
+    if name == "torch":
+        torch = import_torch()
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        torch.manual_seed(config.seed)
+        net = build_network()
+        optimizer = torch.optim.SGD(
+            net.parameters(),
+            lr=config.optimizer.learning_rate,
+            momentum=config.optimizer.momentum,
+            nesterov=config.optimizer.nesterov,
+        )
+        train, evaluate = torch_steps(net, optimizer, to_torch(model_batch))
+    elif name == "jax":
+        runner = benchmark.StepRunner(config, args.res, args.batch, batch=batch)
+        runner.compile()
+        train, evaluate = runner.train, runner.evaluate
+    elif name == "bare":
+        train, evaluate = bare_steps(config, model_batch)
+    else:
+        raise ValueError(f"side {name!r}: expected torch, jax or bare")
+    if args.warmup:
         train(args.warmup)
         evaluate(args.warmup)
-    return sides
+    return train, evaluate
+
+
+def _time_round(train, evaluate, args: argparse.Namespace) -> tuple[float, float]:
+    """Train and eval samples/s of one round: `--steps` train steps, 3x as many eval steps."""
+    return (
+        benchmark.samples_per_s(train, args.steps, args.batch),
+        benchmark.samples_per_s(evaluate, 3 * args.steps, args.batch),
+    )
+
+
+def _serve_side(name: str, args: argparse.Namespace, connection) -> None:
+    """A worker process of `--processes`: builds side `name`, then times one round per request
+    until told to stop (a false request). Sends "ready", then each round's rates, or the
+    exception that stopped it."""
+    try:
+        train, evaluate = _build_side(name, args)
+        connection.send("ready")
+        while connection.recv():
+            connection.send(_time_round(train, evaluate, args))
+    except Exception as error:  # pylint: disable=broad-except
+        try:
+            connection.send(error)
+        except Exception:  # pylint: disable=broad-except
+            connection.send(errors.RunError(f"the {name} side failed: {error!r}"))
+
+
+class SideProcess:
+    """One side in a process of its own (`--processes`); calling it times one round there."""
+
+    def __init__(self, name: str, args: argparse.Namespace):
+        context = multiprocessing.get_context("spawn")  # JAX does not survive a fork
+        self.name = name
+        self._connection, child = context.Pipe()
+        self.process = context.Process(
+            target=_serve_side, args=(name, args, child), name=f"torch_compare-{name}"
+        )
+        self.process.start()
+        child.close()  # so that the worker's end closing reads as EOF here
+        try:
+            self._receive()  # "ready"
+        except BaseException:
+            self.close()
+            raise
+
+    def _receive(self):
+        if not self._connection.poll(timeout=1800):
+            raise errors.RunError(f"the {self.name} side's process did not answer in 30 min")
+        try:
+            message = self._connection.recv()
+        except EOFError:
+            self.process.join(timeout=10)
+            raise errors.RunError(
+                f"the {self.name} side's process ended (exit code {self.process.exitcode})"
+            ) from None
+        if isinstance(message, Exception):
+            raise message
+        return message
+
+    def __call__(self) -> tuple[float, float]:
+        try:
+            self._connection.send(True)
+        except OSError:
+            self.process.join(timeout=10)
+            raise errors.RunError(
+                f"the {self.name} side's process ended (exit code {self.process.exitcode})"
+            ) from None
+        return self._receive()
+
+    def close(self) -> None:
+        """Asks the process to stop and waits for it; kills it if it does not."""
+        with contextlib.suppress(OSError):  # a process that already ended closed its end
+            self._connection.send(False)
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self._connection.close()
+
+
+def _round_order(names: list, round_index: int) -> list:
+    """The sides in the order round `round_index` times them: rotated by one per round."""
+    start = round_index % len(names)
+    return names[start:] + names[:start]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Interleaved rounds; per kind (train, eval) both sides' samples/s and the ratios."""
+    """Interleaved rounds; per kind (train, eval) every side's samples/s and the ratios."""
     torch = import_torch()
     if args.threads:
-        torch.set_num_threads(args.threads)
-    sides = _sides(args, torch)
-    rates = {side: {"train": [], "eval": []} for side in sides}
-    load_start = hardware.load_average()
-    for _ in range(args.rounds):
-        for side, (train, evaluate) in sides.items():
-            rates[side]["train"].append(benchmark.samples_per_s(train, args.steps, args.batch))
-            rates[side]["eval"].append(
-                benchmark.samples_per_s(evaluate, 3 * args.steps, args.batch)
-            )
+        torch.set_num_threads(args.threads)  # here too, so that the result reports it
+    names = ("torch", "jax", "bare") if args.bare else ("torch", "jax")
+    with contextlib.ExitStack() as stack:
+        sides = {}
+        for name in names:
+            if args.processes:
+                sides[name] = stack.enter_context(contextlib.closing(SideProcess(name, args)))
+            else:
+                sides[name] = functools.partial(_time_round, *_build_side(name, args), args)
+        rates = {side: {"train": [], "eval": []} for side in sides}
+        load_start = hardware.load_average()
+        for round_index in range(args.rounds):
+            for side in _round_order(list(sides), round_index):
+                train_rate, eval_rate = sides[side]()
+                rates[side]["train"].append(train_rate)
+                rates[side]["eval"].append(eval_rate)
     result = {
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "jax": jax.__version__,
         "backend": jax.default_backend(),
+        "cpu": hardware.cpu_model(),
         "config": args.config,
         "res": args.res,
         "batch": args.batch,
         "rounds": args.rounds,
+        "processes": args.processes,
         "rates": rates,
         "load_average": [load_start, hardware.load_average()],
     }
@@ -375,7 +484,9 @@ def format_result(result: dict) -> str:
     lines = [
         f"DSResNet {result['res']}x{result['res']}, batch {result['batch']}, "
         f"{result['rounds']} rounds: torch {result['torch']} eager ({result['torch_threads']}"
-        f" threads) vs jax {result['jax']} jit ({result['backend']}); load average "
+        f" threads) vs jax {result['jax']} jit ({result['backend']}), "
+        f"{'a process per side' if result['processes'] else 'one process'}, {result['cpu']}; "
+        "load average "
         f"{result['load_average'][0]} -> {result['load_average'][1]}",
         f"{'samples/s':9} {'torch':>8} {'jax':>8} {'jax/torch':>9}",
     ]
