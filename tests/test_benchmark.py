@@ -132,8 +132,10 @@ def test_the_cpu_model_is_the_one_the_os_names(tmp_path, monkeypatch):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n")
     monkeypatch.setattr(
-        "builtins.open",
+        hardware,
+        "open",
         lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k),
+        raising=False,
     )
     assert hardware.cpu_model() == "AMD EPYC"
     cpuinfo.unlink()  # no /proc/cpuinfo (macOS, Windows): what `platform` says

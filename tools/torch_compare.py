@@ -316,10 +316,10 @@ def _build_side(name: str, args: argparse.Namespace) -> tuple:
     config = jax_config(args.config)
     setup.validate(config, [args.res])
     batch = benchmark.synthetic_batch(args.batch, args.res, config.seed)
-    # The torch and bare sides take what the trainer's steps feed the model: normalised float32.
-    model_batch = jax.device_get(
-        preprocess.from_normalization(benchmark.NORMALIZATION)(batch, train=False)
-    )
+    if name != "jax":  # torch and bare take what the trainer's steps feed the model
+        model_batch = jax.device_get(
+            preprocess.from_normalization(benchmark.NORMALIZATION)(batch, train=False)
+        )
     if name == "torch":
         torch = import_torch()
         if args.threads:
@@ -364,6 +364,8 @@ def _serve_side(name: str, args: argparse.Namespace, connection) -> None:
         connection.send("ready")
         while connection.recv():
             connection.send(_time_round(train, evaluate, args))
+    except (EOFError, OSError):  # the parent went away: nobody to tell
+        return
     except Exception as error:  # pylint: disable=broad-except
         try:
             connection.send(error)
@@ -395,10 +397,7 @@ class SideProcess:
         try:
             message = self._connection.recv()
         except EOFError:
-            self.process.join(timeout=10)
-            raise errors.RunError(
-                f"the {self.name} side's process ended (exit code {self.process.exitcode})"
-            ) from None
+            raise self._ended() from None
         if isinstance(message, Exception):
             raise message
         return message
@@ -407,11 +406,15 @@ class SideProcess:
         try:
             self._connection.send(True)
         except OSError:
-            self.process.join(timeout=10)
-            raise errors.RunError(
-                f"the {self.name} side's process ended (exit code {self.process.exitcode})"
-            ) from None
+            raise self._ended() from None
         return self._receive()
+
+    def _ended(self) -> errors.RunError:
+        """The error for a worker that ended unasked, with its exit code."""
+        self.process.join(timeout=10)
+        return errors.RunError(
+            f"the {self.name} side's process ended (exit code {self.process.exitcode})"
+        )
 
     def close(self) -> None:
         """Asks the process to stop and waits for it; kills it if it does not."""
@@ -433,8 +436,6 @@ def _round_order(names: list, round_index: int) -> list:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Interleaved rounds; per kind (train, eval) every side's samples/s and the ratios."""
     torch = import_torch()
-    if args.threads:
-        torch.set_num_threads(args.threads)  # here too, so that the result reports it
     names = ("torch", "jax", "bare") if args.bare else ("torch", "jax")
     with contextlib.ExitStack() as stack:
         sides = {}
@@ -452,7 +453,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 rates[side]["eval"].append(eval_rate)
     result = {
         "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": args.threads or torch.get_num_threads(),
         "jax": jax.__version__,
         "backend": jax.default_backend(),
         "cpu": hardware.cpu_model(),
