@@ -174,6 +174,19 @@ def get_config() -> ml_collections.ConfigDict:
             photos_capture=dict(
                 type="photos", every=0, evaluate=True, pairs=48, set="photos_capture"
             ),
+            # The plate re-shot from a moved camera (0, 1, 2, 4 px; 8 px and 0.5-1 degree),
+            # scored with and without registration (`unaligned`): mode=evaluate only
+            **{
+                f"photos_moved_{move}": dict(
+                    type="photos",
+                    every=0,
+                    evaluate=True,
+                    pairs=48,
+                    set=f"photos_moved_{move}",
+                    unaligned=True,
+                )
+                for move in ("0px", "1px", "2px", "4px", "8px_1deg")
+            },
         )
     )
 
@@ -191,6 +204,26 @@ def get_config() -> ml_collections.ConfigDict:
             diverge_factor=4.0,
             resolution=96,
             batch_size=0,
+        )
+    )
+
+    # Plate registration (jaxsegdepth/align.py, docs/captures.md): the camera's motion between
+    # the plate and the scene, estimated (phase correlation, then ECC on the background) and
+    # undone before the network, in predict (pairs and clips), evaluate and the photo
+    # evaluators. A motion beyond the bounds, a poor background fit (the wrong plate) or a plate
+    # much darker or brighter than the scene: one warning, the plate used unaligned.
+    config.align = ml_collections.ConfigDict(
+        dict(
+            enabled=True,
+            motion="euclidean",  # translation | euclidean | affine | homography
+            work_side=256,  # the estimate's longer side, pixels
+            iterations=40,  # ECC iterations per pass
+            max_shift=0.08,  # largest translation, a fraction of the longer side
+            max_rotation_deg=3.0,
+            max_scale=0.05,  # |scale - 1| at most (affine, homography)
+            min_correlation=0.6,  # ECC's correlation on the background at least
+            max_brightness_ratio=2.5,  # plate and scene mean grey within this ratio
+            min_motion_px=0.1,  # a smaller motion leaves the plate untouched
         )
     )
 

@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from jaxsegdepth import errors, mesh as mesh_lib, metrics, names, preprocess, reporting
+from jaxsegdepth import align, errors, mesh as mesh_lib, metrics, names, preprocess, reporting
 from jaxsegdepth.data import photos, pipeline
 
 TYPES = ("validation", "preview", "baselines", "photos")
@@ -49,6 +49,7 @@ class Result:
 
     metrics: dict = dataclasses.field(default_factory=dict)
     images: dict = dataclasses.field(default_factory=dict)  # tag -> (H, W, 3) uint8
+    details: dict = dataclasses.field(default_factory=dict)  # JSON-able records, e.g. per pair
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +95,7 @@ def validate(config: ml_collections.ConfigDict, training: bool = False) -> None:
                 raise errors.UsageError(
                     f"{field}.set={settings.set!r}: expected one of {sorted(photos.SETS)}"
                 )
+    align.Settings.from_config(config.get("align"))
     validation = config.evals.get(VALIDATION)
     if validation is None or validation.type != "validation":
         raise errors.UsageError(
@@ -129,7 +131,13 @@ def create(name: str, context: Context, should_stop: Callable[[], bool] = lambda
         return Preview(context, settings.samples)
     if settings.type == "baselines":
         return Baselines(context)
-    return Photos(context, settings.pairs, settings.get("set", "photos"), tag=name)
+    return Photos(
+        context,
+        settings.pairs,
+        settings.get("set", "photos"),
+        tag=name,
+        unaligned=settings.get("unaligned", False),
+    )
 
 
 # -- the validation split, padded to whole batches ------------------------------------------
@@ -371,17 +379,27 @@ class Photos:
     gathered."""
 
     def __init__(
-        self, context: Context, pairs: int, photo_set: str = "photos", tag: str = "photos"
+        self,
+        context: Context,
+        pairs: int,
+        photo_set: str = "photos",
+        tag: str = "photos",
+        unaligned: bool = False,
     ):
         self.context, self.count, self.tag = context, pairs, tag
-        chosen = photos.SETS[photo_set]
+        self.alignments = [align.Settings.from_config(context.config.get("align"))]
+        if unaligned and self.alignments[0].enabled:
+            self.alignments.append(align.Settings(enabled=False))
+        chosen, self.photo_set = photos.SETS[photo_set], photo_set
         self._pairs = {
             split: photos.pairs(chosen, 0, pairs, split=split) for split in photos.SPLITS
         }
-        self._prepared = {}  # resolution -> (the tuning split's best threshold, eval images)
+        self._prepared = {}  # (resolution, alignment) -> (best threshold, eval images, estimates)
 
-    def _decoded(self, split: str, resolution: int) -> dict:
-        return {
+    def _decoded(self, split: str, resolution: int, alignment: align.Settings) -> tuple:
+        """The split's pairs at `resolution`, each plate registered onto its scene, and the
+        estimates."""
+        images = {
             key: np.stack(
                 [
                     pipeline.decode_image(pair[key], "L" if key == "mask" else "RGB", resolution)
@@ -390,24 +408,47 @@ class Photos:
             )
             for key in (*names.INPUTS, "mask")
         }
+        found = [
+            align.estimate(bg, bg_fg, alignment) for bg, bg_fg in zip(images["bg"], images["bg_fg"])
+        ]
+        images["bg"] = np.stack(
+            [
+                align.apply(*images_of, f)
+                for *images_of, f in zip(images["bg"], images["bg_fg"], found)
+            ]
+        )
+        return images, found
 
-    def _prepare(self, resolution: int) -> tuple[float, dict]:
-        """The tuning split's best threshold and the decoded eval pairs at `resolution`, made
-        once: the trainer evaluates every epoch at the same few resolutions."""
-        if resolution not in self._prepared:
-            tuning = self._decoded("tuning", resolution)
+    def _prepare(self, resolution: int, alignment: align.Settings) -> tuple[float, dict, list]:
+        """The tuning split's best threshold, the eval pairs and their registration estimates
+        at `resolution`, made once: the trainer evaluates every epoch at the same few
+        resolutions."""
+        key = resolution, alignment
+        if key not in self._prepared:
+            tuning, _ = self._decoded("tuning", resolution, alignment)
             difference = _difference({k: preprocess.unit(tuning[k]) for k in names.INPUTS})
             sums = _iou_sums(
                 difference, preprocess.unit(tuning["mask"][..., None]), DIFF_THRESHOLDS
             )
             threshold = best_threshold(np.asarray(sums))
-            self._prepared[resolution] = threshold, self._decoded("eval", resolution)
-        return self._prepared[resolution]
+            self._prepared[key] = (threshold, *self._decoded("eval", resolution, alignment))
+        return self._prepared[key]
 
     def run(self, state, resolution: int) -> Result:
         if "mask" not in self.context.heads:
             return Result()
-        threshold, images = self._prepare(resolution)
+        result = Result()
+        for alignment in self.alignments:
+            scored = self._score(state, resolution, alignment)
+            suffix = "" if alignment is self.alignments[0] else "_unaligned"
+            result.metrics.update({f"{k}{suffix}": v for k, v in scored.metrics.items()})
+            if not suffix:
+                result.images.update(scored.images)
+                result.details.update(scored.details)
+        return result
+
+    def _score(self, state, resolution: int, alignment: align.Settings) -> Result:
+        threshold, images, found = self._prepare(resolution, alignment)
         mask = preprocess.unit(images["mask"][..., None])
         local = self.count // jax.process_count()
         mine = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
@@ -428,6 +469,11 @@ class Photos:
             "difference_iou": float(_per_image_iou(difference > threshold, mask).mean()),
             "ceiling_iou": ceiling_iou(mask) / self.count,
         }
+        details = {}
+        if alignment.enabled:
+            result["aligned_pairs"] = sum(f.applied for f in found)
+            result["refused_pairs"] = sum(f.refused for f in found)
+            details["registration"] = [f.to_json() for f in found]
         worst = np.argsort(model_ious, kind="stable")[:PHOTO_PREVIEW]
         grid = reporting.image_grid(
             [
@@ -438,4 +484,4 @@ class Photos:
                 (f"|diff| > {threshold:g}", difference[worst] > threshold),
             ]
         )
-        return Result(metrics=result, images={self.tag: grid})
+        return Result(metrics=result, images={self.tag: grid}, details=details)

@@ -235,6 +235,9 @@ def test_evaluate_writes_exact_metrics(trained, tmp_path):
     config, workdir, record = trained
     config = _copy(config)
     config.evaluate.resolutions, config.evals.photos.pairs = (RES, 64), 8
+    for move in ("0px", "1px", "2px", "8px_1deg"):
+        config.evals[f"photos_moved_{move}"].evaluate = False
+    config.evals.photos_moved_4px.pairs = 8
     evaluate.validate(config)
     result = evaluate.run(config, workdir)
     with open(os.path.join(workdir, "eval.json")) as f:
@@ -355,9 +358,18 @@ def test_evaluate_writes_exact_metrics(trained, tmp_path):
             "difference_threshold": photo_best,
             "difference_iou": _mean_iou(difference > photo_best, target),
             "ceiling_iou": ceiling(target),
+            "aligned_pairs": 0,  # exact plates: every registration finds no motion
+            "refused_pairs": 0,
         },
         abs=1e-5,
     )
+    statuses = {e["status"] for e in written["details"]["photos"][str(RES)]["registration"]}
+    assert statuses == {"still"}
+    # a moved camera (at 64 px: at 32 the 4 px move is half a pixel): scored with and without
+    # registration, which the threshold needs most
+    moved = written["photos_moved_4px"]["64"]
+    assert moved["aligned_pairs"] == 8 and moved["pairs"] == 8
+    assert moved["difference_iou"] > moved["difference_iou_unaligned"] + 0.2
     assert set(written["photos"]) == {str(RES), "64"}
     assert os.path.getsize(os.path.join(workdir, f"photos_{RES}px.png")) > 0
 

@@ -18,6 +18,11 @@ with the composite), "jpeg" (each image gets its own JPEG quality). The scene an
 draw from streams of their own, so pairs with one seed and index differ only in what the shapes
 and nuisances name.
 
+A moved camera (`Camera`, the `photos_moved_*` sets) re-shoots the plate: the scene and the plate
+are two views of the photograph through one resampling, the plate's window shifted by `shift_px`
+output pixels in a random direction and turned by an angle drawn in `rotation_deg`, inside the
+photograph (true content at the borders, no padding); the mask stays the scene's.
+
 `SETS` names the evaluated sets and `pairs` makes their JPEG bytes; a set's "tuning" split (for
 choosing a background-subtraction threshold) and "eval" split never share a pair. Everything is deterministic per `(seed, index)`.
 """
@@ -25,6 +30,7 @@ choosing a background-subtraction threshold) and "eval" split never share a pair
 import dataclasses
 import functools
 import io
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -76,6 +82,16 @@ def _check_names(shapes: tuple[str, ...], nuisances: tuple[str, ...]) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
+class Camera:
+    """How far the camera moved between the plate and the scene: a shift of `shift_px` output
+    pixels in a random direction and a rotation drawn in `rotation_deg` (degrees, random
+    sign)."""
+
+    shift_px: float = 0.0
+    rotation_deg: tuple[float, float] = (0.0, 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
 class PhotoSet:
     """A named set of pairs: the shape families (pair `index` uses `shapes[index % len]`), the
     capture nuisances (names of `NUISANCES`) and the seed."""
@@ -84,11 +100,19 @@ class PhotoSet:
     shapes: tuple[str, ...] = ("silhouette",)
     nuisances: tuple[str, ...] = ()
     seed: int = 0
+    camera: Optional[Camera] = None
 
     def __post_init__(self):
         _check_names(self.shapes, self.nuisances)
 
 
+MOVES = {
+    "0px": Camera(),
+    "1px": Camera(1.0),
+    "2px": Camera(2.0),
+    "4px": Camera(4.0),
+    "8px_1deg": Camera(8.0, (0.5, 1.0)),
+}
 # One seed: the sets share their photographs' crops pair by pair, so they differ only in shapes
 # and nuisances ("photos" is the set mode=evaluate has always used).
 # "photos_<nuisance>": the clean set's pairs with that one nuisance, to see what each costs.
@@ -102,8 +126,15 @@ SETS = {
             PhotoSet(f"photos_{nuisance}", ("blob", "contour"), (nuisance,))
             for nuisance in NUISANCES
         ),
+        *(
+            PhotoSet(f"photos_moved_{name}", ("blob", "contour"), camera=camera)
+            for name, camera in MOVES.items()
+        ),
     )
 }
+# The moved-camera sets mode=evaluate reports (not the per-epoch evaluators): the plate re-shot
+# from a camera moved by 0 (the same resampling, for reference), 1, 2, 4 px, and 8 px with a
+# 0.5-1 degree rotation.
 
 
 @functools.cache
@@ -178,6 +209,46 @@ def _shifted_crop(
     x0, y0 = left + margin + dx * scale, top + margin + dy * scale
     window = (x0, y0, x0 + side, y0 + side)
     return np.asarray(Image.fromarray(padded).resize((size, size), Image.BILINEAR, box=window))
+
+
+def _view(
+    image: np.ndarray, box: tuple[int, int, int], size: int, move=(0.0, 0.0), angle_deg=0.0
+) -> np.ndarray:
+    """The square `box` of `image` seen at `size` pixels (anti-aliased, bilinear), the window
+    moved by `move` (dx, dy) output pixels and turned by `angle_deg` about its centre."""
+    top, left, side = box
+    scale = side / size
+    if scale > 1:
+        image = cv2.GaussianBlur(image, (0, 0), 0.5 * scale)
+    turn = np.deg2rad(angle_deg)
+    linear = scale * np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+    centre = np.array([left + side / 2, top + side / 2])
+    offset = linear @ (0.5 - size / 2 + np.asarray(move, float)) + centre - 0.5
+    warp = np.hstack([linear, offset[:, None]])
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    return cv2.warpAffine(image, warp, (size, size), flags=flags, borderMode=cv2.BORDER_REFLECT)
+
+
+def _camera_views(
+    seed: int, index: int, image: np.ndarray, box: tuple[int, int, int], size: int, camera: Camera
+) -> tuple[np.ndarray, np.ndarray]:
+    """(the scene's view, the moved camera's plate) of `box`, inset so that both windows stay
+    inside the photograph."""
+    rng = np.random.default_rng([int(seed), int(index), 3])
+    direction = rng.uniform(0, 2 * np.pi)
+    angle = rng.uniform(*camera.rotation_deg) * rng.choice((-1.0, 1.0))
+    move = camera.shift_px * np.array([np.cos(direction), np.sin(direction)])
+    top, left, side = box
+    reach = camera.shift_px + 0.75 * size * np.sin(np.deg2rad(camera.rotation_deg[1]))
+    margin = int(np.ceil(side / size * reach)) + 3
+    height, width = image.shape[:2]
+    side = min(side, min(height, width) - 2 * margin)
+    inset = (
+        int(np.clip(top, margin, height - side - margin)),
+        int(np.clip(left, margin, width - side - margin)),
+        side,
+    )
+    return _view(image, inset, size), _view(image, inset, size, move, angle)
 
 
 def _paste(mask: np.ndarray, shape: np.ndarray, top: int, left: int) -> None:
@@ -278,10 +349,12 @@ def render(
     size: int = synthetic.SIZE,
     shapes: tuple[str, ...] = ("silhouette",),
     nuisances: tuple[str, ...] = (),
+    camera: Optional[Camera] = None,
 ) -> dict[str, np.ndarray]:
     """Pair `index`: uint8 bg, bg_fg (size, size, 3) and mask (size, size) of 0/255, before
     JPEG. Its objects are of the family `shapes[index % len(shapes)]`; `nuisances` (names of
-    `NUISANCES`) make bg and bg_fg two shots, else bg_fg equals bg outside the mask."""
+    `NUISANCES`) make bg and bg_fg two shots, else bg_fg equals bg outside the mask; `camera`
+    re-shoots the plate from a moved camera."""
     _check_names(shapes, nuisances)
     rng = np.random.default_rng([int(seed), int(index), 1])  # apart from the scenes' streams
     back, front = rng.choice(len(PHOTOS), 2, replace=False)
@@ -289,6 +362,13 @@ def render(
     bg = _crop(photo(PHOTOS[back]), plate_box, size)
     pasted = _crop(photo(PHOTOS[front]), _square_box(rng, photo(PHOTOS[front])), size)
     mask = _SHAPE_MAKERS[shapes[index % len(shapes)]](rng, size)
+    if camera is not None:
+        bg, plate = _camera_views(seed, index, photo(PHOTOS[back]), plate_box, size, camera)
+        return {
+            "bg": plate,
+            "bg_fg": np.where(mask[..., None], pasted, bg),
+            "mask": mask.astype(np.uint8) * 255,
+        }
     bg_fg = np.where(mask[..., None], pasted, bg)
     if nuisances:
         scene, plate = bg_fg.astype(np.float32), bg.astype(np.float32)
@@ -316,10 +396,11 @@ def generate(
     size: int = synthetic.SIZE,
     shapes: tuple[str, ...] = ("silhouette",),
     nuisances: tuple[str, ...] = (),
+    camera: Optional[Camera] = None,
 ) -> dict[str, bytes]:
     """Pair `index` as JPEG bytes keyed bg, bg_fg, mask: the synthetic set's qualities, or with
     the "jpeg" nuisance a quality of `JPEG_QUALITIES` drawn for each image."""
-    pair = render(seed, index, size, shapes, nuisances)
+    pair = render(seed, index, size, shapes, nuisances, camera)
     qualities = {"bg": synthetic.JPEG_QUALITY_RGB, "bg_fg": synthetic.JPEG_QUALITY_RGB}
     if "jpeg" in nuisances:
         drawn = _nuisance_rng(seed, index, "jpeg").integers(*JPEG_QUALITIES, 2, endpoint=True)
@@ -340,9 +421,68 @@ def pairs(
         )
     first = SPLITS.index(split) * SPLIT_PAIRS + start
     return [
-        generate(photo_set.seed, index, size, photo_set.shapes, photo_set.nuisances)
+        generate(
+            photo_set.seed, index, size, photo_set.shapes, photo_set.nuisances, photo_set.camera
+        )
         for index in range(first, first + count)
     ]
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+    """A clip of a photograph from a camera held by hand (`shaky_clip`): the plate, the frames,
+    their true masks and the true camera motion of each frame against the plate."""
+
+    plate: np.ndarray  # (size, size, 3) uint8 RGB
+    frames: list  # (size, size, 3) uint8 RGB each
+    masks: list  # (size, size) bool each
+    motions: list  # (dx, dy, degrees) of each frame's window against the plate's
+
+
+def shaky_clip(
+    index: int,
+    frames: int,
+    size: int = synthetic.SIZE,
+    jitter_px: float = 0.0,
+    drift_px: float = 0.0,
+    drift_deg: float = 0.0,
+    seed: int = 0,
+) -> Clip:
+    """Clip `index`: a blob of another photograph crosses a photograph seen from a camera that
+    drifts steadily by up to `drift_px` pixels and `drift_deg` degrees over the clip with
+    `jitter_px` of random shake per frame around that drift (0, 0, 0: a still camera; the same
+    clip otherwise). The plate is the camera's first view, before it moved."""
+    rng = np.random.default_rng([int(seed), int(index), 4])
+    back, front = rng.choice(len(PHOTOS), 2, replace=False)
+    image, source = photo(PHOTOS[back]), photo(PHOTOS[front])
+    reach = drift_px + 3 * jitter_px + 0.75 * size * np.sin(np.deg2rad(drift_deg))
+    top, left, side = _square_box(rng, image)
+    margin = int(np.ceil(side / size * reach)) + 3
+    side = min(side, min(image.shape[:2]) - 2 * margin)
+    box = (
+        int(np.clip(top, margin, image.shape[0] - side - margin)),
+        int(np.clip(left, margin, image.shape[1] - side - margin)),
+        side,
+    )
+    pasted = _crop(source, _square_box(rng, source), size)
+    blob = _blobs(np.random.default_rng([int(seed), int(index), 5]), size)
+    rows, columns = np.nonzero(blob)
+    blob = blob[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
+    direction = rng.uniform(0, 2 * np.pi)
+    shake = rng.normal(0.0, jitter_px, (frames, 2))
+    clip = Clip(_view(image, box, size), [], [], [])
+    for t in range(frames):
+        along = t / max(1, frames - 1)
+        move = drift_px * along * np.array([np.cos(direction), np.sin(direction)]) + shake[t]
+        angle = drift_deg * along
+        view = _view(image, box, size, move, angle)
+        mask = np.zeros((size, size), bool)
+        x = int(round(along * (size - blob.shape[1])))
+        _paste(mask, blob, (size - blob.shape[0]) // 2, x)
+        clip.frames.append(np.where(mask[..., None], pasted, view))
+        clip.masks.append(mask)
+        clip.motions.append((float(move[0]), float(move[1]), float(angle)))
+    return clip
 
 
 def decode(pair: dict[str, bytes]) -> dict[str, np.ndarray]:

@@ -22,7 +22,9 @@ no model can beat: `ceiling_iou`, the best IoU any binary mask scores against th
 threshold (`difference_iou`, the threshold chosen on other pairs of the same kind) and the
 ceiling (`ceiling_iou`) on `evals.photos.pairs` held-out pairs made of real photographs
 (`jaxsegdepth.data.photos`: data of another kind than the training set);
-`WORKDIR/photos_<res>px.png` draws the first of them.
+`WORKDIR/photos_<res>px.png` draws the first of them. Plates are registered first
+(`config.align`); `details` holds each set's per-pair registration estimates, and the
+moved-camera sets (`photos_moved_*`) are also scored unaligned (`*_unaligned`).
 
 Which evaluators run is `config.evals` (those with `evaluate=True`): `metrics` holds the
 validation evaluator's results, every other evaluator's are under its name.
@@ -94,7 +96,8 @@ TITLES = {  # what the printed tables say of each evaluator type
     "training depth map for every image; ceiling_iou: the best any binary mask "
     "scores against the soft targets)",
     "photos": "held-out pairs of real photographs (masks only; model_iou against "
-    "difference_iou, the best threshold on other such pairs)",
+    "difference_iou, the best threshold on other such pairs; plates registered as config.align "
+    "says, *_unaligned: without)",
     "preview": "the preview grid",
 }
 
@@ -115,12 +118,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     chosen = {
         name: evaluators.create(name, context) for name in evaluators.for_evaluate_mode(config)
     }
-    sections = {name: {} for name in chosen}
+    sections, details = {name: {} for name in chosen}, {}
     for resolution in resolutions(config):
         for name, evaluator in chosen.items():
             result = evaluator.run(state, resolution)
             if result.metrics:
                 sections[name][str(resolution)] = result.metrics
+            if result.details:
+                details.setdefault(name, {})[str(resolution)] = result.details
             for tag, grid in result.images.items():
                 if jax.process_index() == 0:
                     Image.fromarray(grid).save(os.path.join(workdir, f"{tag}_{resolution}px.png"))
@@ -134,6 +139,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "dataset": config.dataset.name,
         "resolutions": [int(r) for r in resolutions(config)],
         **{_section(name): values for name, values in sections.items()},
+        "details": details,
     }
     path = os.path.join(workdir, "eval.json")
     if jax.process_index() == 0:

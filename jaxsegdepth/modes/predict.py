@@ -20,7 +20,9 @@ Written to `predict.output_dir` (default `WORKDIR/predictions_user`), per pair `
 - `NAME_depth.png`      depth (sigmoid output in [0, 1]) through the `predict.colormap` colour map
 - `NAME_depth.npy`      depth as float32 (H, W) in [0, 1], the input's original size
 - `NAME_side_by_side.png`  bg | bg_fg | mask probability | mask over bg_fg | depth
-(no depth files for a mask-only model), and `summary.json` listing what was written and failed.
+(no depth files for a mask-only model), and `summary.json` listing what was written and failed,
+and each pair's plate registration (`config.align`, `align.py`: the plate is registered onto its
+scene before the network; `bg` in the side-by-side is the registered plate).
 
 A pair with a missing partner, an unreadable file or two images of different sizes is reported by
 file name and skipped; the others are still processed. If any pair failed, `run` raises
@@ -43,7 +45,16 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from jaxsegdepth import checkpoints, errors, mesh as mesh_lib, models, reporting, restore, setup
+from jaxsegdepth import (
+    align,
+    checkpoints,
+    errors,
+    mesh as mesh_lib,
+    models,
+    reporting,
+    restore,
+    setup,
+)
 from jaxsegdepth.data import pipeline
 from jaxsegdepth.video import from_config as video_from_config
 
@@ -93,6 +104,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     checkpoints.validate(config)
     pipeline.validate(config.dataset)
+    align.Settings.from_config(config.get("align"))
     if cfg.video:
         video_from_config.validate(cfg, _model_hw(config))
     else:
@@ -276,12 +288,13 @@ def predict_pairs(
     max_side: int = 0,
     colormap: str = "viridis",
     failures: Optional[list[Failure]] = None,
+    alignment: align.Settings = align.Settings(enabled=False),
 ) -> dict:
-    """Predicts and writes every pair; a failing pair is recorded, not raised. Returns the
-    summary written to `summary.json`."""
+    """Predicts and writes every pair, its plate registered onto its scene as `alignment` says;
+    a failing pair is recorded, not raised. Returns the summary written to `summary.json`."""
     os.makedirs(output_dir, exist_ok=True)
     failures = list(failures or [])
-    written = {}
+    written, registration = {}, {}
     for pair in pairs:
         try:
             bg, bg_fg = read_image(pair.bg), read_image(pair.bg_fg)
@@ -291,6 +304,10 @@ def predict_pairs(
                     f"{bg_fg.shape[1]}x{bg_fg.shape[0]} (width x height): the two "
                     "images of a pair must have the same size"
                 )
+            bg, estimate = align.register(bg, bg_fg, alignment)
+            registration[pair.name] = estimate.to_json()
+            if estimate.refused:
+                reporting.warn(f"{pair.name}: registration {estimate.status}; plate used as it is")
             model_hw = model_size(*bg.shape[:2], stride, resolution, max_side)
             outputs = predict_pair(predict_fn, bg, bg_fg, model_hw)
             written[pair.name] = write_outputs(
@@ -308,6 +325,7 @@ def predict_pairs(
         "output_dir": output_dir,
         "written": written,
         "failed": [dataclasses.asdict(f) for f in failures],
+        "registration": registration,
     }
     with open(os.path.join(output_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
@@ -329,9 +347,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     returns the summary, or raises `errors.RunError` naming every failed pair after writing the
     good ones."""
     cfg = config.predict
+    alignment = align.Settings.from_config(config.get("align"))
     if cfg.video:
         return video_from_config.run(
-            cfg, workdir, load_predict_fn(config, workdir), _model_hw(config)
+            cfg, workdir, load_predict_fn(config, workdir), _model_hw(config), alignment
         )
     pairs, failures = find_pairs(cfg.bg, cfg.bg_fg)
     predict_fn = load_predict_fn(config, workdir)
@@ -346,6 +365,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         max_side=cfg.max_side,
         colormap=cfg.colormap,
         failures=failures,
+        alignment=alignment,
     )
     done = f"{len(summary['written'])} pair(s) written to {output_dir}"
     if summary["failed"]:

@@ -14,7 +14,7 @@ from typing import Callable, Union
 
 import ml_collections
 
-from jaxsegdepth import errors, reporting
+from jaxsegdepth import align, errors, reporting
 from jaxsegdepth.video import clips, outputs as outputs_lib, prediction
 
 ModelSizeFn = Callable[[int, int], tuple[int, int]]
@@ -73,10 +73,14 @@ def output_dir(cfg: ml_collections.ConfigDict, workdir: str) -> str:
 
 
 def run(
-    cfg: ml_collections.ConfigDict, workdir: str, predict_fn: Callable, model_hw: ModelSizeFn
+    cfg: ml_collections.ConfigDict,
+    workdir: str,
+    predict_fn: Callable,
+    model_hw: ModelSizeFn,
+    alignment: align.Settings,
 ) -> dict:
-    """Predicts the clip of `cfg.video` with `predict_fn` and writes its outputs; returns the
-    summary (also in summary.json)."""
+    """Predicts the clip of `cfg.video` with `predict_fn`, the plate registered onto every frame
+    as `alignment` says, and writes its outputs; returns the summary (also in summary.json)."""
     info = _probe(cfg)
     size = model_hw(info.height, info.width)
     out = output_dir(cfg, workdir)
@@ -107,6 +111,7 @@ def run(
             replace_bg=cfg.replace_bg,
             video_format=cfg.video_format,
             fps=cfg.fps,
+            alignment=alignment,
             progress=progress,
         )
     except clips.ClipBroken as error:
@@ -125,6 +130,9 @@ def run(
     reporting.say(f"Predicted {summary['frames_written']} frames into {out}:")
     for name, path in summary["outputs"].items():
         reporting.say(f"  {name}: {path}")
+    if summary["registration"]:
+        refused = len(summary["registration"]["refused"])
+        reporting.say(f"plate registered onto every frame ({refused} frame(s) refused)")
     reporting.say(
         f"{summary['frames_per_s']} frames/s end to end, {summary['model_frames_per_s']} in the "
         f"model (its first call, compiling, took {summary['first_call_s']} s)"

@@ -1,6 +1,7 @@
 """Predicts a clip from a fixed camera frame by frame against a background plate; writes videos.
 
-Every frame, resized to the model's size, is predicted against the plate by a
+Every frame, resized to the model's size, is predicted against the plate (registered onto that
+frame first, `align.Tracker`, when registration is on) by a
 `predict_fn(bg, bg_fg)` that takes uint8 RGB batches (N, h, w, 3) and returns
 {head: (N, h, w, 1) probabilities}; the outputs come back at the clip's size as mp4 videos or
 folders of numbered PNGs, with `summary.json`.
@@ -18,6 +19,7 @@ from typing import Callable, Optional, Union
 import jax
 import numpy as np
 
+from jaxsegdepth import align
 from jaxsegdepth.video import batches, clips, outputs as outputs_lib, pixels, temporal, threads
 
 ProgressFn = Callable[[int, Optional[int]], None]
@@ -80,7 +82,8 @@ class _ClipRun:
         self.options = options
         self.background_rgb = background_rgb
         self.plate_model_rgb = pixels.resize(plate_rgb, options["model_hw"])
-        self.plate_batch = np.repeat(self.plate_model_rgb[None], options["batch_size"], axis=0)
+        alignment = options["alignment"]
+        self.tracker = align.Tracker(self.plate_model_rgb, alignment) if alignment.enabled else None
         alpha = options["temporal_smoothing"]
         self.smoothers = None if alpha == 0 else {}  # head -> TemporalSmoother, made on use
         self.flicker_raw, self.flicker_smoothed = temporal.FlickerMeter(), temporal.FlickerMeter()
@@ -106,7 +109,11 @@ class _ClipRun:
         start = time.perf_counter()
         keep_clip = bool({"composite", "side_by_side"} & set(self.options["outputs"]))
         frames = batches.from_frames(
-            clips.bgr_frames(self.info), self.plate_model_rgb, self.options["batch_size"], keep_clip
+            clips.bgr_frames(self.info),
+            self.plate_model_rgb,
+            self.options["batch_size"],
+            keep_clip,
+            self.tracker,
         )
         self.reader = threads.Reader(frames, self.info.path)
         try:
@@ -125,6 +132,8 @@ class _ClipRun:
             self.wall_s = time.perf_counter() - start
         for writer in self.writers.values():
             writer.raise_if_failed()
+        for frame, why in self.tracker.refused if self.tracker else ():
+            self.warnings.append(f"{self.info.path} frame {frame}: registration {why}")
         if self.info.frame_count and self.frames_read < self.info.frame_count:
             self.warnings.append(
                 f"{self.info.path}: {self.frames_read} frames read, where the container "
@@ -134,7 +143,7 @@ class _ClipRun:
     def _predict(self, batch: batches.Batch) -> batches.Predicted:
         """Runs `predict_fn` (timed up to the host copy), smooths and measures the flicker."""
         start = time.perf_counter()
-        outputs = jax.device_get(self.predict_fn(self.plate_batch, batch.model_rgb))
+        outputs = jax.device_get(self.predict_fn(batch.plate_rgb, batch.model_rgb))
         elapsed = time.perf_counter() - start
         self.model_s += elapsed
         self.frames_predicted += batch.count
@@ -204,6 +213,7 @@ class _ClipRun:
             "flicker": {"raw": self.flicker_raw.value, "smoothed": self.flicker_smoothed.value},
             "threshold": self.options["threshold"],
             "plate": self.options["plate_source"],
+            "registration": self.tracker.summary() if self.tracker else None,
             "outputs": self.files,
             "warnings": self.warnings,
             "error": error,
@@ -225,11 +235,12 @@ def predict_clip(
     replace_bg: str = "0,255,0",
     video_format: str = "mp4",
     fps: float = clips.DEFAULT_FPS,
+    alignment: align.Settings = align.Settings(enabled=False),
     progress: Optional[ProgressFn] = None,
 ) -> dict:
     """Predicts every frame of `clip` against `plate` (an image file, or a number of first frames
-    to take the median of) and writes `outputs` to `out_dir` with `summary.json`; returns the
-    summary.
+    to take the median of), registered onto each frame as `alignment` says, and writes `outputs`
+    to `out_dir` with `summary.json` (the per-frame registration included); returns the summary.
 
     Bad settings or inputs raise `ValueError` naming the file before `predict_fn` is called. A
     clip that breaks off raises `clips.ClipBroken`, Ctrl-C `ClipInterrupted`, each with the count of
@@ -245,6 +256,7 @@ def predict_clip(
         video_format=video_format,
     )
     check_options(**options)
+    options["alignment"] = alignment.checked()
     info = clips.probe(clip, fps)
     plate_rgb, options["plate_source"], plate_warning = clips.load_plate(plate, info)
     background_rgb = None
