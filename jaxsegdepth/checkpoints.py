@@ -16,7 +16,7 @@ trained with.
 The manager keeps the latest checkpoint and the best one by `config.checkpoint.monitor`
 (`mode` "min" or "max"); only end-of-epoch saves carry metrics, so a mid-epoch save (every N
 steps, or on SIGTERM) is kept only while it is the latest. Saving is asynchronous.
-What to restore into comes from `setup.abstract_state`.
+What to restore into comes from `build.abstract_state`.
 """
 
 import base64

@@ -17,7 +17,7 @@ import optax
 from flax import traverse_util
 from jax.sharding import Mesh
 
-from jaxsegdepth import card, checkpoints, errors, mesh as mesh_lib, reporting, setup, steps
+from jaxsegdepth import build, card, checkpoints, errors, mesh as mesh_lib, reporting, steps
 from jaxsegdepth.data import pipeline
 
 
@@ -150,7 +150,7 @@ def _checked_checkpoint(config, workdir: Optional[str], mesh: Mesh):
                 f"{field}no checkpoint at step {step} in {directory}; available: "
                 f"{sorted(available)}"
             )
-        source, target = f"step {step} of {directory}", setup.abstract_state(config, mesh)
+        source, target = f"step {step} of {directory}", build.abstract_state(config, mesh)
         _check_model(config, checkpointer, step, target, f"{field or 'the checkpoint '}{source}")
         yield checkpointer, step, source, target
     finally:

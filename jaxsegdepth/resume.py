@@ -9,7 +9,7 @@ from typing import Optional
 import ml_collections
 from flax import traverse_util
 
-from jaxsegdepth import checkpoints, errors, reporting, restore, setup, stages, steps
+from jaxsegdepth import build, checkpoints, errors, reporting, restore, stages, steps
 from jaxsegdepth.data import pipeline
 
 
@@ -161,7 +161,7 @@ def restore_or_create(
     latest = checkpointer.latest_step()
     if latest is None:
         state, progress = (
-            setup.create_state(config, per_epoch, mesh),
+            build.create_state(config, per_epoch, mesh),
             Progress(settings=resume_settings(config)),
         )
         if warm is None:
@@ -169,7 +169,7 @@ def restore_or_create(
         normalization = restore.input_normalization(config, warm.card, warm.source)
         ema = steps.initial_ema(warm.variables) if state.ema else {}
         return state.replace(ema=ema, **warm.variables), progress, normalization
-    target = setup.abstract_state(config, mesh, per_epoch)
+    target = build.abstract_state(config, mesh, per_epoch)
     state, saved = checkpointer.restore(target, latest)
     progress = Progress(**saved)
     check_resume(config, progress.settings, checkpointer.directory)

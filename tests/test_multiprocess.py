@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from configs import masknet_bce
-from jaxsegdepth import checkpoints, mesh as mesh_lib, reporting, setup
+from jaxsegdepth import build, checkpoints, mesh as mesh_lib, reporting
 
 TIMEOUT = 300  # no run here takes a tenth of it; a hang fails instead of blocking the suite
 DETERMINISTIC = ("epoch", "step", "lr", "train_loss", "val_loss", "val_iou", "val_iou_soft")
@@ -110,7 +110,7 @@ def _latest_state(workdir):
     config.schedule.name = "plateau"
     checkpointer = checkpoints.Checkpointer(str(workdir))
     try:
-        state, _ = checkpointer.restore(setup.abstract_state(config, mesh_lib.create_mesh()))
+        state, _ = checkpointer.restore(build.abstract_state(config, mesh_lib.create_mesh()))
         return jax.device_get(state), checkpointer.all_steps()
     finally:
         checkpointer.close()

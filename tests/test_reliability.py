@@ -25,6 +25,7 @@ sys.path.insert(0, ROOT)
 
 from configs import default, masknet_bce
 from jaxsegdepth import (
+    build,
     checkpoints,
     errors,
     evaluators,
@@ -32,7 +33,6 @@ from jaxsegdepth import (
     preprocess,
     reporting,
     resume,
-    setup,
     signals,
     steps,
 )
@@ -120,7 +120,7 @@ def test_a_fresh_run_starts_an_empty_metrics_file(tmp_path):
 
 @pytest.fixture(scope="module")
 def masknet_state(tmp_path_factory):
-    return setup.create_state(
+    return build.create_state(
         _config(tmp_path_factory.mktemp("unused")), mesh=mesh_lib.create_mesh()
     )
 
@@ -152,7 +152,7 @@ def test_saving_a_step_twice_never_deletes_the_first(tmp_path, masknet_state):
         with pytest.raises(ValueError):
             checkpointer.save(_at(masknet_state, 4), {"mark": "second"})
         checkpointer.wait()
-        target = setup.abstract_state(_config(tmp_path), mesh_lib.create_mesh())
+        target = build.abstract_state(_config(tmp_path), mesh_lib.create_mesh())
         assert checkpointer.restore(target, 4)[1] == {"mark": "first"}
     finally:
         checkpointer.close()

@@ -28,6 +28,7 @@ sys.path.insert(0, ROOT)
 import configs
 import launch
 from jaxsegdepth import (
+    build,
     checkpoints,
     errors,
     mesh as mesh_lib,
@@ -35,7 +36,6 @@ from jaxsegdepth import (
     optim,
     reporting,
     restore,
-    setup,
     stages,
 )
 from jaxsegdepth.modes import train
@@ -254,7 +254,7 @@ def test_sigterm_saves_a_restorable_checkpoint_and_resume_matches_an_uninterrupt
     try:
         latest = checkpointer.latest_step()
         restored, progress = checkpointer.restore(
-            setup.abstract_state(config, mesh_lib.create_mesh()), latest
+            build.abstract_state(config, mesh_lib.create_mesh()), latest
         )
     finally:
         checkpointer.close()
@@ -329,7 +329,7 @@ def test_uncertainty_log_variances_are_logged_every_epoch_and_checkpointed(tmp_p
     checkpointer = checkpoints.Checkpointer(str(tmp_path))
     try:
         state, _ = checkpointer.restore(
-            setup.abstract_state(config, mesh_lib.create_mesh()), checkpointer.best_step()
+            build.abstract_state(config, mesh_lib.create_mesh()), checkpointer.best_step()
         )
     finally:
         checkpointer.close()
@@ -404,11 +404,11 @@ def test_init_from_takes_the_checkpoints_model_and_starts_the_rest_fresh(
     checkpointer = checkpoints.Checkpointer(source)
     try:
         saved, _ = checkpointer.restore(
-            setup.abstract_state(source_config, mesh_lib.create_mesh()), 3
+            build.abstract_state(source_config, mesh_lib.create_mesh()), 3
         )
     finally:
         checkpointer.close()
-    fresh = jax.device_get(setup.create_state(config, 3))
+    fresh = jax.device_get(build.create_state(config, 3))
     for part in ("params", "batch_stats"):
         assert _same(getattr(state, part), jax.device_get(getattr(saved, part))), part
         assert not _same(getattr(state, part), getattr(fresh, part)), part
@@ -659,7 +659,7 @@ def test_default_workdir_is_named_after_the_config():
 @pytest.mark.parametrize("mode, best", [("min", 2), ("max", 4)])
 def test_checkpointer_keeps_the_latest_and_the_best(tmp_path, mode, best):
     config = _config(model="masknet", **{"loss": ml_collections.ConfigDict({"mask": {"bce": 1.0}})})
-    state = setup.create_state(config, mesh=mesh_lib.create_mesh())
+    state = build.create_state(config, mesh=mesh_lib.create_mesh())
     checkpointer = checkpoints.Checkpointer(str(tmp_path), "val_iou", mode)
     try:
         for step, value in zip((1, 2, 3, 4, 5), (0.5, 0.2, 0.6, 0.9, 0.4)):
@@ -673,7 +673,7 @@ def test_checkpointer_keeps_the_latest_and_the_best(tmp_path, mode, best):
         assert sorted(checkpointer.all_steps()) == sorted({best, 6})
         assert checkpointer.best_step() == best and checkpointer.latest_step() == 6
         restored, loop = checkpointer.restore(
-            setup.abstract_state(config, mesh_lib.create_mesh()), best
+            build.abstract_state(config, mesh_lib.create_mesh()), best
         )
         assert int(restored.step) == best and loop == {"epoch": best}
     finally:

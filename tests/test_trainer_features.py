@@ -23,6 +23,7 @@ sys.path.insert(0, ROOT)
 
 from configs import default
 from jaxsegdepth import (
+    build,
     checkpoints,
     errors,
     evaluators,
@@ -33,7 +34,6 @@ from jaxsegdepth import (
     preprocess,
     restore,
     resume,
-    setup,
     steps,
 )
 from jaxsegdepth.data.normalization import MODEST_NORMALIZATION
@@ -234,10 +234,10 @@ def _is_shape(x):
 def test_a_regex_that_matches_no_parameter_is_refused_naming_it():
     config = default.get_config()  # DSResNet: enc1..enc4, b1, b2, bf1, bf2, merge, heads
     config.freeze, config.lr_multipliers = ("enc.*",), (("b1/.*", 0.1), ("bf.*", 0.2))
-    setup.validate_optimizer(config)
+    build.validate_optimizer(config)
     config.lr_multipliers = (("encoder.*", 0.1),)
     with pytest.raises(errors.UsageError, match=r"lr_multipliers: 'encoder\.\*' matches no"):
-        setup.validate_optimizer(config)
+        build.validate_optimizer(config)
     for field, value, message in (
         ("freeze", ("(",), "not a regular expression"),
         ("accumulate_steps", 0, "accumulate_steps=0"),
@@ -246,7 +246,7 @@ def test_a_regex_that_matches_no_parameter_is_refused_naming_it():
         bad = default.get_config()
         bad[field] = value
         with pytest.raises(errors.UsageError, match=message):
-            setup.validate_optimizer(bad)
+            build.validate_optimizer(bad)
     for value in ((0, 2), (3, 2), (1,)):
         with pytest.raises(errors.UsageError, match="profile_steps"):
             steps.StepTrace.validate(value)
@@ -442,7 +442,7 @@ def _records(workdir):
 def _final_params(config, workdir):
     checkpointer = checkpoints.Checkpointer(workdir, "val_loss", "min", read_only=True)
     try:
-        target = setup.abstract_state(config, mesh_lib.create_mesh(), 3)
+        target = build.abstract_state(config, mesh_lib.create_mesh(), 3)
         state, _ = checkpointer.restore(target, checkpointer.latest_step())
     finally:
         checkpointer.close()

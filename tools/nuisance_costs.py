@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # `python tools/nuisance_costs.py` puts only tools/ on the path
 
 import configs
-from jaxsegdepth import evaluators, mesh as mesh_lib, restore, setup
+from jaxsegdepth import build, evaluators, mesh as mesh_lib, restore
 from jaxsegdepth.data import photos
 
 SETS = ("photos_clean", *(f"photos_{n}" for n in photos.NUISANCES), "photos_capture")
@@ -34,8 +34,8 @@ def measure(config, workdir: str, pairs: int, resolution: int) -> dict:
     mesh = mesh_lib.create_mesh()
     model = restore.load_for_inference(config, workdir, mesh)
     normalization = restore.input_normalization(config, model.card, model.source)
-    _, eval_step, predict_step = setup.compiled_steps(config, mesh, normalization)
-    context = evaluators.Context(config, mesh, setup.heads(config), eval_step, predict_step)
+    _, eval_step, predict_step = build.compiled_steps(config, mesh, normalization)
+    context = evaluators.Context(config, mesh, build.heads(config), eval_step, predict_step)
     return {
         name: evaluators.Photos(context, pairs, name, tag=name).run(model.state, resolution).metrics
         for name in SETS

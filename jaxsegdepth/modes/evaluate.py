@@ -42,13 +42,13 @@ import ml_collections
 from PIL import Image
 
 from jaxsegdepth import (
+    build,
     checkpoints,
     evaluators,
     mesh as mesh_lib,
     names,
     reporting,
     restore,
-    setup,
     stages,
 )
 from jaxsegdepth.data import datasets, pipeline
@@ -63,7 +63,7 @@ def resolutions(config: ml_collections.ConfigDict) -> tuple[int, ...]:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Refuses, in one line, settings this mode would trip over (before anything loads)."""
-    setup.validate(config, resolutions(config), "evaluate.resolutions")
+    build.validate(config, resolutions(config), "evaluate.resolutions")
     checkpoints.validate(config)
     pipeline.validate(config.dataset)
     mesh_lib.check_batch_size(mesh_lib.create_mesh(), config.batch_size)
@@ -108,9 +108,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     datasets.prepare(config.dataset)
     step = int(jax.device_get(state.step))
-    heads = setup.heads(config)
+    heads = build.heads(config)
     normalization = restore.input_normalization(config, model.card, model.source)
-    _, eval_step, predict_step = setup.compiled_steps(config, mesh, normalization)
+    _, eval_step, predict_step = build.compiled_steps(config, mesh, normalization)
     context = evaluators.Context(config, mesh, heads, eval_step, predict_step)
     chosen = {
         name: evaluators.create(name, context) for name in evaluators.for_evaluate_mode(config)

@@ -28,13 +28,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxsegdepth import (
+    build,
     checkpoints,
     errors,
     mesh as mesh_lib,
     preprocess,
     reporting,
     restore,
-    setup,
     steps,
 )
 from jaxsegdepth.data import pipeline
@@ -47,7 +47,7 @@ def validate(config) -> None:
     """Refuses, in one line naming the field, export settings that cannot work (before the
     checkpoint loads)."""
     cfg = config.export
-    setup.validate(config, (cfg.resolution,), "export.resolution")
+    build.validate(config, (cfg.resolution,), "export.resolution")
     if cfg.batch_size < 0:
         raise errors.UsageError(
             f"export.batch_size={cfg.batch_size}: expected 0 (any batch) or a positive size"

@@ -43,7 +43,7 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from jaxsegdepth import checkpoints, errors, mesh as mesh_lib, models, reporting, restore, setup
+from jaxsegdepth import build, checkpoints, errors, mesh as mesh_lib, models, reporting, restore
 from jaxsegdepth.data import pipeline
 from jaxsegdepth.video import from_config as video_from_config
 
@@ -71,7 +71,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Refuses, in one line naming the field, settings that would fail every pair alike, and
     inputs that leave nothing to predict (before anything loads)."""
     cfg = config.predict
-    setup.validate(
+    build.validate(
         config,
         (cfg.resolution,) if cfg.resolution else (),
         "predict.resolution (0: each image's own size)",
@@ -320,7 +320,7 @@ def load_predict_fn(config: ml_collections.ConfigDict, workdir: str) -> Callable
     mesh = mesh_lib.create_mesh(jax.local_devices()[:1])
     model = restore.load_for_inference(config, workdir, mesh)
     normalization = restore.input_normalization(config, model.card, model.source)
-    _, _, predict_step = setup.compiled_steps(config, mesh, normalization)
+    _, _, predict_step = build.compiled_steps(config, mesh, normalization)
     return functools.partial(predict_step, model.state)
 
 

@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 
 from jaxsegdepth import (
+    build,
     card,
     checkpoints,
     errors,
@@ -40,7 +41,6 @@ from jaxsegdepth import (
     optim,
     reporting,
     resume,
-    setup,
     signals,
     stages,
     steps,
@@ -54,10 +54,10 @@ IN_FLIGHT = 2  # training steps dispatched ahead of the last finished one
 def validate(config: ml_collections.ConfigDict) -> None:
     """Refuses, in one line, any setting a training run would trip over (before compiling)."""
     schedule = stages.of(config)
-    setup.validate(config, [stage.resolution for stage in schedule], "stages")
+    build.validate(config, [stage.resolution for stage in schedule], "stages")
     # crops are training input sizes: the model's stride and the loss's minimum size apply
-    setup.validate(config, [stage.crop for stage in schedule if stage.crop], "stages (crop)")
-    setup.validate_optimizer(config)
+    build.validate(config, [stage.crop for stage in schedule if stage.crop], "stages (crop)")
+    build.validate_optimizer(config)
     steps.StepTrace.validate(config.profile_steps)
     checkpoints.validate(config)
     pipeline.validate(config.dataset)
@@ -66,7 +66,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for field, minimum in (("log_every_steps", 1), ("steps_per_epoch", 0)):
         if config[field] < minimum:
             raise errors.UsageError(f"{field}={config[field]}: expected >= {minimum}")
-    monitors = names.monitor_names(setup.heads(config), losses.validate_spec(config.loss))
+    monitors = names.monitor_names(build.heads(config), losses.validate_spec(config.loss))
     if config.checkpoint.monitor not in monitors:
         raise errors.UsageError(
             f"checkpoint.monitor={config.checkpoint.monitor!r}: expected one of {sorted(monitors)}"
@@ -187,12 +187,12 @@ def _say_loader(config) -> None:
 
 
 def _trainer(config, mesh, per_epoch, checkpointer, reporter, stop, normalization) -> Trainer:
-    train_step, eval_step, predict_step = setup.compiled_steps(config, mesh, normalization)
-    context = evaluators.Context(config, mesh, setup.heads(config), eval_step, predict_step)
+    train_step, eval_step, predict_step = build.compiled_steps(config, mesh, normalization)
+    context = evaluators.Context(config, mesh, build.heads(config), eval_step, predict_step)
     return Trainer(
         config=config,
         mesh=mesh,
-        heads=setup.heads(config),
+        heads=build.heads(config),
         stages=tuple(stages.of(config)),
         steps_per_epoch=per_epoch,
         train_step=train_step,
