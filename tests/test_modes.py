@@ -22,7 +22,6 @@ from PIL import Image
 from configs import default
 from jaxsegdepth import (
     artifact,
-    checkpoints,
     charts,
     errors,
     evaluators,
@@ -30,9 +29,9 @@ from jaxsegdepth import (
     mesh as mesh_lib,
     preprocess,
     reporting,
-    restore,
     steps,
 )
+from jaxsegdepth.checkpointing import select, store
 from jaxsegdepth.modes import evaluate, export, lr_range, predict, train
 from tools import plot as plot_tool
 from jaxsegdepth.data import builders, modest, normalization, photos, pipeline, synthetic
@@ -248,7 +247,7 @@ def test_evaluate_writes_exact_metrics(trained, tmp_path):
         assert at_res[key] == pytest.approx(record[f"val_{key}"], rel=1e-6), key
 
     # NumPy recomputation over every validation sample, no padding involved
-    state = restore.load_for_inference(config, workdir).state
+    state = select.load_for_inference(config, workdir).state
     for res in (RES, 64):
         loader = pipeline.create_loader(
             config.dataset,
@@ -362,16 +361,16 @@ def test_evaluate_writes_exact_metrics(trained, tmp_path):
     assert os.path.getsize(os.path.join(workdir, f"photos_{RES}px.png")) > 0
 
 
-def test_evaluate_scores_an_init_from_checkpoint_on_another_dataset(trained, tmp_path):
+def test_evaluate_scores_another_runs_checkpoint_on_another_dataset(trained, tmp_path):
     """The synthetic-trained MaskNet on a MODEST-layout folder of photo pairs: the checkpoint
-    from init_from, the data from config.dataset, the inputs normalised with the model's own
+    from model_path, the data from config.dataset, the inputs normalised with the model's own
     statistics (its card's, not MODEST's), the results in the new workdir; the trained run's
     folder is left as it was."""
     base, workdir, record = trained
     folder = str(tmp_path / "photos")
     modest_photos.write(folder, pairs=20, size=64)
     config = _copy(base)
-    config.init_from, config.evals.photos.evaluate = workdir, False
+    config.model_path, config.evals.photos.evaluate = workdir, False
     config.optimizer.name = "sgd"  # not the run's: only the model has to fit
     config.dataset.update(
         dict(name="modest_museum", manual_dir=folder, data_dir=str(tmp_path / "tfds"))
@@ -409,7 +408,7 @@ def test_evaluate_scores_an_init_from_checkpoint_on_another_dataset(trained, tmp
         for column, key in enumerate(("bg", "bg_fg"))
     ]
     target = np.stack([read(i, 2, "L") for i in val])[..., None] / 255.0
-    state = restore.load_for_inference(base, workdir).state
+    state = select.load_for_inference(base, workdir).state
     probs = _sigmoid(
         state.apply_fn(
             {"params": state.params, "batch_stats": state.batch_stats}, *inputs, train=False
@@ -431,7 +430,7 @@ def _predicted(config, workdir, pair, out) -> dict:
 
 def test_the_checkpoint_carries_its_model_card(trained):
     config, workdir, record = trained
-    checkpointer = checkpoints.Checkpointer(workdir, read_only=True)
+    checkpointer = store.Checkpointer(workdir, read_only=True)
     try:
         saved = checkpointer.restore_card(checkpointer.latest_step())
     finally:
@@ -482,7 +481,7 @@ def test_a_checkpoint_without_a_card_uses_the_dataset_s_statistics_and_says_so(
     here = _predicted(_copy(base), workdir, pair, tmp_path / "here")
     older = tmp_path / "older"
     shutil.copytree(workdir, older)
-    for card_dir in older.glob(f"checkpoints/*/{checkpoints.CARD}"):
+    for card_dir in older.glob(f"checkpoints/*/{store.CARD}"):
         shutil.rmtree(card_dir)
     capsys.readouterr()
     assert _predicted(_copy(base), str(older), pair, tmp_path / "there") == here
@@ -687,7 +686,7 @@ def test_predict_names_the_bad_pairs_and_writes_the_good_ones(predicted_folders)
 def test_predict_writes_the_models_probability(predicted_folders):
     config, workdir, bg, bg_fg, out, _ = predicted_folders
     # MaskNet (stride 1) sees each image at its own size
-    state = restore.load_for_inference(config, workdir).state
+    state = select.load_for_inference(config, workdir).state
     norm = pipeline.input_normalization(config.dataset)
     expected = _expected_probabilities(state, bg / "good.png", bg_fg / "good.jpg", norm, (37, 45))[
         "mask"
@@ -828,7 +827,7 @@ def test_export_mode_matches_predict_step_for_any_batch(trained, one_device, pre
     for key, (mean, std) in norm.items():
         np.testing.assert_array_equal(np.float32(meta["normalization"][key][0]), mean)
         np.testing.assert_array_equal(np.float32(meta["normalization"][key][1]), std)
-    state = restore.load_for_inference(config, workdir, one_device).state
+    state = select.load_for_inference(config, workdir, one_device).state
     predict_step = predict_jit(norm)
     rng = np.random.default_rng(0)
     for n in (1, 3):  # the batch dimension is symbolic

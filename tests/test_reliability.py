@@ -26,16 +26,15 @@ sys.path.insert(0, ROOT)
 from configs import default, masknet_bce
 from jaxsegdepth import (
     build,
-    checkpoints,
     errors,
     evaluators,
     mesh as mesh_lib,
     preprocess,
     reporting,
-    resume,
     signals,
     steps,
 )
+from jaxsegdepth.checkpointing import resume, store
 from jaxsegdepth.modes import train
 from jaxsegdepth.data import datasets, pipeline, synthetic
 
@@ -133,7 +132,7 @@ def _at(state, step):
 def test_a_non_finite_monitored_metric_ranks_last_instead_of_crashing(
     tmp_path, masknet_state, mode
 ):
-    checkpointer = checkpoints.Checkpointer(str(tmp_path), "val_loss", mode)
+    checkpointer = store.Checkpointer(str(tmp_path), "val_loss", mode)
     try:
         checkpointer.save(_at(masknet_state, 1), {}, {"val_loss": 0.5})
         checkpointer.save(_at(masknet_state, 2), {}, {"val_loss": math.nan})
@@ -146,7 +145,7 @@ def test_a_non_finite_monitored_metric_ranks_last_instead_of_crashing(
 
 
 def test_saving_a_step_twice_never_deletes_the_first(tmp_path, masknet_state):
-    checkpointer = checkpoints.Checkpointer(str(tmp_path))
+    checkpointer = store.Checkpointer(str(tmp_path))
     try:
         checkpointer.save(_at(masknet_state, 4), {"mark": "first"})
         with pytest.raises(ValueError):
@@ -273,7 +272,7 @@ def test_a_kill_after_a_save_between_log_steps_resumes_to_the_same_train_losses(
         tmp_path / "data", stages=((32, 2),), log_every_steps=3, **{"checkpoint.every_steps": 1}
     )
     train.run(config, str(tmp_path / "straight"))
-    save = checkpoints.Checkpointer.save
+    save = store.Checkpointer.save
 
     def save_then_die(self, state, loop, metrics=None, card=None):
         save(self, state, loop, metrics, card)
@@ -281,7 +280,7 @@ def test_a_kill_after_a_save_between_log_steps_resumes_to_the_same_train_losses(
             self.wait()
             raise _Killed
 
-    monkeypatch.setattr(checkpoints.Checkpointer, "save", save_then_die)
+    monkeypatch.setattr(store.Checkpointer, "save", save_then_die)
     with pytest.raises(_Killed):
         train.run(config, str(tmp_path / "killed"))
     monkeypatch.undo()
@@ -318,7 +317,7 @@ def test_a_full_disk_during_a_save_is_a_run_error(tmp_path, monkeypatch):
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(checkpoints.Checkpointer, "save", no_space)
+    monkeypatch.setattr(store.Checkpointer, "save", no_space)
     with pytest.raises(errors.RunError, match=r"cannot write in .*No space left on device"):
         train.run(_config(tmp_path / "data"), str(tmp_path / "run"))
 

@@ -24,7 +24,6 @@ sys.path.insert(0, ROOT)
 from configs import default
 from jaxsegdepth import (
     build,
-    checkpoints,
     errors,
     evaluators,
     losses,
@@ -32,10 +31,9 @@ from jaxsegdepth import (
     models,
     optim,
     preprocess,
-    restore,
-    resume,
     steps,
 )
+from jaxsegdepth.checkpointing import resume, select, store
 from jaxsegdepth.data.normalization import MODEST_NORMALIZATION
 from jaxsegdepth.modes import evaluate, train
 
@@ -440,7 +438,7 @@ def _records(workdir):
 
 
 def _final_params(config, workdir):
-    checkpointer = checkpoints.Checkpointer(workdir, "val_loss", "min", read_only=True)
+    checkpointer = store.Checkpointer(workdir, "val_loss", "min", read_only=True)
     try:
         target = build.abstract_state(config, mesh_lib.create_mesh(), 3)
         state, _ = checkpointer.restore(target, checkpointer.latest_step())
@@ -490,12 +488,12 @@ def test_the_moving_average_is_what_validation_and_inference_run(uninterrupted):
     config, workdir = uninterrupted
     records = _records(workdir)
     config = config.copy_and_resolve_references()
-    config.checkpoint.step = records[-1]["step"]  # the latest, as _final_params reads
+    config.model_path = f":{records[-1]['step']}"  # the latest, as _final_params reads
     for record in records:
         assert record["eval_weights"] == "ema"
         assert record["val_loss"] != record["val_trained_loss"]
     params, _, ema = _final_params(config, workdir)
-    model = restore.load_for_inference(config, workdir)
+    model = select.load_for_inference(config, workdir)
     assert model.weights == "ema" and model.source.endswith("(its EMA weights)")
     assert model.state.ema == {}
     loaded = jax.device_get({"params": model.state.params, "batch_stats": model.state.batch_stats})

@@ -1,7 +1,7 @@
 """`mode=evaluate`: the full metric table of a trained checkpoint on the validation split.
 
-Loads the best checkpoint of `WORKDIR` (or `--config.checkpoint.step=N`), or of another run
-with `--config.init_from=PATH[:STEP]`, evaluates every validation sample of `config.dataset`
+Loads the best checkpoint of `WORKDIR`, or the one `--config.model_path` names (`:STEP` of
+WORKDIR, another run's `RUN[:STEP]`), evaluates every validation sample of `config.dataset`
 (whatever the checkpoint was trained on, normalised with that dataset's statistics) once at
 each resolution asked for, prints a table and writes `WORKDIR/eval.json`:
 
@@ -41,16 +41,8 @@ import jax
 import ml_collections
 from PIL import Image
 
-from jaxsegdepth import (
-    build,
-    checkpoints,
-    evaluators,
-    mesh as mesh_lib,
-    names,
-    reporting,
-    restore,
-    stages,
-)
+from jaxsegdepth import build, evaluators, mesh as mesh_lib, names, reporting, stages
+from jaxsegdepth.checkpointing import select, store
 from jaxsegdepth.data import datasets, pipeline
 
 METRICS = "metrics"  # eval.json's key for the validation evaluator's results
@@ -64,7 +56,7 @@ def resolutions(config: ml_collections.ConfigDict) -> tuple[int, ...]:
 def validate(config: ml_collections.ConfigDict) -> None:
     """Refuses, in one line, settings this mode would trip over (before anything loads)."""
     build.validate(config, resolutions(config), "evaluate.resolutions")
-    checkpoints.validate(config)
+    store.validate(config)
     pipeline.validate(config.dataset)
     mesh_lib.check_batch_size(mesh_lib.create_mesh(), config.batch_size)
     evaluators.validate(config)
@@ -102,14 +94,14 @@ TITLES = {  # what the printed tables say of each evaluator type
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Evaluates the chosen checkpoint; writes `WORKDIR/eval.json` and prints the tables."""
     mesh = mesh_lib.create_mesh()
-    model = restore.load_for_inference(config, workdir, mesh)  # fails clearly if none
+    model = select.load_for_inference(config, workdir, mesh)  # fails clearly if none
     state = model.state
-    source = os.path.abspath(restore.parse_init_from(config.init_from)[0] or workdir)
+    source = os.path.abspath(model.run)
     os.makedirs(workdir, exist_ok=True)
     datasets.prepare(config.dataset)
     step = int(jax.device_get(state.step))
     heads = build.heads(config)
-    normalization = restore.input_normalization(config, model.card, model.source)
+    normalization = select.input_normalization(config, model.card, model.source)
     _, eval_step, predict_step = build.compiled_steps(config, mesh, normalization)
     context = evaluators.Context(config, mesh, heads, eval_step, predict_step)
     chosen = {

@@ -31,8 +31,6 @@ import numpy as np
 
 from jaxsegdepth import (
     build,
-    card,
-    checkpoints,
     errors,
     evaluators,
     losses,
@@ -40,12 +38,12 @@ from jaxsegdepth import (
     names,
     optim,
     reporting,
-    resume,
     signals,
     stages,
     steps,
     weighting,
 )
+from jaxsegdepth.checkpointing import card, resume, store
 from jaxsegdepth.data import datasets, pipeline
 
 IN_FLIGHT = 2  # training steps dispatched ahead of the last finished one
@@ -59,7 +57,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     build.validate(config, [stage.crop for stage in schedule if stage.crop], "stages (crop)")
     build.validate_optimizer(config)
     steps.StepTrace.validate(config.profile_steps)
-    checkpoints.validate(config)
+    store.validate(config)
     pipeline.validate(config.dataset)
     mesh_lib.check_batch_size(mesh_lib.create_mesh(), config.batch_size)
     evaluators.validate(config, training=True)
@@ -87,7 +85,7 @@ class Trainer:
     predict_step: Callable
     schedule: Callable
     weighting: weighting.Weighting
-    checkpointer: checkpoints.Checkpointer
+    checkpointer: store.Checkpointer
     reporter: reporting.Reporter
     evaluators: dict  # name -> the evaluators that run during training
     normalization: dict  # {input: (mean, std)} the steps normalise with, kept in the model card
@@ -133,7 +131,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Optional[dict]:
         datasets.prepare(config.dataset)
         _say_loader(config)
         per_epoch = steps_per_epoch(config)
-        checkpointer = checkpoints.Checkpointer(
+        checkpointer = store.Checkpointer(
             workdir, config.checkpoint.monitor, config.checkpoint.mode
         )
         try:
@@ -311,7 +309,7 @@ def _open_iterator(trainer: Trainer, stage: int, progress: resume.Progress):
         )
     )
     if progress.iterator is not None and progress.iterator_stage == stage:
-        iterator.set_state(checkpoints.decode_iterator_state(progress.iterator))
+        iterator.set_state(store.decode_iterator_state(progress.iterator))
     progress.iterator_stage = stage
     return iterator
 
@@ -438,7 +436,7 @@ def _save(
     the model card and, at an epoch's end, the record's finite numbers (for the best-checkpoint
     choice)."""
     saved = dataclasses.replace(
-        progress, iterator=checkpoints.encode_iterator_state(iterator.get_state())
+        progress, iterator=store.encode_iterator_state(iterator.get_state())
     )
     numbers = (
         None
