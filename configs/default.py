@@ -156,7 +156,7 @@ def get_config() -> ml_collections.ConfigDict:
         )
     )
 
-    # Evaluators (jaxsegdepth/evaluators.py): name -> type, `every` training epochs between
+    # Evaluators (jaxsegdepth/evaluators/): name -> type, `every` training epochs between
     # runs (0: never in training), `evaluate` whether mode=evaluate runs it, and the type's own
     # fields. Results are named after the entry: val_loss, photos_model_iou, ...
     config.evals = ml_collections.ConfigDict(

@@ -7,7 +7,6 @@ batch of 8 is padded) serves evaluate, predict, export and plots; DSResNet is on
 """
 
 import io
-import itertools
 import json
 import os
 import shutil
@@ -24,7 +23,6 @@ from jaxsegdepth import (
     artifact,
     charts,
     errors,
-    evaluators,
     losses,
     mesh as mesh_lib,
     preprocess,
@@ -493,62 +491,6 @@ def test_a_checkpoint_without_a_card_uses_the_dataset_s_statistics_and_says_so(
     )
 
 
-def test_ceiling_iou_is_the_best_of_every_binary_mask():
-    rng = np.random.default_rng(0)
-    masks = np.concatenate(
-        [rng.choice([0.0, 0.1, 0.45, 0.55, 0.9, 1.0], (5, 2, 3, 1)), np.zeros((1, 2, 3, 1))]
-    )  # the last: nothing to find
-    subsets = np.array(list(itertools.product((0.0, 1.0), repeat=6))).reshape(-1, 2, 3, 1)
-    best = []
-    for t in masks:
-        inter = (subsets * t).sum((1, 2, 3))
-        best.append(np.max((inter + 1e-6) / ((subsets + t).sum((1, 2, 3)) - inter + 1e-6)))
-    assert evaluators.ceiling_iou(masks) == pytest.approx(np.sum(best), rel=1e-12)
-    assert best[-1] == 1.0 and min(best) < 0.99  # soft pixels cost even the best mask
-
-
-def test_held_out_photo_pairs_paste_through_the_mask_only():
-    pair = photos.render(0, 3, 96)
-    outside = pair["mask"] == 0
-    assert 0 < (~outside).mean() < 0.6
-    np.testing.assert_array_equal(pair["bg_fg"][outside], pair["bg"][outside])
-    assert np.any(pair["bg_fg"][~outside] != pair["bg"][~outside])
-    assert photos.generate(0, 3, 96) == photos.generate(0, 3, 96)  # deterministic
-    assert photos.generate(0, 3, 96) != photos.generate(0, 4, 96)
-
-
-def test_the_mean_depth_map_baseline_is_numpys(trained):
-    config = _copy(trained[0])
-    context = evaluators.Context(config, None, ("mask", "depth"), None, None)
-    got = evaluators.Baselines(context).run(None, RES).metrics
-
-    def depth(name):
-        return (
-            np.concatenate(
-                [
-                    b["depth"]
-                    for b in pipeline.create_loader(
-                        config.dataset,
-                        name,
-                        resolution=RES,
-                        batch_size=64,
-                        shuffle=False,
-                        seed=0,
-                        num_epochs=1,
-                        drop_remainder=False,
-                    )
-                ]
-            ).astype(np.float64)
-            / 255.0
-        )  # uint8 as stored
-
-    train, val = depth("train"), depth("validation")
-    valid = val > 1e-4
-    error = (np.broadcast_to(train.mean(0), val.shape) - val)[valid]
-    assert got["mean_depth_rmse"] == pytest.approx(np.sqrt(np.mean(error**2)), rel=1e-5)
-    assert got["mean_depth_mae"] == pytest.approx(np.mean(np.abs(error)), rel=1e-5)
-
-
 def test_evaluate_without_checkpoint_names_the_folder(data_dir, tmp_path):
     folder = os.path.join(os.path.abspath(tmp_path / "empty"), "checkpoints")
     with pytest.raises(errors.RunError) as raised:
@@ -1005,28 +947,3 @@ def test_samples_preview_draws_decoded_synthetic_samples(tmp_path, capsys):
     )
     assert plot_tool.main(["samples", "--out", str(out), "--n", "0"]) == 2
     assert capsys.readouterr().err.startswith("error: samples: expected n >= 1")
-
-
-@pytest.mark.parametrize(
-    "changes, training, message",
-    [
-        ({"evals.photos.type": "nope"}, False, r"evals.photos.type='nope': expected one of"),
-        ({"evals.preview.every": -1}, False, r"evals.preview.every=-1: expected >= 0"),
-        ({"evals.preview.samples": 0}, False, r"evals.preview.samples=0: expected >= 1"),
-        ({"evals.photos_clean.set": "mine"}, False, r"evals.photos_clean.set='mine': expected"),
-        ({"evals.val.type": "preview"}, False, r"evals.val: expected a validation evaluator"),
-        ({"evals.val.every": 2}, True, r"evals.val.every=2: expected 1"),
-    ],
-)
-def test_evals_entries_are_checked_in_one_line(data_dir, changes, training, message):
-    config = _config(data_dir)
-    evaluators.validate(config, training=True)  # the defaults are fine
-    for field, value in changes.items():
-        node, *path = config, *field.split(".")
-        for part in path[:-1]:
-            node = node[part]
-        node[path[-1]] = value
-    with pytest.raises(errors.UsageError, match=f"^{message}"):
-        evaluators.validate(config, training=training)
-    if training:  # mode=evaluate does not care how often training validates
-        evaluators.validate(config)

@@ -24,19 +24,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from configs import default, masknet_bce
-from jaxsegdepth import (
-    build,
-    errors,
-    evaluators,
-    mesh as mesh_lib,
-    preprocess,
-    reporting,
-    signals,
-    steps,
-)
+from jaxsegdepth import build, errors, mesh as mesh_lib, preprocess, reporting, signals, steps
 from jaxsegdepth.checkpointing import resume, store
 from jaxsegdepth.modes import train
 from jaxsegdepth.data import datasets, pipeline, synthetic
+from jaxsegdepth.evaluators import base, validation
 
 
 def _config(data_dir, **changes):
@@ -367,8 +359,8 @@ def test_evaluation_stops_after_the_batch_during_which_asked(tmp_path, masknet_s
         return jitted(state, batch)
 
     answers = iter([False, True])  # asked after each batch: stop after the second
-    context = evaluators.Context(config, mesh_lib.create_mesh(), ("mask",), eval_step, None)
-    result = evaluators.Validation(context, should_stop=lambda: next(answers)).run(
+    context = base.Context(config, mesh_lib.create_mesh(), ("mask",), eval_step, None)
+    result = validation.Validation(context, should_stop=lambda: next(answers)).run(
         masknet_state, 32
     )
     assert result is None and evaluated == [2, 2]  # 7 validation samples would be 4 batches

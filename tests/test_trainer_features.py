@@ -22,20 +22,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from configs import default
-from jaxsegdepth import (
-    build,
-    errors,
-    evaluators,
-    losses,
-    mesh as mesh_lib,
-    models,
-    optim,
-    preprocess,
-    steps,
-)
+from jaxsegdepth import build, errors, losses, mesh as mesh_lib, models, optim, preprocess, steps
 from jaxsegdepth.checkpointing import resume, select, store
 from jaxsegdepth.data.normalization import MODEST_NORMALIZATION
 from jaxsegdepth.modes import evaluate, train
+from jaxsegdepth.evaluators import catalog
 
 PREPROCESS = preprocess.from_normalization(MODEST_NORMALIZATION)  # normalise, no augmentation
 BCE = losses.compose({"mask": {"bce": 1.0}})
@@ -513,10 +504,10 @@ def test_a_trained_weights_validation_is_refused_in_evaluate_mode():
     config = _config()
     config.evals.val_trained.evaluate = True
     with pytest.raises(errors.UsageError, match="^evals.val_trained: weights='trained' runs in"):
-        evaluators.validate(config)
+        catalog.validate(config)
     config.evals.val_trained.evaluate, config.evals.val_trained.weights = False, "average"
     with pytest.raises(errors.UsageError, match="^evals.val_trained.weights='average': expected"):
-        evaluators.validate(config)
+        catalog.validate(config)
 
 
 def test_a_warm_start_keeps_a_moving_average_from_the_source_weights(

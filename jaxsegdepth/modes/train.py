@@ -32,7 +32,6 @@ import numpy as np
 from jaxsegdepth import (
     build,
     errors,
-    evaluators,
     losses,
     mesh as mesh_lib,
     names,
@@ -45,6 +44,7 @@ from jaxsegdepth import (
 )
 from jaxsegdepth.checkpointing import card, resume, store
 from jaxsegdepth.data import datasets, pipeline
+from jaxsegdepth.evaluators import base, catalog
 
 IN_FLIGHT = 2  # training steps dispatched ahead of the last finished one
 
@@ -60,7 +60,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     store.validate(config)
     pipeline.validate(config.dataset)
     mesh_lib.check_batch_size(mesh_lib.create_mesh(), config.batch_size)
-    evaluators.validate(config, training=True)
+    catalog.validate(config, training=True)
     for field, minimum in (("log_every_steps", 1), ("steps_per_epoch", 0)):
         if config[field] < minimum:
             raise errors.UsageError(f"{field}={config[field]}: expected >= {minimum}")
@@ -186,7 +186,7 @@ def _say_loader(config) -> None:
 
 def _trainer(config, mesh, per_epoch, checkpointer, reporter, stop, normalization) -> Trainer:
     train_step, eval_step, predict_step = build.compiled_steps(config, mesh, normalization)
-    context = evaluators.Context(config, mesh, build.heads(config), eval_step, predict_step)
+    context = base.Context(config, mesh, build.heads(config), eval_step, predict_step)
     return Trainer(
         config=config,
         mesh=mesh,
@@ -201,7 +201,7 @@ def _trainer(config, mesh, per_epoch, checkpointer, reporter, stop, normalizatio
         checkpointer=checkpointer,
         reporter=reporter,
         evaluators={
-            name: evaluators.create(name, context, stop.during_evaluation)
+            name: catalog.create(name, context, stop.during_evaluation)
             for name, settings in config.evals.items()
             if settings.every
         },
@@ -379,7 +379,7 @@ def _end_epoch(
     resolution = trainer.stages[stage].resolution
 
     started, evaluated = time.time(), {}
-    for name in evaluators.for_training(config, epoch):
+    for name in catalog.for_training(config, epoch):
         result = trainer.evaluators[name].run(state, resolution)
         if result is None:
             trainer.checkpointer.wait()
