@@ -109,6 +109,9 @@ def main(argv) -> None:
         _fail("--config is required, e.g. --config configs/rmse_bce_dice.py", 2)
     if config.mode not in MODES:
         _fail(f"mode={config.mode!r}: expected one of {sorted(MODES)}", 2)
+    old = configs.renamed_field(config)
+    if old:
+        _fail(f"{old} is now {configs.RENAMED[old]}", 2)
     workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
     initialize_distributed(config)
     enable_compilation_cache(config)
@@ -146,6 +149,9 @@ def _config_problem(argv: list[str]) -> str | None:
     except Exception as error:  # any failure of the user's config file, without its traceback
         return f"--config {config_arg}: {error}"
     for override in (a for a in argv if a.startswith("--config.")):
+        name = override[len("--config.") :].split("=", 1)[0]
+        if name in configs.RENAMED:
+            return f"--config.{name} is now --config.{configs.RENAMED[name]}"
         node = base
         for field in override[len("--config.") :].split("=", 1)[0].split("."):
             if not hasattr(node, "keys") or field not in node:

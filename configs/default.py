@@ -13,10 +13,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = "dsresnet"  # dsresnet | masknet
     config.dtype = "float32"  # compute dtype; parameters stay float32
     config.seed = 0
-    # Another run's checkpoint, PATH or PATH:STEP (PATH its workdir or checkpoints folder; STEP
-    # default: its best, else latest). train: start from its parameters and batch statistics
-    # (optimizer, schedule and step fresh); evaluate/predict/export: use it instead of WORKDIR's.
+    # train: start from the parameters and batch statistics of another run's checkpoint
+    # (optimizer, schedule and step fresh), PATH or PATH:STEP (PATH its workdir or checkpoints
+    # folder; STEP default: its best, else latest).
     config.init_from = ""
+    # evaluate/predict/export: the model they read, as the jaxsegdepth command's --model: RUN or
+    # RUN:STEP (another run's checkpoint), :STEP (WORKDIR's at that step); "": WORKDIR's best.
+    config.model_path = ""
     # The input statistics a model runs with. "auto": a new run takes config.dataset's; a resumed
     # or warm-started run and evaluate/predict/export keep those of the model they read (its
     # checkpoint's model card). "dataset": always config.dataset's.
@@ -150,11 +153,10 @@ def get_config() -> ml_collections.ConfigDict:
             monitor="val_loss",  # the metric that picks the best checkpoint, and its mode
             mode="min",
             every_steps=0,  # 0: only at the end of every epoch
-            step=-1,  # evaluate/predict/export: -1 best, else this step
         )
     )
 
-    # Evaluators (jaxsegdepth/evaluators.py): name -> type, `every` training epochs between
+    # Evaluators (jaxsegdepth/evaluators/): name -> type, `every` training epochs between
     # runs (0: never in training), `evaluate` whether mode=evaluate runs it, and the type's own
     # fields. Results are named after the entry: val_loss, photos_model_iou, ...
     config.evals = ml_collections.ConfigDict(

@@ -138,30 +138,37 @@ def train_step(
     norm_metrics = (
         dict(zip(NORMS, map(optax.tree.norm, (grads, (params, learned), updates)))) if norms else {}
     )
-    ema = state.ema
-    if ema_decay:
-        decay = ema_decay_at(ema_decay, state.step)
-        ema = jax.tree.map(
-            lambda average, new: decay * average + (1.0 - decay) * new,
-            ema,
-            {"params": params, "batch_stats": batch_stats},
-        )
+    variables = {"params": params, "batch_stats": batch_stats}
     stepped = state.replace(
         step=state.step + 1,
         params=params,
         opt_state=opt_state,
         batch_stats=batch_stats,
-        ema=ema,
+        ema=_averaged(state.ema, variables, ema_decay, state.step),
         weighting={**state.weighting, **learned},
     )
     finite = jnp.isfinite(objective) & jnp.isfinite(norm_metrics.get("grad_norm", 0.0))
+    extra = {"objective": objective} if weighting.ADAPTS else {}
+    return _if_finite(finite, stepped, state), {"loss": loss, **terms, **extra, **norm_metrics}
+
+
+def _if_finite(finite, stepped: TrainState, state: TrainState) -> TrainState:
+    """`stepped` when `finite`, else `state` with only its step advanced and the first
+    non-finite step recorded."""
     kept = state.replace(
         step=state.step + 1,
         nonfinite_step=jnp.where(state.nonfinite_step < 0, state.step, state.nonfinite_step),
     )
-    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), stepped, kept)
-    extra = {} if weighting.method == "fixed" else {"objective": objective}
-    return new_state, {"loss": loss, **terms, **extra, **norm_metrics}
+    return jax.tree.map(lambda new, old: jnp.where(finite, new, old), stepped, kept)
+
+
+def _averaged(ema: dict, variables: dict, ema_decay: float, step) -> dict:
+    """The moving average `ema` after taking `variables` with weight 1 - `ema_decay_at`
+    (unchanged when `ema_decay` is 0)."""
+    if not ema_decay:
+        return ema
+    decay = ema_decay_at(ema_decay, step)
+    return jax.tree.map(lambda average, new: decay * average + (1.0 - decay) * new, ema, variables)
 
 
 def eval_step(

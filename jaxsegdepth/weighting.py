@@ -14,9 +14,10 @@ combines them:
   loss over the last two epochs and `T = config.dwa_temperature`; `w_k = 1` for the first two
   epochs. A task whose loss stopped falling gets more weight.
 
-The validation loss, the `train_loss` of the records and the checkpoint choice always use the
-fixed sum, so that epochs compare whatever the weights were. The weighting's state lives in
-`TrainState.weighting` and is saved in every checkpoint.
+Each method is one small frozen object behind the `Weighting` interface, chosen once by
+`from_config`. The validation loss, the `train_loss` of the records and the checkpoint choice
+always use the fixed sum, so that epochs compare whatever the weights were. The weighting's
+state lives in `TrainState.weighting` and is saved in every checkpoint.
 """
 
 import dataclasses
@@ -27,62 +28,103 @@ import ml_collections
 
 from jaxsegdepth import errors, losses, names
 
-METHODS = ("fixed", "uncertainty", "dwa")
-
 
 @dataclasses.dataclass(frozen=True)
 class Weighting:
-    """One weighting method for `tasks` (the loss spec's heads, in its order); pure functions
-    of a state pytree, safe under `jit` and `grad`."""
+    """The interface: pure functions of a state pytree for `tasks` (the loss spec's heads, in
+    its order), safe under `jit` and `grad`. `ADAPTS`: whether the objective can differ from
+    the loss spec's fixed sum (the train step then reports it)."""
 
-    method: str = "fixed"
     tasks: tuple[str, ...] = ()
-    temperature: float = 2.0
+    ADAPTS = True
 
     def init(self) -> dict:
-        """The state at step 0: log-variances 0 (uncertainty), no epoch losses yet (dwa)."""
-        if self.method == "uncertainty":
-            return {"log_var": {task: jnp.zeros((), jnp.float32) for task in self.tasks}}
-        if self.method == "dwa":  # row 0: the last epoch's mean loss, row 1: the one before
-            return {
-                "epoch_loss": {task: jnp.full((2,), jnp.nan, jnp.float32) for task in self.tasks}
-            }
+        """The state at step 0."""
         return {}
 
     def learnable(self, state: dict) -> dict:
-        """The part of `state` the optimizer trains with the model (empty unless uncertainty)."""
-        return {"log_var": state["log_var"]} if self.method == "uncertainty" else {}
+        """The part of `state` the optimizer trains with the model."""
+        return {}
 
     def weights(self, state: dict) -> dict:
         """{task: the factor its loss is multiplied by in the objective}."""
-        if self.method == "uncertainty":
-            return {task: jnp.exp(-state["log_var"][task]) for task in self.tasks}
-        if self.method == "dwa":
-            history = jnp.stack([state["epoch_loss"][task] for task in self.tasks])
-            ratios = history[:, 0] / history[:, 1]
-            dynamic = len(self.tasks) * jax.nn.softmax(ratios / self.temperature)
-            known = jnp.all(jnp.isfinite(ratios))
-            return {task: jnp.where(known, dynamic[i], 1.0) for i, task in enumerate(self.tasks)}
         return {task: jnp.ones((), jnp.float32) for task in self.tasks}
 
     def objective(self, state: dict, total: jax.Array, terms: dict) -> jax.Array:
-        """The training objective from a loss function's `(total, terms)`: `total` itself
-        when fixed, else from the tasks' losses in `terms`."""
-        if self.method == "fixed":
-            return total
+        """The training objective from a loss function's `(total, terms)`: the tasks' losses
+        in `terms`, each times its weight."""
         weights = self.weights(state)
-        total = jnp.zeros((), jnp.float32)
-        for task in self.tasks:
-            total = total + weights[task] * terms[names.task_loss(task)]
-        if self.method == "uncertainty":
-            for task in self.tasks:
-                total = total + state["log_var"][task]
-        return total
+        return sum(
+            (weights[task] * terms[names.task_loss(task)] for task in self.tasks),
+            jnp.zeros((), jnp.float32),
+        )
 
     def after_epoch(self, state: dict, epoch_means: dict) -> dict:
         """The state once an epoch with mean training task losses `epoch_means` has ended."""
-        if self.method != "dwa":
-            return state
+        return state
+
+    def report(self, state: dict) -> dict:
+        """Host floats to log: `weight/<task>`, and what else the method learns."""
+        values = {f"weight/{task}": w for task, w in self.weights(state).items()}
+        return {k: float(v) for k, v in jax.device_get(values).items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Fixed(Weighting):
+    """The loss spec's total as it is."""
+
+    ADAPTS = False
+
+    def objective(self, state: dict, total: jax.Array, terms: dict) -> jax.Array:
+        return total
+
+    def report(self, state: dict) -> dict:
+        return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Uncertainty(Weighting):
+    """`sum_k exp(-s_k) L_k + s_k`, the log-variances `s_k` trained with the model."""
+
+    def init(self) -> dict:
+        return {"log_var": {task: jnp.zeros((), jnp.float32) for task in self.tasks}}
+
+    def learnable(self, state: dict) -> dict:
+        return {"log_var": state["log_var"]}
+
+    def weights(self, state: dict) -> dict:
+        return {task: jnp.exp(-state["log_var"][task]) for task in self.tasks}
+
+    def objective(self, state: dict, total: jax.Array, terms: dict) -> jax.Array:
+        objective = super().objective(state, total, terms)
+        for task in self.tasks:
+            objective = objective + state["log_var"][task]
+        return objective
+
+    def report(self, state: dict) -> dict:
+        log_vars = {f"log_var/{task}": s for task, s in state["log_var"].items()}
+        return {**super().report(state), **{k: float(v) for k, v in log_vars.items()}}
+
+
+@dataclasses.dataclass(frozen=True)
+class DWA(Weighting):
+    """`sum_k w_k L_k`, `w = K softmax(r / temperature)` over the last two epochs' loss ratios;
+    1 until two epochs are known."""
+
+    temperature: float = 2.0
+
+    def init(self) -> dict:
+        # row 0: the last epoch's mean loss, row 1: the one before
+        return {"epoch_loss": {task: jnp.full((2,), jnp.nan, jnp.float32) for task in self.tasks}}
+
+    def weights(self, state: dict) -> dict:
+        history = jnp.stack([state["epoch_loss"][task] for task in self.tasks])
+        ratios = history[:, 0] / history[:, 1]
+        dynamic = len(self.tasks) * jax.nn.softmax(ratios / self.temperature)
+        known = jnp.all(jnp.isfinite(ratios))
+        return {task: jnp.where(known, dynamic[i], 1.0) for i, task in enumerate(self.tasks)}
+
+    def after_epoch(self, state: dict, epoch_means: dict) -> dict:
         return {
             "epoch_loss": {
                 task: jnp.stack([jnp.asarray(epoch_means[task], jnp.float32), history[0]])
@@ -90,24 +132,16 @@ class Weighting:
             }
         }
 
-    def report(self, state: dict) -> dict:
-        """Host floats to log: `weight/<task>` and, for uncertainty, `log_var/<task>`."""
-        if self.method == "fixed":
-            return {}
-        values = {f"weight/{task}": w for task, w in self.weights(state).items()}
-        if self.method == "uncertainty":
-            values.update({f"log_var/{task}": s for task, s in state["log_var"].items()})
-        return {k: float(v) for k, v in jax.device_get(values).items()}
 
-
-FIXED = Weighting()
+METHODS = {"fixed": Fixed, "uncertainty": Uncertainty, "dwa": DWA}  # config.loss_weighting
+FIXED = Fixed()
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Refuses an unknown `loss_weighting` or a non-positive `dwa_temperature` in one line."""
     if config.loss_weighting not in METHODS:
         raise errors.UsageError(
-            f"loss_weighting={config.loss_weighting!r}: expected one of {METHODS}"
+            f"loss_weighting={config.loss_weighting!r}: expected one of {tuple(METHODS)}"
         )
     if not config.dwa_temperature > 0:
         raise errors.UsageError(f"dwa_temperature={config.dwa_temperature!r}: expected > 0")
@@ -115,8 +149,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def from_config(config: ml_collections.ConfigDict) -> Weighting:
     """The weighting `config` asks for, over the heads of `config.loss`."""
-    return Weighting(
-        config.loss_weighting,
-        tuple(losses.validate_spec(config.loss)),
-        float(config.dwa_temperature),
-    )
+    tasks = tuple(losses.validate_spec(config.loss))
+    if config.loss_weighting == "dwa":
+        return DWA(tasks, float(config.dwa_temperature))
+    return METHODS[config.loss_weighting](tasks)

@@ -7,7 +7,6 @@ batch of 8 is padded) serves evaluate, predict, export and plots; DSResNet is on
 """
 
 import io
-import itertools
 import json
 import os
 import shutil
@@ -22,17 +21,15 @@ from PIL import Image
 from configs import default
 from jaxsegdepth import (
     artifact,
-    checkpoints,
     charts,
     errors,
-    evaluators,
     losses,
     mesh as mesh_lib,
     preprocess,
     reporting,
-    restore,
     steps,
 )
+from jaxsegdepth.checkpointing import select, store
 from jaxsegdepth.modes import evaluate, export, lr_range, predict, train
 from tools import plot as plot_tool
 from jaxsegdepth.data import builders, modest, normalization, photos, pipeline, synthetic
@@ -251,7 +248,7 @@ def test_evaluate_writes_exact_metrics(trained, tmp_path):
         assert at_res[key] == pytest.approx(record[f"val_{key}"], rel=1e-6), key
 
     # NumPy recomputation over every validation sample, no padding involved
-    state = restore.load_for_inference(config, workdir).state
+    state = select.load_for_inference(config, workdir).state
     for res in (RES, 64):
         loader = pipeline.create_loader(
             config.dataset,
@@ -374,16 +371,16 @@ def test_evaluate_writes_exact_metrics(trained, tmp_path):
     assert os.path.getsize(os.path.join(workdir, f"photos_{RES}px.png")) > 0
 
 
-def test_evaluate_scores_an_init_from_checkpoint_on_another_dataset(trained, tmp_path):
+def test_evaluate_scores_another_runs_checkpoint_on_another_dataset(trained, tmp_path):
     """The synthetic-trained MaskNet on a MODEST-layout folder of photo pairs: the checkpoint
-    from init_from, the data from config.dataset, the inputs normalised with the model's own
+    from model_path, the data from config.dataset, the inputs normalised with the model's own
     statistics (its card's, not MODEST's), the results in the new workdir; the trained run's
     folder is left as it was."""
     base, workdir, record = trained
     folder = str(tmp_path / "photos")
     modest_photos.write(folder, pairs=20, size=64)
     config = _copy(base)
-    config.init_from, config.evals.photos.evaluate = workdir, False
+    config.model_path, config.evals.photos.evaluate = workdir, False
     config.optimizer.name = "sgd"  # not the run's: only the model has to fit
     config.dataset.update(
         dict(name="modest_museum", manual_dir=folder, data_dir=str(tmp_path / "tfds"))
@@ -421,7 +418,7 @@ def test_evaluate_scores_an_init_from_checkpoint_on_another_dataset(trained, tmp
         for column, key in enumerate(("bg", "bg_fg"))
     ]
     target = np.stack([read(i, 2, "L") for i in val])[..., None] / 255.0
-    state = restore.load_for_inference(base, workdir).state
+    state = select.load_for_inference(base, workdir).state
     probs = _sigmoid(
         state.apply_fn(
             {"params": state.params, "batch_stats": state.batch_stats}, *inputs, train=False
@@ -443,7 +440,7 @@ def _predicted(config, workdir, pair, out) -> dict:
 
 def test_the_checkpoint_carries_its_model_card(trained):
     config, workdir, record = trained
-    checkpointer = checkpoints.Checkpointer(workdir, read_only=True)
+    checkpointer = store.Checkpointer(workdir, read_only=True)
     try:
         saved = checkpointer.restore_card(checkpointer.latest_step())
     finally:
@@ -494,7 +491,7 @@ def test_a_checkpoint_without_a_card_uses_the_dataset_s_statistics_and_says_so(
     here = _predicted(_copy(base), workdir, pair, tmp_path / "here")
     older = tmp_path / "older"
     shutil.copytree(workdir, older)
-    for card_dir in older.glob(f"checkpoints/*/{checkpoints.CARD}"):
+    for card_dir in older.glob(f"checkpoints/*/{store.CARD}"):
         shutil.rmtree(card_dir)
     capsys.readouterr()
     assert _predicted(_copy(base), str(older), pair, tmp_path / "there") == here
@@ -504,62 +501,6 @@ def test_a_checkpoint_without_a_card_uses_the_dataset_s_statistics_and_says_so(
         "carries no model card: its inputs are normalised with the statistics of dataset "
         "synthetic_museum"
     )
-
-
-def test_ceiling_iou_is_the_best_of_every_binary_mask():
-    rng = np.random.default_rng(0)
-    masks = np.concatenate(
-        [rng.choice([0.0, 0.1, 0.45, 0.55, 0.9, 1.0], (5, 2, 3, 1)), np.zeros((1, 2, 3, 1))]
-    )  # the last: nothing to find
-    subsets = np.array(list(itertools.product((0.0, 1.0), repeat=6))).reshape(-1, 2, 3, 1)
-    best = []
-    for t in masks:
-        inter = (subsets * t).sum((1, 2, 3))
-        best.append(np.max((inter + 1e-6) / ((subsets + t).sum((1, 2, 3)) - inter + 1e-6)))
-    assert evaluators.ceiling_iou(masks) == pytest.approx(np.sum(best), rel=1e-12)
-    assert best[-1] == 1.0 and min(best) < 0.99  # soft pixels cost even the best mask
-
-
-def test_held_out_photo_pairs_paste_through_the_mask_only():
-    pair = photos.render(0, 3, 96)
-    outside = pair["mask"] == 0
-    assert 0 < (~outside).mean() < 0.6
-    np.testing.assert_array_equal(pair["bg_fg"][outside], pair["bg"][outside])
-    assert np.any(pair["bg_fg"][~outside] != pair["bg"][~outside])
-    assert photos.generate(0, 3, 96) == photos.generate(0, 3, 96)  # deterministic
-    assert photos.generate(0, 3, 96) != photos.generate(0, 4, 96)
-
-
-def test_the_mean_depth_map_baseline_is_numpys(trained):
-    config = _copy(trained[0])
-    context = evaluators.Context(config, None, ("mask", "depth"), None, None)
-    got = evaluators.Baselines(context).run(None, RES).metrics
-
-    def depth(name):
-        return (
-            np.concatenate(
-                [
-                    b["depth"]
-                    for b in pipeline.create_loader(
-                        config.dataset,
-                        name,
-                        resolution=RES,
-                        batch_size=64,
-                        shuffle=False,
-                        seed=0,
-                        num_epochs=1,
-                        drop_remainder=False,
-                    )
-                ]
-            ).astype(np.float64)
-            / 255.0
-        )  # uint8 as stored
-
-    train, val = depth("train"), depth("validation")
-    valid = val > 1e-4
-    error = (np.broadcast_to(train.mean(0), val.shape) - val)[valid]
-    assert got["mean_depth_rmse"] == pytest.approx(np.sqrt(np.mean(error**2)), rel=1e-5)
-    assert got["mean_depth_mae"] == pytest.approx(np.mean(np.abs(error)), rel=1e-5)
 
 
 def test_evaluate_without_checkpoint_names_the_folder(data_dir, tmp_path):
@@ -585,9 +526,13 @@ def test_evaluate_validate_refuses_a_size_the_model_cannot_take(data_dir):
 
 @pytest.fixture
 def pair(tmp_path):
-    """Paths of one readable 40x30 bg / bg_fg pair."""
+    """Paths of one readable 40x30 bg / bg_fg pair: the plate, and the plate with a block of
+    other pixels in it."""
     _image(tmp_path / "bg.png", 40, 30, 0)
-    _image(tmp_path / "bg_fg.png", 40, 30, 1)
+    _image(tmp_path / "object.png", 40, 30, 1)
+    scene = _rgb(tmp_path / "bg.png").copy()
+    scene[8:22, 10:26] = _rgb(tmp_path / "object.png")[8:22, 10:26]
+    Image.fromarray(scene).save(tmp_path / "bg_fg.png")
     return str(tmp_path / "bg.png"), str(tmp_path / "bg_fg.png")
 
 
@@ -699,7 +644,7 @@ def test_predict_names_the_bad_pairs_and_writes_the_good_ones(predicted_folders)
 def test_predict_writes_the_models_probability(predicted_folders):
     config, workdir, bg, bg_fg, out, _ = predicted_folders
     # MaskNet (stride 1) sees each image at its own size
-    state = restore.load_for_inference(config, workdir).state
+    state = select.load_for_inference(config, workdir).state
     norm = pipeline.input_normalization(config.dataset)
     expected = _expected_probabilities(state, bg / "good.png", bg_fg / "good.jpg", norm, (37, 45))[
         "mask"
@@ -840,7 +785,7 @@ def test_export_mode_matches_predict_step_for_any_batch(trained, one_device, pre
     for key, (mean, std) in norm.items():
         np.testing.assert_array_equal(np.float32(meta["normalization"][key][0]), mean)
         np.testing.assert_array_equal(np.float32(meta["normalization"][key][1]), std)
-    state = restore.load_for_inference(config, workdir, one_device).state
+    state = select.load_for_inference(config, workdir, one_device).state
     predict_step = predict_jit(norm)
     rng = np.random.default_rng(0)
     for n in (1, 3):  # the batch dimension is symbolic
@@ -1018,28 +963,3 @@ def test_samples_preview_draws_decoded_synthetic_samples(tmp_path, capsys):
     )
     assert plot_tool.main(["samples", "--out", str(out), "--n", "0"]) == 2
     assert capsys.readouterr().err.startswith("error: samples: expected n >= 1")
-
-
-@pytest.mark.parametrize(
-    "changes, training, message",
-    [
-        ({"evals.photos.type": "nope"}, False, r"evals.photos.type='nope': expected one of"),
-        ({"evals.preview.every": -1}, False, r"evals.preview.every=-1: expected >= 0"),
-        ({"evals.preview.samples": 0}, False, r"evals.preview.samples=0: expected >= 1"),
-        ({"evals.photos_clean.set": "mine"}, False, r"evals.photos_clean.set='mine': expected"),
-        ({"evals.val.type": "preview"}, False, r"evals.val: expected a validation evaluator"),
-        ({"evals.val.every": 2}, True, r"evals.val.every=2: expected 1"),
-    ],
-)
-def test_evals_entries_are_checked_in_one_line(data_dir, changes, training, message):
-    config = _config(data_dir)
-    evaluators.validate(config, training=True)  # the defaults are fine
-    for field, value in changes.items():
-        node, *path = config, *field.split(".")
-        for part in path[:-1]:
-            node = node[part]
-        node[path[-1]] = value
-    with pytest.raises(errors.UsageError, match=f"^{message}"):
-        evaluators.validate(config, training=training)
-    if training:  # mode=evaluate does not care how often training validates
-        evaluators.validate(config)

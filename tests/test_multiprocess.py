@@ -24,7 +24,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from configs import masknet_bce
-from jaxsegdepth import checkpoints, mesh as mesh_lib, reporting, setup
+from jaxsegdepth import build, mesh as mesh_lib, reporting
+from jaxsegdepth.checkpointing import store
 
 TIMEOUT = 300  # no run here takes a tenth of it; a hang fails instead of blocking the suite
 DETERMINISTIC = ("epoch", "step", "lr", "train_loss", "val_loss", "val_iou", "val_iou_soft")
@@ -108,9 +109,9 @@ def _one_process_two_devices(workdir, shared, **overrides):
 def _latest_state(workdir):
     config = masknet_bce.get_config()
     config.schedule.name = "plateau"
-    checkpointer = checkpoints.Checkpointer(str(workdir))
+    checkpointer = store.Checkpointer(str(workdir))
     try:
-        state, _ = checkpointer.restore(setup.abstract_state(config, mesh_lib.create_mesh()))
+        state, _ = checkpointer.restore(build.abstract_state(config, mesh_lib.create_mesh()))
         return jax.device_get(state), checkpointer.all_steps()
     finally:
         checkpointer.close()

@@ -38,6 +38,7 @@ LAYERS = {
     "stages": 2,
     "preprocess": 2,
     "capture": 2,
+    "align": 2,
     "video.pixels": 2,
     "video.clips": 2,
     "video.batches": 2,
@@ -48,17 +49,21 @@ LAYERS = {
     "mesh": 3,
     "optim": 3,
     "steps": 3,
-    "checkpoints": 3,
+    "checkpointing.store": 3,
     "reporting": 3,
     "charts": 3,
     "signals": 3,
-    "card": 3,
+    "checkpointing.card": 3,
     "hardware": 3,
     "video.from_config": 3,
-    "resume": 4,
-    "setup": 4,
-    "restore": 4,
-    "evaluators": 4,
+    "checkpointing.resume": 4,
+    "build": 4,
+    "checkpointing.select": 4,
+    "evaluators.base": 4,
+    "evaluators.validation": 4,
+    "evaluators.baselines": 4,
+    "evaluators.photographs": 4,
+    "evaluators.catalog": 4,
     "modes.train": 5,
     "modes.evaluate": 5,
     "modes.predict": 5,
@@ -171,10 +176,40 @@ def test_every_module_imports_from_an_installed_copy_of_the_package_alone(tmp_pa
     assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_the_scripts_in_tools_are_neither_installed_nor_imported_by_the_package():
-    tomllib = pytest.importorskip("tomllib")
-    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
-        packages = tomllib.load(f)["tool"]["setuptools"]["packages"]
-    assert "jaxsegdepth" in packages and not [p for p in packages if p.split(".")[0] == "tools"]
-    for module, path in _modules().items():
-        assert not [name for name in _imports(path) if name.split(".")[0] == "tools"], module
+def _packages() -> set[str]:
+    """Every folder of the package that holds an __init__.py, as dotted names."""
+    return {
+        os.path.relpath(folder, ROOT).replace(os.sep, ".")
+        for folder, _, files in os.walk(PACKAGE)
+        if "__init__.py" in files
+    }
+
+
+def test_what_a_wheel_of_the_clone_holds_is_every_subpackage_and_no_tools(tmp_path):
+    """setuptools' `build_py`, the step that fills a wheel with the packages pyproject.toml finds
+    (run without `wheel`, which setuptools < 70 needs for the archive itself), over a copy of
+    the clone: every subpackage's __init__.py and every module, nothing of tools/."""
+    source = tmp_path / "source"
+    shutil.copytree(PACKAGE, source / "jaxsegdepth", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(os.path.join(ROOT, "tools"), source / "tools")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), source / name)
+    lib = tmp_path / "lib"
+    result = subprocess.run(
+        [sys.executable, "-c", "import setuptools; setuptools.setup()", "-q", "build_py"]
+        + ["--build-lib", str(lib)],
+        capture_output=True,
+        text=True,
+        cwd=source,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    held = {
+        os.path.relpath(os.path.join(folder, name), lib).replace(os.sep, "/")
+        for folder, _, files in os.walk(lib)
+        for name in files
+    }
+    expected = {f"{p.replace('.', '/')}/__init__.py" for p in _packages()}
+    expected |= {f"jaxsegdepth/{m.replace('.', '/')}.py" for m in _modules()}
+    assert len(_packages()) >= 5 and "jaxsegdepth.data.synthetic" in _packages()
+    assert held == expected

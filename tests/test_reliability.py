@@ -24,20 +24,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from configs import default, masknet_bce
-from jaxsegdepth import (
-    checkpoints,
-    errors,
-    evaluators,
-    mesh as mesh_lib,
-    preprocess,
-    reporting,
-    resume,
-    setup,
-    signals,
-    steps,
-)
+from jaxsegdepth import build, errors, mesh as mesh_lib, preprocess, reporting, signals, steps
+from jaxsegdepth.checkpointing import resume, store
 from jaxsegdepth.modes import train
 from jaxsegdepth.data import datasets, pipeline, synthetic
+from jaxsegdepth.evaluators import base, validation
 
 
 def _config(data_dir, **changes):
@@ -120,7 +111,7 @@ def test_a_fresh_run_starts_an_empty_metrics_file(tmp_path):
 
 @pytest.fixture(scope="module")
 def masknet_state(tmp_path_factory):
-    return setup.create_state(
+    return build.create_state(
         _config(tmp_path_factory.mktemp("unused")), mesh=mesh_lib.create_mesh()
     )
 
@@ -133,7 +124,7 @@ def _at(state, step):
 def test_a_non_finite_monitored_metric_ranks_last_instead_of_crashing(
     tmp_path, masknet_state, mode
 ):
-    checkpointer = checkpoints.Checkpointer(str(tmp_path), "val_loss", mode)
+    checkpointer = store.Checkpointer(str(tmp_path), "val_loss", mode)
     try:
         checkpointer.save(_at(masknet_state, 1), {}, {"val_loss": 0.5})
         checkpointer.save(_at(masknet_state, 2), {}, {"val_loss": math.nan})
@@ -146,13 +137,13 @@ def test_a_non_finite_monitored_metric_ranks_last_instead_of_crashing(
 
 
 def test_saving_a_step_twice_never_deletes_the_first(tmp_path, masknet_state):
-    checkpointer = checkpoints.Checkpointer(str(tmp_path))
+    checkpointer = store.Checkpointer(str(tmp_path))
     try:
         checkpointer.save(_at(masknet_state, 4), {"mark": "first"})
         with pytest.raises(ValueError):
             checkpointer.save(_at(masknet_state, 4), {"mark": "second"})
         checkpointer.wait()
-        target = setup.abstract_state(_config(tmp_path), mesh_lib.create_mesh())
+        target = build.abstract_state(_config(tmp_path), mesh_lib.create_mesh())
         assert checkpointer.restore(target, 4)[1] == {"mark": "first"}
     finally:
         checkpointer.close()
@@ -273,7 +264,7 @@ def test_a_kill_after_a_save_between_log_steps_resumes_to_the_same_train_losses(
         tmp_path / "data", stages=((32, 2),), log_every_steps=3, **{"checkpoint.every_steps": 1}
     )
     train.run(config, str(tmp_path / "straight"))
-    save = checkpoints.Checkpointer.save
+    save = store.Checkpointer.save
 
     def save_then_die(self, state, loop, metrics=None, card=None):
         save(self, state, loop, metrics, card)
@@ -281,7 +272,7 @@ def test_a_kill_after_a_save_between_log_steps_resumes_to_the_same_train_losses(
             self.wait()
             raise _Killed
 
-    monkeypatch.setattr(checkpoints.Checkpointer, "save", save_then_die)
+    monkeypatch.setattr(store.Checkpointer, "save", save_then_die)
     with pytest.raises(_Killed):
         train.run(config, str(tmp_path / "killed"))
     monkeypatch.undo()
@@ -318,7 +309,7 @@ def test_a_full_disk_during_a_save_is_a_run_error(tmp_path, monkeypatch):
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(checkpoints.Checkpointer, "save", no_space)
+    monkeypatch.setattr(store.Checkpointer, "save", no_space)
     with pytest.raises(errors.RunError, match=r"cannot write in .*No space left on device"):
         train.run(_config(tmp_path / "data"), str(tmp_path / "run"))
 
@@ -368,8 +359,8 @@ def test_evaluation_stops_after_the_batch_during_which_asked(tmp_path, masknet_s
         return jitted(state, batch)
 
     answers = iter([False, True])  # asked after each batch: stop after the second
-    context = evaluators.Context(config, mesh_lib.create_mesh(), ("mask",), eval_step, None)
-    result = evaluators.Validation(context, should_stop=lambda: next(answers)).run(
+    context = base.Context(config, mesh_lib.create_mesh(), ("mask",), eval_step, None)
+    result = validation.Validation(context, should_stop=lambda: next(answers)).run(
         masknet_state, 32
     )
     assert result is None and evaluated == [2, 2]  # 7 validation samples would be 4 batches

@@ -26,7 +26,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from configs import masknet_bce
-from jaxsegdepth import checkpoints, mesh as mesh_lib, reporting, setup
+from jaxsegdepth import build, mesh as mesh_lib, reporting
+from jaxsegdepth.checkpointing import store
 
 KILLS = int(os.environ.get("JAXSEGDEPTH_SOAK_KILLS", "3"))
 TERMS = int(os.environ.get("JAXSEGDEPTH_SOAK_TERMS", "1"))
@@ -104,9 +105,9 @@ def _interrupt(command, signum, delay, after_epoch_line=False):
 def _final_state(workdir):
     config = masknet_bce.get_config()
     config.schedule.name = "plateau"
-    checkpointer = checkpoints.Checkpointer(str(workdir))
+    checkpointer = store.Checkpointer(str(workdir))
     try:
-        target = setup.abstract_state(config, mesh_lib.create_mesh())
+        target = build.abstract_state(config, mesh_lib.create_mesh())
         state, _ = checkpointer.restore(target)
         return jax.device_get(state), checkpointer.best_step()
     finally:

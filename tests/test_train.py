@@ -27,17 +27,8 @@ sys.path.insert(0, ROOT)
 
 import configs
 import launch
-from jaxsegdepth import (
-    checkpoints,
-    errors,
-    mesh as mesh_lib,
-    metrics,
-    optim,
-    reporting,
-    restore,
-    setup,
-    stages,
-)
+from jaxsegdepth import build, errors, mesh as mesh_lib, metrics, optim, reporting, stages
+from jaxsegdepth.checkpointing import select, store
 from jaxsegdepth.modes import train
 from jaxsegdepth.data import pipeline
 
@@ -119,7 +110,7 @@ def _validation_metrics(workdir, shared, resolution):
     """(step, metrics) of the run's chosen checkpoint, recomputed in one unpadded pass over
     every validation sample at `resolution`."""
     config = _config(**{"dataset.num_samples": NUM_SAMPLES, "dataset.data_dir": shared["data"]})
-    state = restore.load_for_inference(config, str(workdir)).state
+    state = select.load_for_inference(config, str(workdir)).state
     batch = next(
         iter(
             pipeline.create_loader(
@@ -208,7 +199,7 @@ def test_train_writes_outputs_and_resumes_without_repeating_epochs(tmp_path, sha
     assert "resuming" in second.stdout
     records = reporting.read_metrics(workdir)
     assert [(r["epoch"], r["step"]) for r in records] == [(1, 3), (2, 6)]
-    checkpointer = checkpoints.Checkpointer(str(workdir), "val_loss", "min")
+    checkpointer = store.Checkpointer(str(workdir), "val_loss", "min")
     try:
         assert 6 in checkpointer.all_steps()  # the latest (and step 3 only if it is the best)
         assert set(checkpointer.all_steps()) <= {3, 6}
@@ -249,12 +240,12 @@ def test_sigterm_saves_a_restorable_checkpoint_and_resume_matches_an_uninterrupt
     assert "interrupted by SIGTERM" in stderr and "rerun the same command" in stderr
 
     config = _load_config("configs/masknet_bce.py")
-    state = restore.load_for_inference(config, str(workdir)).state  # best or latest: restorable
-    checkpointer = checkpoints.Checkpointer(str(workdir), "val_loss", "min")
+    state = select.load_for_inference(config, str(workdir)).state  # best or latest: restorable
+    checkpointer = store.Checkpointer(str(workdir), "val_loss", "min")
     try:
         latest = checkpointer.latest_step()
         restored, progress = checkpointer.restore(
-            setup.abstract_state(config, mesh_lib.create_mesh()), latest
+            build.abstract_state(config, mesh_lib.create_mesh()), latest
         )
     finally:
         checkpointer.close()
@@ -326,10 +317,10 @@ def test_uncertainty_log_variances_are_logged_every_epoch_and_checkpointed(tmp_p
             )
     assert records[0]["log_var/mask"] != records[1]["log_var/mask"]
     config = _config(loss_weighting="uncertainty")
-    checkpointer = checkpoints.Checkpointer(str(tmp_path))
+    checkpointer = store.Checkpointer(str(tmp_path))
     try:
         state, _ = checkpointer.restore(
-            setup.abstract_state(config, mesh_lib.create_mesh()), checkpointer.best_step()
+            build.abstract_state(config, mesh_lib.create_mesh()), checkpointer.best_step()
         )
     finally:
         checkpointer.close()
@@ -358,7 +349,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(
     assert str(raised.value).startswith("non-finite loss at step 5 (epoch 2)")
     assert "last good checkpoint is step 3" in str(raised.value)
     assert [r["epoch"] for r in reporting.read_metrics(workdir)] == [1]
-    checkpointer = checkpoints.Checkpointer(str(workdir), "val_loss", "min")
+    checkpointer = store.Checkpointer(str(workdir), "val_loss", "min")
     try:
         assert checkpointer.all_steps() == [3]
     finally:
@@ -401,14 +392,14 @@ def test_init_from_takes_the_checkpoints_model_and_starts_the_rest_fresh(
     config = _masknet_config(shared, init_from=os.path.join(source, "checkpoints") + ":3")
     train.run(config, str(tmp_path))
     state = started["state"]
-    checkpointer = checkpoints.Checkpointer(source)
+    checkpointer = store.Checkpointer(source)
     try:
         saved, _ = checkpointer.restore(
-            setup.abstract_state(source_config, mesh_lib.create_mesh()), 3
+            build.abstract_state(source_config, mesh_lib.create_mesh()), 3
         )
     finally:
         checkpointer.close()
-    fresh = jax.device_get(setup.create_state(config, 3))
+    fresh = jax.device_get(build.create_state(config, 3))
     for part in ("params", "batch_stats"):
         assert _same(getattr(state, part), jax.device_get(getattr(saved, part))), part
         assert not _same(getattr(state, part), getattr(fresh, part)), part
@@ -452,7 +443,7 @@ def test_init_from_names_a_missing_run_or_step_and_a_variable_that_does_not_fit(
     masknet_source, shared, tmp_path
 ):
     config, source = masknet_source
-    state = restore.load_for_inference(config, source).state
+    state = select.load_for_inference(config, source).state
     kernel = state.params["out"]["kernel"]
     odd = state.replace(
         params={
@@ -460,42 +451,41 @@ def test_init_from_names_a_missing_run_or_step_and_a_variable_that_does_not_fit(
             "out": {**state.params["out"], "kernel": jax.numpy.zeros(kernel.shape[:-1] + (2,))},
         }
     )
-    checkpointer = checkpoints.Checkpointer(str(tmp_path / "odd"))
+    checkpointer = store.Checkpointer(str(tmp_path / "odd"))
     try:
         checkpointer.save(odd, {"settings": {"model": "masknet"}})
     finally:
         checkpointer.close()
-    for init_from, step, message in [
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "model.jax_exported").write_bytes(b"")
+    for init_from, message in [
         (
             str(tmp_path / "nowhere"),
-            -1,
             f"init_from={tmp_path / 'nowhere'}: no checkpoints "
             "folder there (expected a run's workdir or its checkpoints folder, optionally "
-            "with :STEP)",
+            "with :STEP, or an export folder)",
         ),
         (
             f"{source}:7",
-            -1,
             f"init_from={source}:7: no checkpoint at step 7 in "
             f"{source}/checkpoints; available: [3]",
         ),
         (
-            source,
-            3,
-            "checkpoint.step=3 picks among WORKDIR's checkpoints: with init_from, "
-            f"write init_from={source}:3",
+            str(export),
+            f"init_from={export}: {export} is an export (model.jax_exported): this mode reads "
+            "a run's checkpoints, RUN or RUN:STEP (jaxsegdepth.artifact.load reads an export)",
         ),
         (
             str(tmp_path / "odd"),
-            -1,
             f"init_from={tmp_path / 'odd'}: step 3 of "
             f"{tmp_path / 'odd' / 'checkpoints'} does not fit model=masknet: params/out/kernel "
             "is (1, 1, 64, 2) in the checkpoint, (1, 1, 64, 1) in masknet",
         ),
     ]:
-        wrong = _masknet_config(shared, init_from=init_from, **{"checkpoint.step": step})
+        wrong = _masknet_config(shared, init_from=init_from)
         with pytest.raises(errors.UsageError) as raised:
-            restore.load_variables(wrong)
+            select.load_variables(wrong)
         assert str(raised.value) == message
 
 
@@ -659,8 +649,8 @@ def test_default_workdir_is_named_after_the_config():
 @pytest.mark.parametrize("mode, best", [("min", 2), ("max", 4)])
 def test_checkpointer_keeps_the_latest_and_the_best(tmp_path, mode, best):
     config = _config(model="masknet", **{"loss": ml_collections.ConfigDict({"mask": {"bce": 1.0}})})
-    state = setup.create_state(config, mesh=mesh_lib.create_mesh())
-    checkpointer = checkpoints.Checkpointer(str(tmp_path), "val_iou", mode)
+    state = build.create_state(config, mesh=mesh_lib.create_mesh())
+    checkpointer = store.Checkpointer(str(tmp_path), "val_iou", mode)
     try:
         for step, value in zip((1, 2, 3, 4, 5), (0.5, 0.2, 0.6, 0.9, 0.4)):
             state = state.replace(step=jax.numpy.asarray(step, jax.numpy.int32))
@@ -673,30 +663,30 @@ def test_checkpointer_keeps_the_latest_and_the_best(tmp_path, mode, best):
         assert sorted(checkpointer.all_steps()) == sorted({best, 6})
         assert checkpointer.best_step() == best and checkpointer.latest_step() == 6
         restored, loop = checkpointer.restore(
-            setup.abstract_state(config, mesh_lib.create_mesh()), best
+            build.abstract_state(config, mesh_lib.create_mesh()), best
         )
         assert int(restored.step) == best and loop == {"epoch": best}
     finally:
         checkpointer.close()
     config.checkpoint.monitor, config.checkpoint.mode = "val_iou", mode
-    assert int(restore.load_for_inference(config, str(tmp_path)).state.step) == best
-    config.checkpoint.step = 6
-    assert int(restore.load_for_inference(config, str(tmp_path)).state.step) == 6
-    config.checkpoint.step = 7
-    with pytest.raises(errors.RunError, match="no checkpoint at step 7"):
-        restore.load_for_inference(config, str(tmp_path))
+    assert int(select.load_for_inference(config, str(tmp_path)).state.step) == best
+    config.model_path = ":6"
+    assert int(select.load_for_inference(config, str(tmp_path)).state.step) == 6
+    config.model_path = ":7"
+    with pytest.raises(errors.UsageError, match="model_path=:7: no checkpoint at step 7"):
+        select.load_for_inference(config, str(tmp_path))
 
 
 def test_load_for_inference_names_the_missing_directory(tmp_path):
     with pytest.raises(errors.RunError, match=str(tmp_path / "checkpoints")):
-        restore.load_for_inference(_config(), str(tmp_path))
+        select.load_for_inference(_config(), str(tmp_path))
 
 
 def test_iterator_state_round_trips_through_json():
     for state in (b'{"a": 1}', {"next_index": np.int64(5), "nested": {"x": [1, 2]}}):
-        encoded = checkpoints.encode_iterator_state(state)
+        encoded = store.encode_iterator_state(state)
         json.dumps(encoded)
-        decoded = checkpoints.decode_iterator_state(encoded)
+        decoded = store.decode_iterator_state(encoded)
         assert decoded == (
             state if isinstance(state, bytes) else {"next_index": 5, "nested": {"x": [1, 2]}}
         )

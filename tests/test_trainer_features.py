@@ -22,22 +22,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from configs import default
-from jaxsegdepth import (
-    checkpoints,
-    errors,
-    evaluators,
-    losses,
-    mesh as mesh_lib,
-    models,
-    optim,
-    preprocess,
-    restore,
-    resume,
-    setup,
-    steps,
-)
+from jaxsegdepth import build, errors, losses, mesh as mesh_lib, models, optim, preprocess, steps
+from jaxsegdepth.checkpointing import resume, select, store
 from jaxsegdepth.data.normalization import MODEST_NORMALIZATION
 from jaxsegdepth.modes import evaluate, train
+from jaxsegdepth.evaluators import catalog
 
 PREPROCESS = preprocess.from_normalization(MODEST_NORMALIZATION)  # normalise, no augmentation
 BCE = losses.compose({"mask": {"bce": 1.0}})
@@ -234,10 +223,10 @@ def _is_shape(x):
 def test_a_regex_that_matches_no_parameter_is_refused_naming_it():
     config = default.get_config()  # DSResNet: enc1..enc4, b1, b2, bf1, bf2, merge, heads
     config.freeze, config.lr_multipliers = ("enc.*",), (("b1/.*", 0.1), ("bf.*", 0.2))
-    setup.validate_optimizer(config)
+    build.validate_optimizer(config)
     config.lr_multipliers = (("encoder.*", 0.1),)
     with pytest.raises(errors.UsageError, match=r"lr_multipliers: 'encoder\.\*' matches no"):
-        setup.validate_optimizer(config)
+        build.validate_optimizer(config)
     for field, value, message in (
         ("freeze", ("(",), "not a regular expression"),
         ("accumulate_steps", 0, "accumulate_steps=0"),
@@ -246,7 +235,7 @@ def test_a_regex_that_matches_no_parameter_is_refused_naming_it():
         bad = default.get_config()
         bad[field] = value
         with pytest.raises(errors.UsageError, match=message):
-            setup.validate_optimizer(bad)
+            build.validate_optimizer(bad)
     for value in ((0, 2), (3, 2), (1,)):
         with pytest.raises(errors.UsageError, match="profile_steps"):
             steps.StepTrace.validate(value)
@@ -440,9 +429,9 @@ def _records(workdir):
 
 
 def _final_params(config, workdir):
-    checkpointer = checkpoints.Checkpointer(workdir, "val_loss", "min", read_only=True)
+    checkpointer = store.Checkpointer(workdir, "val_loss", "min", read_only=True)
     try:
-        target = setup.abstract_state(config, mesh_lib.create_mesh(), 3)
+        target = build.abstract_state(config, mesh_lib.create_mesh(), 3)
         state, _ = checkpointer.restore(target, checkpointer.latest_step())
     finally:
         checkpointer.close()
@@ -490,12 +479,12 @@ def test_the_moving_average_is_what_validation_and_inference_run(uninterrupted):
     config, workdir = uninterrupted
     records = _records(workdir)
     config = config.copy_and_resolve_references()
-    config.checkpoint.step = records[-1]["step"]  # the latest, as _final_params reads
+    config.model_path = f":{records[-1]['step']}"  # the latest, as _final_params reads
     for record in records:
         assert record["eval_weights"] == "ema"
         assert record["val_loss"] != record["val_trained_loss"]
     params, _, ema = _final_params(config, workdir)
-    model = restore.load_for_inference(config, workdir)
+    model = select.load_for_inference(config, workdir)
     assert model.weights == "ema" and model.source.endswith("(its EMA weights)")
     assert model.state.ema == {}
     loaded = jax.device_get({"params": model.state.params, "batch_stats": model.state.batch_stats})
@@ -515,10 +504,10 @@ def test_a_trained_weights_validation_is_refused_in_evaluate_mode():
     config = _config()
     config.evals.val_trained.evaluate = True
     with pytest.raises(errors.UsageError, match="^evals.val_trained: weights='trained' runs in"):
-        evaluators.validate(config)
+        catalog.validate(config)
     config.evals.val_trained.evaluate, config.evals.val_trained.weights = False, "average"
     with pytest.raises(errors.UsageError, match="^evals.val_trained.weights='average': expected"):
-        evaluators.validate(config)
+        catalog.validate(config)
 
 
 def test_a_warm_start_keeps_a_moving_average_from_the_source_weights(

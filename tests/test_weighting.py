@@ -29,7 +29,7 @@ def test_fixed_objective_is_the_loss_specs_total_bit_for_bit():
     assert float(terms["mask/loss"]) == pytest.approx(
         float(terms["mask/bce"]) + 2 * float(terms["mask/dice"]), rel=1e-6
     )
-    fixed = weighting.Weighting("fixed", TASKS)
+    fixed = weighting.Fixed(TASKS)
     assert fixed.init() == {} and fixed.learnable({}) == {}
     assert fixed.objective({}, total, terms) is total
     assert fixed.report({}) == {}
@@ -37,7 +37,7 @@ def test_fixed_objective_is_the_loss_specs_total_bit_for_bit():
 
 def test_uncertainty_objective_and_gradient_follow_kendall():
     """sum_k exp(-s_k) L_k + s_k, and d/ds_k = 1 - exp(-s_k) L_k, computed here by hand."""
-    method = weighting.Weighting("uncertainty", TASKS)
+    method = weighting.Uncertainty(TASKS)
     state = method.init()
     assert {k: float(v) for k, v in state["log_var"].items()} == {"depth": 0.0, "mask": 0.0}
     state = {"log_var": {"depth": jnp.float32(0.5), "mask": jnp.float32(-1.0)}}
@@ -58,7 +58,7 @@ def test_uncertainty_objective_and_gradient_follow_kendall():
 
 def test_dwa_weights_follow_liu_and_start_at_one():
     """w = K softmax(r / T), r_k = L_k(e-1) / L_k(e-2); 1 until two epochs are known."""
-    method = weighting.Weighting("dwa", TASKS, temperature=2.0)
+    method = weighting.DWA(TASKS, temperature=2.0)
     state = method.init()
     assert method.report(state) == {"weight/depth": 1.0, "weight/mask": 1.0}
     state = method.after_epoch(state, {"depth": 0.6, "mask": 0.5})  # one epoch: still ones
@@ -73,7 +73,7 @@ def test_dwa_weights_follow_liu_and_start_at_one():
     objective = 0.3 * want["weight/depth"] + 0.8 * want["weight/mask"]
     assert float(method.objective(state, TOTAL, TERMS)) == pytest.approx(objective, rel=1e-6)
     assert method.learnable(state) == {}
-    colder = weighting.Weighting("dwa", TASKS, temperature=0.5).report(state)
+    colder = weighting.DWA(TASKS, temperature=0.5).report(state)
     assert colder["weight/mask"] > want["weight/mask"]  # a lower T sharpens the softmax
 
 
@@ -95,7 +95,7 @@ def test_an_uncertainty_step_trains_the_log_variance_with_the_model():
     plateau = optim.plateau(default.get_config())
     new = {}
     for name in ("fixed", "uncertainty"):
-        method = weighting.Weighting(name, ("mask",))
+        method = weighting.METHODS[name](("mask",))
         state = steps.create_train_state(
             models.MaskNet(),
             optax.sgd(0.1),
@@ -120,6 +120,17 @@ def test_an_uncertainty_step_trains_the_log_variance_with_the_model():
     assert float(state.weighting["log_var"]["mask"]) == pytest.approx(-0.1 * (1 - loss), rel=1e-5)
     for a, b in zip(jax.tree.leaves(fixed_state.params), jax.tree.leaves(state.params)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_config_chooses_one_object_once():
+    config = default.get_config()
+    chosen = {}
+    for name in ("fixed", "uncertainty", "dwa"):
+        config.loss_weighting, config.dwa_temperature = name, 0.5
+        chosen[name] = weighting.from_config(config)
+    assert chosen["fixed"] == weighting.Fixed(TASKS) and not chosen["fixed"].ADAPTS
+    assert chosen["uncertainty"] == weighting.Uncertainty(TASKS) and chosen["uncertainty"].ADAPTS
+    assert chosen["dwa"] == weighting.DWA(TASKS, temperature=0.5)
 
 
 @pytest.mark.parametrize(

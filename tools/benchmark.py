@@ -48,7 +48,7 @@ sys.path.insert(0, ROOT)  # `python tools/benchmark.py` puts only tools/ on the 
 
 import configs
 from configs import default, masknet_bce
-from jaxsegdepth import errors, hardware, mesh as mesh_lib, setup
+from jaxsegdepth import build, errors, hardware, mesh as mesh_lib
 from jaxsegdepth.data import datasets, pipeline
 from jaxsegdepth.modes.benchmark import (
     StepRunner,
@@ -386,7 +386,7 @@ def _configs(args: argparse.Namespace) -> dict[tuple[str, str], ml_collections.C
     for model in _names(args.model):
         for dtype in _names(args.dtype):
             config = load_config(args.config, model, dtype, args.seed)
-            setup.validate(config, _ints(args.resolutions), "--resolutions")
+            build.validate(config, _ints(args.resolutions), "--resolutions")
             recipes[model, dtype] = config
     mesh = mesh_lib.create_mesh()
     for batch_size in _batches(args):

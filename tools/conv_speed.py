@@ -43,7 +43,7 @@ import jax.numpy as jnp
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # `python tools/conv_speed.py` puts only tools/ on the path
 
-from jaxsegdepth import errors, hardware, models, setup
+from jaxsegdepth import build, errors, hardware, models
 from jaxsegdepth.modes import benchmark
 from tools import benchmark as benchmark_tool, torch_compare
 
@@ -196,7 +196,7 @@ def patches_interceptor(max_pixels: int) -> Callable:
 def run_patches(args: argparse.Namespace) -> dict:
     """The trainer's steps compiled once per `--max-pixels`, timed in interleaved rounds."""
     config = benchmark_tool.load_config(args.config, args.model, "float32")
-    setup.validate(config, [args.res])
+    build.validate(config, [args.res])
     batch = benchmark.synthetic_batch(args.batch, args.res, config.seed)
     runners = {}
     for max_pixels in args.max_pixels:

@@ -23,8 +23,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # `python tools/nuisance_costs.py` puts only tools/ on the path
 
 import configs
-from jaxsegdepth import evaluators, mesh as mesh_lib, restore, setup
+from jaxsegdepth import build, mesh as mesh_lib
+from jaxsegdepth.checkpointing import select
 from jaxsegdepth.data import photos
+from jaxsegdepth.evaluators import base, photographs
 
 SETS = ("photos_clean", *(f"photos_{n}" for n in photos.NUISANCES), "photos_capture")
 
@@ -32,12 +34,14 @@ SETS = ("photos_clean", *(f"photos_{n}" for n in photos.NUISANCES), "photos_capt
 def measure(config, workdir: str, pairs: int, resolution: int) -> dict:
     """{set: photos evaluator metrics} for every set of `SETS`."""
     mesh = mesh_lib.create_mesh()
-    model = restore.load_for_inference(config, workdir, mesh)
-    normalization = restore.input_normalization(config, model.card, model.source)
-    _, eval_step, predict_step = setup.compiled_steps(config, mesh, normalization)
-    context = evaluators.Context(config, mesh, setup.heads(config), eval_step, predict_step)
+    model = select.load_for_inference(config, workdir, mesh)
+    normalization = select.input_normalization(config, model.card, model.source)
+    _, eval_step, predict_step = build.compiled_steps(config, mesh, normalization)
+    context = base.Context(config, mesh, build.heads(config), eval_step, predict_step)
     return {
-        name: evaluators.Photos(context, pairs, name, tag=name).run(model.state, resolution).metrics
+        name: photographs.Photos(context, pairs, name, tag=name)
+        .run(model.state, resolution)
+        .metrics
         for name in SETS
     }
 

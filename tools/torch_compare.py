@@ -52,7 +52,7 @@ import optax
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # `python tools/torch_compare.py` puts only tools/ on the path
 
-from jaxsegdepth import errors, hardware, losses, mesh as mesh_lib, preprocess, setup, steps
+from jaxsegdepth import build, errors, hardware, losses, mesh as mesh_lib, preprocess, steps
 from jaxsegdepth.modes import benchmark
 from tools import benchmark as benchmark_tool
 
@@ -216,8 +216,8 @@ def torch_steps(net, optimizer, batch: dict) -> tuple:
 def bare_steps(config, model_batch: dict) -> tuple:
     """`train(n)` and `evaluate(n)` of the plainest jitted JAX steps on the normalised float32
     `model_batch`: the model's loss and SGD with momentum, nothing else (module doc)."""
-    model, loss_fn = setup.create_model(config), losses.compose(config.loss)
-    state = setup.create_state(config, mesh=mesh_lib.create_mesh(jax.devices()[:1]))
+    model, loss_fn = build.create_model(config), losses.compose(config.loss)
+    state = build.create_state(config, mesh=mesh_lib.create_mesh(jax.devices()[:1]))
     tx = optax.sgd(config.optimizer.learning_rate, momentum=config.optimizer.momentum)
     inputs = (model_batch["bg"], model_batch["bg_fg"])
     targets = {"mask": model_batch["mask"], "depth": model_batch["depth"]}
@@ -314,7 +314,7 @@ def _build_side(name: str, args: argparse.Namespace) -> tuple:
     """`(train, evaluate)` of side `name` ("torch", "jax" or "bare") on the recipe's random
     batch, compiled and warmed up. Every side builds the same batch from the recipe's seed."""
     config = jax_config(args.config)
-    setup.validate(config, [args.res])
+    build.validate(config, [args.res])
     batch = benchmark.synthetic_batch(args.batch, args.res, config.seed)
     if name != "jax":  # torch and bare take what the trainer's steps feed the model
         model_batch = jax.device_get(

@@ -34,7 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # `python tools/video_speed.py` puts only tools/ on the path
 
 import configs
-from jaxsegdepth import mesh as mesh_lib, models, setup
+from jaxsegdepth import build, mesh as mesh_lib, models
 from jaxsegdepth.data import pipeline, synthetic
 from jaxsegdepth.modes import predict
 from jaxsegdepth.video import outputs as outputs_lib, pixels, prediction
@@ -49,9 +49,9 @@ def load_model(config, workdir: str):
     if workdir:
         return predict.load_predict_fn(config, workdir)
     mesh = mesh_lib.create_mesh(jax.local_devices()[:1])
-    state = setup.create_state(config, mesh=mesh)
+    state = build.create_state(config, mesh=mesh)
     normalization = pipeline.input_normalization(config.dataset)
-    _, _, predict_step = setup.compiled_steps(config, mesh, normalization)
+    _, _, predict_step = build.compiled_steps(config, mesh, normalization)
     return functools.partial(predict_step, state)
 
 

@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 from jax.experimental.compilation_cache import compilation_cache
 
-from jaxsegdepth import errors, hardware, mesh as mesh_lib, names, reporting, setup, stages, steps
+from jaxsegdepth import build, errors, hardware, mesh as mesh_lib, names, reporting, stages, steps
 from jaxsegdepth.data.normalization import MODEST_NORMALIZATION
 
 # The input statistics the benchmarked steps normalise with: their values do not change the
@@ -128,7 +128,7 @@ class StepRunner:
         self.mesh = mesh_lib.create_mesh() if mesh is None else mesh
         local_batch = mesh_lib.check_batch_size(self.mesh, batch_size, "--batch")
         self.config = config
-        self.state = setup.create_state(config, mesh=self.mesh) if state is None else state
+        self.state = build.create_state(config, mesh=self.mesh) if state is None else state
         if batch is None:
             batch = synthetic_batch(local_batch, resolution, config.seed)
         self.batch = mesh_lib.shard_batch(self.mesh, batch)
@@ -141,13 +141,13 @@ class StepRunner:
         start = time.perf_counter()
         self.train_step = self.compiled_train_step()
         middle = time.perf_counter()
-        _, evaluate, _ = setup.compiled_steps(self.config, self.mesh, NORMALIZATION)
+        _, evaluate, _ = build.compiled_steps(self.config, self.mesh, NORMALIZATION)
         self.eval_step = evaluate.lower(self.state, self.batch).compile()
         return middle - start, time.perf_counter() - middle
 
     def compiled_train_step(self):
         """The train step lowered and compiled for this state and batch (not kept)."""
-        train, _, _ = setup.compiled_steps(self.config, self.mesh, NORMALIZATION)
+        train, _, _ = build.compiled_steps(self.config, self.mesh, NORMALIZATION)
         return train.lower(self.state, self.batch).compile()
 
     def train(self, num_steps: int) -> dict | None:
@@ -373,7 +373,7 @@ def resolutions(config: ml_collections.ConfigDict) -> list[int]:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Refuses, in one line, a model, dtype, loss or batch the steps cannot run."""
-    setup.validate(config, resolutions(config), "stages")
+    build.validate(config, resolutions(config), "stages")
     mesh_lib.check_batch_size(mesh_lib.create_mesh(), config.batch_size)
 
 

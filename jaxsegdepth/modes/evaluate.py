@@ -1,7 +1,7 @@
 """`mode=evaluate`: the full metric table of a trained checkpoint on the validation split.
 
-Loads the best checkpoint of `WORKDIR` (or `--config.checkpoint.step=N`), or of another run
-with `--config.init_from=PATH[:STEP]`, evaluates every validation sample of `config.dataset`
+Loads the best checkpoint of `WORKDIR`, or the one `--config.model_path` names (`:STEP` of
+WORKDIR, another run's `RUN[:STEP]`), evaluates every validation sample of `config.dataset`
 (whatever the checkpoint was trained on, normalised with that dataset's statistics) once at
 each resolution asked for, prints a table and writes `WORKDIR/eval.json`:
 
@@ -16,7 +16,7 @@ each resolution asked for, prints a table and writes `WORKDIR/eval.json`:
 `max_channel |bg - bg_fg| > difference_threshold`, the threshold chosen on the training split)
 and `mean_depth_rmse` etc. (the mean training depth map predicted for every image), and what
 no model can beat: `ceiling_iou`, the best IoU any binary mask scores against the soft
-(resized, JPEG-coded) targets (`evaluators.ceiling_iou`).
+(resized, JPEG-coded) targets (`evaluators.baselines.ceiling_iou`).
 
 `photos` holds, per resolution, the mask IoU of the model (`model_iou`), of the best difference
 threshold (`difference_iou`, the threshold chosen on other pairs of the same kind) and the
@@ -33,7 +33,7 @@ validation evaluator's results, every other evaluator's are under its name.
 metrics are over pixels whose target is > 1e-4 (see `jaxsegdepth.metrics`). Resolutions:
 `config.evaluate.resolutions`, or when that is empty the last training stage's
 resolution. Metrics are exact over the split: the last partial batch is padded
-with repeats of its real samples weighted 0 (the trainer's own `evaluators.Validation`).
+with repeats of its real samples weighted 0 (the trainer's own `evaluators.validation.Validation`).
 """
 
 import json
@@ -43,17 +43,10 @@ import jax
 import ml_collections
 from PIL import Image
 
-from jaxsegdepth import (
-    checkpoints,
-    evaluators,
-    mesh as mesh_lib,
-    names,
-    reporting,
-    restore,
-    setup,
-    stages,
-)
+from jaxsegdepth import build, mesh as mesh_lib, names, reporting, stages
+from jaxsegdepth.checkpointing import select, store
 from jaxsegdepth.data import datasets, pipeline
+from jaxsegdepth.evaluators import base, catalog
 
 METRICS = "metrics"  # eval.json's key for the validation evaluator's results
 
@@ -65,11 +58,11 @@ def resolutions(config: ml_collections.ConfigDict) -> tuple[int, ...]:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Refuses, in one line, settings this mode would trip over (before anything loads)."""
-    setup.validate(config, resolutions(config), "evaluate.resolutions")
-    checkpoints.validate(config)
+    build.validate(config, resolutions(config), "evaluate.resolutions")
+    store.validate(config)
     pipeline.validate(config.dataset)
     mesh_lib.check_batch_size(mesh_lib.create_mesh(), config.batch_size)
-    evaluators.validate(config)
+    catalog.validate(config)
 
 
 def format_table(per_resolution: dict, order) -> str:
@@ -88,36 +81,20 @@ def format_table(per_resolution: dict, order) -> str:
     return "\n".join(lines)
 
 
-TITLES = {  # what the printed tables say of each evaluator type
-    "validation": "samples of the validation split (iou: threshold 0.5; iou_soft: on "
-    "probabilities)",
-    "baselines": "trivial predictors on the same images (difference_iou: max-channel |bg - "
-    "bg_fg| > a threshold chosen on the training split; mean_depth_*: the mean "
-    "training depth map for every image; ceiling_iou: the best any binary mask "
-    "scores against the soft targets)",
-    "photos": "held-out pairs of real photographs (masks only; model_iou against "
-    "difference_iou, the best threshold on other such pairs; plates registered as config.align "
-    "says, *_unaligned: without)",
-    "preview": "the preview grid",
-}
-
-
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Evaluates the chosen checkpoint; writes `WORKDIR/eval.json` and prints the tables."""
     mesh = mesh_lib.create_mesh()
-    model = restore.load_for_inference(config, workdir, mesh)  # fails clearly if none
+    model = select.load_for_inference(config, workdir, mesh)  # fails clearly if none
     state = model.state
-    source = os.path.abspath(restore.parse_init_from(config.init_from)[0] or workdir)
+    source = os.path.abspath(model.run)
     os.makedirs(workdir, exist_ok=True)
     datasets.prepare(config.dataset)
     step = int(jax.device_get(state.step))
-    heads = setup.heads(config)
-    normalization = restore.input_normalization(config, model.card, model.source)
-    _, eval_step, predict_step = setup.compiled_steps(config, mesh, normalization)
-    context = evaluators.Context(config, mesh, heads, eval_step, predict_step)
-    chosen = {
-        name: evaluators.create(name, context) for name in evaluators.for_evaluate_mode(config)
-    }
+    heads = build.heads(config)
+    normalization = select.input_normalization(config, model.card, model.source)
+    _, eval_step, predict_step = build.compiled_steps(config, mesh, normalization)
+    context = base.Context(config, mesh, heads, eval_step, predict_step)
+    chosen = {name: catalog.create(name, context) for name in catalog.for_evaluate_mode(config)}
     sections, details = {name: {} for name in chosen}, {}
     for resolution in resolutions(config):
         for name, evaluator in chosen.items():
@@ -146,7 +123,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         with open(path, "w") as f:
             json.dump(result, f, indent=1)
     tables = [
-        f"{name} - {TITLES[config.evals[name].type]}:\n"
+        f"{name} - {catalog.title(config, name)}:\n"
         f"{format_table(values, names.metric_names(heads))}"
         for name, values in sections.items()
         if values
@@ -160,4 +137,4 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _section(name: str) -> str:
     """eval.json's key for evaluator `name`: `metrics` for the validation pass, else its name."""
-    return METRICS if name == evaluators.VALIDATION else name
+    return METRICS if name == catalog.VALIDATION else name

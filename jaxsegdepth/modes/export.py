@@ -27,16 +27,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxsegdepth import (
-    checkpoints,
-    errors,
-    mesh as mesh_lib,
-    preprocess,
-    reporting,
-    restore,
-    setup,
-    steps,
-)
+from jaxsegdepth import build, errors, mesh as mesh_lib, preprocess, reporting, steps
+from jaxsegdepth.checkpointing import select, store
 from jaxsegdepth.data import pipeline
 from jaxsegdepth.artifact import ARTIFACT, METADATA
 
@@ -47,7 +39,7 @@ def validate(config) -> None:
     """Refuses, in one line naming the field, export settings that cannot work (before the
     checkpoint loads)."""
     cfg = config.export
-    setup.validate(config, (cfg.resolution,), "export.resolution")
+    build.validate(config, (cfg.resolution,), "export.resolution")
     if cfg.batch_size < 0:
         raise errors.UsageError(
             f"export.batch_size={cfg.batch_size}: expected 0 (any batch) or a positive size"
@@ -58,7 +50,7 @@ def validate(config) -> None:
             f"export.platforms={tuple(cfg.platforms)}: {unknown} unknown, "
             f"expected names among {PLATFORMS} (or () for the default backend)"
         )
-    checkpoints.validate(config)
+    store.validate(config)
     pipeline.validate(config.dataset)
 
 
@@ -142,8 +134,8 @@ def export_state(
 
 
 def run(config, workdir: str) -> str:
-    """Exports the best checkpoint (or `config.checkpoint.step`) of the run in `workdir`."""
-    model = restore.load_for_inference(
+    """Exports the best checkpoint of the run in `workdir`, or the one `config.model_path` names."""
+    model = select.load_for_inference(
         config, workdir, mesh_lib.create_mesh(jax.local_devices()[:1])
     )
     cfg = config.export
@@ -154,7 +146,7 @@ def run(config, workdir: str) -> str:
     path, exported = export_state(
         model.state,
         output_dir,
-        restore.input_normalization(config, model.card, model.source),
+        select.input_normalization(config, model.card, model.source),
         resolution=cfg.resolution,
         batch_size=cfg.batch_size,
         platforms=tuple(cfg.platforms) or None,

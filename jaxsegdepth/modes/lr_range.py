@@ -29,7 +29,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxsegdepth import charts, errors, mesh as mesh_lib, names, optim, reporting, setup, stages
+from jaxsegdepth import build, charts, errors, mesh as mesh_lib, names, optim, reporting, stages
 from jaxsegdepth.data import datasets, pipeline
 
 
@@ -51,7 +51,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise errors.UsageError(f"lr_range.smoothing={cfg.smoothing}: expected a value in (0, 1]")
     if not cfg.diverge_factor > 1.0:
         raise errors.UsageError(f"lr_range.diverge_factor={cfg.diverge_factor}: expected > 1")
-    setup.validate(
+    build.validate(
         config, (cfg.resolution or stages.of(config)[0].resolution,), "lr_range.resolution"
     )
     optim.validate(config)
@@ -118,11 +118,11 @@ def sweep(config: ml_collections.ConfigDict) -> dict:
     global_batch = cfg.batch_size or config.batch_size
     mesh = mesh_lib.create_mesh()
     schedule = optim.range_schedule(cfg.start_lr, cfg.end_lr, cfg.num_steps, cfg.spacing)
-    state = setup.create_state(
+    state = build.create_state(
         config, mesh=mesh, tx=optim.create_optimizer(config.optimizer, schedule)
     )
     datasets.prepare(config.dataset)
-    train_step, _, _ = setup.compiled_steps(
+    train_step, _, _ = build.compiled_steps(
         config, mesh, pipeline.input_normalization(config.dataset)
     )
     batches = iter(

@@ -1,6 +1,6 @@
 """`mode=predict`: run a trained model on your own background / composite image pairs.
 
-The model: WORKDIR's checkpoint, or another run's with `--config.init_from=PATH[:STEP]`.
+The model: WORKDIR's best checkpoint, or the one `--config.model_path` names (`RUN[:STEP]`).
 
 Input (`config.predict.bg`, `config.predict.bg_fg`): two image files, or two folders whose files
 are paired by name without the extension (`bg/room1.jpg` with `bg_fg/room1.png`). Any size and
@@ -10,7 +10,7 @@ Each pair is resized (bilinear) to a model size - `predict.resolution` squared i
 own size with each side rounded to the nearest multiple of the model's stride (32 for DSResNet,
 at least one stride), after scaling down so the longer side is at most `predict.max_side`
 (0: no cap) - and handed to the predict step as uint8, which normalises it on the device with
-the model's own input statistics (its checkpoint's model card, `card.py`), so no dataset is
+the model's own input statistics (its checkpoint's model card, `checkpointing.card`), so no dataset is
 needed; the predictions are resized back to
 the original size.
 
@@ -45,16 +45,8 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from jaxsegdepth import (
-    align,
-    checkpoints,
-    errors,
-    mesh as mesh_lib,
-    models,
-    reporting,
-    restore,
-    setup,
-)
+from jaxsegdepth import align, build, errors, mesh as mesh_lib, models, reporting
+from jaxsegdepth.checkpointing import select, store
 from jaxsegdepth.data import pipeline
 from jaxsegdepth.video import from_config as video_from_config
 
@@ -82,7 +74,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Refuses, in one line naming the field, settings that would fail every pair alike, and
     inputs that leave nothing to predict (before anything loads)."""
     cfg = config.predict
-    setup.validate(
+    build.validate(
         config,
         (cfg.resolution,) if cfg.resolution else (),
         "predict.resolution (0: each image's own size)",
@@ -102,7 +94,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"predict.colormap={cfg.colormap!r} is not a matplotlib colour "
             "map (e.g. viridis, magma, plasma, inferno, turbo)"
         )
-    checkpoints.validate(config)
+    store.validate(config)
     pipeline.validate(config.dataset)
     align.Settings.from_config(config.get("align"))
     if cfg.video:
@@ -336,9 +328,9 @@ def load_predict_fn(config: ml_collections.ConfigDict, workdir: str) -> Callable
     """The model to predict with as `predict_fn(bg, bg_fg)` on one device: uint8 RGB batches in,
     {head: probabilities} out."""
     mesh = mesh_lib.create_mesh(jax.local_devices()[:1])
-    model = restore.load_for_inference(config, workdir, mesh)
-    normalization = restore.input_normalization(config, model.card, model.source)
-    _, _, predict_step = setup.compiled_steps(config, mesh, normalization)
+    model = select.load_for_inference(config, workdir, mesh)
+    normalization = select.input_normalization(config, model.card, model.source)
+    _, _, predict_step = build.compiled_steps(config, mesh, normalization)
     return functools.partial(predict_step, model.state)
 
 

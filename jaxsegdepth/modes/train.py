@@ -30,23 +30,21 @@ import ml_collections
 import numpy as np
 
 from jaxsegdepth import (
-    card,
-    checkpoints,
+    build,
     errors,
-    evaluators,
     losses,
     mesh as mesh_lib,
     names,
     optim,
     reporting,
-    resume,
-    setup,
     signals,
     stages,
     steps,
     weighting,
 )
+from jaxsegdepth.checkpointing import card, resume, store
 from jaxsegdepth.data import datasets, pipeline
+from jaxsegdepth.evaluators import base, catalog
 
 IN_FLIGHT = 2  # training steps dispatched ahead of the last finished one
 
@@ -54,19 +52,19 @@ IN_FLIGHT = 2  # training steps dispatched ahead of the last finished one
 def validate(config: ml_collections.ConfigDict) -> None:
     """Refuses, in one line, any setting a training run would trip over (before compiling)."""
     schedule = stages.of(config)
-    setup.validate(config, [stage.resolution for stage in schedule], "stages")
+    build.validate(config, [stage.resolution for stage in schedule], "stages")
     # crops are training input sizes: the model's stride and the loss's minimum size apply
-    setup.validate(config, [stage.crop for stage in schedule if stage.crop], "stages (crop)")
-    setup.validate_optimizer(config)
+    build.validate(config, [stage.crop for stage in schedule if stage.crop], "stages (crop)")
+    build.validate_optimizer(config)
     steps.StepTrace.validate(config.profile_steps)
-    checkpoints.validate(config)
+    store.validate(config)
     pipeline.validate(config.dataset)
     mesh_lib.check_batch_size(mesh_lib.create_mesh(), config.batch_size)
-    evaluators.validate(config, training=True)
+    catalog.validate(config, training=True)
     for field, minimum in (("log_every_steps", 1), ("steps_per_epoch", 0)):
         if config[field] < minimum:
             raise errors.UsageError(f"{field}={config[field]}: expected >= {minimum}")
-    monitors = names.monitor_names(setup.heads(config), losses.validate_spec(config.loss))
+    monitors = names.monitor_names(build.heads(config), losses.validate_spec(config.loss))
     if config.checkpoint.monitor not in monitors:
         raise errors.UsageError(
             f"checkpoint.monitor={config.checkpoint.monitor!r}: expected one of {sorted(monitors)}"
@@ -87,7 +85,7 @@ class Trainer:
     predict_step: Callable
     schedule: Callable
     weighting: weighting.Weighting
-    checkpointer: checkpoints.Checkpointer
+    checkpointer: store.Checkpointer
     reporter: reporting.Reporter
     evaluators: dict  # name -> the evaluators that run during training
     normalization: dict  # {input: (mean, std)} the steps normalise with, kept in the model card
@@ -133,7 +131,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Optional[dict]:
         datasets.prepare(config.dataset)
         _say_loader(config)
         per_epoch = steps_per_epoch(config)
-        checkpointer = checkpoints.Checkpointer(
+        checkpointer = store.Checkpointer(
             workdir, config.checkpoint.monitor, config.checkpoint.mode
         )
         try:
@@ -187,12 +185,12 @@ def _say_loader(config) -> None:
 
 
 def _trainer(config, mesh, per_epoch, checkpointer, reporter, stop, normalization) -> Trainer:
-    train_step, eval_step, predict_step = setup.compiled_steps(config, mesh, normalization)
-    context = evaluators.Context(config, mesh, setup.heads(config), eval_step, predict_step)
+    train_step, eval_step, predict_step = build.compiled_steps(config, mesh, normalization)
+    context = base.Context(config, mesh, build.heads(config), eval_step, predict_step)
     return Trainer(
         config=config,
         mesh=mesh,
-        heads=setup.heads(config),
+        heads=build.heads(config),
         stages=tuple(stages.of(config)),
         steps_per_epoch=per_epoch,
         train_step=train_step,
@@ -203,7 +201,7 @@ def _trainer(config, mesh, per_epoch, checkpointer, reporter, stop, normalizatio
         checkpointer=checkpointer,
         reporter=reporter,
         evaluators={
-            name: evaluators.create(name, context, stop.during_evaluation)
+            name: catalog.create(name, context, stop.during_evaluation)
             for name, settings in config.evals.items()
             if settings.every
         },
@@ -311,7 +309,7 @@ def _open_iterator(trainer: Trainer, stage: int, progress: resume.Progress):
         )
     )
     if progress.iterator is not None and progress.iterator_stage == stage:
-        iterator.set_state(checkpoints.decode_iterator_state(progress.iterator))
+        iterator.set_state(store.decode_iterator_state(progress.iterator))
     progress.iterator_stage = stage
     return iterator
 
@@ -381,7 +379,7 @@ def _end_epoch(
     resolution = trainer.stages[stage].resolution
 
     started, evaluated = time.time(), {}
-    for name in evaluators.for_training(config, epoch):
+    for name in catalog.for_training(config, epoch):
         result = trainer.evaluators[name].run(state, resolution)
         if result is None:
             trainer.checkpointer.wait()
@@ -438,7 +436,7 @@ def _save(
     the model card and, at an epoch's end, the record's finite numbers (for the best-checkpoint
     choice)."""
     saved = dataclasses.replace(
-        progress, iterator=checkpoints.encode_iterator_state(iterator.get_state())
+        progress, iterator=store.encode_iterator_state(iterator.get_state())
     )
     numbers = (
         None

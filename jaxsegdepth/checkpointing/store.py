@@ -1,13 +1,5 @@
-"""Checkpoints (Orbax): save and restore, nothing else.
-
-`WORKDIR/checkpoints/<step>/` holds three items:
-- `state`: the `steps.TrainState` pytree (parameters, BatchNorm statistics, optimizer and
-  plateau state, RNG, step, non-finite sentinel);
-- `loop`: JSON with the loop position (`epoch` = completed epochs, `step_in_epoch`, `stage`),
-  the data iterator's state (`iterator`, for the stage in `iterator_stage`) and the partial
-  epoch's running train loss, so a rerun resumes exactly where the last save left off;
-- `card`: the model card (`card.py`): model, heads, stride, the input normalisation it trained
-  with, the resolution it last trained at.
+"""Checkpoints (Orbax): save and restore, nothing else; the saved layout is in
+`checkpointing/__init__.py`.
 
 A warm start and the inference modes read only the parts of a checkpoint they use
 (`variable_shapes` from the metadata, then `restore_parts`), whatever optimizer its run
@@ -16,7 +8,7 @@ trained with.
 The manager keeps the latest checkpoint and the best one by `config.checkpoint.monitor`
 (`mode` "min" or "max"); only end-of-epoch saves carry metrics, so a mid-epoch save (every N
 steps, or on SIGTERM) is kept only while it is the latest. Saving is asynchronous.
-What to restore into comes from `setup.abstract_state`.
+What to restore into comes from `build.abstract_state`.
 """
 
 import base64
@@ -36,7 +28,7 @@ from jaxsegdepth import errors, steps
 CHECKPOINT_DIR = "checkpoints"
 MODES = ("min", "max")
 VARIABLES = ("params", "batch_stats")  # the parts of the state that are the model
-CARD = "card"  # the item holding the model card (`card.py`)
+CARD = "card"  # the item holding the model card (`checkpointing.card`)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

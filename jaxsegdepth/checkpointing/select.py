@@ -1,10 +1,11 @@
 """Which checkpoint a mode reads, and reading it: for inference or for a warm start.
 
-`config.init_from` is `PATH` or `PATH:STEP`, PATH a run's workdir or its checkpoints folder,
-STEP one of its checkpoints (default: the best, else the latest). Training takes the model's
-variables from it; the inference modes evaluate, predict with or export that checkpoint
-instead of WORKDIR's. A checkpoint of another model is refused in one line, naming the
-difference, before anything compiles.
+A model is named the way the installed command's `--model` names one (`resolve`): `RUN` or
+`RUN:STEP`, RUN a run's workdir or its checkpoints folder, STEP one of its checkpoints (default:
+the best, else the latest); `:STEP` alone is WORKDIR's; an export folder (`mode=export`'s) is
+recognised and named as such. Training warm-starts from `config.init_from`; evaluate, predict
+and export read `config.model_path` (empty: WORKDIR's best). A checkpoint of another model is
+refused in one line, naming the difference, before anything compiles.
 """
 
 import contextlib
@@ -17,40 +18,42 @@ import optax
 from flax import traverse_util
 from jax.sharding import Mesh
 
-from jaxsegdepth import card, checkpoints, errors, mesh as mesh_lib, reporting, setup, steps
+from jaxsegdepth import artifact, build, errors, mesh as mesh_lib, reporting, steps
+from jaxsegdepth.checkpointing import card, store
 from jaxsegdepth.data import pipeline
 
 
 @dataclasses.dataclass(frozen=True)
 class Restored:
     """A checkpoint read for inference: the state, the model card (None when the checkpoint was
-    written without one), a phrase naming the checkpoint and which of its weights the state
-    holds ("ema": the run's moving average, else "trained")."""
+    written without one), a phrase naming the checkpoint, the run's folder and which of its
+    weights the state holds ("ema": the run's moving average, else "trained")."""
 
     state: steps.TrainState
     card: Optional[dict]
     source: str
+    run: str
     weights: str = "trained"
 
 
 def load_for_inference(
     config: ml_collections.ConfigDict, workdir: str, mesh: Optional[Mesh] = None
 ) -> Restored:
-    """The model of `config.init_from` when set, else of `workdir` at step
-    `config.checkpoint.step` if >= 0; by default the best end-of-epoch checkpoint (the latest
-    when there are only mid-epoch saves). Its state is a `steps.TrainState` with the
-    checkpoint's step, parameters and batch statistics and no optimizer: only the model has to
-    fit `config`.
+    """The model `config.model_path` names (`resolve`; empty: `workdir`'s best end-of-epoch
+    checkpoint, the latest when there are only mid-epoch saves). Its state is a
+    `steps.TrainState` with the checkpoint's step, parameters and batch statistics and no
+    optimizer: only the model has to fit `config`.
 
-    Raises `errors.RunError` naming the directory when `workdir` holds no checkpoint (or not
-    the requested step), `errors.UsageError` for a missing `init_from` or another model's
+    Raises `errors.RunError` naming the directory when `workdir` holds no checkpoint,
+    `errors.UsageError` for a `model_path` that names none, an export, or another model's
     checkpoint. The state is replicated on `mesh` (default: every device).
     """
     mesh = mesh_lib.create_mesh() if mesh is None else mesh
-    with _checked_checkpoint(config, workdir, mesh) as (checkpointer, step, source, target):
+    where = resolve(config.model_path, workdir, "model_path")
+    with _checked_checkpoint(config, where, mesh) as (checkpointer, step, source, target):
         variables, weights, source = _model_variables(checkpointer, step, target, source)
         parts = checkpointer.restore_parts(step, {"step": target.step})
-        card = checkpointer.restore_card(step)
+        model_card = checkpointer.restore_card(step)
     state = target.replace(
         tx=optax.identity(),
         opt_state=(),
@@ -62,7 +65,7 @@ def load_for_inference(
         **parts,
         **variables,
     )
-    return Restored(state, card, source, weights)
+    return Restored(state, model_card, source, where.path, weights)
 
 
 def load_variables(config: ml_collections.ConfigDict, mesh: Optional[Mesh] = None) -> tuple:
@@ -71,9 +74,47 @@ def load_variables(config: ml_collections.ConfigDict, mesh: Optional[Mesh] = Non
     its run may have trained with any optimizer, schedule or loss. `errors.UsageError` as
     `load_for_inference`."""
     mesh = mesh_lib.create_mesh() if mesh is None else mesh
-    with _checked_checkpoint(config, None, mesh) as (checkpointer, step, source, target):
+    where = resolve(config.init_from, None, "init_from")
+    with _checked_checkpoint(config, where, mesh) as (checkpointer, step, source, target):
         variables, _, source = _model_variables(checkpointer, step, target, source)
         return variables, checkpointer.restore_card(step), source
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelPath:
+    """Where a model is: `kind` "run" (`path` its workdir, `step` -1 for its best, else that
+    step) or "export" (`path` the export folder); `field` prefixes errors ("init_from=X: "),
+    empty for WORKDIR's own checkpoints."""
+
+    kind: str
+    path: str
+    step: int
+    field: str
+
+
+def resolve(value: str, workdir: Optional[str], name: str) -> ModelPath:
+    """Where `value` of setting `name` points: `RUN`, `RUN:STEP`, `RUN/checkpoints[:STEP]`,
+    an export folder (or its model file), `:STEP` (`workdir`'s) or "" (`workdir`'s best).
+    A path that is neither a run nor an export is an `errors.UsageError` naming it."""
+    path, colon, step = value.rpartition(":")
+    path, step = (path, int(step)) if colon and step.isdigit() else (value, -1)
+    if not path:
+        if workdir is None:
+            raise errors.UsageError(f"{name}={value}: expected RUN or RUN:STEP")
+        return ModelPath("run", workdir, step, f"{name}={value}: " if value else "")
+    field = f"{name}={value}: "
+    if os.path.isdir(store.checkpoint_dir(path)):
+        return ModelPath("run", path, step, field)
+    normalized = os.path.normpath(path)
+    if os.path.basename(normalized) == store.CHECKPOINT_DIR and os.path.isdir(normalized):
+        return ModelPath("run", os.path.dirname(normalized), step, field)
+    folder = os.path.dirname(normalized) if normalized.endswith(artifact.ARTIFACT) else path
+    if step < 0 and os.path.isfile(os.path.join(folder, artifact.ARTIFACT)):
+        return ModelPath("export", folder, step, field)
+    raise errors.UsageError(
+        f"{field}no checkpoints folder there (expected a run's workdir or its "
+        f"{store.CHECKPOINT_DIR} folder, optionally with :STEP, or an export folder)"
+    )
 
 
 def input_normalization(
@@ -92,12 +133,6 @@ def input_normalization(
     return pipeline.input_normalization(config.dataset)
 
 
-def parse_init_from(value: str) -> tuple[str, int]:
-    """`PATH` or `PATH:STEP` as (PATH, STEP), STEP -1 when not given."""
-    path, colon, step = value.rpartition(":")
-    return (path, int(step)) if colon and step.isdigit() else (value, -1)
-
-
 def _variables(state) -> dict:
     return {"params": state.params, "batch_stats": state.batch_stats}
 
@@ -113,32 +148,26 @@ def _model_variables(checkpointer, step: int, target, source: str) -> tuple[dict
 
 
 @contextlib.contextmanager
-def _checked_checkpoint(config, workdir: Optional[str], mesh: Mesh):
-    """(read-only checkpointer, step, phrase naming it, `abstract_state`) of the checkpoint a
-    mode reads, its model checked against `config.model`: `config.init_from` when set (or
-    `workdir` is None), else `workdir`'s at `config.checkpoint.step`."""
-    if config.init_from or workdir is None:
-        path, step = parse_init_from(config.init_from)
-        if config.checkpoint.step >= 0:
-            raise errors.UsageError(
-                f"checkpoint.step={config.checkpoint.step} picks among "
-                f"WORKDIR's checkpoints: with init_from, write "
-                f"init_from={path}:{config.checkpoint.step}"
-            )
-        workdir, error = _run_workdir(path), errors.UsageError
-        field = f"init_from={config.init_from}: "
-    else:
-        step, error, field = config.checkpoint.step, errors.RunError, ""
-        if not os.path.isdir(checkpoints.checkpoint_dir(workdir)):
-            raise errors.RunError(
-                f"no checkpoint directory {checkpoints.checkpoint_dir(workdir)}: "
-                "train first, or pass --workdir of a trained run"
-            )
-    checkpointer = checkpoints.Checkpointer(
-        workdir, config.checkpoint.monitor, config.checkpoint.mode, read_only=True
+def _checked_checkpoint(config, where: ModelPath, mesh: Mesh):
+    """(read-only checkpointer, step, phrase naming it, `abstract_state`) of the run checkpoint
+    `where` names, its model checked against `config.model`."""
+    field = where.field
+    error = errors.UsageError if field else errors.RunError
+    if where.kind == "export":
+        raise errors.UsageError(
+            f"{field}{where.path} is an export ({artifact.ARTIFACT}): this mode reads a run's "
+            "checkpoints, RUN or RUN:STEP (jaxsegdepth.artifact.load reads an export)"
+        )
+    if not field and not os.path.isdir(store.checkpoint_dir(where.path)):
+        raise errors.RunError(
+            f"no checkpoint directory {store.checkpoint_dir(where.path)}: "
+            "train first, or pass --workdir of a trained run"
+        )
+    checkpointer = store.Checkpointer(
+        where.path, config.checkpoint.monitor, config.checkpoint.mode, read_only=True
     )
     try:
-        directory = checkpointer.directory
+        directory, step = checkpointer.directory, where.step
         available = checkpointer.all_steps()
         if step < 0:
             step = checkpointer.best_step()
@@ -150,30 +179,14 @@ def _checked_checkpoint(config, workdir: Optional[str], mesh: Mesh):
                 f"{field}no checkpoint at step {step} in {directory}; available: "
                 f"{sorted(available)}"
             )
-        source, target = f"step {step} of {directory}", setup.abstract_state(config, mesh)
+        source, target = f"step {step} of {directory}", build.abstract_state(config, mesh)
         _check_model(config, checkpointer, step, target, f"{field or 'the checkpoint '}{source}")
         yield checkpointer, step, source, target
     finally:
         checkpointer.close()
 
 
-def _run_workdir(path: str) -> str:
-    """The workdir of the run at `path`: the workdir itself or its checkpoints folder."""
-    if os.path.isdir(checkpoints.checkpoint_dir(path)):
-        return path
-    path = os.path.normpath(path)
-    if os.path.basename(path) == checkpoints.CHECKPOINT_DIR and os.path.isdir(path):
-        return os.path.dirname(path)
-    raise errors.UsageError(
-        f"init_from={path}: no checkpoints folder there (expected a run's "
-        f"workdir or its {checkpoints.CHECKPOINT_DIR} folder, optionally "
-        "with :STEP)"
-    )
-
-
-def _check_model(
-    config, checkpointer: checkpoints.Checkpointer, step: int, target, where: str
-) -> None:
+def _check_model(config, checkpointer: store.Checkpointer, step: int, target, where: str) -> None:
     """Refuses, in one line, a checkpoint whose model is not `config.model`: the model its run
     recorded, else the first variable whose path or shape differs from `target`'s."""
     trained = (checkpointer.restore_loop(step).get("settings") or {}).get("model")

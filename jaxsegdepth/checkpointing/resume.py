@@ -9,7 +9,8 @@ from typing import Optional
 import ml_collections
 from flax import traverse_util
 
-from jaxsegdepth import checkpoints, errors, reporting, restore, setup, stages, steps
+from jaxsegdepth import build, errors, reporting, stages, steps
+from jaxsegdepth.checkpointing import select, store
 from jaxsegdepth.data import pipeline
 
 
@@ -142,9 +143,9 @@ class WarmStart:
 def warm_start(config, workdir: str, mesh) -> Optional[WarmStart]:
     """The model `config.init_from` names, checked and read before anything is built or
     compiled; None without it, or when `workdir` has a checkpoint to resume from."""
-    if not config.init_from or checkpoints.has_checkpoint(workdir):
+    if not config.init_from or store.has_checkpoint(workdir):
         return None
-    variables, model_card, source = restore.load_variables(config, mesh)
+    variables, model_card, source = select.load_variables(config, mesh)
     reporting.say(
         f"starting from the parameters and batch statistics of {source}; "
         "optimizer, schedule and step start fresh"
@@ -157,19 +158,19 @@ def restore_or_create(
 ) -> tuple[steps.TrainState, Progress, dict]:
     """The run's latest checkpoint, its `Progress` and input normalisation, checked against
     `config`; else a new state (with `warm`'s variables, if any), an empty `Progress` and the
-    normalisation of `warm`'s model or of the dataset (`restore.input_normalization`)."""
+    normalisation of `warm`'s model or of the dataset (`select.input_normalization`)."""
     latest = checkpointer.latest_step()
     if latest is None:
         state, progress = (
-            setup.create_state(config, per_epoch, mesh),
+            build.create_state(config, per_epoch, mesh),
             Progress(settings=resume_settings(config)),
         )
         if warm is None:
             return state, progress, pipeline.input_normalization(config.dataset)
-        normalization = restore.input_normalization(config, warm.card, warm.source)
+        normalization = select.input_normalization(config, warm.card, warm.source)
         ema = steps.initial_ema(warm.variables) if state.ema else {}
         return state.replace(ema=ema, **warm.variables), progress, normalization
-    target = setup.abstract_state(config, mesh, per_epoch)
+    target = build.abstract_state(config, mesh, per_epoch)
     state, saved = checkpointer.restore(target, latest)
     progress = Progress(**saved)
     check_resume(config, progress.settings, checkpointer.directory)
@@ -178,7 +179,7 @@ def restore_or_create(
         f"resuming from {checkpointer.directory} step {latest}: "
         f"{latest // per_epoch} epoch(s) done, {latest % per_epoch} step(s) into the next"
     )
-    normalization = restore.input_normalization(
+    normalization = select.input_normalization(
         config, checkpointer.restore_card(latest), f"step {latest} of {checkpointer.directory}"
     )
     return state, progress, normalization
