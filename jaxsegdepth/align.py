@@ -212,6 +212,14 @@ def _background(scene: np.ndarray, plate: np.ndarray, warp: np.ndarray) -> np.nd
     return ((residual <= cut) & covered).astype(np.uint8) * 255
 
 
+def _residual(scene: np.ndarray, plate: np.ndarray, warp: np.ndarray, where: np.ndarray) -> float:
+    """Mean |plate moved by `warp` - scene| over the pixels `where` (uint8 mask) it covers."""
+    size = scene.shape[::-1]
+    covered = (_warp_plate(np.ones_like(plate), warp, size) > 0.999) & (where > 0)
+    moved = _warp_plate(plate, warp, size)
+    return float(np.abs(moved - scene)[covered].mean()) if covered.any() else np.inf
+
+
 def _at_full_resolution(warp: np.ndarray, scale: float) -> np.ndarray:
     """A warp found on images scaled by `scale`, for the full-resolution images."""
     to_work = np.diag([scale, scale, 1.0])
@@ -290,6 +298,10 @@ def _fit(
             warp = _at_full_resolution(warp, factor)
     except cv2.error:
         return Estimate(IDENTITY, "refused: ECC did not converge")
+    if _residual(scene_grey, plate_grey, IDENTITY, background) <= _residual(
+        scene_grey, plate_grey, warp, background
+    ):
+        return Estimate(IDENTITY, "still", correlation)  # the motion found fits no better
     found = Estimate(_at_full_resolution(warp, scale), "aligned", correlation)
     why = _why_implausible(found, settings, max(height, width))
     if why:
