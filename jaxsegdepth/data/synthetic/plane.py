@@ -114,18 +114,17 @@ def _shape(rng: np.random.Generator, height: int) -> np.ndarray:
 
 
 def drop_shadows(plane: Plane, cutouts: list[Cutout], lighting) -> None:
-    """Darkens the plane (only the plane: never a cut-out) where the cut-outs' shadows fall:
+    """Darkens the plane (only the plane: never a cut-out) where the cut-outs' shadows fall
+    under `lighting` (a `shadows.Lighting`: its direction, umbra and penumbra):
     each silhouette shifted along the light by its gap to the plane and blurred more the
     farther it falls, combined by their maximum (one light)."""
     size = plane.size
     direction = lighting.shadow_step / max(float(np.hypot(*lighting.shadow_step)), 1e-6)
     occlusion = np.zeros((size, size), np.float32)
     for cutout in cutouts:
-        rows, columns = cutout.parts.shape
-        gap = (
-            1.0 - _plane_behind(plane, cutout) / cutout.inverse_z
-        )  # 0: on the plane, towards 1: far in front
-        shift = direction * gap * rows * 0.4
+        # 0: on the plane, towards 1: far in front of it
+        gap = 1.0 - _plane_behind(plane, cutout) / cutout.inverse_z
+        shift = direction * gap * cutout.parts.shape[0] * 0.4
         to_frame = np.float32([[1, 0, cutout.left + shift[0]], [0, 1, cutout.top + shift[1]]])
         solid = (cutout.parts > 0).astype(np.float32)
         shadow = cv2.warpAffine(solid, to_frame, (size, size))

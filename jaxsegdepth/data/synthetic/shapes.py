@@ -172,9 +172,10 @@ def cutout_parts(rng, height: int, aspect: float) -> np.ndarray:
     radius = np.maximum(radius, 0.25) / np.maximum(radius, 0.25).max()
     image = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(image)
-    for part, scale in (
-        ((1, 1.0), (2, rng.uniform(0.3, 0.6))) if rng.uniform() < 0.3 else ((1, 1.0),)
-    ):
+    outlines = [(1, 1.0)]
+    if rng.uniform() < 0.3:  # an inner part, smaller
+        outlines.append((2, rng.uniform(0.3, 0.6)))
+    for part, scale in outlines:
         xs = (width - 1) / 2 * (1 + scale * radius * np.cos(angles))
         ys = (height - 1) / 2 * (1 + scale * radius * np.sin(angles))
         draw.polygon(list(zip(xs.tolist(), ys.tolist())), fill=part)
