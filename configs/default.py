@@ -63,10 +63,13 @@ def get_config() -> ml_collections.ConfigDict:
             # Capture nuisances on the train split, each shot (plate, scene) on its own
             # (jaxsegdepth/capture.py): a real plate and scene are two exposures, with their own
             # exposure, white balance, gamma and sensor noise, the camera nudged between them.
-            # A model trained on pixel-identical plates takes any difference for foreground.
+            # A model trained on pixel-identical plates takes any difference for foreground;
+            # one that never sees an exact plate misses the faint differences a threshold
+            # catches, so `prob` leaves the rest of the samples as the generator drew them
+            # (its clean share among them is exact). A dataset of real captures turns it off.
             capture=dict(
                 enabled=True,
-                prob=1.0,  # probability that a sample gets nuisances at all
+                prob=0.7,  # probability that a sample gets nuisances at all
                 exposure=0.25,  # stops, each shot in [-e, e]
                 white_balance=0.05,  # per-channel gain in [1 - w, 1 + w]
                 gamma=0.1,  # gamma in [1 / (1 + g), 1 + g]

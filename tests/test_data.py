@@ -264,15 +264,19 @@ def test_synthetic_is_deterministic():
 
 
 def test_synthetic_mask_and_depth_agree():
-    for i in range(6):
+    for i in range(8):
         s = synthetic.render(0, i)
         mask = s["mask"] > 127
         depth = s["depth"].astype(np.float64) / 255
         assert 0.002 < mask.mean() < 0.5
         change = np.abs(s["bg"].astype(int) - s["bg_fg"])
-        # outside the figures: their soft shadows, a mild light change
-        assert change[~mask].mean() < 5
-        assert change[mask].mean() > 4 * change[~mask].mean()
+        # Outside the figures: their soft shadows, and unless the plate is clean a light change
+        # (a gain of 0.9-1.1 with a colour cast of up to 3%).
+        if synthetic.kind(0, i)[1]:
+            assert change[~mask].mean() < 5
+            assert change[mask].mean() > 4 * change[~mask].mean()
+        else:
+            assert change[~mask].mean() < 0.14 * s["bg"].mean() + 3
         assert not np.array_equal(s["bg"][mask], s["bg_fg"][mask])
         grown = mask.copy()
         for _ in range(4):  # 4-pixel dilation
@@ -319,22 +323,25 @@ def test_synthetic_build_sizes_and_normalization(synth_cfg):
             and np.all((mean > 0.2) & (mean < 0.8))
             and np.all(std > 0.1)
         )
-    # The stored statistics are those of the decoded training inputs (within sampling noise).
-    batches = list(
-        pipeline.create_loader(
-            synth_cfg,
-            "validation",
-            resolution=64,
-            batch_size=8,
-            shuffle=False,
-            seed=0,
-            num_epochs=1,
-        )
+    # The stored statistics are those of every sample's decoded inputs (both splits; resizing
+    # to 64 px keeps the mean and smooths away a little of the spread).
+    bg_fg = np.concatenate(
+        [
+            batch["bg_fg"]
+            for split in ("train", "validation")
+            for batch in pipeline.create_loader(
+                synth_cfg, split, resolution=64, batch_size=8, shuffle=False, seed=0, num_epochs=1
+            )
+        ]
     )
-    x = (batches[0]["bg_fg"] / 255.0).reshape(-1, 3)
-    assert np.allclose(x.mean(0), norm["bg_fg"][0], atol=0.08)
-    y = normalization.normalize(batches[0]["bg_fg"], *norm["bg_fg"]).reshape(-1, 3)
-    assert np.all(np.abs(y.mean(0)) < 0.4) and np.all(np.abs(y.std(0) - 1) < 0.3)
+    assert len(bg_fg) == 24
+    x = (bg_fg / 255.0).reshape(-1, 3)
+    assert np.allclose(x.mean(0), norm["bg_fg"][0], atol=0.01), (x.mean(0), norm["bg_fg"][0])
+    y = normalization.normalize(bg_fg, *norm["bg_fg"]).reshape(-1, 3)
+    assert np.all(np.abs(y.mean(0)) < 0.05) and np.all(np.abs(y.std(0) - 1) < 0.1), (
+        y.mean(0),
+        y.std(0),
+    )
 
 
 @pytest.mark.parametrize("shard", [(0, 1), (0, 2), (1, 2)])

@@ -1,6 +1,7 @@
-"""The synthetic museum scenes: deterministic samples, figure shadows that darken only the room
+"""The synthetic scenes: deterministic samples, figure shadows that darken only the background
 (never foreground, never brighter), mask and depth of the composite, the mild relighting of
-bg_fg and the per-sample JPEG qualities."""
+bg_fg, the per-sample JPEG qualities, the exact plates of the clean share, the plane family's
+depth, and the procedural textures' statistics (power-law leaf sizes, 1/f spectra)."""
 
 import io
 
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image
 
 from jaxsegdepth.data import synthetic
+from jaxsegdepth.data.synthetic import procedural
 
 SIZE = 96
 SEED = 3
@@ -71,8 +73,11 @@ def test_shadows_darken_the_room_around_the_figures_and_never_brighten(renders):
 
 
 def test_shadows_fall_on_the_floor_and_walls_but_not_the_ceiling():
+    # A wall shadow needs a figure near a wall and a light towards it: about 1 room in 11.
+    rooms = [index for index in range(30, 100) if synthetic.kind(SEED, index)[0] == "room"][:40]
+    assert len(rooms) == 40
     on_walls = 0
-    for index in range(30, 40):
+    for index in rooms:
         shadowed = synthetic._render(SEED, index, SIZE)["bg_fg"]
         plain = synthetic._render(SEED, index, SIZE, shadows=False)["bg_fg"]
         room = synthetic._Scene(np.random.default_rng([SEED, index]), SIZE)
@@ -93,11 +98,49 @@ def test_bg_fg_is_bg_outside_the_figures_unless_the_light_changed(renders):
         bg_fg = plain["bg_fg"][outside].astype(np.float64)
         if np.array_equal(bg, bg_fg):
             continue
+        assert not synthetic.kind(SEED, index)[1], index  # a clean plate keeps its light
         relit += 1
         bright = bg >= 60  # a gain of 0.9-1.1 with a colour cast of at most 3% per channel
         ratio = bg_fg[bright] / bg[bright]
         assert 0.85 < ratio.min() and ratio.max() < 1.16, (index, ratio.min(), ratio.max())
     assert 2 <= relit <= COUNT // 2, relit
+
+
+def test_sample_kinds_come_in_their_shares():
+    kinds = [synthetic.kind(SEED, index) for index in range(2000)]
+    plane = np.mean([family == "plane" for family, _ in kinds])
+    clean = np.mean([is_clean for _, is_clean in kinds])
+    # Binomial standard deviations at n=2000: 0.011 and 0.010; 4 of them allowed.
+    assert abs(plane - synthetic.PLANE_SHARE) < 0.045, plane
+    assert abs(clean - synthetic.CLEAN_SHARE) < 0.04, clean
+    assert {family for family, _ in kinds} == set(synthetic.FAMILIES)
+
+
+def test_a_clean_plate_equals_the_scene_outside_the_figures_up_to_jpeg():
+    """Clean samples, shadows off: one quality for both shots, so every 16x16 JPEG block (8x8
+    luma, chroma subsampled 2x2) with no figure pixel in it or in its 8 neighbours (the
+    decoder's chroma upsampling reads across block borders) decodes to the same pixels."""
+    side = 192  # 12 x 12 blocks
+    clean = [index for index in range(60) if synthetic.kind(SEED, index)[1]][:6]
+    assert len(clean) == 6
+    for index in clean:
+        sample = synthetic._render(SEED, index, side, shadows=False)
+        outside = _outside(sample)
+        np.testing.assert_array_equal(sample["bg"][outside], sample["bg_fg"][outside])
+        first, second = sample[synthetic.QUALITY_KEY]
+        assert first == second, index
+        decoded = {
+            key: np.asarray(Image.open(io.BytesIO(synthetic.encode_jpeg(sample[key], int(first)))))
+            for key in ("bg", "bg_fg")
+        }
+        touched = np.pad(sample["mask"].reshape(side // 16, 16, side // 16, 16).max((1, 3)), 1)
+        near = np.max(
+            [np.roll(touched, (dy, dx), (0, 1)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)], 0
+        )
+        free = np.kron(near[1:-1, 1:-1] == 0, np.ones((16, 16), bool))
+        assert free.mean() > 0.1, index
+        np.testing.assert_array_equal(decoded["bg"][free], decoded["bg_fg"][free])
+        assert not np.array_equal(decoded["bg"][~free], decoded["bg_fg"][~free])
 
 
 def test_jpeg_qualities_are_drawn_per_sample_and_used_by_encode(renders):
@@ -106,7 +149,10 @@ def test_jpeg_qualities_are_drawn_per_sample_and_used_by_encode(renders):
     assert qualities.shape == (COUNT, 2)
     assert lowest <= qualities.min() and qualities.max() <= highest
     assert len(np.unique(qualities)) >= 8
-    assert np.sum(qualities[:, 0] != qualities[:, 1]) >= COUNT // 2  # bg and bg_fg apart
+    clean = np.array([synthetic.kind(SEED, index)[1] for index in range(COUNT)])
+    np.testing.assert_array_equal(qualities[clean, 0], qualities[clean, 1])
+    apart = qualities[~clean, 0] != qualities[~clean, 1]  # bg and bg_fg drawn apart: 20/21
+    assert apart.mean() >= 0.8, qualities
     for index in (0, 1, 2):
         sample = synthetic.render(SEED, index, SIZE)
         encoded = synthetic.generate(SEED, index, SIZE)
@@ -136,3 +182,83 @@ def _quantization(data: bytes) -> dict:
 
 def _quantization_at(image: np.ndarray, quality: int) -> dict:
     return _quantization(synthetic.encode_jpeg(image, quality))
+
+
+# -- the plane family ----------------------------------------------------------------------------
+
+
+def test_plane_cutouts_are_nearer_than_the_plane_behind_them():
+    planes = [index for index in range(40) if synthetic.kind(SEED, index)[0] == "plane"][:6]
+    assert len(planes) == 6
+    u, v = np.meshgrid(np.arange(SIZE, dtype=np.float64), np.arange(SIZE, dtype=np.float64))
+    for index in planes:
+        sample = synthetic.render(SEED, index, SIZE)
+        plane = synthetic._Plane(np.random.default_rng([SEED, index]), SIZE)
+        plane.render_plane()  # the same first draws as the sample's: its plane alone
+        assert np.all(np.isfinite(plane.inverse_depth)) and plane.inverse_depth.min() > 0
+        # The plane's depth image is a plane in (u, v) (normalised inverse depth is affine in
+        # 1/z, which is affine in (u, v) for a plane): least squares in float64.
+        plane_depth = synthetic._depth_image(plane.inverse_depth).astype(np.float64)
+        design = np.stack([u.ravel(), v.ravel(), np.ones(u.size)], 1)
+        fit, *_ = np.linalg.lstsq(design, plane_depth.ravel(), rcond=None)
+        assert np.abs(design @ fit - plane_depth.ravel()).max() <= 0.6, index
+        mask = sample["mask"] > 127
+        assert mask.any(), index
+        depth = sample["depth"].astype(np.int64)
+        assert np.all(depth[mask] > plane_depth[mask]), index  # nearer = brighter
+        assert np.mean(depth == plane_depth) > 0.1, index  # the plane itself still shows
+
+
+# -- procedural textures ------------------------------------------------------------------------
+
+
+def _spectral_slope(image: np.ndarray, low: int = 4, high: int = 100) -> float:
+    """Slope of log power against log frequency of the radially averaged power spectrum of a
+    square image, between `low` and `high` cycles per image (NumPy float64)."""
+    image = image.astype(np.float64) - image.mean()
+    side = image.shape[0]
+    power = np.abs(np.fft.fft2(image)) ** 2
+    frequency = np.hypot(*np.meshgrid(np.fft.fftfreq(side) * side, np.fft.fftfreq(side) * side))
+    edges = np.arange(low, high + 1)
+    ring = np.digitize(frequency.ravel(), edges)
+    radial = np.array([power.ravel()[ring == k].mean() for k in range(1, len(edges))])
+    centres = (edges[:-1] + edges[1:]) / 2
+    return float(np.polyfit(np.log(centres), np.log(radial), 1)[0])
+
+
+def test_dead_leaves_textures_have_a_natural_power_spectrum():
+    """Natural images fall as about f^-2 in power; dead leaves with r^-3 sizes do too."""
+    rng = np.random.default_rng(0)
+    slopes = []
+    for _ in range(6):
+        source = procedural.source(rng, kinds=("leaves",))
+        texture = source.draw(rng, 224, 224)
+        assert texture.shape == (224, 224, 3) and texture.dtype == np.float32
+        slopes.append(_spectral_slope(texture.mean(-1)))
+    assert all(-2.8 < slope < -1.6 for slope in slopes), slopes
+
+
+def test_pink_fields_have_the_slope_they_are_made_with():
+    for slope in procedural.PINK_SLOPES:
+        field = procedural.pink_field(np.random.default_rng(1), 256, slope)
+        assert field.dtype == np.float32 and abs(float(field.std()) - 1) < 1e-5
+        assert abs(_spectral_slope(field) + slope) < 0.1, slope
+
+
+def test_leaf_radii_follow_the_power_law():
+    """P(r > R) of a density ~ r^-3 on [a, b] is (R^-2 - b^-2) / (a^-2 - b^-2)."""
+    smallest, largest = procedural.LEAF_RADII
+    radii = procedural.power_law_radii(np.random.default_rng(2), 200_000, smallest, largest)
+    assert smallest <= radii.min() and radii.max() <= largest
+    for bound in (2.0, 4.0, 10.0, 40.0):
+        expected = (bound**-2 - largest**-2) / (smallest**-2 - largest**-2)
+        assert abs(np.mean(radii > bound) - expected) < 0.004, bound
+
+
+def test_dead_leaves_ids_cover_the_image_with_many_leaves():
+    ids = procedural.dead_leaves_ids(np.random.default_rng(3), 128, 6000, "disc")
+    assert ids.shape == (128, 128) and ids.dtype == np.uint8
+    assert len(np.unique(ids)) > 100  # many leaves visible, at every scale
+    # Edges everywhere: most 8x8 blocks hold more than one leaf.
+    blocks = ids.reshape(16, 8, 16, 8).transpose(0, 2, 1, 3).reshape(256, 64)
+    assert np.mean(blocks.min(1) != blocks.max(1)) > 0.5

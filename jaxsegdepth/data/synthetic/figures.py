@@ -8,6 +8,8 @@ import functools
 
 import numpy as np
 
+from jaxsegdepth.data.synthetic import procedural
+from jaxsegdepth.data.synthetic.canvas import Look
 from jaxsegdepth.data.synthetic.room import Scene
 from jaxsegdepth.data.synthetic.shapes import blob_parts, box_parts, person_parts
 from jaxsegdepth.data.synthetic.textures import (
@@ -18,7 +20,11 @@ from jaxsegdepth.data.synthetic.textures import (
     pick,
 )
 
-TEXTURED_FIGURES = 0.4  # the share of figures with a strong grain
+GRAINY_FIGURES = 0.4  # the share of figures with a strong grain
+TEXTURED_FIGURES = 0.5  # the share of figures with a procedural texture
+TEXTURED_EXHIBITS = 0.4  # and of exhibits
+CAMOUFLAGE = 0.5  # the share of textured objects that take a textured surface's own source
+_EMPTY = np.zeros(3, np.float32)  # the colour of part 0, never painted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,17 +41,7 @@ class Standing:
     z: float
 
 
-def _add_object(
-    scene: Scene,
-    parts_fn,
-    z,
-    centre_u,
-    height_m,
-    colours,
-    texture_amplitude,
-    mask,
-    grain=(0.03, 0.0),
-):
+def _add_object(scene: Scene, parts_fn, z, centre_u, height_m, look: Look, mask):
     """Paints the patch `parts_fn(height_px)` standing on the floor at depth `z`, column
     `centre_u` (clamped between the walls)."""
     px_per_m = scene.focal_px / z
@@ -56,8 +52,21 @@ def _add_object(
     foot_v = scene.vanishing_v + scene.camera_height * px_per_m
     left = int(round(centre_u - patch_columns / 2))
     top = int(round(foot_v - patch_rows))
-    scene.paint(parts, left, top, colours, 1.0 / z, texture_amplitude, mask, *grain)
+    scene.paint(parts, left, top, look, 1.0 / z, mask)
     return Standing(parts, left, top, centre_u, foot_v, px_per_m, x, z)
+
+
+def object_texture(scene, anchor, share: float) -> procedural.Source | None:
+    """A procedural texture for an object `share` of the time: then half of the time the very
+    source of a textured floor or wall of the scene (camouflage), else one of its own around
+    `anchor`'s hue."""
+    rng = scene.rng
+    if rng.uniform() >= share:
+        return None
+    if scene.sources and rng.uniform() < CAMOUFLAGE:
+        names = sorted(scene.sources)
+        return scene.sources[names[int(rng.integers(len(names)))]]
+    return procedural.source(rng, anchor)
 
 
 def render_exhibits(scene: Scene):
@@ -69,26 +78,25 @@ def render_exhibits(scene: Scene):
         centre_u = rng.uniform(0.1, 0.9) * scene.size
         px_per_m = scene.focal_px / z
         colour = jitter(rng, pick(rng, EXHIBIT_COLOURS))
-        empty = np.zeros(3, np.float32)
+        texture = object_texture(scene, colour, TEXTURED_EXHIBITS)
         if rng.uniform() < 0.6:  # pedestal + sculpture on it
             pedestal_height, pedestal_width = rng.uniform(0.7, 1.1), rng.uniform(0.4, 0.7)
             top_rows = max(1, int(0.06 * px_per_m))
             pedestal_columns = max(3, int(pedestal_width * px_per_m))
             pedestal = _add_object(
                 scene,
-                lambda rows: box_parts(rows, pedestal_columns, top_rows),
+                functools.partial(box_parts, width=pedestal_columns, top_height=top_rows),
                 z,
                 centre_u,
                 pedestal_height,
-                np.stack([empty, colour, colour * 1.08]),
-                0.04,
+                Look(np.stack([_EMPTY, colour, colour * 1.08]), 0.04, texture=texture),
                 None,
             )
             # The sculpture stands on the pedestal's top (drawn as a second object, same depth).
             sculpture_height = rng.uniform(0.3, 0.8)
             sculpture_colours = np.stack(
                 [
-                    empty,
+                    _EMPTY,
                     figure_colour(rng, scene.wall_colour, scene.floor_colour),
                     jitter(rng, pick(rng, EXHIBIT_COLOURS)),
                 ]
@@ -98,28 +106,45 @@ def render_exhibits(scene: Scene):
             pedestal_top_v = (
                 scene.vanishing_v + (scene.camera_height - pedestal_height) * px_per_m - top_rows
             )
-            scene.paint(
-                parts,
-                int(round(pedestal.centre_u - columns / 2)),
-                int(round(pedestal_top_v - rows)),
-                sculpture_colours,
-                1.0 / (z - 0.05),
-                0.1,
-                None,
-            )
+            sculpture = Look(sculpture_colours, 0.1, texture=object_texture(scene, colour, 0.3))
+            left = int(round(pedestal.centre_u - columns / 2))
+            top = int(round(pedestal_top_v - rows))
+            scene.paint(parts, left, top, sculpture, 1.0 / (z - 0.05))
         else:  # bench
             bench_columns = max(3, int(rng.uniform(1.2, 2.2) * px_per_m))
             seat_rows = max(1, int(0.1 * px_per_m))
             _add_object(
                 scene,
-                lambda rows: box_parts(rows, bench_columns, seat_rows),
+                functools.partial(box_parts, width=bench_columns, top_height=seat_rows),
                 z,
                 centre_u,
                 0.45,
-                np.stack([empty, colour * 0.8, colour]),
-                0.05,
+                Look(np.stack([_EMPTY, colour * 0.8, colour]), 0.05, texture=texture),
                 None,
             )
+
+
+def figure_look(scene, person: bool) -> Look:
+    """A figure's colours and texture: a person's skin (part 1) and clothes (parts 2, 3), or a
+    sculpture's two tones; often a strong grain, as real objects have (gravel, fabric,
+    leaves): where it matches the background's, single pixels tell nothing and only the
+    region does; and a procedural texture `TEXTURED_FIGURES` of the time."""
+    rng = scene.rng
+    texture_amplitude = rng.uniform(0.05, 0.3)
+    grain = (
+        (rng.uniform(0.15, 0.45), rng.uniform(0.6, 2.5))
+        if rng.uniform() < GRAINY_FIGURES
+        else (0.03, 0.0)
+    )
+    colour = figure_colour(rng, scene.wall_colour, scene.floor_colour)
+    if person:
+        skin = jitter(rng, pick(rng, SKIN_COLOURS), 10)
+        second = figure_colour(rng, scene.wall_colour, scene.floor_colour)
+        colours = np.stack([_EMPTY, skin, colour, second])
+    else:
+        colours = np.stack([_EMPTY, colour, jitter(rng, colour, 30)])
+    texture = object_texture(scene, colour, TEXTURED_FIGURES)
+    return Look(colours, texture_amplitude, *grain, texture, 2 if person else 1)
 
 
 def render_figures(scene: Scene, mask: np.ndarray) -> list[Standing]:
@@ -135,36 +160,15 @@ def render_figures(scene: Scene, mask: np.ndarray) -> list[Standing]:
                 centres_u[i - 1] + rng.uniform(-0.5, 0.5) * scene.focal_px * 0.5 / depths[i]
             )
     figures = []
-    empty = np.zeros(3, np.float32)
     for i in np.argsort(-depths):  # far to near
         z, centre_u = float(depths[i]), float(centres_u[i])
-        texture_amplitude = rng.uniform(0.05, 0.3)
-        # Often a strong grain, as real objects have (gravel, fabric, leaves): where it matches
-        # the background's, single pixels tell nothing and only the region does.
-        grain = (
-            (rng.uniform(0.15, 0.45), rng.uniform(0.6, 2.5))
-            if rng.uniform() < TEXTURED_FIGURES
-            else (0.03, 0.0)
-        )
-        if rng.uniform() < 0.65:
-            colours = np.stack(
-                [
-                    empty,
-                    jitter(rng, pick(rng, SKIN_COLOURS), 10),
-                    figure_colour(rng, scene.wall_colour, scene.floor_colour),
-                    figure_colour(rng, scene.wall_colour, scene.floor_colour),
-                ]
-            )
+        person = rng.uniform() < 0.65
+        look = figure_look(scene, person)
+        if person:
             height_m = rng.uniform(1.45, 1.9)
             parts_fn = functools.partial(person_parts, rng)
         else:
-            colour = figure_colour(rng, scene.wall_colour, scene.floor_colour)
-            colours = np.stack([empty, colour, jitter(rng, colour, 30)])
             parts_fn = functools.partial(blob_parts, rng, aspect=rng.uniform(0.35, 0.9))
             height_m = rng.uniform(0.6, 1.7)
-        figures.append(
-            _add_object(
-                scene, parts_fn, z, centre_u, height_m, colours, texture_amplitude, mask, grain
-            )
-        )
+        figures.append(_add_object(scene, parts_fn, z, centre_u, height_m, look, mask))
     return figures

@@ -1,6 +1,6 @@
 """The camera and the room: a pinhole camera in a box of floor, ceiling and walls, their textures
-and framed pictures, the inverse depth and surface of every pixel, and painting objects into that
-image with a depth test."""
+(painted colours, planks, tiles, stone, and procedural textures mapped in perspective) and framed
+pictures, the inverse depth and surface of every pixel."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
+from jaxsegdepth.data.synthetic import procedural
+from jaxsegdepth.data.synthetic.canvas import Canvas
 from jaxsegdepth.data.synthetic.textures import (
     FLOOR_COLOURS,
     WALL_COLOURS,
@@ -29,9 +31,13 @@ _INV_NEAR, INV_FAR = 1.0 / Z_NEAR, 1.0 / Z_FAR
 DEPTH_SCALE = 1.0 / (_INV_NEAR - INV_FAR)
 
 # Surface labels of the room; `Scene.surface` holds the plane ids 0-4 of the visible room and
-# COVERED where an exhibit or a figure hides it.
+# canvas.COVERED where an exhibit or a figure hides it.
 FLOOR, CEILING, LEFT_WALL, RIGHT_WALL, BACK_WALL, SKIRTING = range(6)
-COVERED = -1
+WALLS = (LEFT_WALL, RIGHT_WALL, BACK_WALL)
+TEXTURED_FLOOR = 0.5  # the share of rooms whose floor has a procedural texture
+TEXTURED_WALLS = 0.45  # and whose walls have one (murals, wallpaper, stone)
+TEXTURED_PICTURES = 0.5  # the share of pictures painted with a procedural texture
+_SURFACE_TEXELS = 192  # side of a surface's texture before it is mapped onto the room
 
 _CIRCLE14 = [(math.cos(a), math.sin(a)) for a in np.linspace(0, 2 * np.pi, 14, endpoint=False)]
 
@@ -43,15 +49,14 @@ def _pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return centres[None, :], centres[:, None]
 
 
-class Scene:
-    """Mutable render state: uint8 image, inverse depth, visible surfaces and the room.
+class Scene(Canvas):
+    """The room family's canvas: the camera, the room's geometry and its textures.
 
     World coordinates (metres): camera at the origin, x to the right, y up, z down the room.
     """
 
     def __init__(self, rng: np.random.Generator, size: int):
-        self.rng = rng
-        self.size = size
+        super().__init__(rng, size)
         self.focal_px = 180.0 * (size / 224.0) * rng.uniform(0.94, 1.06)
         self.vanishing_u = size * (0.5 + rng.uniform(-0.12, 0.12))  # image of the view axis
         self.vanishing_v = size * rng.uniform(0.40, 0.50)  # also the horizon's row
@@ -64,15 +69,51 @@ class Scene:
         self.light_level = rng.uniform(0.85, 1.1)
         self.wall_colour = jitter(rng, pick(rng, WALL_COLOURS))
         self.floor_colour = jitter(rng, pick(rng, FLOOR_COLOURS))
-        self.image = None  # (H, W, 3) uint8
-        self.inverse_depth = None  # (H, W) float32
-        self.surface = None  # (H, W) int8: room plane id, or COVERED
+        self.sources = {}  # "floor"/"walls": the procedural.Source of a textured surface
 
     # -- room -------------------------------------------------------------------------------
     def render_room(self):
-        rng, size, focal = self.rng, self.size, self.focal_px
+        """The floor, ceiling, walls and skirting board into `image`, `inverse_depth` and
+        `surface`."""
+        rng, size = self.rng, self.size
+        label, z = self._geometry()
         u, v = _pixel_grid(size)
+        x_world = (u - self.vanishing_u) * z * (1.0 / self.focal_px)
+        y_world = (v - self.vanishing_v) * z * (-1.0 / self.focal_px)
+        board = (label >= LEFT_WALL) & (y_world < rng.uniform(0.08, 0.18) - self.camera_height)
+        label[board] = SKIRTING
+        palette, noise_amplitude = self._palette()
+        smooth, fine = noise_bank()
+        texture = per_label(noise_amplitude[None], label)[0] * crop(smooth, rng, size, size)
+        shade = 1.0 + texture + 0.02 * crop(fine, rng, size, size)
+        depth = np.clip((self.inverse_depth - INV_FAR) * DEPTH_SCALE, 0, 1)
+        shade *= 0.82 + 0.3 * depth  # falloff
+
+        pattern, floor_delta = self._floor_pattern(x_world, z, smooth)
+        delta = np.zeros((3, 6), np.float32)  # channel-first: fast broadcasting below
+        delta[:, FLOOR] = floor_delta * self.light_level
+        image = per_label(palette.T, label)
+        image += per_label(delta, label) * pattern
+        along_wall = np.where(label == BACK_WALL, x_world, z)
+        if rng.uniform() < 0.3:  # striped wallpaper on the walls
+            stripes_per_m = 1.0 / rng.uniform(0.15, 0.4)
+            stripes = (np.floor(along_wall * stripes_per_m).astype(np.int32) & 1).astype(np.float32)
+            stripe_delta = np.zeros((3, 6), np.float32)
+            stripe_delta[:, LEFT_WALL : BACK_WALL + 1] = (
+                self.wall_colour * rng.uniform(-0.15, 0.15) * self.light_level
+            )[:, None]
+            image += per_label(stripe_delta, label) * stripes
+        self._texture_surfaces(image, label, (x_world, z), (along_wall, y_world))
+        image *= shade
+        np.clip(image, 0, 255, out=image)
+        self.image = cv2.merge(list(image.astype(np.uint8)))  # (H, W, 3)
+
+    def _geometry(self) -> tuple[np.ndarray, np.ndarray]:
+        """Sets `inverse_depth` and `surface` (plane ids 0-4) of every pixel's nearest plane;
+        returns (a uint8 copy of the labels, the depth z in metres)."""
+        u, v = _pixel_grid(self.size)
         u_offset, v_offset = u - self.vanishing_u, v - self.vanishing_v  # (1, W), (H, 1)
+        focal = self.focal_px
         # Inverse depth of each plane along every pixel's ray (<= 0 where the ray misses it).
         # Floor/ceiling depend on the row only, the side walls on the column only.
         floor_inv = v_offset * (1.0 / (focal * self.camera_height))
@@ -89,16 +130,12 @@ class Scene:
         label[inverse_depth == back_inv] = BACK_WALL
         self.surface = label.astype(np.int8)
         self.inverse_depth = inverse_depth
-        z = 1.0 / inverse_depth
-        x_world = u_offset * z * (1.0 / focal)
+        return label, 1.0 / inverse_depth
 
-        # Per-surface base colour and the amplitude of its smooth noise; the skirting board is
-        # where the walls meet the floor.
-        board_height = rng.uniform(0.08, 0.18)
-        board = (label >= LEFT_WALL) & (
-            (v_offset * z) > (self.camera_height - board_height) * focal
-        )
-        label[board] = SKIRTING
+    def _palette(self) -> tuple[np.ndarray, np.ndarray]:
+        """(6, 3) colours of the surface labels under this room's light, and (6,) amplitudes of
+        their smooth noise."""
+        rng = self.rng
         dim_side = rng.uniform(0.8, 0.95)  # one side wall is lit less
         left_shade, right_shade = (dim_side, 1.0) if rng.uniform() < 0.5 else (1.0, dim_side)
         ceiling = jitter(rng, np.array([238, 236, 230], np.float32), 10)
@@ -113,29 +150,33 @@ class Scene:
         noise_amplitude = np.array(
             [rng.uniform(0.04, 0.12), 0.03, 0.05, 0.05, 0.05, 0.02], np.float32
         )
+        return palette, noise_amplitude
 
-        smooth, fine = noise_bank()
-        texture = per_label(noise_amplitude[None], label)[0] * crop(smooth, rng, size, size)
-        shade = 1.0 + texture + 0.02 * crop(fine, rng, size, size)
-        shade *= 0.82 + 0.3 * np.clip((inverse_depth - INV_FAR) * DEPTH_SCALE, 0, 1)  # falloff
-
-        pattern, floor_delta = self._floor_pattern(x_world, z, smooth)
-        delta = np.zeros((3, 6), np.float32)  # channel-first: fast broadcasting below
-        delta[:, FLOOR] = floor_delta * self.light_level
-        image = per_label(palette.T, label)
-        image += per_label(delta, label) * pattern
-        if rng.uniform() < 0.3:  # striped wallpaper on the walls
-            stripes_per_m = 1.0 / rng.uniform(0.15, 0.4)
-            along_wall = np.where(label == BACK_WALL, x_world, z)
-            stripes = (np.floor(along_wall * stripes_per_m).astype(np.int32) & 1).astype(np.float32)
-            stripe_delta = np.zeros((3, 6), np.float32)
-            stripe_delta[:, LEFT_WALL : BACK_WALL + 1] = (
-                wall * rng.uniform(-0.15, 0.15) * self.light_level
-            )[:, None]
-            image += per_label(stripe_delta, label) * stripes
-        image *= shade
-        np.clip(image, 0, 255, out=image)
-        self.image = cv2.merge(list(image.astype(np.uint8)))  # (H, W, 3)
+    def _texture_surfaces(self, image, label, floor_coords, wall_coords):
+        """Blends procedural textures, mapped in perspective from the surfaces' own coordinates
+        (metres: (x, z) on the floor, (along, height) on the walls), into a share of floors and
+        walls of the channel-first `image`."""
+        rng, texels = self.rng, _SURFACE_TEXELS
+        surfaces = (
+            ("floor", (FLOOR,), self.floor_colour, TEXTURED_FLOOR, floor_coords),
+            ("walls", WALLS, self.wall_colour, TEXTURED_WALLS, wall_coords),
+        )
+        for name, labels, anchor, share, (across, along) in surfaces:
+            if rng.uniform() >= share:
+                continue
+            source = procedural.source(rng, anchor if rng.uniform() < 0.7 else None)
+            self.sources[name] = source
+            texture = clip_colour(source.draw(rng, texels, texels) * self.light_level)
+            texels_per_m = rng.uniform(8.0, 30.0)
+            map_x = (across * texels_per_m + rng.uniform(0, texels)).astype(np.float32)
+            map_y = (along * texels_per_m + rng.uniform(0, texels)).astype(np.float32)
+            mapped = cv2.remap(texture.astype(np.uint8), map_x, map_y, cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REFLECT_101)  # fmt: skip
+            strengths = np.zeros((1, SKIRTING + 1), np.float32)
+            strengths[0, list(labels)] = rng.uniform(0.6, 1.0)
+            strength = per_label(strengths, label)[0]
+            for channel, plane in zip(image, cv2.split(mapped)):
+                channel += strength * (plane - channel)
 
     def _floor_pattern(self, x_world, z, smooth):
         """Planks, tiles or stone: (pattern, the floor colour change it scales)."""
@@ -204,12 +245,16 @@ class Scene:
                 centre_y = rng.uniform(-0.1, 0.7)
                 corners = _quad_corners(centre, centre_y, width, height)
                 quads.append([self._project(wall_x, y, z) for z, y in corners])
-        for quad in quads:
-            self._draw_picture(draw, np.array(quad, np.float32))
+        textured = [self._draw_picture(draw, np.array(quad, np.float32)) for quad in quads]
         self.image = np.array(canvas)
+        for inner in textured:
+            if inner is not None:
+                self._texture_quad(np.array(inner, np.float32))
 
     def _draw_picture(self, draw, quad):
-        """A framed picture in the image quad (top-left, top-right, bottom-right, bottom-left)."""
+        """A framed picture in the image quad (top-left, top-right, bottom-right, bottom-left),
+        painted with PIL's flat colours; for a textured one only the frame, and the quad inside
+        it is returned (else None)."""
         rng, light = self.rng, self.light_level
         (ax, ay), (bx, by), (cx, cy), (dx, dy) = quad.tolist()
 
@@ -228,7 +273,10 @@ class Scene:
         draw.polygon([tuple(p) for p in quad], fill=lit(jitter(rng, np.array(frame, np.float32))))
         margin = rng.uniform(0.05, 0.12)
         inner_end = 1 - margin
-        draw.polygon(rectangle(margin, inner_end, margin, inner_end), fill=lit(random_colour(rng)))
+        inner = rectangle(margin, inner_end, margin, inner_end)
+        if rng.uniform() < TEXTURED_PICTURES:
+            return inner
+        draw.polygon(inner, fill=lit(random_colour(rng)))
         kind = int(rng.integers(3))
         if kind == 0:  # landscape: horizontal bands
             band_top = margin
@@ -251,6 +299,26 @@ class Scene:
                 t1 = min(inner_end, t0 + rng.uniform(0.1, 0.4))
                 draw.polygon(rectangle(s0, s1, t0, t1), fill=lit(random_colour(rng)))
 
+    def _texture_quad(self, quad):
+        """Paints a procedural texture into the image quad (top-left, top-right, bottom-right,
+        bottom-left) with its perspective."""
+        rng, texels = self.rng, 64
+        left, top = np.floor(quad.min(0)).astype(int)
+        right, bottom = np.ceil(quad.max(0)).astype(int) + 1
+        left, top = max(left, 0), max(top, 0)
+        right, bottom = min(right, self.size), min(bottom, self.size)
+        if left >= right or top >= bottom:
+            return
+        corners = np.float32([[0, 0], [texels, 0], [texels, texels], [0, texels]])
+        to_window = cv2.getPerspectiveTransform(corners, quad - np.float32([left, top]))
+        texture = procedural.source(rng).draw(rng, texels, texels) * self.light_level
+        shape = (right - left, bottom - top)
+        painted = cv2.warpPerspective(clip_colour(texture), to_window, shape)
+        inside = cv2.warpPerspective(np.ones((texels, texels), np.float32), to_window, shape)
+        window = self.image[top:bottom, left:right]
+        blend = window + inside[..., None] * (painted - window)
+        window[:] = clip_colour(blend + 0.5).astype(np.uint8)
+
     # -- objects standing on the floor (background exhibits and foreground figures) --------
     def floor_z_range(self, z_min=2.4, z_max=9.5):
         """Depths at which an object's feet are inside the frame and in front of the back wall."""
@@ -266,59 +334,6 @@ class Scene:
         x = (centre_u - self.vanishing_u) * z / self.focal_px
         lowest = -self.left_wall_distance + half_width_m + 0.1
         return float(min(max(x, lowest), self.right_wall_distance - half_width_m - 0.1))
-
-    def paint(
-        self,
-        parts: np.ndarray,
-        left: int,
-        top: int,
-        colours: np.ndarray,
-        inverse_z: float,
-        texture_amplitude: float,
-        mask: np.ndarray | None,
-        grain_amplitude: float = 0.03,
-        grain_blur: float = 0.0,
-    ):
-        """Composite a part-id patch (0 = empty) at (left, top) with a depth test.
-
-        `colours[k]` is the RGB of part k; shading is cylindrical across the patch width plus
-        smooth-noise texture and a grain (fine noise, blurred by `grain_blur` pixels: gravel,
-        fabric, foliage). Pixels already nearer than `inverse_z` occlude the object.
-        """
-        rng, size = self.rng, self.size
-        patch_rows, patch_columns = parts.shape
-        row_start, row_end = max(0, top), min(size, top + patch_rows)
-        column_start, column_end = max(0, left), min(size, left + patch_columns)
-        if row_start >= row_end or column_start >= column_end:
-            return
-        window = np.s_[row_start:row_end, column_start:column_end]
-        visible_parts = parts[
-            row_start - top : row_end - top, column_start - left : column_end - left
-        ]
-        inside = (visible_parts > 0) & (self.inverse_depth[window] < inverse_z)
-        if not inside.any():
-            return
-        smooth, fine = noise_bank()
-        rows, columns = visible_parts.shape
-        across = (
-            np.arange(column_start, column_end, dtype=np.float32) - left + 0.5
-        ) / patch_columns
-        across_shade = 0.72 + 0.38 * np.sin(np.pi * across)  # across is inside (0, 1)
-        texture = crop(smooth, rng, rows, columns)
-        grain = crop(fine, rng, rows, columns)
-        if grain_blur > 0:  # coarser grain, back to the fine noise's spread
-            grain = cv2.GaussianBlur(grain, (0, 0), grain_blur)
-            grain *= 0.5 / max(float(grain.std()), 1e-6)
-        ys, xs = np.nonzero(inside)
-        shade = across_shade[xs] * (
-            1.0 + texture_amplitude * texture[ys, xs] + grain_amplitude * grain[ys, xs]
-        )
-        colour = colours[visible_parts[ys, xs]] * (shade * self.light_level)[:, None]
-        self.image[window][ys, xs] = clip_colour(colour).astype(np.uint8)
-        self.inverse_depth[window][ys, xs] = inverse_z
-        self.surface[window][ys, xs] = COVERED
-        if mask is not None:
-            mask[window] |= inside
 
     # -- shadows ----------------------------------------------------------------------------
     def camera_matrix(self) -> np.ndarray:

@@ -3,8 +3,21 @@ sculptures and boxes (pedestals, benches)."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from PIL import Image, ImageDraw
+
+
+class _Body(NamedTuple):
+    """Proportions of a person-like silhouette, in pixels of its patch."""
+
+    centre_x: float
+    head_radius: float
+    shoulder_y: float
+    hip_y: float
+    shoulder_half: float
+    hip_half: float
 
 
 def person_parts(rng, height: int) -> np.ndarray:
@@ -13,15 +26,25 @@ def person_parts(rng, height: int) -> np.ndarray:
     width = max(3, int(round(height * aspect)))
     image = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(image)
-    centre_x = width / 2 + rng.uniform(-0.05, 0.05) * width
-    head_radius = height * rng.uniform(0.055, 0.07)
-    head_y = head_radius * 1.1
-    shoulder_y, hip_y = height * rng.uniform(0.16, 0.2), height * rng.uniform(0.48, 0.54)
-    shoulder_half = width * rng.uniform(0.36, 0.46)
-    hip_half = width * rng.uniform(0.26, 0.34)
+    body = _Body(
+        centre_x=width / 2 + rng.uniform(-0.05, 0.05) * width,
+        head_radius=height * rng.uniform(0.055, 0.07),
+        shoulder_y=height * rng.uniform(0.16, 0.2),
+        hip_y=height * rng.uniform(0.48, 0.54),
+        shoulder_half=width * rng.uniform(0.36, 0.46),
+        hip_half=width * rng.uniform(0.26, 0.34),
+    )
     arm_width = width * rng.uniform(0.1, 0.14)
     swing = rng.uniform(-0.08, 0.08) * width
-    # legs
+    _draw_legs(rng, draw, body, width, height)
+    _draw_torso(rng, draw, body, height, arm_width, swing)
+    _draw_head(draw, body)
+    return np.asarray(image, np.uint8)
+
+
+def _draw_legs(rng, draw, body: _Body, width: int, height: int):
+    """Two legs (part 3) from the hips to the bottom row, sometimes a coat or skirt (part 2)."""
+    centre_x, hip_y, hip_half = body.centre_x, body.hip_y, body.hip_half
     stance = rng.uniform(0.02, 0.12) * width
     leg_width = width * rng.uniform(0.13, 0.17)
     bottom = height - 1
@@ -48,13 +71,17 @@ def person_parts(rng, height: int) -> np.ndarray:
             ],
             fill=2,
         )
-    # torso and arms
+
+
+def _draw_torso(rng, draw, body: _Body, height: int, arm_width: float, swing: float):
+    """The torso, the arms and the rounded shoulders (part 2)."""
+    centre_x, shoulder_y, shoulder_half = body.centre_x, body.shoulder_y, body.shoulder_half
     draw.polygon(
         [
             (centre_x - shoulder_half, shoulder_y),
             (centre_x + shoulder_half, shoulder_y),
-            (centre_x + hip_half, hip_y),
-            (centre_x - hip_half, hip_y),
+            (centre_x + body.hip_half, body.hip_y),
+            (centre_x - body.hip_half, body.hip_y),
         ],
         fill=2,
     )
@@ -74,26 +101,25 @@ def person_parts(rng, height: int) -> np.ndarray:
     draw.ellipse(
         [
             centre_x - shoulder_half * 0.95,
-            shoulder_y - head_radius * 0.3,
+            shoulder_y - body.head_radius * 0.3,
             centre_x + shoulder_half * 0.95,
-            shoulder_y + head_radius * 0.8,
+            shoulder_y + body.head_radius * 0.8,
         ],
         fill=2,
     )
-    # neck and head
-    neck_half = head_radius * 0.45
-    draw.rectangle([centre_x - neck_half, head_y, centre_x + neck_half, shoulder_y + 1], fill=1)
-    head_half = head_radius * 0.85
-    draw.ellipse(
-        [
-            centre_x - head_half,
-            head_y - head_radius,
-            centre_x + head_half,
-            head_y + head_radius * 1.05,
-        ],
-        fill=1,
+
+
+def _draw_head(draw, body: _Body):
+    """The neck and the head (part 1)."""
+    centre_x, radius = body.centre_x, body.head_radius
+    head_y = radius * 1.1
+    neck_half = radius * 0.45
+    draw.rectangle(
+        [centre_x - neck_half, head_y, centre_x + neck_half, body.shoulder_y + 1], fill=1
     )
-    return np.asarray(image, np.uint8)
+    head_half = radius * 0.85
+    box = [centre_x - head_half, head_y - radius, centre_x + head_half, head_y + radius * 1.05]
+    draw.ellipse(box, fill=1)
 
 
 def silhouette(rng: np.random.Generator, height: int) -> np.ndarray:
@@ -131,6 +157,28 @@ def blob_parts(rng, height: int, aspect: float) -> np.ndarray:
             bottom = top + ellipse_height * 0.2
             if bottom <= 1:
                 break
+    return np.asarray(image, np.uint8)
+
+
+def cutout_parts(rng, height: int, aspect: float) -> np.ndarray:
+    """An irregular cut-out (part 1, sometimes with an inner part 2): a star-shaped polygon whose
+    radius varies smoothly with the angle (a few random harmonics)."""
+    width = max(3, int(round(height * aspect)))
+    angles = np.linspace(0, 2 * np.pi, 32, endpoint=False)
+    radius = np.ones_like(angles)
+    for harmonic in range(2, 6):
+        amplitude = rng.uniform(0, 0.35) / harmonic**0.5
+        radius += amplitude * np.cos(harmonic * angles + rng.uniform(0, 2 * np.pi))
+    radius = np.maximum(radius, 0.25) / np.maximum(radius, 0.25).max()
+    image = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(image)
+    outlines = [(1, 1.0)]
+    if rng.uniform() < 0.3:  # an inner part, smaller
+        outlines.append((2, rng.uniform(0.3, 0.6)))
+    for part, scale in outlines:
+        xs = (width - 1) / 2 * (1 + scale * radius * np.cos(angles))
+        ys = (height - 1) / 2 * (1 + scale * radius * np.sin(angles))
+        draw.polygon(list(zip(xs.tolist(), ys.tolist())), fill=part)
     return np.asarray(image, np.uint8)
 
 

@@ -1,5 +1,5 @@
-"""A clip from a fixed camera with known masks: one synthetic room's figure, cut out along its
-true mask, walks across the room's plate, with sensor noise on every frame. The video tests and
+"""A clip from a fixed camera with known masks: one synthetic sample's figures, cut out along
+their true mask, walk across the sample's plate, with sensor noise on every frame. The video tests and
 `tools/video_speed.py` predict it and score the masks."""
 
 import numpy as np
@@ -10,9 +10,10 @@ from jaxsegdepth.data.synthetic.samples import render
 def moving_figure(
     frames: int, size: int, scene: tuple = (0, 11), noise: float = 2.0, seed: int = 0
 ) -> tuple[np.ndarray, list, list]:
-    """(the room's plate, the frames, their true masks) of sample `scene` = (seed, index)
+    """(the sample's plate, the frames, their true masks) of sample `scene` = (seed, index)
     rendered at `size`: uint8 RGB (size, size, 3) images and bool (size, size) masks. The
-    figure crosses from the left edge to the right one in `frames` frames; each frame gets its
+    band of columns holding its figures crosses from the left edge to the right one in
+    `frames` frames; each frame gets its
     own Gaussian noise of standard deviation `noise` (of 255)."""
     sample = render(*scene, size)
     plate, whole = sample["bg"], sample["mask"] > 127
