@@ -68,17 +68,10 @@ class TrainBatches:
     def next(self, stage: int) -> dict:
         if self.iterator is None or stage != self.stage:
             settings, config = self.trainer.stages[stage], self.trainer.config
+            local_batch = mesh_lib.check_batch_size(self.trainer.mesh, config.batch_size)
             self.iterator = iter(
-                pipeline.create_loader(
-                    config.dataset,
-                    "train",
-                    resolution=settings.resolution,
-                    batch_size=mesh_lib.check_batch_size(self.trainer.mesh, config.batch_size),
-                    shuffle=True,
-                    seed=config.seed,
-                    num_epochs=None,
-                    drop_remainder=True,
-                    crop=settings.crop,
+                pipeline.train_batches(
+                    config.dataset, config.seed, settings.resolution, local_batch, settings.crop
                 )
             )
             if self.saved is not None and stage == self.stage:

@@ -1,5 +1,5 @@
 """`mode=predict` on a clip (`predict.video`), through `predict.validate` and `predict.run` with a
-tiny trained MaskNet (one epoch at 32 px on 40 synthetic samples, as in test_modes.py).
+tiny trained MaskNet (conftest's `trained`: one epoch at 32 px on 40 synthetic samples).
 
 The clip is made here: one synthetic room at 96x96, its figure cut out along its true mask and
 moved across the room over 20 frames, with sensor noise, written as an mp4v mp4; its masks are
@@ -15,10 +15,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import default
 from jaxsegdepth import errors
 from jaxsegdepth.data import synthetic
-from jaxsegdepth.modes import predict, train
+from jaxsegdepth.modes import predict
 from jaxsegdepth.video import pixels
 
 SIZE = 96
@@ -57,24 +56,6 @@ def clip(tmp_path_factory) -> dict:
     cv2.imwrite(plate_path, cv2.cvtColor(plate, cv2.COLOR_RGB2BGR))
     video = write_mp4(str(root / "walk.mp4"), frames)
     return {"video": video, "plate": plate_path, "masks": masks, "decoded": read_video(video)}
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(config, workdir) of a one-epoch MaskNet run at 32 px on 40 synthetic samples."""
-    config = default.get_config()
-    config.model = "masknet"
-    config.loss = ml_collections.ConfigDict({"mask": {"bce": 1.0, "dice": 2.0}})
-    config.dataset.num_samples = 40
-    config.dataset.data_dir = str(tmp_path_factory.mktemp("tfds"))
-    config.dataset.augment = False
-    config.stages = ((32, 1),)
-    config.batch_size = 8
-    config.evals.preview.samples = 2
-    config.compilation_cache_dir = "none"
-    workdir = str(tmp_path_factory.mktemp("run"))
-    train.run(config, workdir)
-    return config, workdir
 
 
 def _video_config(trained, clip, **predict_fields):

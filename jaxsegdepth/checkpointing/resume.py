@@ -88,16 +88,12 @@ RESUME_FIELDS = (
     "schedule",
     "loss",
     "loss_weighting",
-    "dwa_temperature",
     "dataset.name",
     "dataset.num_samples",
     "dataset.seed",
     "dataset.val_fraction",
     "dataset.skip_corrupt",
-    "dataset.augment",
-    "dataset.hsv_prob",
-    "dataset.contrast_prob",
-    "dataset.capture",
+    "augment",
     "dataset.worker_count",
     "stages",
     "init_from",
@@ -130,7 +126,7 @@ def check_resume(config: ml_collections.ConfigDict, saved: Optional[dict], direc
     with. More epochs are allowed where that is well defined: the stages so far unchanged,
     the last one longer or new ones after it, and a schedule whose length is not fixed (not
     one-cycle, which is laid out over the whole run)."""
-    current, saved = resume_settings(config), _with_stages(saved or {})
+    current, saved = resume_settings(config), _with_stages(_with_new_names(saved or {}))
     changed = [f for f in current if f in saved and saved[f] != current[f]]
     extended = "stages" in changed and _extends(saved["stages"], current["stages"])
     spans_run = config.schedule.name == "onecycle"
@@ -154,6 +150,11 @@ def check_resume(config: ml_collections.ConfigDict, saved: Optional[dict], direc
         f"cannot resume the run in {directory}: {shown} differ from its "
         f"checkpoint{note}; set them back, or use another --workdir"
     )
+
+
+def _with_new_names(saved: dict) -> dict:
+    """Settings saved under names that have since moved (`names.RENAMED_FIELDS`) under the new."""
+    return {names.renamed(field) or field: value for field, value in saved.items()}
 
 
 def _with_stages(saved: dict) -> dict:

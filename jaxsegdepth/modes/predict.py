@@ -318,11 +318,8 @@ def predict_pairs(
 def load_predict_fn(config: ml_collections.ConfigDict, workdir: str) -> Callable:
     """The model to predict with as `predict_fn(bg, bg_fg)` on one device: uint8 RGB batches in,
     {head: probabilities} out."""
-    mesh = mesh_lib.create_mesh(jax.local_devices()[:1])
-    model = select.load_for_inference(config, workdir, mesh)
-    normalization = select.input_normalization(config, model.card, model.source)
-    _, _, predict_step = build.compiled_steps(config, mesh, normalization)
-    return functools.partial(predict_step, model.state)
+    loaded = select.for_inference(config, workdir, mesh_lib.create_mesh(jax.local_devices()[:1]))
+    return functools.partial(loaded.predict_step, loaded.model.state)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
