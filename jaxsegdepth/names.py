@@ -41,6 +41,8 @@ def monitor_names(heads, loss_spec) -> tuple[str, ...]:
     return ("train_loss",) + tuple(f"val_{name}" for name in metric_names(heads)) + terms
 
 
+VIDEO_FIELDS = ("plate_frames", "video_format", "batch_size", "temporal_smoothing", "fps")
+
 # Config fields that moved: old dotted name -> new. launch.py refuses an old name on the
 # command line or in a recipe, naming the new one; a run saved under the old names still
 # resumes (`checkpointing.resume`).
@@ -52,6 +54,7 @@ RENAMED_FIELDS = {
     "dataset.capture": "augment.capture",
     "loss_weighting": "loss_weighting.method",
     "dwa_temperature": "loss_weighting.temperature",
+    **{f"predict.{field}": f"video.{field}" for field in VIDEO_FIELDS},
 }
 
 

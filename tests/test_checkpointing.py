@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from configs import default
-from jaxsegdepth import artifact, errors
+from jaxsegdepth import artifact, errors, names
 from jaxsegdepth.checkpointing import resume, select, store
 from jaxsegdepth.data import pipeline
 from jaxsegdepth.modes import export
@@ -107,6 +107,20 @@ def test_an_old_name_is_refused_naming_the_new_one(tmp_path):
         assert result.returncode == 2, result.stderr[-2000:]
         assert result.stderr.strip().splitlines()[-1] == message
         assert not os.path.exists(tmp_path / "w")
+
+
+def test_every_moved_field_and_the_fields_of_a_moved_block_have_their_new_name():
+    assert names.renamed("predict.fps") == "video.fps"
+    assert names.renamed("predict.plate_frames") == "video.plate_frames"
+    assert names.renamed("dataset.capture.shift_px") == "augment.capture.shift_px"
+    assert names.renamed("loss_weighting") == "loss_weighting.method"
+    for current in ("loss_weighting.method", "augment.capture.noise", "predict.threshold"):
+        assert names.renamed(current) is None
+    config = default.get_config()
+    for old, new in names.RENAMED_FIELDS.items():  # every new name is a field of the config
+        node = config
+        for part in new.split("."):
+            node = node[part]
 
 
 def test_the_settings_of_a_run_saved_under_the_old_names_still_resume():

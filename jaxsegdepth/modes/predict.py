@@ -95,7 +95,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     store.validate(config)
     pipeline.validate(config.dataset)
     if cfg.video:
-        video_from_config.validate(cfg, _model_hw(config))
+        video_from_config.validate(config, _model_hw(config))
     else:
         find_pairs(cfg.bg, cfg.bg_fg)
 
@@ -329,7 +329,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     cfg = config.predict
     if cfg.video:
         return video_from_config.run(
-            cfg, workdir, load_predict_fn(config, workdir), _model_hw(config)
+            config, workdir, load_predict_fn(config, workdir), _model_hw(config)
         )
     pairs, failures = find_pairs(cfg.bg, cfg.bg_fg)
     predict_fn = load_predict_fn(config, workdir)
