@@ -17,10 +17,11 @@ import sys
 
 import jax
 from absl import app, flags, logging
+from flax import traverse_util
 from ml_collections import config_flags
 
 import configs
-from jaxsegdepth import errors, reporting
+from jaxsegdepth import errors, names, reporting
 
 MODES = {
     "train": "jaxsegdepth.modes.train",
@@ -109,9 +110,10 @@ def main(argv) -> None:
         _fail("--config is required, e.g. --config configs/rmse_bce_dice.py", 2)
     if config.mode not in MODES:
         _fail(f"mode={config.mode!r}: expected one of {sorted(MODES)}", 2)
-    old = configs.renamed_field(config)
+    old = _renamed_field(config)
     if old:
-        _fail(f"{old} is now {configs.RENAMED[old]}", 2)
+        recipe = flags.FLAGS["config"].config_filename
+        _fail(f"{old} is now {names.renamed(old)} (set in {recipe})", 2)
     workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
     initialize_distributed(config)
     enable_compilation_cache(config)
@@ -136,6 +138,12 @@ def main(argv) -> None:
         _fail(f"cannot write: {error}", errors.RunError.exit_code)
 
 
+def _renamed_field(config) -> str | None:
+    """The first field `config` sets under a name that moved (`names.RENAMED_FIELDS`)."""
+    leaves = traverse_util.flatten_dict(config.to_dict(), sep=".")
+    return next((field for field in leaves if names.renamed(field)), None)
+
+
 def _config_problem(argv: list[str]) -> str | None:
     """What is wrong with `--config` and its `--config.a.b=...` overrides, found by loading the
     config file directly: its own error, or the first override naming a field it lacks."""
@@ -150,8 +158,8 @@ def _config_problem(argv: list[str]) -> str | None:
         return f"--config {config_arg}: {error}"
     for override in (a for a in argv if a.startswith("--config.")):
         name = override[len("--config.") :].split("=", 1)[0]
-        if name in configs.RENAMED:
-            return f"--config.{name} is now --config.{configs.RENAMED[name]}"
+        if names.renamed(name):
+            return f"--config.{name} is now --config.{names.renamed(name)}"
         node = base
         for field in override[len("--config.") :].split("=", 1)[0].split("."):
             if not hasattr(node, "keys") or field not in node:

@@ -53,11 +53,21 @@ def get_config() -> ml_collections.ConfigDict:
             worker_count="auto",
             read_threads="auto",
             prefetch_batches=2,  # batches prepared ahead per reading process (>= its threads)
+        ),
+        # Not type-safe, so worker_count/read_threads take "auto" or an int, from Python too
+        # (a command-line override arrives as a string); `pipeline.validate` checks them all.
+        type_safe=False,
+    )
+
+    # Augmentation of the train split's inputs, on the device (jaxsegdepth/preprocess.py and
+    # capture.py); validation and inference never see it.
+    config.augment = ml_collections.ConfigDict(
+        dict(
             # Photometric augmentation of the inputs on the train split, one draw for both: the
             # reference's recipes (`:published`) turn it on; the synthetic scenes have no
             # photometric shift between the splits, and it slowed learning on them
             # (docs/results.md).
-            augment=False,
+            photometric=False,
             hsv_prob=0.25,  # probability of hue/saturation/value jitter
             contrast_prob=0.25,  # probability of random contrast
             # Capture nuisances on the train split, each shot (plate, scene) on its own
@@ -78,10 +88,7 @@ def get_config() -> ml_collections.ConfigDict:
                 rotate_deg=0.3,  # plate rotation, degrees
                 scale=0.005,  # plate scale in [1 - s, 1 + s]
             ),
-        ),
-        # Not type-safe, so worker_count/read_threads take "auto" or an int, from Python too
-        # (a command-line override arrives as a string); `pipeline.validate` checks them all.
-        type_safe=False,
+        )
     )
 
     config.batch_size = 8  # global, split across every device
@@ -145,11 +152,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Loss as data: head -> {term: weight}; see jaxsegdepth.losses.compose.
     # RMSE + (BCE & Dice): 2 rmse(depth) + bce(mask) + 2 dice(mask, smooth 1e-6), as the reference.
     config.loss = ml_collections.ConfigDict({"depth": {"rmse": 2.0}, "mask": {"bce_dice": 1.0}})
-    # How the heads' losses are weighted in training (jaxsegdepth/weighting.py): "fixed" as
-    # above, "uncertainty" (learned log-variances, Kendall et al. 2018) or "dwa" (dynamic
-    # weight average, Liu et al. 2019, with this softmax temperature).
-    config.loss_weighting = "fixed"
-    config.dwa_temperature = 2.0
+    # How the heads' losses are weighted in training (jaxsegdepth/weighting.py): method "fixed"
+    # as above, "uncertainty" (learned log-variances, Kendall et al. 2018) or "dwa" (dynamic
+    # weight average, Liu et al. 2019, with the softmax `temperature`).
+    config.loss_weighting = ml_collections.ConfigDict(dict(method="fixed", temperature=2.0))
 
     config.checkpoint = ml_collections.ConfigDict(
         dict(
@@ -249,9 +255,14 @@ def get_config() -> ml_collections.ConfigDict:
             # or a folder of numbered frames, predicted frame by frame against a plate
             # (docs/modes.md, "Predict on a video")
             video="",
-            plate_frames=0,  # > 0: the plate is the per-pixel median of the first N frames; 0: bg
             outputs=("mask_prob", "mask", "depth", "side_by_side"),  # and/or "composite"
             replace_bg="0,255,0",  # composite's new background: a colour R,G,B or an image file
+        )
+    )
+    # What only a clip (`predict.video`) uses
+    config.video = ml_collections.ConfigDict(
+        dict(
+            plate_frames=0,  # > 0: the plate is the per-pixel median of the first N frames; 0: bg
             video_format="mp4",  # mp4 (OpenCV's mp4v) | png (a folder of numbered PNGs each)
             batch_size=8,  # frames per model call
             # alpha of an average over frames (0: off); measured 0.3-0.8 on moving figures: more
@@ -286,8 +297,8 @@ def use_published(
     `--config.dataset.manual_dir=DIR` (see the README).
     """
     config.dataset.name = "modest_museum"
-    config.dataset.augment = augment
-    config.dataset.capture.enabled = False  # the reference trains without capture nuisances
+    config.augment.photometric = augment
+    config.augment.capture.enabled = False  # the reference trains without capture nuisances
     config.stages = tuple(stages)  # the reference trains on whole images
     config.optimizer.name, config.optimizer.learning_rate = "sgd", learning_rate
     config.optimizer.momentum = 0.9

@@ -11,7 +11,7 @@ from configs import default
 
 def get_config(arg=None):
     config = default.get_config()
-    config.dataset.augment = False
+    config.augment.photometric = False
     if default.check_arg(arg):
         default.use_published(config, stages=((96, 3), (160, 3)), learning_rate=0.1, augment=False)
     config.schedule.name = "step"

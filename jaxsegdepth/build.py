@@ -42,7 +42,7 @@ def validate(
         raise errors.UsageError(
             f"input_normalization={config.input_normalization!r}: expected one of {NORMALIZATIONS}"
         )
-    preprocess.validate(config.dataset)
+    preprocess.validate(config.augment)
     if config.dtype not in DTYPES:
         raise errors.UsageError(f"dtype={config.dtype!r}: expected one of {DTYPES}")
     stride = models.MODELS[config.model].STRIDE
@@ -153,7 +153,7 @@ def compiled_steps(config: ml_collections.ConfigDict, mesh: Mesh, normalization:
     return steps.jit_steps(
         mesh,
         losses.compose(config.loss),
-        preprocess.from_config(config.dataset, normalization, config.seed),
+        preprocess.from_config(config.augment, normalization, config.seed),
         weighting.from_config(config),
         norms=config.log_norms,
         ema_decay=config.ema_decay,

@@ -171,28 +171,37 @@ def from_normalization(
 CAPTURE_FIELDS = tuple(field.name for field in dataclasses.fields(capture_lib.Capture))
 
 
-def validate(ds_config) -> None:
-    """Refuses, in one line, capture strengths that cannot be drawn (`dataset.capture`)."""
-    settings = ds_config.capture
+def validate(augment_config) -> None:
+    """Refuses, in one line, augmentation settings (`config.augment`) that cannot be drawn: the
+    photometric probabilities and the capture strengths."""
+    if not isinstance(augment_config.photometric, bool):
+        raise errors.UsageError(
+            f"augment.photometric={augment_config.photometric!r}: expected True or False"
+        )
+    for field in ("hsv_prob", "contrast_prob"):
+        _check_number(f"augment.{field}", augment_config[field], "a probability in [0, 1]", 1.0)
+    settings = augment_config.capture
     for field in CAPTURE_FIELDS:
-        value = settings[field]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise errors.UsageError(f"dataset.capture.{field}={value!r}: expected a number >= 0")
-    if settings.prob > 1:
-        raise errors.UsageError(f"dataset.capture.prob={settings.prob}: expected a probability")
+        _check_number(f"augment.capture.{field}", settings[field], "a number >= 0")
+    _check_number("augment.capture.prob", settings.prob, "a probability", 1.0)
     if settings.scale >= 1:
-        raise errors.UsageError(f"dataset.capture.scale={settings.scale}: expected < 1")
+        raise errors.UsageError(f"augment.capture.scale={settings.scale}: expected < 1")
 
 
-def from_config(ds_config, normalization: dict, seed: int) -> Preprocess:
-    """The `Preprocess` of `config.dataset` (its augment, hsv_prob, contrast_prob and capture
-    block) and a run's seed, with the model's input `normalization`."""
+def _check_number(field: str, value, expected: str, upper: float = float("inf")) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= upper:
+        raise errors.UsageError(f"{field}={value!r}: expected {expected}")
+
+
+def from_config(augment_config, normalization: dict, seed: int) -> Preprocess:
+    """The `Preprocess` of `config.augment` (photometric and capture) and a run's seed, with
+    the model's input `normalization`."""
     augment = (
-        Photometric(hsv_prob=ds_config.hsv_prob, contrast_prob=ds_config.contrast_prob)
-        if ds_config.augment
+        Photometric(hsv_prob=augment_config.hsv_prob, contrast_prob=augment_config.contrast_prob)
+        if augment_config.photometric
         else None
     )
-    settings = ds_config.capture
+    settings = augment_config.capture
     capture = (
         capture_lib.Capture(**{field: float(settings[field]) for field in CAPTURE_FIELDS})
         if settings.enabled

@@ -1,7 +1,7 @@
 """How the heads' losses are weighted against each other during training.
 
 A task is a head; its loss `L_k` is the head's part of the loss spec (the reference's: depth
-`2 rmse`, mask `bce + 2 dice`). `config.loss_weighting` picks how the training objective
+`2 rmse`, mask `bce + 2 dice`). `config.loss_weighting.method` picks how the training objective
 combines them:
 
 - `fixed`: `sum_k L_k`, the reference's hand-set weights as they are.
@@ -11,7 +11,7 @@ combines them:
   task's gradient is divided by its own loss, so neither task dominates by its scale alone.
 - `dwa`, dynamic weight average (Liu, Johns & Davison, CVPR 2019): `sum_k w_k L_k` with
   `w = K softmax(r / T)`, `r_k = Lbar_k(e-1) / Lbar_k(e-2)` the ratio of task k's mean training
-  loss over the last two epochs and `T = config.dwa_temperature`; `w_k = 1` for the first two
+  loss over the last two epochs and `T = config.loss_weighting.temperature`; `w_k = 1` for the first two
   epochs. A task whose loss stopped falling gets more weight.
 
 Each method is one small frozen object behind the `Weighting` interface, chosen once by
@@ -133,23 +133,27 @@ class DWA(Weighting):
         }
 
 
-METHODS = {"fixed": Fixed, "uncertainty": Uncertainty, "dwa": DWA}  # config.loss_weighting
+METHODS = {"fixed": Fixed, "uncertainty": Uncertainty, "dwa": DWA}  # loss_weighting.method
 FIXED = Fixed()
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Refuses an unknown `loss_weighting` or a non-positive `dwa_temperature` in one line."""
-    if config.loss_weighting not in METHODS:
+    """Refuses an unknown `loss_weighting.method` or a non-positive `temperature` in one line."""
+    settings = config.loss_weighting
+    if settings.method not in METHODS:
         raise errors.UsageError(
-            f"loss_weighting={config.loss_weighting!r}: expected one of {tuple(METHODS)}"
+            f"loss_weighting.method={settings.method!r}: expected one of {tuple(METHODS)}"
         )
-    if not config.dwa_temperature > 0:
-        raise errors.UsageError(f"dwa_temperature={config.dwa_temperature!r}: expected > 0")
+    if not settings.temperature > 0:
+        raise errors.UsageError(
+            f"loss_weighting.temperature={settings.temperature!r}: expected > 0"
+        )
 
 
 def from_config(config: ml_collections.ConfigDict) -> Weighting:
     """The weighting `config` asks for, over the heads of `config.loss`."""
     tasks = tuple(losses.validate_spec(config.loss))
-    if config.loss_weighting == "dwa":
-        return DWA(tasks, float(config.dwa_temperature))
-    return METHODS[config.loss_weighting](tasks)
+    settings = config.loss_weighting
+    if settings.method == "dwa":
+        return DWA(tasks, float(settings.temperature))
+    return METHODS[settings.method](tasks)

@@ -6,16 +6,21 @@ turns it off) and serves this process and the `launch.py` runs the tests start. 
 by the program, the compile options and the jax/jaxlib versions, so a stale entry is never used.
 """
 
+import json
 import os
 
 import jax
 import jax.numpy as jnp
+import modes_support
 import numpy as np
 import optax
 import pytest
 from absl import flags
+from PIL import Image
 
-from jaxsegdepth import models, steps
+from configs import default
+from jaxsegdepth import losses, mesh as mesh_lib, models, preprocess, steps
+from jaxsegdepth.modes import train
 
 TEST_CACHE_DIR = os.path.expanduser(
     os.environ.get("JAXSEGDEPTH_TEST_CACHE_DIR", "~/.cache/jaxsegdepth/jax-tests")
@@ -68,3 +73,59 @@ def dsresnet_state():
         rng=None,
         nonfinite_step=None,
     )
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """The tiny synthetic set of the mode tests (`modes_support.mode_config`), built once."""
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, data_dir):
+    """(config, workdir, last epoch record) of the one-epoch MaskNet run the mode tests share
+    (evaluate, predict, export, plots, the model card)."""
+    config = modes_support.mode_config(data_dir)
+    workdir = str(tmp_path_factory.mktemp("run"))
+    record = train.run(config, workdir)
+    return config, workdir, record
+
+
+@pytest.fixture(scope="session")
+def one_device():
+    """The one-device mesh `predict` and `export` load a checkpoint on."""
+    return mesh_lib.create_mesh(jax.local_devices()[:1])
+
+
+@pytest.fixture(scope="session")
+def predict_jit(one_device):
+    """`predict_jit(normalization)`: `steps.jit_steps`' predict step on `one_device` with the
+    inputs' {input: (mean, std)}, as `predict` runs it (uint8 in, normalised inside)."""
+    made = {}
+
+    def make(norm):
+        key = json.dumps(
+            {k: [np.asarray(m).tolist(), np.asarray(s).tolist()] for k, (m, s) in norm.items()},
+            sort_keys=True,
+        )
+        if key not in made:
+            made[key] = steps.jit_steps(
+                one_device,
+                losses.compose(default.get_config().loss),
+                preprocess.from_normalization(norm),
+            )[2]
+        return made[key]
+
+    return make
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """Paths of one readable 40x30 bg / bg_fg pair: the plate, and the plate with a block of
+    other pixels in it."""
+    modes_support.write_image(tmp_path / "bg.png", 40, 30, 0)
+    modes_support.write_image(tmp_path / "object.png", 40, 30, 1)
+    scene = np.asarray(Image.open(tmp_path / "bg.png")).copy()
+    scene[8:22, 10:26] = np.asarray(Image.open(tmp_path / "object.png"))[8:22, 10:26]
+    Image.fromarray(scene).save(tmp_path / "bg_fg.png")
+    return str(tmp_path / "bg.png"), str(tmp_path / "bg_fg.png")

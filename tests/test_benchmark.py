@@ -184,7 +184,7 @@ def test_the_benchmark_runs_the_trainers_recipe(model, recipe):
     steps from that config (`state.jit_steps`, as the trainer does)."""
     config, expected = benchmark_tool.load_config("", model, "bfloat16", 5), recipe.get_config()
     assert (config.model, config.dtype, config.seed) == (model, "bfloat16", 5)
-    for block in ("loss", "loss_weighting", "dwa_temperature", "optimizer", "schedule"):
+    for block in ("loss", "loss_weighting", "augment", "optimizer", "schedule"):
         assert config[block] == expected[block], block
     state = _host_initialised_state(models.create(model), optax.sgd(0.1), 32)
     runner = benchmark.StepRunner(config, 32, 2, state=state)

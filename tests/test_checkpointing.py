@@ -1,17 +1,25 @@
-"""checkpointing.select.resolve: how a model is named (a run, a step of it, its checkpoints
-folder, an export, WORKDIR's own), and the old `checkpoint.step` refused with its new name."""
+"""checkpointing: how a model is named (`select.resolve`: a run, a step of it, its checkpoints
+folder, an export, WORKDIR's own), old names refused and old saved runs resumed, and the
+model card a checkpoint carries (on conftest's tiny MaskNet run)."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from jaxsegdepth import errors
-from jaxsegdepth.checkpointing import select
+from configs import default
+from jaxsegdepth import artifact, errors, names
+from jaxsegdepth.checkpointing import resume, select, store
+from jaxsegdepth.data import pipeline
+from jaxsegdepth.modes import export
+from modes_support import RES, copy_config, predicted
 
 
 @pytest.fixture
@@ -63,19 +71,31 @@ def test_a_path_that_is_neither_is_one_line_naming_it(tmp_path):
     )
 
 
-def test_the_old_checkpoint_step_is_refused_naming_model_path(tmp_path):
+def test_an_old_name_is_refused_naming_the_new_one(tmp_path):
+    """On the command line and in a recipe file; nothing is written."""
     recipe = tmp_path / "old_recipe.py"
     recipe.write_text(
         "from configs import default\n\n\ndef get_config():\n"
-        "    config = default.get_config()\n    config.checkpoint.step = 3\n    return config\n"
+        "    config = default.get_config()\n    config.dataset.augment = True\n"
+        "    return config\n"
     )
-    new = "model_path (:STEP for WORKDIR's, RUN:STEP for another run's)"
     for arguments, message in [
         (
             ["--config", "configs/rmse_bce_dice.py", "--config.checkpoint.step=3"],
-            f"error: --config.checkpoint.step is now --config.{new}",
+            "error: --config.checkpoint.step is now --config.model_path",
         ),
-        (["--config", str(recipe)], f"error: checkpoint.step is now {new}"),
+        (
+            ["--config", "configs/rmse_bce_dice.py", "--config.dataset.capture.noise=0"],
+            "error: --config.dataset.capture.noise is now --config.augment.capture.noise",
+        ),
+        (
+            ["--config", "configs/rmse_bce_dice.py", "--config.loss_weighting=dwa"],
+            "error: --config.loss_weighting is now --config.loss_weighting.method",
+        ),
+        (
+            ["--config", str(recipe)],
+            f"error: dataset.augment is now augment.photometric (set in {recipe})",
+        ),
     ]:
         result = subprocess.run(
             [sys.executable, "launch.py", *arguments, "--workdir", str(tmp_path / "w")],
@@ -87,3 +107,105 @@ def test_the_old_checkpoint_step_is_refused_naming_model_path(tmp_path):
         assert result.returncode == 2, result.stderr[-2000:]
         assert result.stderr.strip().splitlines()[-1] == message
         assert not os.path.exists(tmp_path / "w")
+
+
+def test_every_moved_field_and_the_fields_of_a_moved_block_have_their_new_name():
+    assert names.renamed("predict.fps") == "video.fps"
+    assert names.renamed("predict.plate_frames") == "video.plate_frames"
+    assert names.renamed("dataset.capture.shift_px") == "augment.capture.shift_px"
+    assert names.renamed("loss_weighting") == "loss_weighting.method"
+    for current in ("loss_weighting.method", "augment.capture.noise", "predict.threshold"):
+        assert names.renamed(current) is None
+    config = default.get_config()
+    for old, new in names.RENAMED_FIELDS.items():  # every new name is a field of the config
+        node = config
+        for part in new.split("."):
+            node = node[part]
+
+
+def test_the_settings_of_a_run_saved_under_the_old_names_still_resume():
+    """A run saved before the blocks (`loss_weighting`, `dwa_temperature`, `dataset.augment`,
+    `dataset.capture.*`) compares under the new names: the same settings resume, a changed one
+    is named by its new name."""
+    config = default.get_config()
+    saved = resume.resume_settings(config)
+    old = {}
+    for field, value in saved.items():
+        moved = {
+            "loss_weighting.method": "loss_weighting",
+            "loss_weighting.temperature": "dwa_temperature",
+            "augment.photometric": "dataset.augment",
+            "augment.hsv_prob": "dataset.hsv_prob",
+            "augment.contrast_prob": "dataset.contrast_prob",
+        }.get(field, field.replace("augment.capture.", "dataset.capture."))
+        old[moved] = value
+    assert "dwa_temperature" in old and "dataset.capture.noise" in old and len(old) == len(saved)
+    resume.check_resume(config, old, "runs/x")
+    config.loss_weighting.temperature = 1.0
+    with pytest.raises(errors.UsageError, match=r"loss_weighting.temperature \(2.0 -> 1.0\)"):
+        resume.check_resume(config, old, "runs/x")
+
+
+def test_the_checkpoint_carries_its_model_card(trained):
+    config, workdir, record = trained
+    checkpointer = store.Checkpointer(workdir, read_only=True)
+    try:
+        saved = checkpointer.restore_card(checkpointer.latest_step())
+    finally:
+        checkpointer.close()
+    norm = pipeline.input_normalization(config.dataset)  # the synthetic set's, measured
+    assert saved == {
+        "model": "masknet",
+        "heads": ["mask"],
+        "stride": 1,
+        "dtype": "float32",
+        "normalization": {
+            key: {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+            for key, (mean, std) in norm.items()
+        },
+        "resolution": record["resolution"],
+        "dataset": "synthetic_museum",
+        "version": saved["version"],
+    }
+
+
+def test_a_run_folder_alone_predicts_and_exports(trained, pair, tmp_path, capsys):
+    """The run's folder copied elsewhere, with an empty data folder: predict writes what it
+    writes beside its dataset, and export bakes in the card's statistics."""
+    base, workdir, _ = trained
+    here = predicted(copy_config(base), workdir, pair, tmp_path / "here")
+    alone = str(tmp_path / "alone")
+    shutil.copytree(workdir, alone)
+    config = copy_config(base)
+    config.dataset.data_dir = str(tmp_path / "empty")
+    assert predicted(config, alone, pair, tmp_path / "there") == here
+    config.export.update(dict(resolution=RES, batch_size=1, platforms=()))
+    export.validate(config)
+    export.run(config, alone)
+    meta = json.loads((tmp_path / "alone" / "export" / artifact.METADATA).read_text())
+    norm = pipeline.input_normalization(base.dataset)
+    assert meta["normalization"] == {
+        k: [np.asarray(m).tolist(), np.asarray(s).tolist()] for k, (m, s) in norm.items()
+    }
+    assert meta["card"]["model"] == "masknet"
+    assert not os.path.exists(tmp_path / "empty")  # nothing was built or read there
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_a_checkpoint_without_a_card_uses_the_dataset_s_statistics_and_says_so(
+    trained, pair, tmp_path, capsys
+):
+    base, workdir, _ = trained
+    here = predicted(copy_config(base), workdir, pair, tmp_path / "here")
+    older = tmp_path / "older"
+    shutil.copytree(workdir, older)
+    for card_dir in older.glob(f"checkpoints/*/{store.CARD}"):
+        shutil.rmtree(card_dir)
+    capsys.readouterr()
+    assert predicted(copy_config(base), str(older), pair, tmp_path / "there") == here
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("warning: step ") and warnings[0].endswith(
+        "carries no model card: its inputs are normalised with the statistics of dataset "
+        "synthetic_museum"
+    )

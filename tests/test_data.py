@@ -304,12 +304,10 @@ def test_default_config_fields():
         skip_corrupt=False,
         worker_count="auto",
         read_threads="auto",
-        hsv_prob=0.25,
-        contrast_prob=0.25,
         val_fraction=0.3,
     ).items():
         assert cfg[key] == value
-    assert cfg.num_samples > 0 and isinstance(cfg.augment, bool)
+    assert cfg.num_samples > 0
 
 
 def test_synthetic_build_sizes_and_normalization(synth_cfg):
@@ -503,9 +501,8 @@ def test_auto_loader_settings_follow_the_cpu_count_and_overrides_are_checked():
             pipeline.validate(bad)
     # The block is not type-safe (for "auto"), so validate checks the other fields' types.
     for field, value, expected in (
-        ("augment", "False", "bool"),
         ("num_samples", "64", "int"),
-        ("hsv_prob", "0.5", "number"),
+        ("val_fraction", "0.5", "number"),
         ("seed", 1.5, "int"),
         ("skip_corrupt", 1, "bool"),
     ):

@@ -19,18 +19,14 @@ from jaxsegdepth.checkpointing import store
 from jaxsegdepth.data import datasets, photos, pipeline
 from jaxsegdepth.evaluators import base, baselines, catalog
 from jaxsegdepth.modes import evaluate
-
-RES = 32
+from modes_support import RES, mode_config
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    """A MaskNet config over a prepared 40-sample synthetic set (28 train, 12 validation)."""
-    config = default.get_config()
-    config.model, config.loss = "masknet", ml_collections.ConfigDict({"mask": {"bce": 1.0}})
-    config.dataset.num_samples = 40
-    config.dataset.data_dir = str(tmp_path_factory.mktemp("tfds"))
-    config.stages, config.batch_size, config.compilation_cache_dir = ((RES, 1),), 8, "none"
+def prepared(data_dir):
+    """The mode tests' MaskNet config over its prepared 40-sample synthetic set (28 train, 12
+    validation; conftest's `data_dir`, built once)."""
+    config = mode_config(data_dir)
     datasets.prepare(config.dataset)
     return config
 

@@ -45,7 +45,7 @@ def _command(workdir, shared, **overrides):
         "log_every_steps": 1,
         "evals.preview.samples": 2,
         "schedule.name": "plateau",
-        "dataset.augment": True,
+        "augment.photometric": True,
         "compilation_cache_dir": shared["cache"],
         **overrides,
     }

@@ -62,6 +62,7 @@ LAYERS = {
     "checkpointing.resume": 4,
     "build": 4,
     "checkpointing.select": 4,
+    "loop": 4,
     "evaluators.base": 4,
     "evaluators.validation": 4,
     "evaluators.baselines": 4,

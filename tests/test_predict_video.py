@@ -1,5 +1,5 @@
 """`mode=predict` on a clip (`predict.video`), through `predict.validate` and `predict.run` with a
-tiny trained MaskNet (one epoch at 32 px on 40 synthetic samples, as in test_modes.py).
+tiny trained MaskNet (conftest's `trained`: one epoch at 32 px on 40 synthetic samples).
 
 The clip is made here: one synthetic room at 96x96, its figure cut out along its true mask and
 moved across the room over 20 frames, with sensor noise, written as an mp4v mp4; its masks are
@@ -15,10 +15,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import default
-from jaxsegdepth import errors
+from jaxsegdepth import errors, names
 from jaxsegdepth.data import synthetic
-from jaxsegdepth.modes import predict, train
+from jaxsegdepth.modes import predict
 from jaxsegdepth.video import pixels
 
 SIZE = 96
@@ -59,29 +58,13 @@ def clip(tmp_path_factory) -> dict:
     return {"video": video, "plate": plate_path, "masks": masks, "decoded": read_video(video)}
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(config, workdir) of a one-epoch MaskNet run at 32 px on 40 synthetic samples."""
-    config = default.get_config()
-    config.model = "masknet"
-    config.loss = ml_collections.ConfigDict({"mask": {"bce": 1.0, "dice": 2.0}})
-    config.dataset.num_samples = 40
-    config.dataset.data_dir = str(tmp_path_factory.mktemp("tfds"))
-    config.dataset.augment = False
-    config.stages = ((32, 1),)
-    config.batch_size = 8
-    config.evals.preview.samples = 2
-    config.compilation_cache_dir = "none"
-    workdir = str(tmp_path_factory.mktemp("run"))
-    train.run(config, workdir)
-    return config, workdir
-
-
-def _video_config(trained, clip, **predict_fields):
+def _video_config(trained, clip, **fields):
+    """The trained run's config predicting `clip`, with `fields` of `predict` or `video`."""
     config = ml_collections.ConfigDict(trained[0].to_dict())
     config.predict.video = clip["video"]
     config.predict.bg = clip["plate"]
-    config.predict.update(predict_fields)
+    for field, value in fields.items():
+        (config.video if field in names.VIDEO_FIELDS else config.predict)[field] = value
     return config
 
 
@@ -184,16 +167,16 @@ def test_bg_fg_and_video_together_are_refused(trained, clip):
     "fields, message",
     [
         (dict(bg=""), "predict.video needs a plate: predict.bg=IMAGE"),
-        (dict(plate_frames=3), "predict.plate_frames=3 with predict.bg="),
+        (dict(plate_frames=3), "video.plate_frames=3 with predict.bg="),
         (dict(outputs=("mask", "nope")), "predict.outputs=('mask', 'nope'): expected one or more"),
-        (dict(batch_size=0), "predict.batch_size=0: expected >= 1"),
-        (dict(temporal_smoothing=1.0), "predict.temporal_smoothing=1.0: expected alpha in [0, 1)"),
-        (dict(video_format="gif"), "predict.video_format='gif': expected one of ('mp4', 'png')"),
+        (dict(batch_size=0), "video.batch_size=0: expected >= 1"),
+        (dict(temporal_smoothing=1.0), "video.temporal_smoothing=1.0: expected alpha in [0, 1)"),
+        (dict(video_format="gif"), "video.video_format='gif': expected one of ('mp4', 'png')"),
         (
             dict(outputs=("composite",), replace_bg="0,300,0"),
             "predict.replace_bg='0,300,0': expected a colour R,G,B",
         ),
-        (dict(fps=0.0), "predict.fps=0.0: expected frames per second > 0"),
+        (dict(fps=0.0), "video.fps=0.0: expected frames per second > 0"),
     ],
 )
 def test_bad_video_settings_are_named(trained, clip, fields, message):

@@ -140,16 +140,16 @@ def test_draws_follow_the_configured_probabilities():
 
 
 def test_capture_nuisances_follow_the_photometric_jitter_in_training_only():
-    """`dataset.capture` on: the train step's inputs are the photometric jitter's, then each
+    """`augment.capture` on: the train step's inputs are the photometric jitter's, then each
     shot's capture nuisances (`capture.apply`, its own tests check it against NumPy), then the
     normalisation; evaluation sees the images as they are."""
     from configs import default
 
     config = default.get_config()
-    config.dataset.augment = True
-    prep = preprocess.from_config(config.dataset, MODEST_NORMALIZATION, seed=5)
+    config.augment.photometric = True
+    prep = preprocess.from_config(config.augment, MODEST_NORMALIZATION, seed=5)
     assert prep.capture == capture.Capture(
-        **{field: float(config.dataset.capture[field]) for field in preprocess.CAPTURE_FIELDS}
+        **{field: float(config.augment.capture[field]) for field in preprocess.CAPTURE_FIELDS}
     )
     batch = _batch(4, index=np.arange(20, 24))
     jittered = preprocess.photometric(
@@ -164,30 +164,41 @@ def test_capture_nuisances_follow_the_photometric_jitter_in_training_only():
     np.testing.assert_allclose(
         plain["bg"], _normalised(batch["bg"].astype(np.float64) / 255, "bg"), atol=1e-5
     )
-    config.dataset.capture.enabled = False
-    assert preprocess.from_config(config.dataset, MODEST_NORMALIZATION, seed=5).capture is None
+    config.augment.capture.enabled = False
+    assert preprocess.from_config(config.augment, MODEST_NORMALIZATION, seed=5).capture is None
 
 
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("noise", -0.1, r"dataset.capture.noise=-0.1: expected a number >= 0"),
-        ("prob", 1.5, r"dataset.capture.prob=1.5: expected a probability"),
-        ("scale", 1.0, r"dataset.capture.scale=1.0: expected < 1"),
-        ("shift_px", "two", r"dataset.capture.shift_px='two': expected a number >= 0"),
+        ("noise", -0.1, r"augment.capture.noise=-0.1: expected a number >= 0"),
+        ("prob", 1.5, r"augment.capture.prob=1.5: expected a probability"),
+        ("scale", 1.0, r"augment.capture.scale=1.0: expected < 1"),
+        ("rotate_deg", -0.5, r"augment.capture.rotate_deg=-0.5: expected a number >= 0"),
     ],
 )
 def test_bad_capture_strengths_are_refused_in_one_line(field, value, message):
     from configs import default
 
     config = default.get_config()
-    config.dataset.capture[field] = value
+    config.augment.capture[field] = value
     with pytest.raises(errors.UsageError, match=f"^{message}$"):
-        preprocess.validate(config.dataset)
+        preprocess.validate(config.augment)
+
+
+def test_bad_photometric_probabilities_are_refused_in_one_line():
+    from configs import default
+
+    config = default.get_config()
+    config.augment.contrast_prob = 1.5
+    with pytest.raises(
+        errors.UsageError, match=r"^augment.contrast_prob=1.5: expected a probability in \[0, 1\]$"
+    ):
+        preprocess.validate(config.augment)
 
 
 def test_the_published_recipes_train_without_capture_nuisances():
     from configs import rmse_bce_dice
 
-    assert rmse_bce_dice.get_config().dataset.capture.enabled
-    assert not rmse_bce_dice.get_config("published").dataset.capture.enabled
+    assert rmse_bce_dice.get_config().augment.capture.enabled
+    assert not rmse_bce_dice.get_config("published").augment.capture.enabled

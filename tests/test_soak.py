@@ -61,7 +61,7 @@ def _overrides(data_dir, cache_dir):
         "checkpoint.every_steps": 2,
         "evals.preview.samples": 1,
         "schedule.name": "plateau",
-        "dataset.augment": True,
+        "augment.photometric": True,
         "compilation_cache_dir": cache_dir,
     }
     return [f"--config.{k}={v}" for k, v in values.items()]

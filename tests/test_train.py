@@ -51,7 +51,7 @@ def _overrides(shared, **extra):
         "log_every_steps": 2,
         "evals.preview.samples": 2,
         "compilation_cache_dir": shared["cache"],
-        "dataset.augment": True,  # resumes must reproduce the augmentation too
+        "augment.photometric": True,  # resumes must reproduce the augmentation too
     }
     values.update(extra)
     return [f"--config.{k}={v}" for k, v in values.items()]
@@ -95,7 +95,7 @@ def _masknet_config(shared, **changes):
             "evals.preview.samples": 2,
             "dataset.num_samples": NUM_SAMPLES,
             "dataset.data_dir": shared["data"],
-            "dataset.augment": True,
+            "augment.photometric": True,
             "compilation_cache_dir": shared["cache"],
             **changes,
         },
@@ -285,7 +285,7 @@ def test_dwa_weights_follow_the_logged_epoch_losses_and_resume_exactly(tmp_path,
     """DSResNet, two tasks, 2 epochs then resumed to 3: weights 1 for two epochs, then, in the
     resumed process, 2 softmax(r / 2) of the training losses logged before it started (the
     loss history travels in the checkpoint)."""
-    common = dict(steps_per_epoch=2, loss_weighting="dwa", **{"schedule.name": "plateau"})
+    common = dict(steps_per_epoch=2, **{"loss_weighting.method": "dwa", "schedule.name": "plateau"})
     first = launch_cli(tmp_path, shared, stages="((32, 2),)", **common)
     assert first.returncode == 0, first.stderr[-3000:]
     resumed = launch_cli(tmp_path, shared, stages="((32, 3),)", **common)
@@ -305,7 +305,11 @@ def test_dwa_weights_follow_the_logged_epoch_losses_and_resume_exactly(tmp_path,
 
 def test_uncertainty_log_variances_are_logged_every_epoch_and_checkpointed(tmp_path, shared):
     result = launch_cli(
-        tmp_path, shared, stages="((32, 2),)", steps_per_epoch=2, loss_weighting="uncertainty"
+        tmp_path,
+        shared,
+        stages="((32, 2),)",
+        steps_per_epoch=2,
+        **{"loss_weighting.method": "uncertainty"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     records = reporting.read_metrics(tmp_path)
@@ -316,7 +320,7 @@ def test_uncertainty_log_variances_are_logged_every_epoch_and_checkpointed(tmp_p
                 np.exp(-record[f"log_var/{task}"]), rel=1e-6
             )
     assert records[0]["log_var/mask"] != records[1]["log_var/mask"]
-    config = _config(loss_weighting="uncertainty")
+    config = _config(**{"loss_weighting.method": "uncertainty"})
     checkpointer = store.Checkpointer(str(tmp_path))
     try:
         state, _ = checkpointer.restore(
@@ -621,7 +625,7 @@ def test_published_recipes_follow_the_reference():
     best = _load_config("configs/rmse_bce_dice_best.py", "published")
     assert best.stages == ((96, 3), (160, 3))
     assert best.optimizer.name == "sgd" and best.optimizer.learning_rate == 0.1
-    assert not best.dataset.augment
+    assert not best.augment.photometric
     assert best.schedule.name == "step" and tuple(best.schedule.boundaries) == (3,)
     two = _load_config("configs/ssim_dice.py", "published")
     assert two.stages == ((96, 3), (160, 5))

@@ -126,7 +126,7 @@ def test_the_config_chooses_one_object_once():
     config = default.get_config()
     chosen = {}
     for name in ("fixed", "uncertainty", "dwa"):
-        config.loss_weighting, config.dwa_temperature = name, 0.5
+        config.loss_weighting.method, config.loss_weighting.temperature = name, 0.5
         chosen[name] = weighting.from_config(config)
     assert chosen["fixed"] == weighting.Fixed(TASKS) and not chosen["fixed"].ADAPTS
     assert chosen["uncertainty"] == weighting.Uncertainty(TASKS) and chosen["uncertainty"].ADAPTS
@@ -136,12 +136,12 @@ def test_the_config_chooses_one_object_once():
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"loss_weighting": "gradnorm"}, "loss_weighting='gradnorm': expected one of"),
-        ({"dwa_temperature": 0.0}, "dwa_temperature=0.0: expected > 0"),
+        ({"method": "gradnorm"}, "loss_weighting.method='gradnorm': expected one of"),
+        ({"temperature": 0.0}, "loss_weighting.temperature=0.0: expected > 0"),
     ],
 )
 def test_a_bad_weighting_setting_is_refused_in_one_line(changes, message):
     config = default.get_config()
-    config.update(changes)
+    config.loss_weighting.update(changes)
     with pytest.raises(errors.UsageError, match=message):
         weighting.validate(config)

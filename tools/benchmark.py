@@ -136,15 +136,7 @@ def benchmark_loader(
     rows = []
     for resolution in resolutions:
         with pipeline.iterate(
-            pipeline.create_loader(
-                ds_config,
-                "train",
-                resolution=resolution,
-                batch_size=batch_size,
-                shuffle=True,
-                seed=0,
-                worker_count=0,
-            )
+            pipeline.train_batches(ds_config, 0, resolution, batch_size, worker_count=0)
         ) as sample_batches:
             shipped = bytes_per_sample(next(sample_batches))
         for worker_count, read_threads in itertools.product(workers, threads):
@@ -192,9 +184,7 @@ def benchmark_input(
     runner.train(warmup)
     step_rate = samples_per_s(runner.train, num_steps, batch_size)
     local_batch = mesh_lib.check_batch_size(runner.mesh, batch_size, "--batch")
-    loader = pipeline.create_loader(
-        ds_config, "train", resolution=resolution, batch_size=local_batch, shuffle=True, seed=0
-    )
+    loader = pipeline.train_batches(ds_config, 0, resolution, local_batch)
     with pipeline.iterate(loader) as batches:
 
         def overlapped(count: int):

@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # `python tools/nuisance_costs.py` puts only tools/ on the path
 
 import configs
-from jaxsegdepth import build, mesh as mesh_lib
+from jaxsegdepth import build
 from jaxsegdepth.checkpointing import select
 from jaxsegdepth.data import photos
 from jaxsegdepth.evaluators import base, photographs
@@ -33,14 +33,13 @@ SETS = ("photos_clean", *(f"photos_{n}" for n in photos.NUISANCES), "photos_capt
 
 def measure(config, workdir: str, pairs: int, resolution: int) -> dict:
     """{set: photos evaluator metrics} for every set of `SETS`."""
-    mesh = mesh_lib.create_mesh()
-    model = select.load_for_inference(config, workdir, mesh)
-    normalization = select.input_normalization(config, model.card, model.source)
-    _, eval_step, predict_step = build.compiled_steps(config, mesh, normalization)
-    context = base.Context(config, mesh, build.heads(config), eval_step, predict_step)
+    loaded = select.for_inference(config, workdir)
+    context = base.Context(
+        config, loaded.mesh, build.heads(config), loaded.eval_step, loaded.predict_step
+    )
     return {
         name: photographs.Photos(context, pairs, name, tag=name)
-        .run(model.state, resolution)
+        .run(loaded.model.state, resolution)
         .metrics
         for name in SETS
     }

@@ -12,7 +12,7 @@ clip over and over with nothing else running. The model size follows `mode=predi
 (the speed does not depend on the weights).
 
 `smoothing`: mask IoU against the known masks, averaged over the frames and the clips, and the
-`smoothed` flicker of `summary.json`, for each alpha of `predict.temporal_smoothing` and each
+`smoothed` flicker of `summary.json`, for each alpha of `video.temporal_smoothing` and each
 noise level; 224x224 clips of 60 frames (about 3 px a frame), the empty room as the plate.
 
 A script of the repository, run from the root of a clone.

@@ -9,22 +9,71 @@ from typing import Optional
 import ml_collections
 from flax import traverse_util
 
-from jaxsegdepth import build, errors, reporting, stages, steps
+from jaxsegdepth import build, errors, names, reporting, stages, steps
 from jaxsegdepth.checkpointing import select, store
 from jaxsegdepth.data import pipeline
 
 
 @dataclasses.dataclass
-class Progress:
-    """What the loop carries besides the `TrainState`, saved with it in every checkpoint."""
+class EpochLoss:
+    """The running train loss of the epoch in progress: sums over its finished steps, added
+    one step at a time in step order, so the sum never depends on how steps were grouped."""
 
-    loss_sum: float = 0.0  # train losses of this epoch's finished steps, added in step order
-    loss_count: int = 0
-    task_loss_sums: dict = dataclasses.field(default_factory=dict)  # the same, per head
+    total: float = 0.0
+    count: int = 0
+    per_task: dict = dataclasses.field(default_factory=dict)  # head -> its loss's sum
+
+    def add(self, step_metrics: dict, tasks) -> None:
+        """Adds one step's host metrics (`loss` and each task's `<head>/loss`)."""
+        self.total += float(step_metrics["loss"])
+        self.count += 1
+        for task in tasks:
+            loss = float(step_metrics[names.task_loss(task)])
+            self.per_task[task] = self.per_task.get(task, 0.0) + loss
+
+    def means(self) -> tuple[float, dict]:
+        """(the mean train loss, {head: its mean loss}) over the steps added."""
+        count = max(self.count, 1)
+        return self.total / count, {task: total / count for task, total in self.per_task.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """What the loop carries besides the `TrainState`, put together where it is saved (the
+    checkpoint's `loop` item, `to_json`)."""
+
+    epoch_loss: EpochLoss = dataclasses.field(default_factory=EpochLoss)
     iterator: Optional[dict] = None  # the data iterator's state at the save (JSON)
     iterator_stage: int = -1  # the stage that iterator reads for
     last_record: Optional[dict] = None  # the last finished epoch's metrics.jsonl line
     settings: Optional[dict] = None  # `resume_settings` of the run, checked on resume
+
+    def to_json(self) -> dict:
+        return {
+            "loss_sum": self.epoch_loss.total,
+            "loss_count": self.epoch_loss.count,
+            "task_loss_sums": dict(self.epoch_loss.per_task),
+            "iterator": self.iterator,
+            "iterator_stage": self.iterator_stage,
+            "last_record": self.last_record,
+            "settings": self.settings,
+        }
+
+    @classmethod
+    def from_json(cls, saved: dict) -> "Progress":
+        """The `Progress` a `to_json` (or an older save, without some of its keys) holds."""
+        loss = EpochLoss(
+            saved.get("loss_sum", 0.0),
+            saved.get("loss_count", 0),
+            dict(saved.get("task_loss_sums") or {}),
+        )
+        return cls(
+            loss,
+            saved.get("iterator"),
+            saved.get("iterator_stage", -1),
+            saved.get("last_record"),
+            saved.get("settings"),
+        )
 
 
 # What a resumed run must share with the run it resumes (dotted config fields). `stages` may
@@ -39,16 +88,12 @@ RESUME_FIELDS = (
     "schedule",
     "loss",
     "loss_weighting",
-    "dwa_temperature",
     "dataset.name",
     "dataset.num_samples",
     "dataset.seed",
     "dataset.val_fraction",
     "dataset.skip_corrupt",
-    "dataset.augment",
-    "dataset.hsv_prob",
-    "dataset.contrast_prob",
-    "dataset.capture",
+    "augment",
     "dataset.worker_count",
     "stages",
     "init_from",
@@ -81,7 +126,7 @@ def check_resume(config: ml_collections.ConfigDict, saved: Optional[dict], direc
     with. More epochs are allowed where that is well defined: the stages so far unchanged,
     the last one longer or new ones after it, and a schedule whose length is not fixed (not
     one-cycle, which is laid out over the whole run)."""
-    current, saved = resume_settings(config), _with_stages(saved or {})
+    current, saved = resume_settings(config), _with_stages(_with_new_names(saved or {}))
     changed = [f for f in current if f in saved and saved[f] != current[f]]
     extended = "stages" in changed and _extends(saved["stages"], current["stages"])
     spans_run = config.schedule.name == "onecycle"
@@ -105,6 +150,11 @@ def check_resume(config: ml_collections.ConfigDict, saved: Optional[dict], direc
         f"cannot resume the run in {directory}: {shown} differ from its "
         f"checkpoint{note}; set them back, or use another --workdir"
     )
+
+
+def _with_new_names(saved: dict) -> dict:
+    """Settings saved under names that have since moved (`names.RENAMED_FIELDS`) under the new."""
+    return {names.renamed(field) or field: value for field, value in saved.items()}
 
 
 def _with_stages(saved: dict) -> dict:
@@ -172,9 +222,8 @@ def restore_or_create(
         return state.replace(ema=ema, **warm.variables), progress, normalization
     target = build.abstract_state(config, mesh, per_epoch)
     state, saved = checkpointer.restore(target, latest)
-    progress = Progress(**saved)
-    check_resume(config, progress.settings, checkpointer.directory)
-    progress.settings = resume_settings(config)
+    check_resume(config, saved.get("settings"), checkpointer.directory)
+    progress = dataclasses.replace(Progress.from_json(saved), settings=resume_settings(config))
     reporting.say(
         f"resuming from {checkpointer.directory} step {latest}: "
         f"{latest // per_epoch} epoch(s) done, {latest % per_epoch} step(s) into the next"

@@ -11,7 +11,7 @@ refused in one line, naming the difference, before anything compiles.
 import contextlib
 import dataclasses
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import ml_collections
 import optax
@@ -66,6 +66,30 @@ def load_for_inference(
         **variables,
     )
     return Restored(state, model_card, source, where.path, weights)
+
+
+@dataclasses.dataclass(frozen=True)
+class Inference:
+    """A model read for inference and what runs it: `model`, the input `normalization` it
+    runs with (`input_normalization`) and the steps compiled for them on `mesh`."""
+
+    model: Restored
+    normalization: dict
+    mesh: Mesh
+    eval_step: Callable
+    predict_step: Callable
+
+
+def for_inference(
+    config: ml_collections.ConfigDict, workdir: str, mesh: Optional[Mesh] = None
+) -> Inference:
+    """The one setup of evaluate, predict and export: `load_for_inference`, its input
+    normalisation, `build.compiled_steps` (compiled on first call)."""
+    mesh = mesh_lib.create_mesh() if mesh is None else mesh
+    model = load_for_inference(config, workdir, mesh)
+    normalization = input_normalization(config, model.card, model.source)
+    _, eval_step, predict_step = build.compiled_steps(config, mesh, normalization)
+    return Inference(model, normalization, mesh, eval_step, predict_step)
 
 
 def load_variables(config: ml_collections.ConfigDict, mesh: Optional[Mesh] = None) -> tuple:
@@ -158,9 +182,9 @@ def _checked_checkpoint(config, where: ModelPath, mesh: Mesh):
             f"{field}{where.path} is an export ({artifact.ARTIFACT}): this mode reads a run's "
             "checkpoints, RUN or RUN:STEP (jaxsegdepth.artifact.load reads an export)"
         )
-    if not field and not os.path.isdir(store.checkpoint_dir(where.path)):
-        raise errors.RunError(
-            f"no checkpoint directory {store.checkpoint_dir(where.path)}: "
+    if not os.path.isdir(store.checkpoint_dir(where.path)):
+        raise error(
+            f"{field}no checkpoint directory {store.checkpoint_dir(where.path)}: "
             "train first, or pass --workdir of a trained run"
         )
     checkpointer = store.Checkpointer(

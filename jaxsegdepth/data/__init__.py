@@ -7,8 +7,8 @@ nothing of models.
 - `builders`: the tfds builders (array_record, original JPEG bytes) and the reference split.
 - `datasets`: `prepare(ds_config)` (the one call that builds a set), `load` (opens a built
   one), `validate`.
-- `pipeline`: `create_loader(...)` (uint8 batches), `split_size`, `input_normalization`,
-  `loader_settings` ("auto"), `measure_throughput`, `validate` (dataset and loader settings).
+- `pipeline`: `train_batches(...)`, `eval_batches(...)` (uint8 batches, through
+  `create_loader`), `split_size`, `input_normalization`, `loader_settings` ("auto"), `measure_throughput`, `validate` (dataset and loader settings).
 - `normalization`: the one `normalize` and the MODEST statistics.
 
 What the steps do to a batch on the device is `jaxsegdepth.preprocess`. See docs/data.md.

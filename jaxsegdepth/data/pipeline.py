@@ -60,9 +60,6 @@ FIELD_TYPES = {
     "skip_corrupt": bool,
     "val_fraction": (int, float),
     "prefetch_batches": int,
-    "augment": bool,
-    "hsv_prob": (int, float),
-    "contrast_prob": (int, float),
 }
 
 
@@ -132,11 +129,6 @@ def validate(ds_config) -> None:
     loader_settings(ds_config)
     if ds_config.prefetch_batches < 1:
         raise DatasetError(f"dataset.prefetch_batches={ds_config.prefetch_batches}: expected >= 1")
-    for field in ("hsv_prob", "contrast_prob"):
-        if not 0.0 <= ds_config[field] <= 1.0:
-            raise DatasetError(
-                f"dataset.{field}={ds_config[field]}: expected a probability in [0, 1]"
-            )
 
 
 def _split_name(split: str) -> str:
@@ -299,18 +291,10 @@ def create_loader(
     """
     split = _split_name(split)
     prepared = datasets.load(ds_config)
-    if resolution <= 0 or batch_size <= 0:
-        raise DatasetError(
-            f"resolution and batch_size must be positive, got {resolution}, {batch_size}"
-        )
-    if not 0 <= crop <= resolution:
-        raise DatasetError(f"crop={crop}: expected 0 (none) up to the resolution {resolution}")
+    index, count = _checked(resolution, batch_size, crop, shard)
     settings = loader_settings(ds_config)
     if worker_count is None:
         worker_count = settings.worker_count
-    index, count = shard if shard is not None else (jax.process_index(), jax.process_count())
-    if not 0 <= index < count:
-        raise DatasetError(f"shard={shard}: expected (index, count) with 0 <= index < count")
 
     source = prepared.data_source(split)
     ds = grain.MapDataset.range(len(source)).seed(int(seed) % 2**32)
@@ -328,10 +312,15 @@ def create_loader(
     ds = ds.batch(int(batch_size))[index::count]  # this process's block of each global batch
     ds = ds.repeat(num_epochs)  # reseeds the shuffle and crops every epoch
     ds = ds.map(ReadBatch(source, int(resolution), int(crop), int(seed) % 2**32))
+    return _prefetched(ds, settings, ds_config.prefetch_batches, worker_count)
+
+
+def _prefetched(ds, settings: LoaderSettings, prefetch_batches: int, worker_count: int):
+    """`ds` read ahead by the read threads, in `worker_count` worker processes if any."""
     ids = ds.to_iter_dataset(
         grain.ReadOptions(
             num_threads=settings.read_threads,
-            prefetch_buffer_size=max(ds_config.prefetch_batches, settings.read_threads),
+            prefetch_buffer_size=max(prefetch_batches, settings.read_threads),
         )
     )
     if worker_count > 0:
@@ -339,6 +328,66 @@ def create_loader(
             grain.MultiprocessingOptions(num_workers=int(worker_count), per_worker_buffer_size=1)
         )
     return ids
+
+
+def _checked(resolution: int, batch_size: int, crop: int, shard) -> tuple[int, int]:
+    """(this reader's index, the readers' count) after refusing a bad size, crop or shard."""
+    if resolution <= 0 or batch_size <= 0:
+        raise DatasetError(
+            f"resolution and batch_size must be positive, got {resolution}, {batch_size}"
+        )
+    if not 0 <= crop <= resolution:
+        raise DatasetError(f"crop={crop}: expected 0 (none) up to the resolution {resolution}")
+    index, count = shard if shard is not None else (jax.process_index(), jax.process_count())
+    if not 0 <= index < count:
+        raise DatasetError(f"shard={shard}: expected (index, count) with 0 <= index < count")
+    return index, count
+
+
+def train_batches(
+    ds_config,
+    seed: int,
+    resolution: int,
+    batch_size: int,
+    crop: int = 0,
+    worker_count: int | None = None,
+) -> grain.IterDataset:
+    """The training split for ever, as the trainer's stages, the LR range test and the
+    benchmarks read it: shuffled and re-cropped every epoch, whole global batches only
+    (`batch_size` per process)."""
+    return create_loader(
+        ds_config,
+        "train",
+        resolution=resolution,
+        batch_size=batch_size,
+        shuffle=True,
+        seed=seed,
+        worker_count=worker_count,
+        crop=crop,
+    )
+
+
+def eval_batches(
+    ds_config,
+    split: str,
+    seed: int,
+    resolution: int,
+    batch_size: int,
+    shard: tuple[int, int] | None = None,
+) -> grain.IterDataset:
+    """Every sample of `split` once, in a fixed order, the last global batch partial, as
+    validation and the baselines read it (`shard=(0, 1)`: all of it in this process)."""
+    return create_loader(
+        ds_config,
+        split,
+        resolution=resolution,
+        batch_size=batch_size,
+        shuffle=False,
+        seed=seed,
+        num_epochs=1,
+        drop_remainder=False,
+        shard=shard,
+    )
 
 
 def measure_throughput(

@@ -84,15 +84,8 @@ def validation_batches(context: Context, resolution: int) -> Iterator[tuple[dict
     config = context.config
     local_batch = mesh_lib.check_batch_size(context.mesh, config.batch_size)
     keys = names.INPUTS + tuple(context.heads)
-    loader = pipeline.create_loader(
-        config.dataset,
-        "validation",
-        resolution=resolution,
-        batch_size=local_batch,
-        shuffle=False,
-        seed=config.seed,
-        num_epochs=1,
-        drop_remainder=False,
+    loader = pipeline.eval_batches(
+        config.dataset, "validation", config.seed, resolution, local_batch
     )
     global_batches = math.ceil(
         pipeline.split_size(config.dataset, "validation") / (jax.process_count() * local_batch)

@@ -73,16 +73,9 @@ class Baselines(base.Evaluator):
 
     def _batches(self, split: str, resolution: int):
         """Every sample of a split once, in batches on the host, images as floats in [0, 1]."""
-        for batch in pipeline.create_loader(
-            self.context.config.dataset,
-            split,
-            resolution=resolution,
-            batch_size=64,
-            shuffle=False,
-            seed=self.context.config.seed,
-            num_epochs=1,
-            drop_remainder=False,
-            shard=(0, 1),
+        config = self.context.config
+        for batch in pipeline.eval_batches(
+            config.dataset, split, config.seed, resolution, 64, shard=(0, 1)
         ):
             yield {k: preprocess.unit(batch[k]) for k in names.INPUTS + names.HEADS}
 

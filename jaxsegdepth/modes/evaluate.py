@@ -83,17 +83,13 @@ def format_table(per_resolution: dict, order) -> str:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Evaluates the chosen checkpoint; writes `WORKDIR/eval.json` and prints the tables."""
-    mesh = mesh_lib.create_mesh()
-    model = select.load_for_inference(config, workdir, mesh)  # fails clearly if none
-    state = model.state
+    loaded = select.for_inference(config, workdir)  # fails clearly if there is no model
+    model, state, heads = loaded.model, loaded.model.state, build.heads(config)
     source = os.path.abspath(model.run)
     os.makedirs(workdir, exist_ok=True)
     datasets.prepare(config.dataset)
     step = int(jax.device_get(state.step))
-    heads = build.heads(config)
-    normalization = select.input_normalization(config, model.card, model.source)
-    _, eval_step, predict_step = build.compiled_steps(config, mesh, normalization)
-    context = base.Context(config, mesh, heads, eval_step, predict_step)
+    context = base.Context(config, loaded.mesh, heads, loaded.eval_step, loaded.predict_step)
     chosen = {name: catalog.create(name, context) for name in catalog.for_evaluate_mode(config)}
     sections, details = {name: {} for name in chosen}, {}
     for resolution in resolutions(config):

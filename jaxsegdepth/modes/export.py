@@ -135,10 +135,8 @@ def export_state(
 
 def run(config, workdir: str) -> str:
     """Exports the best checkpoint of the run in `workdir`, or the one `config.model_path` names."""
-    model = select.load_for_inference(
-        config, workdir, mesh_lib.create_mesh(jax.local_devices()[:1])
-    )
-    cfg = config.export
+    loaded = select.for_inference(config, workdir, mesh_lib.create_mesh(jax.local_devices()[:1]))
+    model, cfg = loaded.model, config.export
     output_dir = cfg.output_dir or os.path.join(workdir, "export")
     metadata = {"model": config.model, "step": int(jax.device_get(model.state.step))}
     if model.card is not None:
@@ -146,7 +144,7 @@ def run(config, workdir: str) -> str:
     path, exported = export_state(
         model.state,
         output_dir,
-        select.input_normalization(config, model.card, model.source),
+        loaded.normalization,
         resolution=cfg.resolution,
         batch_size=cfg.batch_size,
         platforms=tuple(cfg.platforms) or None,

@@ -125,18 +125,8 @@ def sweep(config: ml_collections.ConfigDict) -> dict:
     train_step, _, _ = build.compiled_steps(
         config, mesh, pipeline.input_normalization(config.dataset)
     )
-    batches = iter(
-        pipeline.create_loader(
-            config.dataset,
-            "train",
-            resolution=resolution,
-            batch_size=mesh_lib.check_batch_size(mesh, global_batch),
-            shuffle=True,
-            seed=config.seed,
-            num_epochs=None,
-            drop_remainder=True,
-        )
-    )
+    local_batch = mesh_lib.check_batch_size(mesh, global_batch)
+    batches = iter(pipeline.train_batches(config.dataset, config.seed, resolution, local_batch))
     keys = names.INPUTS + tuple(config.loss.keys()) + (names.INDEX,)  # what the train step uses
     bar = reporting.progress_bar(
         cfg.num_steps, "LR range test", enabled=jax.process_index() == 0, unit="step"
@@ -169,12 +159,8 @@ def sweep(config: ml_collections.ConfigDict) -> dict:
         "stop_reason": record.stop_reason,
         "num_steps_run": len(record.lrs),
         "sweep": {
-            "start_lr": cfg.start_lr,
-            "end_lr": cfg.end_lr,
-            "num_steps": cfg.num_steps,
-            "spacing": cfg.spacing,
-            "smoothing": cfg.smoothing,
-            "diverge_factor": cfg.diverge_factor,
+            **{key: cfg[key] for key in ("start_lr", "end_lr", "num_steps", "spacing")},
+            **{key: cfg[key] for key in ("smoothing", "diverge_factor")},
             "resolution": resolution,
             "batch_size": global_batch,
             "optimizer": config.optimizer.to_dict(),

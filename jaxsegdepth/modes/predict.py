@@ -98,7 +98,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     pipeline.validate(config.dataset)
     align.Settings.from_config(config.get("align"))
     if cfg.video:
-        video_from_config.validate(cfg, _model_hw(config))
+        video_from_config.validate(config, _model_hw(config))
     else:
         find_pairs(cfg.bg, cfg.bg_fg)
 
@@ -327,11 +327,8 @@ def predict_pairs(
 def load_predict_fn(config: ml_collections.ConfigDict, workdir: str) -> Callable:
     """The model to predict with as `predict_fn(bg, bg_fg)` on one device: uint8 RGB batches in,
     {head: probabilities} out."""
-    mesh = mesh_lib.create_mesh(jax.local_devices()[:1])
-    model = select.load_for_inference(config, workdir, mesh)
-    normalization = select.input_normalization(config, model.card, model.source)
-    _, _, predict_step = build.compiled_steps(config, mesh, normalization)
-    return functools.partial(predict_step, model.state)
+    loaded = select.for_inference(config, workdir, mesh_lib.create_mesh(jax.local_devices()[:1]))
+    return functools.partial(loaded.predict_step, loaded.model.state)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -339,10 +336,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     returns the summary, or raises `errors.RunError` naming every failed pair after writing the
     good ones."""
     cfg = config.predict
-    alignment = align.Settings.from_config(config.get("align"))
     if cfg.video:
         return video_from_config.run(
-            cfg, workdir, load_predict_fn(config, workdir), _model_hw(config), alignment
+            config, workdir, load_predict_fn(config, workdir), _model_hw(config)
         )
     pairs, failures = find_pairs(cfg.bg, cfg.bg_fg)
     predict_fn = load_predict_fn(config, workdir)
@@ -357,7 +353,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         max_side=cfg.max_side,
         colormap=cfg.colormap,
         failures=failures,
-        alignment=alignment,
+        alignment=align.Settings.from_config(config.get("align")),
     )
     done = f"{len(summary['written'])} pair(s) written to {output_dir}"
     if summary["failed"]:

@@ -4,8 +4,9 @@
 `metrics.jsonl` (one line per epoch), `tensorboard/`, `predictions/epoch_NNN.png` and
 `checkpoints/` (latest + best). The loop is `for step in range(start, total_steps)`; the epoch
 and the stage (resolution) are derived from the step. Rerunning the same command resumes from
-the latest checkpoint, mid-epoch included: the state carries the step, and `Progress` carries
-the data iterator's position and the epoch's running train loss.
+the latest checkpoint, mid-epoch included: the state carries the step, and `resume.Progress`
+(put together only where it is saved) the data iterator's position and the epoch's running
+train loss. The loop's parts are in `jaxsegdepth/loop.py`.
 
 `config.init_from` starts a new run from another run's checkpoint (see `state`): its
 parameters and batch statistics; the optimizer, schedule, RNG and step start fresh. The inputs
@@ -17,13 +18,12 @@ an `errors.NonFiniteLoss` (the last good checkpoint is kept), which launch.py re
 """
 
 import contextlib
-import dataclasses
 import os
 import signal
 import sys
 import tempfile
 import time
-from typing import Callable, Optional
+from typing import Optional
 
 import jax
 import ml_collections
@@ -32,6 +32,7 @@ import numpy as np
 from jaxsegdepth import (
     build,
     errors,
+    loop,
     losses,
     mesh as mesh_lib,
     names,
@@ -45,8 +46,6 @@ from jaxsegdepth import (
 from jaxsegdepth.checkpointing import card, resume, store
 from jaxsegdepth.data import datasets, pipeline
 from jaxsegdepth.evaluators import base, catalog
-
-IN_FLIGHT = 2  # training steps dispatched ahead of the last finished one
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -69,45 +68,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise errors.UsageError(
             f"checkpoint.monitor={config.checkpoint.monitor!r}: expected one of {sorted(monitors)}"
         )
-
-
-@dataclasses.dataclass(frozen=True)
-class Trainer:
-    """What does not change during a run: the config, the compiled steps, the writers."""
-
-    config: ml_collections.ConfigDict
-    mesh: jax.sharding.Mesh
-    heads: tuple
-    stages: tuple  # of `stages.Stage`
-    steps_per_epoch: int
-    train_step: Callable
-    eval_step: Callable
-    predict_step: Callable
-    schedule: Callable
-    weighting: weighting.Weighting
-    checkpointer: store.Checkpointer
-    reporter: reporting.Reporter
-    evaluators: dict  # name -> the evaluators that run during training
-    normalization: dict  # {input: (mean, std)} the steps normalise with, kept in the model card
-    trace: steps.StepTrace  # config.profile_steps
-
-    @property
-    def total_steps(self) -> int:
-        return self.steps_per_epoch * sum(stage.epochs for stage in self.stages)
-
-    def stage_of(self, step: int) -> int:
-        """The stage (0-based) of the 0-based global `step`."""
-        bounds = np.cumsum([stage.epochs for stage in self.stages]) * self.steps_per_epoch
-        return int(np.searchsorted(bounds, step, side="right"))
-
-    def learning_rate(self, plateau_scale, step: int) -> float:
-        """The rate step `step` (1-based) used: the schedule's times the plateau's scale."""
-        count = optim.optimizer_step(self.config, max(step - 1, 0))
-        return float(self.schedule(count)) * float(plateau_scale)
-
-    def shard(self, host_batch: dict) -> dict:
-        keys = names.INPUTS + self.heads + (names.INDEX,)
-        return mesh_lib.shard_batch(self.mesh, {k: host_batch[k] for k in keys})
 
 
 def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
@@ -184,10 +144,10 @@ def _say_loader(config) -> None:
     )
 
 
-def _trainer(config, mesh, per_epoch, checkpointer, reporter, stop, normalization) -> Trainer:
+def _trainer(config, mesh, per_epoch, checkpointer, reporter, stop, normalization) -> loop.Trainer:
     train_step, eval_step, predict_step = build.compiled_steps(config, mesh, normalization)
     context = base.Context(config, mesh, build.heads(config), eval_step, predict_step)
-    return Trainer(
+    return loop.Trainer(
         config=config,
         mesh=mesh,
         heads=build.heads(config),
@@ -215,7 +175,7 @@ def _trainer(config, mesh, per_epoch, checkpointer, reporter, stop, normalizatio
 
 
 def _train(
-    trainer: Trainer, state, progress: resume.Progress, stop: signals.StopSignals
+    trainer: loop.Trainer, state, progress: resume.Progress, stop: signals.StopSignals
 ) -> Optional[dict]:
     start, per_epoch = int(jax.device_get(state.step)), trainer.steps_per_epoch
     if start >= trainer.total_steps:
@@ -235,151 +195,85 @@ def _train(
 
 
 def train_loop(
-    trainer: Trainer, state: steps.TrainState, progress: resume.Progress, stop: signals.StopSignals
+    trainer: loop.Trainer,
+    state: steps.TrainState,
+    progress: resume.Progress,
+    stop: signals.StopSignals,
 ) -> Optional[dict]:
-    """Steps from `state.step` to the end; evaluates, reports and saves at every epoch's end."""
+    """Steps from `state.step` to the end; evaluates, reports and saves at every epoch's end.
+    Its state: the epoch's running loss, the batches (and their position), the last record,
+    the epoch's clock and the step metrics not logged yet."""
     config, per_epoch = trainer.config, trainer.steps_per_epoch
     every = config.checkpoint.every_steps
-    iterator, bar, record = None, None, None
-    pending, unlogged = [], []  # step metrics on the device; on the host, not logged yet
+    batches = loop.TrainBatches(trainer, progress.iterator_stage, progress.iterator)
+    epoch_loss, last_record, clock, log = (
+        progress.epoch_loss,
+        progress.last_record,
+        None,
+        loop.StepLog(),
+    )
     for step in range(int(jax.device_get(state.step)), trainer.total_steps):
-        epoch, stage = step // per_epoch, trainer.stage_of(step)
-        if progress.iterator_stage != stage or iterator is None:
-            iterator = _open_iterator(trainer, stage, progress)
-        if bar is None:
-            bar, epoch_start, started = _epoch_bar(trainer, epoch, step), step, time.time()
+        clock = clock or loop.EpochClock.start(trainer, step)
         trainer.trace.before(step)
-        state, step_metrics = trainer.train_step(state, trainer.shard(next(iterator)))
+        state, step_metrics = trainer.train_step(state, batches.next(trainer.stage_of(step)))
         trainer.trace.after(step + 1, state)
-        pending.append(step_metrics)
-        if len(pending) > IN_FLIGHT:  # keep the host a few steps ahead, no further
-            jax.block_until_ready(pending[-1 - IN_FLIGHT]["loss"])
-        bar.update(config.batch_size)
+        log.add(step_metrics)
+        clock.bar.update(config.batch_size)
         done, end_of_epoch = step + 1, (step + 1) % per_epoch == 0
         stopping = stop.after_step(done)
         saves = end_of_epoch or stopping or (every and done % every == 0)
-        logs = len(pending) + len(unlogged) >= config.log_every_steps or end_of_epoch or stopping
-        if saves or logs:  # every finished step is in `progress` before a save
-            unlogged += _collect_steps(trainer, state, pending, progress, bar)
-            pending = []
+        logs = log.size >= config.log_every_steps or end_of_epoch or stopping
+        if saves or logs:  # every finished step is in `epoch_loss` before a save
+            log.collect(trainer, state, epoch_loss, clock.bar)
         if logs:
-            _log_steps(trainer, state, unlogged, done, bar)
-            unlogged = []
+            log.write(trainer, state, done, clock.bar)
         record = None
         if end_of_epoch:
-            bar.close()
-            train_time = time.time() - started
-            state, record = _end_epoch(
-                trainer,
-                state,
-                progress,
-                done,
-                train_time,
-                (done - epoch_start) * config.batch_size / train_time,
-                stop,
-            )
-            bar = None
-            progress = resume.Progress(
-                iterator_stage=stage, last_record=record, settings=progress.settings
-            )
+            state, record = _end_epoch(trainer, state, done, epoch_loss, clock, stop)
+            clock, epoch_loss, last_record = None, resume.EpochLoss(), record
         if saves:
-            _save(trainer, state, progress, iterator, record)
+            _save(trainer, state, epoch_loss, batches, last_record, record)
         if record is not None:  # only once its checkpoint is on disk: never twice, never lost
             trainer.checkpointer.wait()
             trainer.reporter.epoch(record)
         if stopping:
-            _stop(trainer, stopping, done, bar)
-    return record
-
-
-def _open_iterator(trainer: Trainer, stage: int, progress: resume.Progress):
-    """The training batches of `stage`, from where `progress` left them when it is that stage's."""
-    config = trainer.config
-    iterator = iter(
-        pipeline.create_loader(
-            config.dataset,
-            "train",
-            resolution=trainer.stages[stage].resolution,
-            batch_size=mesh_lib.check_batch_size(trainer.mesh, config.batch_size),
-            shuffle=True,
-            seed=config.seed,
-            num_epochs=None,
-            drop_remainder=True,
-            crop=trainer.stages[stage].crop,
-        )
-    )
-    if progress.iterator is not None and progress.iterator_stage == stage:
-        iterator.set_state(store.decode_iterator_state(progress.iterator))
-    progress.iterator_stage = stage
-    return iterator
-
-
-def _epoch_bar(trainer: Trainer, epoch: int, step: int):
-    per_epoch, batch = trainer.steps_per_epoch, trainer.config.batch_size
-    resolution, _, crop = trainer.stages[trainer.stage_of(step)]
-    size = f"{resolution}px" + (f" crops {crop}" if crop else "")
-    return reporting.progress_bar(
-        per_epoch * batch,
-        f"epoch {epoch + 1}/{trainer.total_steps // per_epoch} {size}",
-        enabled=jax.process_index() == 0,
-        initial=(step % per_epoch) * batch,
-    )
-
-
-def _collect_steps(trainer: Trainer, state, pending: list, progress: resume.Progress, bar) -> list:
-    """Brings the pending step metrics to the host and adds them to `progress`; returns them.
-    Stops on a non-finite loss, so that nothing after it is saved."""
-    fetched, bad = jax.device_get((pending, state.nonfinite_step))
-    if int(bad) >= 0:
-        bar.close()
-        trainer.checkpointer.wait()
-        good = trainer.checkpointer.latest_step()
-        kept = (
-            f"the last good checkpoint is step {good} in {trainer.checkpointer.directory}"
-            if good is not None
-            else "no checkpoint was saved before it"
-        )
-        raise errors.NonFiniteLoss(
-            f"non-finite loss at step {int(bad) + 1} (epoch "
-            f"{int(bad) // trainer.steps_per_epoch + 1}): training "
-            f"stopped; {kept}"
-        )
-    for step_metrics in fetched:  # one by one, so the sum never depends on the grouping
-        progress.loss_sum += float(step_metrics["loss"])
-        progress.loss_count += 1
-        for head in trainer.weighting.tasks:
-            progress.task_loss_sums[head] = progress.task_loss_sums.get(head, 0.0) + float(
-                step_metrics[names.task_loss(head)]
-            )
-    return fetched
-
-
-def _log_steps(trainer: Trainer, state, fetched: list, done: int, bar) -> None:
-    """Logs the means of the host step metrics `fetched` to TensorBoard and the progress bar."""
-    scale = jax.device_get(state.plateau.scale)
-    means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-    trainer.reporter.scalars(done, {**means, "lr": trainer.learning_rate(scale, done)}, "train/")
-    bar.set_postfix(loss=f"{means['loss']:.4f}", refresh=False)
+            _stop(trainer, stopping, done, clock)
+    return last_record
 
 
 def _end_epoch(
-    trainer: Trainer,
+    trainer: loop.Trainer,
     state,
-    progress: resume.Progress,
     done: int,
-    train_time: float,
-    samples_per_sec: float,
+    epoch_loss: resume.EpochLoss,
+    clock: loop.EpochClock,
     stop: signals.StopSignals,
 ) -> tuple[steps.TrainState, dict]:
-    """Evaluates the epoch that ends at step `done`, steps the plateau; returns its record.
-    A signal during the evaluation stops the run after the current batch, saving nothing: the
-    run resumes from its last checkpoint and does this epoch's end again."""
-    config = trainer.config
-    epoch, stage = done // trainer.steps_per_epoch, trainer.stage_of(done - 1)
-    resolution = trainer.stages[stage].resolution
+    """The epoch that ends at step `done`: evaluated, its record made and said, then the state
+    advanced past it."""
+    train_time, samples_per_sec = clock.stop(done, trainer.config.batch_size)
+    started = time.time()
+    evaluated = _evaluate(trainer, state, done, stop)
+    eval_time = time.time() - started
+    timing = {
+        "samples_per_sec": samples_per_sec,
+        "epoch_time_s": train_time + eval_time,
+        "train_time_s": train_time,
+        "eval_time_s": eval_time,
+    }
+    record = _record(trainer, state, done, epoch_loss, evaluated, timing)
+    _say_epoch(trainer, record)
+    return _advance_epoch(trainer, state, evaluated, epoch_loss), record
 
-    started, evaluated = time.time(), {}
-    for name in catalog.for_training(config, epoch):
+
+def _evaluate(trainer: loop.Trainer, state, done: int, stop: signals.StopSignals) -> dict:
+    """The results of the evaluators due after the epoch ending at step `done`, named after
+    their entries; their images go to the reporter. A signal during an evaluation stops the
+    run after the current batch, saving nothing: the run resumes from its last checkpoint and
+    does this epoch's end again."""
+    epoch, evaluated = done // trainer.steps_per_epoch, {}
+    resolution = trainer.stages[trainer.stage_of(done - 1)].resolution
+    for name in catalog.for_training(trainer.config, epoch):
         result = trainer.evaluators[name].run(state, resolution)
         if result is None:
             trainer.checkpointer.wait()
@@ -392,51 +286,64 @@ def _end_epoch(
         evaluated.update({f"{name}_{key}": value for key, value in result.metrics.items()})
         for tag, grid in result.images.items():
             trainer.reporter.image(tag, epoch, done, grid)
-    eval_time = time.time() - started
-    lr = trainer.learning_rate(jax.device_get(state.plateau.scale), done)
-    if config.schedule.name == "plateau":
-        state = steps.update_plateau(state, optim.plateau(config), evaluated["val_loss"])
-    weights = trainer.weighting.report(state.weighting)  # those the epoch trained with
-    count = max(progress.loss_count, 1)
-    task_means = {task: total / count for task, total in progress.task_loss_sums.items()}
-    state = state.replace(weighting=trainer.weighting.after_epoch(state.weighting, task_means))
-    record = {
-        "epoch": epoch,
+    return evaluated
+
+
+def _record(trainer: loop.Trainer, state, done, epoch_loss, evaluated: dict, timing: dict) -> dict:
+    """The metrics.jsonl line of the epoch ending at step `done`: the rate and the loss
+    weights it trained with, its train losses, what the evaluators gave, its timing."""
+    stage = trainer.stage_of(done - 1)
+    train_loss, task_means = epoch_loss.means()
+    return {
+        "epoch": done // trainer.steps_per_epoch,
         "step": done,
         "stage": stage + 1,
-        "resolution": resolution,
-        "lr": lr,
-        "train_loss": progress.loss_sum / count,
+        "resolution": trainer.stages[stage].resolution,
+        "lr": trainer.learning_rate(jax.device_get(state.plateau.scale), done),
+        "train_loss": train_loss,
         **{f"train_{names.task_loss(task)}": mean for task, mean in task_means.items()},
         "eval_weights": "ema" if state.ema else "trained",  # what validation evaluated
         **evaluated,
-        **weights,
-        "samples_per_sec": samples_per_sec,
-        "epoch_time_s": train_time + eval_time,
-        "train_time_s": train_time,
-        "eval_time_s": eval_time,
+        **trainer.weighting.report(state.weighting),
+        **timing,
     }
+
+
+def _say_epoch(trainer: loop.Trainer, record: dict) -> None:
     summary = ", ".join(
         f"{k} {record[k]:.4f}"
         for k in ("train_loss", "val_loss", "val_iou", "val_rmse")
         if k in record
     )
     reporting.say(
-        f"epoch {epoch}/{trainer.total_steps // trainer.steps_per_epoch} step {done} "
-        f"{resolution}px: {summary} ({samples_per_sec:.1f} img/s, "
-        f"{record['epoch_time_s']:.0f}s)"
+        f"epoch {record['epoch']}/{trainer.total_steps // trainer.steps_per_epoch} step "
+        f"{record['step']} {record['resolution']}px: {summary} "
+        f"({record['samples_per_sec']:.1f} img/s, {record['epoch_time_s']:.0f}s)"
     )
-    return state, record
+
+
+def _advance_epoch(trainer: loop.Trainer, state, evaluated: dict, epoch_loss: resume.EpochLoss):
+    """The state past an epoch's end: the plateau stepped on its val_loss, the loss weighting
+    told the epoch's task losses."""
+    config = trainer.config
+    if config.schedule.name == "plateau":
+        state = steps.update_plateau(state, optim.plateau(config), evaluated["val_loss"])
+    _, task_means = epoch_loss.means()
+    return state.replace(weighting=trainer.weighting.after_epoch(state.weighting, task_means))
 
 
 def _save(
-    trainer: Trainer, state, progress: resume.Progress, iterator, record: Optional[dict]
+    trainer: loop.Trainer,
+    state,
+    epoch_loss: resume.EpochLoss,
+    batches: loop.TrainBatches,
+    last_record: Optional[dict],
+    record: Optional[dict],
 ) -> None:
-    """The one place that saves: the state, the loop's progress with the iterator's position,
-    the model card and, at an epoch's end, the record's finite numbers (for the best-checkpoint
-    choice)."""
-    saved = dataclasses.replace(
-        progress, iterator=store.encode_iterator_state(iterator.get_state())
+    """The one place that saves: the state, the loop's progress (put together here), the model
+    card and, at an epoch's end, the record's finite numbers (for the best-checkpoint choice)."""
+    progress = resume.Progress(
+        epoch_loss, *batches.position(), last_record, resume.resume_settings(trainer.config)
     )
     numbers = (
         None
@@ -449,13 +356,13 @@ def _save(
     )
     resolution = trainer.stages[trainer.stage_of(int(jax.device_get(state.step)) - 1)].resolution
     model_card = card.create(trainer.config, trainer.normalization, resolution)
-    trainer.checkpointer.save(state, dataclasses.asdict(saved), numbers, model_card)
+    trainer.checkpointer.save(state, progress.to_json(), numbers, model_card)
 
 
-def _stop(trainer: Trainer, signum: int, done: int, bar) -> None:
+def _stop(trainer: loop.Trainer, signum: int, done: int, clock: Optional[loop.EpochClock]) -> None:
     """The one place that stops on a signal, once the checkpoint of step `done` is written."""
-    if bar is not None:
-        bar.close()
+    if clock is not None:
+        clock.bar.close()
     trainer.checkpointer.wait()
     name = signal.Signals(signum).name
     raise errors.Interrupted(

@@ -1,5 +1,5 @@
-"""`mode=predict` on a clip (`config.predict.video`): the checks `validate` runs before anything
-loads, and the run around `prediction.predict_clip` with its progress bar, its report and its
+"""`mode=predict` on a clip (`config.predict.video`, with the clip-only `config.video` block):
+the checks `validate` runs before anything loads, and the run around `prediction.predict_clip` with its progress bar, its report and its
 failures as `errors` (exit 2 for a bad setting or file, 1 for a clip that breaks off, 130 for
 Ctrl-C; what was written before either stays playable).
 
@@ -14,50 +14,52 @@ from typing import Callable, Union
 
 import ml_collections
 
-from jaxsegdepth import align, errors, reporting
+from jaxsegdepth import align, errors, names, reporting
 from jaxsegdepth.video import clips, outputs as outputs_lib, prediction
 
 ModelSizeFn = Callable[[int, int], tuple[int, int]]
 
 
-def validate(cfg: ml_collections.ConfigDict, model_hw: ModelSizeFn) -> None:
+def validate(config: ml_collections.ConfigDict, model_hw: ModelSizeFn) -> None:
     """Refuses, in one line naming the field or the file, video settings `run` cannot work with:
     checks the options, opens the clip and loads the plate (a plate of another size is one
     warning line)."""
+    cfg, video = config.predict, config.video
     if cfg.bg_fg:
         raise errors.UsageError(
             f"predict.bg_fg={cfg.bg_fg!r} and predict.video={cfg.video!r}: leave predict.bg_fg "
             "empty to predict a clip (its frames are the bg_fg images)"
         )
-    if cfg.plate_frames < 0 or (cfg.plate_frames > 0 and cfg.bg):
+    if video.plate_frames < 0 or (video.plate_frames > 0 and cfg.bg):
         raise errors.UsageError(
-            f"predict.plate_frames={cfg.plate_frames} with predict.bg={cfg.bg!r}: expected "
+            f"video.plate_frames={video.plate_frames} with predict.bg={cfg.bg!r}: expected "
             "either N > 0 (the plate is the median of the first N frames) or predict.bg"
         )
-    if not cfg.plate_frames and not cfg.bg:
+    if not video.plate_frames and not cfg.bg:
         raise errors.UsageError(
             "predict.video needs a plate: predict.bg=IMAGE (the empty scene) or "
-            "predict.plate_frames=N (the per-pixel median of the first N frames)"
+            "video.plate_frames=N (the per-pixel median of the first N frames)"
         )
-    if not cfg.fps > 0:
-        raise errors.UsageError(f"predict.fps={cfg.fps}: expected frames per second > 0")
-    info = _probe(cfg)
+    if not video.fps > 0:
+        raise errors.UsageError(f"video.fps={video.fps}: expected frames per second > 0")
+    info = _probe(config)
     try:
         prediction.check_options(
             model_hw=model_hw(info.height, info.width),
-            batch_size=cfg.batch_size,
+            batch_size=video.batch_size,
             outputs=tuple(cfg.outputs),
             threshold=cfg.threshold,
             colormap=cfg.colormap,
-            temporal_smoothing=cfg.temporal_smoothing,
-            video_format=cfg.video_format,
+            temporal_smoothing=video.temporal_smoothing,
+            video_format=video.video_format,
         )
         if "composite" in cfg.outputs:
             outputs_lib.replacement_background(cfg.replace_bg, info.height, info.width)
-    except ValueError as error:  # each names its argument, which is the field of predict
-        raise errors.UsageError(f"predict.{error}") from error
+    except ValueError as error:  # each names its argument, a field of predict or video
+        block = "video" if str(error).split("=")[0] in names.VIDEO_FIELDS else "predict"
+        raise errors.UsageError(f"{block}.{error}") from error
     try:
-        _, _, warning = clips.load_plate(_plate(cfg), info)
+        _, _, warning = clips.load_plate(_plate(config), info)
     except ValueError as error:  # names the file
         raise errors.UsageError(str(error)) from error
     if warning:
@@ -73,21 +75,19 @@ def output_dir(cfg: ml_collections.ConfigDict, workdir: str) -> str:
 
 
 def run(
-    cfg: ml_collections.ConfigDict,
-    workdir: str,
-    predict_fn: Callable,
-    model_hw: ModelSizeFn,
-    alignment: align.Settings,
+    config: ml_collections.ConfigDict, workdir: str, predict_fn: Callable, model_hw: ModelSizeFn
 ) -> dict:
-    """Predicts the clip of `cfg.video` with `predict_fn`, the plate registered onto every frame
-    as `alignment` says, and writes its outputs; returns the summary (also in summary.json)."""
-    info = _probe(cfg)
+    """Predicts the clip of `config.predict.video` with `predict_fn`, the plate registered onto
+    every frame as `config.align` says, and writes its outputs; returns the summary (also in
+    summary.json)."""
+    cfg, video = config.predict, config.video
+    info = _probe(config)
     size = model_hw(info.height, info.width)
     out = output_dir(cfg, workdir)
     frames = f"{info.frame_count} frames" if info.frame_count else "frames"
     reporting.say(
         f"predicting {info.path} ({info.width}x{info.height}, {frames}) at "
-        f"{size[1]}x{size[0]}, batch {cfg.batch_size}"
+        f"{size[1]}x{size[0]}, batch {video.batch_size}"
     )
     bar = reporting.progress_bar(info.frame_count, "frames", unit="frame")
 
@@ -100,18 +100,18 @@ def run(
         summary = prediction.predict_clip(
             predict_fn,
             info.path,
-            _plate(cfg),
+            _plate(config),
             out,
             model_hw=size,
-            batch_size=cfg.batch_size,
+            batch_size=video.batch_size,
             outputs=tuple(cfg.outputs),
             threshold=cfg.threshold,
             colormap=cfg.colormap,
-            temporal_smoothing=cfg.temporal_smoothing,
+            temporal_smoothing=video.temporal_smoothing,
             replace_bg=cfg.replace_bg,
-            video_format=cfg.video_format,
-            fps=cfg.fps,
-            alignment=alignment,
+            video_format=video.video_format,
+            fps=video.fps,
+            alignment=align.Settings.from_config(config.get("align")),
             progress=progress,
         )
     except clips.ClipBroken as error:
@@ -140,12 +140,13 @@ def run(
     return summary
 
 
-def _probe(cfg: ml_collections.ConfigDict) -> clips.ClipInfo:
+def _probe(config: ml_collections.ConfigDict) -> clips.ClipInfo:
     try:
-        return clips.probe(cfg.video, cfg.fps)
+        return clips.probe(config.predict.video, config.video.fps)
     except ValueError as error:
         raise errors.UsageError(f"predict.video: {error}") from error
 
 
-def _plate(cfg: ml_collections.ConfigDict) -> Union[str, int]:
-    return cfg.plate_frames if cfg.plate_frames > 0 else cfg.bg
+def _plate(config: ml_collections.ConfigDict) -> Union[str, int]:
+    plate_frames = config.video.plate_frames
+    return plate_frames if plate_frames > 0 else config.predict.bg
