@@ -213,7 +213,9 @@ def get_config() -> ml_collections.ConfigDict:
             video="",
             plate_frames=0,  # > 0: the plate is the per-pixel median of the first N frames; 0: bg
             outputs=("mask_prob", "mask", "depth", "side_by_side"),  # and/or "composite"
-            replace_bg="0,255,0",  # composite's new background: a colour R,G,B or an image file
+            # The new background (a colour R,G,B or an image file) of each still's
+            # NAME_composite.png ("": none) and of a clip's composite ("": green)
+            replace_bg="",
             video_format="mp4",  # mp4 (OpenCV's mp4v) | png (a folder of numbered PNGs each)
             batch_size=8,  # frames per model call
             # alpha of an average over frames (0: off); measured 0.3-0.8 on moving figures: more

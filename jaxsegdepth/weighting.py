@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxsegdepth import errors, losses, names
+from jaxsegdepth import errors, names
 
 METHODS = ("fixed", "uncertainty", "dwa")
 
@@ -113,10 +113,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise errors.UsageError(f"dwa_temperature={config.dwa_temperature!r}: expected > 0")
 
 
-def from_config(config: ml_collections.ConfigDict) -> Weighting:
-    """The weighting `config` asks for, over the heads of `config.loss`."""
-    return Weighting(
-        config.loss_weighting,
-        tuple(losses.validate_spec(config.loss)),
-        float(config.dwa_temperature),
-    )
+def from_config(config: ml_collections.ConfigDict, heads: tuple) -> Weighting:
+    """The weighting `config` asks for, over the loss spec's `heads` (`setup.loss_spec`)."""
+    return Weighting(config.loss_weighting, tuple(heads), float(config.dwa_temperature))

@@ -22,6 +22,7 @@ LAYERS = {
     "metrics": 1,
     "data.normalization": 1,
     "artifact": 1,
+    "bundle": 2,
     "data.synthetic.textures": 2,
     "data.synthetic.room": 2,
     "data.synthetic.shapes": 2,
@@ -59,6 +60,7 @@ LAYERS = {
     "setup": 4,
     "restore": 4,
     "evaluators": 4,
+    "inference": 4,
     "modes.train": 5,
     "modes.evaluate": 5,
     "modes.predict": 5,
@@ -66,6 +68,7 @@ LAYERS = {
     "modes.export": 5,
     "modes.plot": 5,
     "modes.benchmark": 5,
+    "cli": 6,
 }
 MODES_FLOOR = 5
 LIBRARY_THIRD_PARTY = {"jax", "flax", "optax", "dm_pix", "numpy"}

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import tensorflow_datasets as tfds
 from absl import logging
 
+from jaxsegdepth import names
 from jaxsegdepth.data import builders, modest
 from jaxsegdepth.errors import DatasetError
 
@@ -78,6 +79,11 @@ def validate(ds_config) -> None:
             "it needs --config.dataset.manual_dir=DIR, the extracted MODEST Museum folder or its "
             ".zip (this project never downloads it)"
         )
+
+
+def target_heads(ds_config) -> tuple:
+    """The heads the samples of `ds_config`'s dataset have targets for."""
+    return names.HEADS
 
 
 def _config_arg(cls, config):

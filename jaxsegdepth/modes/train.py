@@ -34,7 +34,6 @@ from jaxsegdepth import (
     checkpoints,
     errors,
     evaluators,
-    losses,
     mesh as mesh_lib,
     names,
     optim,
@@ -66,7 +65,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for field, minimum in (("log_every_steps", 1), ("steps_per_epoch", 0)):
         if config[field] < minimum:
             raise errors.UsageError(f"{field}={config[field]}: expected >= {minimum}")
-    monitors = names.monitor_names(setup.heads(config), losses.validate_spec(config.loss))
+    monitors = names.monitor_names(setup.heads(config), setup.loss_spec(config))
     if config.checkpoint.monitor not in monitors:
         raise errors.UsageError(
             f"checkpoint.monitor={config.checkpoint.monitor!r}: expected one of {sorted(monitors)}"
@@ -199,7 +198,7 @@ def _trainer(config, mesh, per_epoch, checkpointer, reporter, stop, normalizatio
         eval_step=eval_step,
         predict_step=predict_step,
         schedule=optim.learning_rate_schedule(config, per_epoch),
-        weighting=weighting.from_config(config),
+        weighting=weighting.from_config(config, tuple(setup.loss_spec(config))),
         checkpointer=checkpointer,
         reporter=reporter,
         evaluators={
@@ -450,7 +449,7 @@ def _save(
         }
     )
     resolution = trainer.stages[trainer.stage_of(int(jax.device_get(state.step)) - 1)].resolution
-    model_card = card.create(trainer.config, trainer.normalization, resolution)
+    model_card = card.create(trainer.config, trainer.normalization, resolution, trainer.heads)
     trainer.checkpointer.save(state, dataclasses.asdict(saved), numbers, model_card)
 
 
