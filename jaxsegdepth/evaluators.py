@@ -308,15 +308,16 @@ class Baselines:
             drop_remainder=False,
             shard=(0, 1),
         ):
-            yield {k: preprocess.unit(batch[k]) for k in names.INPUTS + names.HEADS}
+            yield {k: preprocess.unit(v) for k, v in batch.items() if k != names.INDEX}
 
     def run(self, state, resolution: int) -> Result:
         del state
         iou_sums, depth_sum, count = np.zeros(len(DIFF_THRESHOLDS)), 0.0, 0
         for batch in self._batches("train", resolution):
             iou_sums += np.asarray(_iou_sums(_difference(batch), batch["mask"], DIFF_THRESHOLDS))
-            depth_sum = depth_sum + batch["depth"].astype(np.float64).sum(axis=0)
-            count += len(batch["depth"])
+            if "depth" in batch:
+                depth_sum = depth_sum + batch["depth"].astype(np.float64).sum(axis=0)
+            count += len(batch["mask"])
         threshold = best_threshold(iou_sums)
         mean_map, totals = (depth_sum / count).astype(np.float32), {}
         for batch in self._batches("validation", resolution):
@@ -328,13 +329,14 @@ class Baselines:
                 "ceiling_iou": ceiling_iou(batch["mask"]),
                 "images": n,
             }
-            sums.update(
-                metrics.depth_sums(
-                    np.broadcast_to(mean_map, batch["depth"].shape),
-                    batch["depth"],
-                    np.ones(n, np.float32),
+            if "depth" in batch:
+                sums.update(
+                    metrics.depth_sums(
+                        np.broadcast_to(mean_map, batch["depth"].shape),
+                        batch["depth"],
+                        np.ones(n, np.float32),
+                    )
                 )
-            )
             _add(totals, {k: float(v) for k, v in sums.items()})
         result = {}
         if "mask" in self.context.heads:

@@ -22,7 +22,6 @@ from jaxsegdepth import (
     models,
     optim,
     preprocess,
-    reporting,
     steps,
     weighting,
 )
@@ -96,20 +95,20 @@ def parameter_paths(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def _check_targets(config: ml_collections.ConfigDict, spec: dict) -> None:
-    """Says, in one warning line, which loss terms the dataset has no targets for (they are
-    left out); refuses a loss left with nothing to train."""
-    available = datasets.target_heads(config.dataset)
-    missing = [head for head in spec if head not in available]
+    """Refuses a loss whose every head lacks targets in the dataset (heads without targets
+    are left out of `loss_spec`: `missing_targets`)."""
+    missing = missing_targets(config)
     if missing and len(missing) == len(spec):
         raise errors.UsageError(
             f"loss: dataset {config.dataset.name} has no targets for {missing}, the only "
-            f"heads the loss trains (it has {list(available)})"
+            f"heads the loss trains (it has {list(datasets.target_heads(config.dataset))})"
         )
-    if missing:
-        reporting.warn(
-            f"dataset {config.dataset.name} has no {' or '.join(missing)} targets: the loss "
-            f"trains {[head for head in spec if head in available]} alone"
-        )
+
+
+def missing_targets(config: ml_collections.ConfigDict) -> list[str]:
+    """The heads of `config.loss` its dataset has no targets for (left out of `loss_spec`)."""
+    available = datasets.target_heads(config.dataset)
+    return [head for head in losses.validate_spec(config.loss) if head not in available]
 
 
 def loss_spec(config: ml_collections.ConfigDict) -> dict:

@@ -68,3 +68,27 @@ def dsresnet_state():
         rng=None,
         nonfinite_step=None,
     )
+
+
+@pytest.fixture(scope="session")
+def dsresnet_bundle(dsresnet_state, tmp_path_factory) -> str:
+    """`dsresnet_state`'s variables as a float32 bundle (`bundle.py`) whose card normalises
+    with the MODEST statistics: what `inference.load` and the command read."""
+    from jaxsegdepth import bundle
+    from jaxsegdepth.data import normalization
+
+    card = {
+        "model": "dsresnet",
+        "heads": ["mask", "depth"],
+        "trained_heads": ["mask", "depth"],
+        "stride": models.DSRESNET_STRIDE,
+        "dtype": "float32",
+        "normalization": {
+            key: {"mean": list(mean), "std": list(std)}
+            for key, (mean, std) in normalization.MODEST_NORMALIZATION.items()
+        },
+    }
+    folder = str(tmp_path_factory.mktemp("bundle"))
+    variables = {"params": dsresnet_state.params, "batch_stats": dsresnet_state.batch_stats}
+    bundle.save(folder, variables, card, "float32")
+    return folder

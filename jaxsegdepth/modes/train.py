@@ -65,6 +65,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for field, minimum in (("log_every_steps", 1), ("steps_per_epoch", 0)):
         if config[field] < minimum:
             raise errors.UsageError(f"{field}={config[field]}: expected >= {minimum}")
+    missing = setup.missing_targets(config)
+    if missing:
+        reporting.warn(
+            f"dataset {config.dataset.name} has no {' or '.join(missing)} targets: the loss "
+            f"trains {list(setup.loss_spec(config))} alone"
+        )
     monitors = names.monitor_names(setup.heads(config), setup.loss_spec(config))
     if config.checkpoint.monitor not in monitors:
         raise errors.UsageError(
