@@ -33,6 +33,7 @@ LAYERS = {
     "data.synthetic.walk": 2,
     "data.photos": 2,
     "data.modest": 2,
+    "data.folder": 2,
     "data.builders": 2,
     "data.datasets": 2,
     "data.pipeline": 2,
