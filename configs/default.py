@@ -41,9 +41,11 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.dataset = ml_collections.ConfigDict(
         dict(
-            name="synthetic_museum",  # synthetic_museum | modest_museum
+            name="synthetic_museum",  # synthetic_museum | modest_museum | folder (docs/data.md)
             data_dir="",  # prepared tfds data; "" = ~/tensorflow_datasets
-            manual_dir="",  # modest_museum: the MODEST folder or its .zip (never downloaded)
+            # modest_museum: the MODEST folder or its .zip (never downloaded); folder: the folder
+            # with bg/, bg_fg/, mask/ and optionally depth/
+            manual_dir="",
             num_samples=2000,  # synthetic_museum: size of the generated set (1,400 train / 600 val)
             seed=0,  # synthetic_museum: generation seed
             skip_corrupt=False,  # modest_museum: leave out samples with corrupt JPEGs (else: error)
@@ -256,7 +258,9 @@ def get_config() -> ml_collections.ConfigDict:
             # (docs/modes.md, "Predict on a video")
             video="",
             outputs=("mask_prob", "mask", "depth", "side_by_side"),  # and/or "composite"
-            replace_bg="0,255,0",  # composite's new background: a colour R,G,B or an image file
+            # The new background (a colour R,G,B or an image file) of each still's
+            # NAME_composite.png ("": none) and of a clip's composite ("": green)
+            replace_bg="",
         )
     )
     # What only a clip (`predict.video`) uses

@@ -25,6 +25,7 @@ from jaxsegdepth import (
     steps,
     weighting,
 )
+from jaxsegdepth.data import datasets
 
 DTYPES = ("float32", "bfloat16")
 NORMALIZATIONS = ("auto", "dataset")  # config.input_normalization
@@ -61,8 +62,9 @@ def validate(
     except (ValueError, TypeError) as error:
         raise errors.UsageError(f"loss: {error}") from None
     weighting.validate(config)
-    model_heads = heads(config)
+    model_heads = models.MODELS[config.model].HEADS
     smallest = min(resolutions, default=None)
+    _check_targets(config, spec)
     for head, terms in spec.items():
         if head not in model_heads:
             raise errors.UsageError(
@@ -92,9 +94,34 @@ def parameter_paths(config: ml_collections.ConfigDict) -> list[str]:
     return optim.parameter_paths(shapes["params"])
 
 
+def _check_targets(config: ml_collections.ConfigDict, spec: dict) -> None:
+    """Refuses a loss whose every head lacks targets in the dataset (heads without targets
+    are left out of `loss_spec`: `missing_targets`)."""
+    missing = missing_targets(config)
+    if missing and len(missing) == len(spec):
+        raise errors.UsageError(
+            f"loss: dataset {config.dataset.name} has no targets for {missing}, the only "
+            f"heads the loss trains (it has {list(datasets.target_heads(config.dataset))})"
+        )
+
+
+def missing_targets(config: ml_collections.ConfigDict) -> list[str]:
+    """The heads of `config.loss` its dataset has no targets for (left out of `loss_spec`)."""
+    available = datasets.target_heads(config.dataset)
+    return [head for head in losses.validate_spec(config.loss) if head not in available]
+
+
+def loss_spec(config: ml_collections.ConfigDict) -> dict:
+    """`config.loss` as plain dicts, for the heads its dataset has targets for."""
+    available = datasets.target_heads(config.dataset)
+    return {h: t for h, t in losses.validate_spec(config.loss).items() if h in available}
+
+
 def heads(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-    """The heads `config.model` declares (its output keys)."""
-    return models.MODELS[config.model].HEADS
+    """The heads a run trains, reports and predicts: those `config.model` declares that its
+    loss spec trains (`loss_spec`)."""
+    spec = loss_spec(config)
+    return tuple(head for head in models.MODELS[config.model].HEADS if head in spec)
 
 
 def create_model(config: ml_collections.ConfigDict) -> nn.Module:
@@ -141,7 +168,7 @@ def _initializer(config, steps_per_epoch, tx):
         tx,
         optim.plateau(config),
         resolution=INIT_RESOLUTION,
-        weighting=weighting.from_config(config),
+        weighting=weighting.from_config(config, tuple(loss_spec(config))),
         ema=config.ema_decay > 0,
     )
 
@@ -152,9 +179,9 @@ def compiled_steps(config: ml_collections.ConfigDict, mesh: Mesh, normalization:
     `pipeline.input_normalization`)."""
     return steps.jit_steps(
         mesh,
-        losses.compose(config.loss),
+        losses.compose(loss_spec(config)),
         preprocess.from_config(config.augment, normalization, config.seed),
-        weighting.from_config(config),
+        weighting.from_config(config, tuple(loss_spec(config))),
         norms=config.log_norms,
         ema_decay=config.ema_decay,
     )

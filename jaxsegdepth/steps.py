@@ -175,10 +175,11 @@ def eval_step(
     state: TrainState, batch: dict, *, loss_fn: losses.LossFn, preprocess: Preprocess
 ) -> dict:
     """Loss terms and additive metric sums for one batch (`batch["weights"]` masks padding), of
-    the `model_variables`."""
+    the `model_variables`; metrics for the heads the batch has targets for."""
     batch = preprocess(batch, train=False)
     outputs = state.apply_fn(model_variables(state), batch["bg"], batch["bg_fg"], train=False)
     targets = _targets(batch)
+    outputs = {head: value for head, value in outputs.items() if head in targets}
     loss, terms = loss_fn(outputs, targets, batch.get("weights"))
     return {
         "loss": loss,

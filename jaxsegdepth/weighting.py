@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxsegdepth import errors, losses, names
+from jaxsegdepth import errors, names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,10 +150,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
 
 
-def from_config(config: ml_collections.ConfigDict) -> Weighting:
-    """The weighting `config` asks for, over the heads of `config.loss`."""
-    tasks = tuple(losses.validate_spec(config.loss))
+def from_config(config: ml_collections.ConfigDict, heads: tuple) -> Weighting:
+    """The weighting `config` asks for, over the loss spec's `heads` (`build.loss_spec`)."""
     settings = config.loss_weighting
     if settings.method == "dwa":
-        return DWA(tasks, float(settings.temperature))
-    return METHODS[settings.method](tasks)
+        return DWA(tuple(heads), float(settings.temperature))
+    return METHODS[settings.method](tuple(heads))

@@ -129,3 +129,27 @@ def pair(tmp_path):
     scene[8:22, 10:26] = np.asarray(Image.open(tmp_path / "object.png"))[8:22, 10:26]
     Image.fromarray(scene).save(tmp_path / "bg_fg.png")
     return str(tmp_path / "bg.png"), str(tmp_path / "bg_fg.png")
+
+
+@pytest.fixture(scope="session")
+def dsresnet_bundle(dsresnet_state, tmp_path_factory) -> str:
+    """`dsresnet_state`'s variables as a float32 bundle (`bundle.py`) whose card normalises
+    with the MODEST statistics: what `inference.load` and the command read."""
+    from jaxsegdepth import bundle
+    from jaxsegdepth.data import normalization
+
+    card = {
+        "model": "dsresnet",
+        "heads": ["mask", "depth"],
+        "trained_heads": ["mask", "depth"],
+        "stride": models.DSRESNET_STRIDE,
+        "dtype": "float32",
+        "normalization": {
+            key: {"mean": list(mean), "std": list(std)}
+            for key, (mean, std) in normalization.MODEST_NORMALIZATION.items()
+        },
+    }
+    folder = str(tmp_path_factory.mktemp("bundle"))
+    variables = {"params": dsresnet_state.params, "batch_stats": dsresnet_state.batch_stats}
+    bundle.save(folder, variables, card, "float32")
+    return folder

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 
 import pytest
 
@@ -22,6 +23,7 @@ LAYERS = {
     "metrics": 1,
     "data.normalization": 1,
     "artifact": 1,
+    "bundle": 2,
     "data.synthetic.textures": 2,
     "data.synthetic.procedural": 2,
     "data.synthetic.canvas": 2,
@@ -34,6 +36,7 @@ LAYERS = {
     "data.synthetic.walk": 2,
     "data.photos": 2,
     "data.modest": 2,
+    "data.folder": 2,
     "data.builders": 2,
     "data.datasets": 2,
     "data.pipeline": 2,
@@ -68,6 +71,7 @@ LAYERS = {
     "evaluators.baselines": 4,
     "evaluators.photographs": 4,
     "evaluators.catalog": 4,
+    "inference": 4,
     "modes.train": 5,
     "modes.evaluate": 5,
     "modes.predict": 5,
@@ -75,6 +79,7 @@ LAYERS = {
     "modes.export": 5,
     "modes.plot": 5,
     "modes.benchmark": 5,
+    "cli": 6,
 }
 MODES_FLOOR = 5
 LIBRARY_THIRD_PARTY = {"jax", "flax", "optax", "dm_pix", "numpy"}
@@ -189,31 +194,43 @@ def _packages() -> set[str]:
     }
 
 
-def test_what_a_wheel_of_the_clone_holds_is_every_subpackage_and_no_tools(tmp_path):
-    """setuptools' `build_py`, the step that fills a wheel with the packages pyproject.toml finds
-    (run without `wheel`, which setuptools < 70 needs for the archive itself), over a copy of
-    the clone: every subpackage's __init__.py and every module, nothing of tools/."""
-    source = tmp_path / "source"
-    shutil.copytree(PACKAGE, source / "jaxsegdepth", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(os.path.join(ROOT, "tools"), source / "tools")
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(os.path.join(ROOT, name), source / name)
-    lib = tmp_path / "lib"
+def test_a_wheel_of_the_clone_holds_every_module_the_weights_the_command_and_the_licence(
+    tmp_path,
+):
+    """`pip wheel` of the files git tracks: every subpackage's __init__.py and every module,
+    nothing of tools/, every file under jaxsegdepth/weights/ (the bundled model, its card,
+    MODEL_CARD.md) as package data, `jaxsegdepth` a console script, the licence."""
+    tracked = (
+        subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
+        .stdout.decode()
+        .split("\0")
+    )
+    source = tmp_path / "clone"
+    for path in filter(None, tracked):
+        if os.path.isfile(os.path.join(ROOT, path)):
+            os.makedirs(source / os.path.dirname(path), exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, path), source / path)
+    weights = [p for p in tracked if p.startswith("jaxsegdepth/weights/")]
+    assert "jaxsegdepth/weights/MODEL_CARD.md" in weights
     result = subprocess.run(
-        [sys.executable, "-c", "import setuptools; setuptools.setup()", "-q", "build_py"]
-        + ["--build-lib", str(lib)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)],
         capture_output=True,
         text=True,
-        cwd=source,
-        timeout=300,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    held = {
-        os.path.relpath(os.path.join(folder, name), lib).replace(os.sep, "/")
-        for folder, _, files in os.walk(lib)
-        for name in files
-    }
+    (wheel,) = [name for name in os.listdir(tmp_path) if name.endswith(".whl")]
+    with zipfile.ZipFile(tmp_path / wheel) as archive:
+        names = set(archive.namelist())
+        info = {os.path.basename(n): n for n in names if ".dist-info/" in n}
+        entry_points = archive.read(info["entry_points.txt"]).decode()
+        metadata = archive.read(info["METADATA"]).decode()
+    code = {n for n in names if n.endswith(".py")}
     expected = {f"{p.replace('.', '/')}/__init__.py" for p in _packages()}
     expected |= {f"jaxsegdepth/{m.replace('.', '/')}.py" for m in _modules()}
     assert len(_packages()) >= 5 and "jaxsegdepth.data.synthetic" in _packages()
-    assert held == expected
+    assert code == expected and not [n for n in names if n.startswith("tools/")]
+    assert set(weights) <= names, set(weights) - names
+    assert "jaxsegdepth = jaxsegdepth.cli:entry_point" in entry_points
+    assert "License-Expression: Apache-2.0" in metadata.splitlines()
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)

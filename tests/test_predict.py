@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxsegdepth import errors
+from jaxsegdepth import errors, inference
 from jaxsegdepth.checkpointing import select
 from jaxsegdepth.data import normalization, pipeline
 from jaxsegdepth.modes import predict
@@ -77,7 +77,8 @@ def test_predict_validate_needs_two_files_or_two_nonempty_folders(data_dir, pair
 @pytest.fixture(scope="module")
 def predicted_folders(trained, tmp_path_factory):
     """`predict.run` of the trained MaskNet on two folders: two good pairs (45x37 and 70x50,
-    paired by name, not extension), a lonely file, an unreadable one and a size mismatch.
+    paired by name, not extension), a lonely file, an unreadable one and a plate of another
+    size than its scene (resized to it, with a warning).
     Returns (config, workdir, bg folder, bg_fg folder, output folder, the RunError raised)."""
     config, workdir, _ = trained
     base = tmp_path_factory.mktemp("predict")
@@ -106,22 +107,21 @@ def test_predict_names_the_bad_pairs_and_writes_the_good_ones(predicted_folders)
     message = str(error)
     assert error.exit_code == 1 and "\n" not in message
     assert message.startswith(
-        f"3 pair(s) failed (2 pair(s) written to {out}; details in summary.json): "
+        f"2 pair(s) failed (3 pair(s) written to {out}; details in summary.json): "
     )
     assert f"{bg / 'broken.png'}: cannot be read as an image" in message
     assert f"{bg / 'lonely.png'}: no partner in {bg_fg} (expected lonely.*)" in message
-    assert (
-        f"{bg / 'sizes.png'} is 40x30 but {bg_fg / 'sizes.png'} is 41x30 (width x height)"
-        in message
-    )
     summary = json.loads((out / "summary.json").read_text())
-    assert sorted(summary["written"]) == ["good", "other"]
-    assert sorted(f["name"] for f in summary["failed"]) == ["broken", "lonely", "sizes"]
+    assert sorted(summary["written"]) == ["good", "other", "sizes"]
+    assert sorted(f["name"] for f in summary["failed"]) == ["broken", "lonely"]
+    # the pairs are unrelated noise: registration refuses each, and the plates stay as they are
+    assert sorted(summary["registration"]) == ["good", "other", "sizes"]
+    assert all(e["status"].startswith("refused") for e in summary["registration"].values())
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [
             f"{name}_{suffix}"
-            for name in ("good", "other")
-            for suffix in ("mask_prob.png", "mask.png", "side_by_side.png")
+            for name in ("good", "other", "sizes")
+            for suffix in ("mask_prob.png", "mask.png", "cutout.png", "side_by_side.png")
         ]
         + ["summary.json"]
     )
@@ -172,19 +172,19 @@ def test_predict_one_pair_with_depth_at_original_size(dsresnet_state, predict_ji
     assert failures == [] and [p.name for p in pairs] == ["b"]
     norm = normalization.MODEST_NORMALIZATION
     predict_step = predict_jit(norm)
-    summary = predict.predict_pairs(
+    predictor = inference.Predictor(
         lambda bg, bg_fg: predict_step(state, bg, bg_fg),
-        pairs,
-        str(tmp_path / "out"),
-        stride=32,
-        colormap="magma",
+        {"model": "dsresnet", "heads": ["mask", "depth"], "stride": 32},
+        "the test's state",
     )
+    summary = predict.predict_pairs(predictor, pairs, str(tmp_path / "out"), colormap="magma")
     assert summary["failed"] == [] and summary["written"] == {
         "b": [
             str(tmp_path / "out" / f"b_{suffix}")
             for suffix in (
                 "mask_prob.png",
                 "mask.png",
+                "cutout.png",
                 "depth.png",
                 "depth.npy",
                 "side_by_side.png",

@@ -104,7 +104,7 @@ def test_png_frames_hold_the_model_s_probabilities(trained, clip, tmp_path):
     )
     predict.validate(config)
     predict.run(config, trained[1])
-    predict_fn = predict.load_predict_fn(config, trained[1])
+    predict_fn = predict.load_predictor(config, trained[1]).forward
     plate = cv2.cvtColor(cv2.imread(clip["plate"]), cv2.COLOR_BGR2RGB)
     frames = clip["decoded"][..., ::-1]
     for start in range(0, FRAMES, 8):
@@ -208,20 +208,22 @@ def test_a_clip_that_breaks_off_is_a_run_error_with_the_frames_written(trained, 
 def test_ctrl_c_is_an_interruption_that_keeps_the_files_playable(
     trained, clip, tmp_path, monkeypatch
 ):
-    load = predict.load_predict_fn
+    load = predict.load_predictor
 
     def interrupted_on_the_second_batch(config, workdir):
-        predict_fn, calls = load(config, workdir), []
+        predictor, calls = load(config, workdir), []
+        forward = predictor.model_fn
 
         def wrapper(bg, bg_fg):
             calls.append(1)
             if len(calls) == 2:
                 raise KeyboardInterrupt
-            return predict_fn(bg, bg_fg)
+            return forward(bg, bg_fg)
 
-        return wrapper
+        predictor.model_fn = wrapper
+        return predictor
 
-    monkeypatch.setattr(predict, "load_predict_fn", interrupted_on_the_second_batch)
+    monkeypatch.setattr(predict, "load_predictor", interrupted_on_the_second_batch)
     config = _video_config(trained, clip, output_dir=str(tmp_path))
     with pytest.raises(errors.Interrupted) as raised:
         predict.run(config, trained[1])

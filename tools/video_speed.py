@@ -34,7 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # `python tools/video_speed.py` puts only tools/ on the path
 
 import configs
-from jaxsegdepth import build, mesh as mesh_lib, models
+from jaxsegdepth import build, inference, mesh as mesh_lib, models
 from jaxsegdepth.data import pipeline, synthetic
 from jaxsegdepth.modes import predict
 from jaxsegdepth.video import outputs as outputs_lib, pixels, prediction
@@ -47,7 +47,7 @@ SMOOTHING_SCENES = ((0, 11), (0, 12), (0, 13), (0, 14))
 def load_model(config, workdir: str):
     """`predict_fn(bg, bg_fg)` of WORKDIR's model, or of a fresh one without `workdir`."""
     if workdir:
-        return predict.load_predict_fn(config, workdir)
+        return predict.load_predictor(config, workdir).forward
     mesh = mesh_lib.create_mesh(jax.local_devices()[:1])
     state = build.create_state(config, mesh=mesh)
     normalization = pipeline.input_normalization(config.dataset)
@@ -84,7 +84,7 @@ def speed(predict_fn, stride: int, args) -> None:
             clip = write_clip(os.path.join(tmp, f"walk_{size[0]}.mp4"), frames, size)
             plate_path = os.path.join(tmp, f"plate_{size[0]}.png")
             cv2.imwrite(plate_path, cv2.resize(plate, size)[..., ::-1])
-            model_hw = predict.model_size(size[1], size[0], stride, 0, args.max_side)
+            model_hw = inference.model_size(size[1], size[0], stride, 0, args.max_side)
             run = functools.partial(
                 prediction.predict_clip,
                 predict_fn,

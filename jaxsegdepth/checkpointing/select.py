@@ -13,14 +13,19 @@ import dataclasses
 import os
 from typing import Callable, Optional
 
+import jax
 import ml_collections
+import numpy as np
 import optax
 from flax import traverse_util
 from jax.sharding import Mesh
 
-from jaxsegdepth import artifact, build, errors, mesh as mesh_lib, reporting, steps
+from jaxsegdepth import artifact, build, errors, mesh as mesh_lib, models, reporting, steps
 from jaxsegdepth.checkpointing import card, store
 from jaxsegdepth.data import pipeline
+
+
+SHAPE_SIDE = 32  # the input side a model is traced at for its variables' shapes (any will do)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +144,50 @@ def resolve(value: str, workdir: Optional[str], name: str) -> ModelPath:
         f"{field}no checkpoints folder there (expected a run's workdir or its "
         f"{store.CHECKPOINT_DIR} folder, optionally with :STEP, or an export folder)"
     )
+
+
+def read_model(where: ModelPath) -> tuple[dict, dict, str]:
+    """(variables as host arrays, model card, a phrase naming the checkpoint) of the run
+    checkpoint `where` names, built from its model card alone (no config: what the installed
+    command and `jaxsegdepth.load` need); the moving average when the run kept one.
+    `errors.UsageError` naming the run for a missing step or card."""
+    checkpointer = store.Checkpointer(where.path, read_only=True)
+    try:
+        step = where.step
+        if step < 0:
+            step = checkpointer.best_step()
+            step = checkpointer.latest_step() if step is None else step
+        if step is None or step not in checkpointer.all_steps():
+            raise errors.UsageError(
+                f"{where.field}no checkpoint{'' if step is None else f' at step {step}'} in "
+                f"{store.checkpoint_dir(where.path)}; available: {sorted(checkpointer.all_steps())}"
+            )
+        model_card = checkpointer.restore_card(step)
+        if model_card is None:
+            raise errors.UsageError(
+                f"{where.field}step {step} carries no model card: predict and export it "
+                "with launch.py and its recipe (mode=predict, mode=export)"
+            )
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(
+            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+            _variable_shapes(model_card),
+        )
+        source = f"step {step} of {store.checkpoint_dir(where.path)}"
+        variables, _, source = _model_variables(checkpointer, step, target, source)
+    finally:
+        checkpointer.close()
+    return jax.device_get(variables), model_card, source
+
+
+def _variable_shapes(model_card: dict) -> dict:
+    """{"params", "batch_stats"} shapes of the card's model, traced (nothing computed)."""
+    model = models.create(model_card["model"], model_card.get("dtype", "float32"))
+    dummy = jax.ShapeDtypeStruct((1, SHAPE_SIDE, SHAPE_SIDE, 3), np.float32)
+    shapes = jax.eval_shape(
+        lambda a, b: model.init(jax.random.key(0), a, b, train=False), dummy, dummy
+    )
+    return {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
 
 
 def input_normalization(

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxsegdepth import names
-from jaxsegdepth.data import modest, synthetic
+from jaxsegdepth.data import folder, modest, synthetic
 from jaxsegdepth.data.normalization import MODEST_NORMALIZATION
 
 KEYS = names.INPUTS + names.HEADS  # record keys, in file_map.txt column order
@@ -44,13 +44,12 @@ def _image(channels: int) -> tfds.features.Image:
     return tfds.features.Image(shape=(None, None, channels), encoding_format="jpeg")
 
 
-def _features():
+def _features(heads: tuple = names.HEADS):
     return tfds.features.FeaturesDict(
         {
             "bg": _image(3),
             "bg_fg": _image(3),
-            "mask": _image(1),
-            "depth": _image(1),
+            **{head: _image(1) for head in heads},
             "index": np.int64,  # position in the source order (file_map.txt line order / sample index)
             "source": tfds.features.Text(),  # what to name in an error message
         }
@@ -68,12 +67,15 @@ class SyntheticMuseumConfig(tfds.core.BuilderConfig):
         self.num_samples, self.seed, self.val_fraction = int(num_samples), int(seed), val_fraction
 
 
-def _dataset_info(builder: tfds.core.GeneratorBasedBuilder) -> tfds.core.DatasetInfo:
-    """The info both builders share: the four JPEG images per record, kept in split order."""
+def _dataset_info(
+    builder: tfds.core.GeneratorBasedBuilder, heads: tuple = names.HEADS
+) -> tfds.core.DatasetInfo:
+    """The info the builders share: the images of a record (inputs and `heads`' targets), kept
+    in split order."""
     return tfds.core.DatasetInfo(
         builder=builder,
         description=builder.__doc__,
-        features=_features(),
+        features=_features(heads),
         disable_shuffling=True,
         metadata=tfds.core.MetadataDict(),
     )
@@ -125,7 +127,7 @@ class _StatsAccumulator:
             x = arrays[key][::2, ::2].reshape(-1, 3).astype(np.float64) / 255.0
             self.sums[key] += x.sum(0)
             self.squares[key] += (x * x).sum(0)
-        for key in self.targets:
+        for key in self.targets.keys() & arrays.keys():
             self.targets[key] += float(arrays[key][::2, ::2].mean()) / 255.0
         self.pixels += arrays["bg"][::2, ::2].shape[0] * arrays["bg"][::2, ::2].shape[1]
         self.samples += 1
@@ -208,3 +210,55 @@ class ModestMuseum(tfds.core.GeneratorBasedBuilder):
                 yield key, example  # tfds keeps key order (disable_shuffling): the split's order
         finally:
             source.close()
+
+
+class FolderConfig(tfds.core.BuilderConfig):
+    def __init__(self, *, digest: str = "none", val_fraction: float = 0.3, has_depth: bool = True):
+        super().__init__(
+            name=f"{digest}{_fraction_tag(val_fraction)}",
+            description="your own pairs (data/folder.py), reference split",
+        )
+        self.val_fraction, self.has_depth = val_fraction, has_depth
+
+
+class FolderDataset(tfds.core.GeneratorBasedBuilder):
+    """Your own pairs from a plain folder (`data/folder.py`), original file bytes, reference
+    split over the samples in name order; depth images only when the folder has them."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Original file bytes, reference split."}
+    BUILDER_CONFIGS = [FolderConfig()]
+
+    def __init__(self, *, samples: folder.FolderSamples | None = None, **kwargs):
+        """`samples`: `folder.list_samples(ROOT)`, needed to build (not to open)."""
+        self._samples = samples
+        super().__init__(**kwargs)
+
+    def _info(self):
+        return _dataset_info(self, names.HEADS if self.builder_config.has_depth else ("mask",))
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        train, val = reference_split(len(self._samples.files), self.builder_config.val_fraction)
+        self._stats = _StatsAccumulator()
+        self.info.metadata["source"] = self._samples.root
+        return {"train": self._generate_examples(train), "validation": self._generate_examples(val)}
+
+    def _generate_examples(self, indices):
+        for key, i in enumerate(indices):
+            paths = self._samples.files[int(i)]
+            self._stats.add(
+                {
+                    sub: folder.read_small(path, "RGB" if sub in names.INPUTS else "L")
+                    for sub, path in paths.items()
+                }
+            )
+            example = {}
+            for sub, path in paths.items():
+                with open(path, "rb") as f:
+                    example[sub] = f.read()
+            name = os.path.splitext(os.path.basename(paths["bg_fg"]))[0]
+            example.update(index=int(i), source=f"{self._samples.root} sample {name!r}")
+            yield key, example
+        self.info.metadata["normalization"] = self._stats.normalization()
+        self.info.metadata["target_means"] = self._stats.target_means()

@@ -21,7 +21,8 @@ from typing import Any, Sequence
 import tensorflow_datasets as tfds
 from absl import logging
 
-from jaxsegdepth.data import builders, modest
+from jaxsegdepth import names
+from jaxsegdepth.data import builders, folder, modest
 from jaxsegdepth.errors import DatasetError
 
 SPLITS = ("train", "validation")
@@ -45,14 +46,15 @@ class Prepared:
     builder: Any = dataclasses.field(repr=False, compare=False)
 
     def data_source(self, split: str) -> Sequence[dict]:
-        """Random-access records of a split: JPEG bytes under bg/bg_fg/mask/depth, plus
-        index (int) and source (bytes), undecoded."""
+        """Random-access records of a split: encoded images under bg/bg_fg/mask/depth (depth
+        only where the set has it), plus index (int) and source (bytes), undecoded."""
+        keys = [key for key in builders.KEYS if key in self.builder.info.features]
         return self.builder.as_data_source(
-            split, decoders={k: tfds.decode.SkipDecoding() for k in builders.KEYS}
+            split, decoders={k: tfds.decode.SkipDecoding() for k in keys}
         )
 
 
-DATASETS = ("synthetic_museum", "modest_museum")
+DATASETS = ("synthetic_museum", "modest_museum", "folder")
 
 
 def validate(ds_config) -> None:
@@ -66,7 +68,14 @@ def validate(ds_config) -> None:
     if ds_config.name == "synthetic_museum" and ds_config.num_samples < 2:
         raise DatasetError(f"dataset.num_samples={ds_config.num_samples}: expected at least 2")
     manual_dir = ds_config.manual_dir
-    if manual_dir:
+    if ds_config.name == "folder":
+        if not manual_dir:
+            raise DatasetError(
+                "dataset.name='folder' needs --config.dataset.manual_dir=ROOT, the folder "
+                "holding bg/, bg_fg/, mask/ and optionally depth/ (docs/data.md)"
+            )
+        folder.list_samples(manual_dir)
+    elif manual_dir:
         modest.check_manual_dir(manual_dir)
     if (
         ds_config.name == "modest_museum"
@@ -80,6 +89,14 @@ def validate(ds_config) -> None:
         )
 
 
+def target_heads(ds_config) -> tuple:
+    """The heads the samples of `ds_config`'s dataset have targets for: both, but for a
+    folder set without depth maps."""
+    if ds_config.name == "folder" and ds_config.manual_dir:
+        return folder.target_heads(os.path.expanduser(ds_config.manual_dir))
+    return names.HEADS
+
+
 def _config_arg(cls, config):
     """tfds wants the name for a config the class lists, the object for any other."""
     return config.name if config.name in {c.name for c in cls.BUILDER_CONFIGS} else config
@@ -89,6 +106,14 @@ def _builder(ds_config, scan: modest.ModestScan | None = None) -> tfds.core.Gene
     """The tfds builder `ds_config` names (nothing is read or written yet); a MODEST build
     needs its `scan`."""
     data_dir = default_data_dir(ds_config.data_dir)
+    if ds_config.name == "folder":
+        samples = folder.list_samples(ds_config.manual_dir)
+        config = builders.FolderConfig(
+            digest=samples.digest, val_fraction=ds_config.val_fraction, has_depth=samples.has_depth
+        )
+        return builders.FolderDataset(
+            config=config, data_dir=data_dir, file_format="array_record", samples=samples
+        )
     if ds_config.name == "synthetic_museum":
         config = builders.SyntheticMuseumConfig(
             num_samples=ds_config.num_samples,

@@ -195,11 +195,14 @@ def decode_image(data: bytes, mode: str, resolution: int) -> np.ndarray:
     return image
 
 
-def decode_sample(record: dict[str, Any], resolution: int) -> dict[str, np.ndarray]:
-    """A record's JPEG bytes -> uint8 arrays at `resolution`: bg, bg_fg (r,r,3); mask, depth
-    (r,r,1). A failure is a `DatasetError` naming the image and the sample's source."""
+def decode_sample(
+    record: dict[str, Any], resolution: int, targets: tuple = TARGETS
+) -> dict[str, np.ndarray]:
+    """A record's encoded images -> uint8 arrays at `resolution`: bg, bg_fg (r,r,3); the
+    `targets` mask, depth (r,r,1). A failure is a `DatasetError` naming the image and the
+    sample's source."""
     out = {}
-    for key in INPUTS + TARGETS:
+    for key in INPUTS + tuple(targets):
         try:
             image = decode_image(record[key], "RGB" if key in INPUTS else "L", resolution)
         except Exception as e:  # noqa: BLE001 - re-raised with the sample's name
@@ -234,6 +237,7 @@ class ReadBatch(grain.transforms.Map):
     resolution: int
     crop: int = 0
     seed: int = 0
+    targets: tuple = TARGETS  # the targets the dataset has (`datasets.target_heads`)
 
     def _window(self, element: int) -> tuple[slice, slice]:
         if not self.crop:
@@ -246,11 +250,12 @@ class ReadBatch(grain.transforms.Map):
         size, count = self.crop or self.resolution, len(keys)
         batch = {
             key: np.empty((count, size, size, 3 if key in INPUTS else 1), np.uint8)
-            for key in INPUTS + TARGETS
+            for key in INPUTS + self.targets
         }
         for row, (record, element) in enumerate(keys):
             window = self._window(element)
-            for key, image in decode_sample(self.source[int(record)], self.resolution).items():
+            record = self.source[int(record)]
+            for key, image in decode_sample(record, self.resolution, self.targets).items():
                 batch[key][row] = image[window]
         batch[names.INDEX] = keys[:, 1].astype(np.int32)
         return batch
@@ -311,7 +316,8 @@ def create_loader(
         )
     ds = ds.batch(int(batch_size))[index::count]  # this process's block of each global batch
     ds = ds.repeat(num_epochs)  # reseeds the shuffle and crops every epoch
-    ds = ds.map(ReadBatch(source, int(resolution), int(crop), int(seed) % 2**32))
+    targets = tuple(datasets.target_heads(ds_config))
+    ds = ds.map(ReadBatch(source, int(resolution), int(crop), int(seed) % 2**32, targets))
     return _prefetched(ds, settings, ds_config.prefetch_batches, worker_count)
 
 

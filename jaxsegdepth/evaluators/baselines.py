@@ -77,7 +77,7 @@ class Baselines(base.Evaluator):
         for batch in pipeline.eval_batches(
             config.dataset, split, config.seed, resolution, 64, shard=(0, 1)
         ):
-            yield {k: preprocess.unit(batch[k]) for k in names.INPUTS + names.HEADS}
+            yield {k: preprocess.unit(v) for k, v in batch.items() if k != names.INDEX}
 
     def run(self, state, resolution: int) -> base.Result:
         del state
@@ -86,8 +86,9 @@ class Baselines(base.Evaluator):
             iou_sums += np.asarray(
                 threshold_iou_sums(channel_difference(batch), batch["mask"], DIFF_THRESHOLDS)
             )
-            depth_sum = depth_sum + batch["depth"].astype(np.float64).sum(axis=0)
-            count += len(batch["depth"])
+            if "depth" in batch:  # a dataset without depth maps has no mean depth map
+                depth_sum = depth_sum + batch["depth"].astype(np.float64).sum(axis=0)
+            count += len(batch["mask"])
         threshold = best_threshold(iou_sums)
         mean_map, totals = (depth_sum / count).astype(np.float32), {}
         for batch in self._batches("validation", resolution):
@@ -101,13 +102,14 @@ class Baselines(base.Evaluator):
                 "ceiling_iou": ceiling_iou(batch["mask"]),
                 "images": n,
             }
-            sums.update(
-                metrics.depth_sums(
-                    np.broadcast_to(mean_map, batch["depth"].shape),
-                    batch["depth"],
-                    np.ones(n, np.float32),
+            if "depth" in batch:
+                sums.update(
+                    metrics.depth_sums(
+                        np.broadcast_to(mean_map, batch["depth"].shape),
+                        batch["depth"],
+                        np.ones(n, np.float32),
+                    )
                 )
-            )
             base.add(totals, {k: float(v) for k, v in sums.items()})
         result = {}
         if "mask" in self.context.heads:

@@ -127,7 +127,7 @@ def sweep(config: ml_collections.ConfigDict) -> dict:
     )
     local_batch = mesh_lib.check_batch_size(mesh, global_batch)
     batches = iter(pipeline.train_batches(config.dataset, config.seed, resolution, local_batch))
-    keys = names.INPUTS + tuple(config.loss.keys()) + (names.INDEX,)  # what the train step uses
+    keys = names.INPUTS + tuple(build.loss_spec(config)) + (names.INDEX,)  # what the step uses
     bar = reporting.progress_bar(
         cfg.num_steps, "LR range test", enabled=jax.process_index() == 0, unit="step"
     )

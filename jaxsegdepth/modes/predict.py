@@ -6,28 +6,30 @@ Input (`config.predict.bg`, `config.predict.bg_fg`): two image files, or two fol
 are paired by name without the extension (`bg/room1.jpg` with `bg_fg/room1.png`). Any size and
 any format PIL reads (EXIF rotation applied, converted to RGB).
 
-Each pair is resized (bilinear) to a model size - `predict.resolution` squared if set, else its
-own size with each side rounded to the nearest multiple of the model's stride (32 for DSResNet,
-at least one stride), after scaling down so the longer side is at most `predict.max_side`
-(0: no cap) - and handed to the predict step as uint8, which normalises it on the device with
-the model's own input statistics (its checkpoint's model card, `checkpointing.card`), so no dataset is
-needed; the predictions are resized back to
-the original size.
+Each pair goes through an `inference.Predictor` (the plate resized to its scene with one
+warning line when their sizes differ; the model size from `predict.resolution`, or each side
+rounded to the model's stride after scaling the longer side down to `predict.max_side`; the
+model's own input statistics from its model card, so no dataset is needed); the predictions
+come back at the scene's size.
 
 Written to `predict.output_dir` (default `WORKDIR/predictions_user`), per pair `NAME`:
 - `NAME_mask_prob.png`  mask probability, 8-bit grey (0-255 for 0-1)
 - `NAME_mask.png`       mask thresholded at `predict.threshold` (0 or 255)
+- `NAME_cutout.png`     the scene as RGBA, alpha the mask probability
+- `NAME_composite.png`  with `predict.replace_bg` (a colour R,G,B or an image file): the scene
+  over that background, weighted by the mask probability
 - `NAME_depth.png`      depth (sigmoid output in [0, 1]) through the `predict.colormap` colour map
 - `NAME_depth.npy`      depth as float32 (H, W) in [0, 1], the input's original size
 - `NAME_side_by_side.png`  bg | bg_fg | mask probability | mask over bg_fg | depth
-(no depth files for a mask-only model), and `summary.json` listing what was written and failed,
-and each pair's plate registration (`config.align`, `align.py`: the plate is registered onto its
-scene before the network; `bg` in the side-by-side is the registered plate).
+(no depth files for a model whose depth head was not trained), and `summary.json` listing what
+was written and failed, and each pair's plate registration (`config.align`, `align.py`: the
+plate is registered onto its scene before the network; `bg` in the side-by-side is the
+registered plate).
 
-A pair with a missing partner, an unreadable file or two images of different sizes is reported by
-file name and skipped; the others are still processed. If any pair failed, `run` raises
-`errors.RunError` (exit 1) naming every failure, after writing the good pairs. Nothing to predict
-(inputs not set, a path that does not exist, empty folders) is an `errors.UsageError` (exit 2).
+A pair with a missing partner or an unreadable file is reported by file name and skipped; the
+others are still processed. If any pair failed, `run` raises `errors.RunError` (exit 1) naming
+every failure, after writing the good pairs. Nothing to predict (inputs not set, a path that
+does not exist, empty folders) is an `errors.UsageError` (exit 2).
 
 With `config.predict.video` (a clip from a fixed camera, `predict.bg_fg` empty) the same model,
 loaded the same way, predicts every frame against a plate into videos: `video/from_config.py`.
@@ -43,10 +45,10 @@ import jax
 import ml_collections
 import numpy as np
 from matplotlib import colormaps
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from jaxsegdepth import align, build, errors, mesh as mesh_lib, models, reporting
-from jaxsegdepth.checkpointing import select, store
+from jaxsegdepth import align, build, errors, inference, mesh as mesh_lib, models, reporting
+from jaxsegdepth.checkpointing import card, select, store
 from jaxsegdepth.data import pipeline
 from jaxsegdepth.video import from_config as video_from_config
 
@@ -94,6 +96,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"predict.colormap={cfg.colormap!r} is not a matplotlib colour "
             "map (e.g. viridis, magma, plasma, inferno, turbo)"
         )
+    if cfg.replace_bg and not cfg.video:
+        try:
+            inference.background(cfg.replace_bg, 1, 1)
+        except ValueError as error:
+            raise errors.UsageError(f"predict.{error}") from error
     store.validate(config)
     pipeline.validate(config.dataset)
     align.Settings.from_config(config.get("align"))
@@ -167,72 +174,28 @@ def _files_by_name(folder: str, failures: list) -> dict[str, list[str]]:
     return by_name
 
 
-def read_image(path: str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, EXIF orientation applied; `ValueError` naming `path` if unreadable."""
-    try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        raise ValueError(f"{path}: cannot be read as an image ({error})") from error
-
-
-def model_size(
-    height: int, width: int, stride: int, resolution: int = 0, max_side: int = 0
-) -> tuple[int, int]:
-    """(height, width) the model sees: `resolution` squared, or each side rounded to `stride`."""
-    if resolution:
-        return resolution, resolution
-    scale = min(1.0, max_side / max(height, width)) if max_side else 1.0
-    return tuple(
-        max(stride, int(round(side * scale / stride)) * stride) for side in (height, width)
-    )
-
-
 def _model_hw(config: ml_collections.ConfigDict) -> Callable[[int, int], tuple[int, int]]:
-    """`model_size` under `config`'s model and `config.predict`: (height, width) -> model size."""
+    """`inference.model_size` under `config`'s model and `config.predict`: (height, width) ->
+    model size."""
     return functools.partial(
-        model_size,
+        inference.model_size,
         stride=models.MODELS[config.model].STRIDE,
         resolution=config.predict.resolution,
         max_side=config.predict.max_side,
     )
 
 
-def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a uint8 RGB (H, W, 3) or float (H, W) array to `size` = (h, w)."""
-    if image.shape[:2] == tuple(size):
-        return image
-    if image.dtype == np.uint8:
-        return np.asarray(Image.fromarray(image).resize(size[::-1], Image.BILINEAR))
-    resized = Image.fromarray(np.asarray(image, np.float32)).resize(size[::-1], Image.BILINEAR)
-    return np.asarray(resized, np.float32)
-
-
 # -- one pair -------------------------------------------------------------------------------
-
-
-def predict_pair(
-    predict_fn: Callable, bg: np.ndarray, bg_fg: np.ndarray, model_hw: tuple[int, int]
-) -> dict:
-    """{head: (H, W) float32 probability} at the input's size for one uint8 RGB pair: resized
-    to `model_hw` and run by `predict_fn` (which normalises)."""
-    inputs = [resize(image, model_hw)[None] for image in (bg, bg_fg)]
-    outputs = jax.device_get(predict_fn(*inputs))
-    return {
-        head: np.clip(resize(np.asarray(value[0, ..., 0], np.float32), bg.shape[:2]), 0, 1)
-        for head, value in outputs.items()
-    }
 
 
 def write_outputs(
     output_dir: str,
     name: str,
-    bg: np.ndarray,
-    bg_fg: np.ndarray,
-    outputs: dict,
+    plate: np.ndarray,
+    result: inference.Result,
     threshold: float,
     colormap: str,
+    replace_bg: str = "",
 ) -> list[str]:
     """Writes one pair's files (see the module doc); returns their paths."""
     paths = []
@@ -244,23 +207,25 @@ def write_outputs(
         else:
             Image.fromarray(array).save(paths[-1])
 
-    mask = outputs["mask"]
-    binary = (mask >= threshold).astype(np.uint8) * 255
+    scene, mask = result.scene, result.mask_prob
+    binary = result.mask.astype(np.uint8) * 255
     save("mask_prob.png", reporting.to_rgb("mask", mask)[..., 0])
     save("mask.png", binary)
-    overlay = bg_fg.astype(np.float32)
-    overlay[binary > 0] = 0.5 * overlay[binary > 0] + 0.5 * np.array([255, 0, 0], np.float32)
+    save("cutout.png", result.cutout())
+    if replace_bg:
+        save("composite.png", result.composite(replace_bg))
+    overlay = scene.astype(np.float32)
+    overlay[result.mask] = 0.5 * overlay[result.mask] + 0.5 * np.array([255, 0, 0], np.float32)
     columns = [
-        ("bg", [bg]),
-        ("bg_fg", [bg_fg]),
+        ("bg", [plate]),
+        ("bg_fg", [scene]),
         ("mask probability", [mask]),
         (f"mask >= {threshold:g}", [overlay.astype(np.uint8)]),
     ]
-    if "depth" in outputs:
-        depth = outputs["depth"].astype(np.float32)
-        colour = reporting.to_rgb("depth", depth, colormap)
+    if result.depth is not None:
+        colour = reporting.to_rgb("depth", result.depth, colormap)
         save("depth.png", colour)
-        save("depth.npy", depth)
+        save("depth.npy", result.depth)
         columns.append(("depth", [colour]))
     save("side_by_side.png", reporting.image_grid(columns, max_tile=SIDE_BY_SIDE_MAX_TILE))
     return paths
@@ -270,42 +235,36 @@ def write_outputs(
 
 
 def predict_pairs(
-    predict_fn: Callable,
+    predictor: inference.Predictor,
     pairs: list[Pair],
     output_dir: str,
     *,
-    stride: int,
-    threshold: float = 0.5,
-    resolution: int = 0,
-    max_side: int = 0,
     colormap: str = "viridis",
+    replace_bg: str = "",
     failures: Optional[list[Failure]] = None,
-    alignment: align.Settings = align.Settings(enabled=False),
 ) -> dict:
-    """Predicts and writes every pair, its plate registered onto its scene as `alignment` says;
-    a failing pair is recorded, not raised. Returns the summary written to `summary.json`."""
+    """Predicts and writes every pair (its plate registered onto its scene as the predictor's
+    `alignment` says); a failing pair is recorded, not raised. Returns the summary written to
+    `summary.json`."""
     os.makedirs(output_dir, exist_ok=True)
     failures = list(failures or [])
     written, registration = {}, {}
     for pair in pairs:
         try:
-            bg, bg_fg = read_image(pair.bg), read_image(pair.bg_fg)
-            if bg.shape != bg_fg.shape:
-                raise ValueError(
-                    f"{pair.bg} is {bg.shape[1]}x{bg.shape[0]} but {pair.bg_fg} is "
-                    f"{bg_fg.shape[1]}x{bg_fg.shape[0]} (width x height): the two "
-                    "images of a pair must have the same size"
-                )
-            bg, estimate = align.register(bg, bg_fg, alignment)
-            registration[pair.name] = estimate.to_json()
-            if estimate.refused:
-                reporting.warn(f"{pair.name}: registration {estimate.status}; plate used as it is")
-            model_hw = model_size(*bg.shape[:2], stride, resolution, max_side)
-            outputs = predict_pair(predict_fn, bg, bg_fg, model_hw)
+            prepared = predictor.prepare(pair.bg, pair.bg_fg, pair.name)
+            result = predictor.predict([prepared])[0]
+            registration[pair.name] = result.registration
             written[pair.name] = write_outputs(
-                output_dir, pair.name, bg, bg_fg, outputs, threshold, colormap
+                output_dir,
+                pair.name,
+                prepared.plate,
+                result,
+                predictor.threshold,
+                colormap,
+                replace_bg,
             )
-            reporting.say(f"predicted {pair.name} ({bg.shape[1]}x{bg.shape[0]})")
+            scene = prepared.scene
+            reporting.say(f"predicted {pair.name} ({scene.shape[1]}x{scene.shape[0]})")
         except Exception as error:  # one bad pair must not stop the others
             message = (
                 str(error)
@@ -324,11 +283,33 @@ def predict_pairs(
     return summary
 
 
-def load_predict_fn(config: ml_collections.ConfigDict, workdir: str) -> Callable:
-    """The model to predict with as `predict_fn(bg, bg_fg)` on one device: uint8 RGB batches in,
-    {head: probabilities} out."""
+def check_summary(summary: dict) -> None:
+    """Raises `errors.RunError` naming every failed pair of `summary` (exit 1), else says where
+    the outputs went."""
+    done = f"{len(summary['written'])} pair(s) written to {summary['output_dir']}"
+    if summary["failed"]:
+        raise errors.RunError(
+            f"{len(summary['failed'])} pair(s) failed ({done}; details in "
+            f"summary.json): " + "; ".join(f["error"] for f in summary["failed"])
+        )
+    reporting.say(f"Predicted {done}")
+
+
+def load_predictor(config: ml_collections.ConfigDict, workdir: str) -> inference.Predictor:
+    """The model to predict with on one device, under `config.predict`'s and `config.align`'s
+    settings."""
     loaded = select.for_inference(config, workdir, mesh_lib.create_mesh(jax.local_devices()[:1]))
-    return functools.partial(loaded.predict_step, loaded.model.state)
+    model = loaded.model
+    model_card = model.card or card.create(config, loaded.normalization, 0, build.heads(config))
+    return inference.Predictor(
+        functools.partial(loaded.predict_step, model.state),
+        model_card,
+        model.source,
+        threshold=config.predict.threshold,
+        resolution=config.predict.resolution,
+        max_side=config.predict.max_side,
+        alignment=align.Settings.from_config(config.get("align")),
+    )
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -337,29 +318,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     good ones."""
     cfg = config.predict
     if cfg.video:
-        return video_from_config.run(
-            config, workdir, load_predict_fn(config, workdir), _model_hw(config)
-        )
+        predictor = load_predictor(config, workdir)
+        return video_from_config.run(config, workdir, predictor.forward, predictor.model_hw)
     pairs, failures = find_pairs(cfg.bg, cfg.bg_fg)
-    predict_fn = load_predict_fn(config, workdir)
-    output_dir = cfg.output_dir or os.path.join(workdir, "predictions_user")
     summary = predict_pairs(
-        predict_fn,
+        load_predictor(config, workdir),
         pairs,
-        output_dir,
-        stride=models.MODELS[config.model].STRIDE,
-        threshold=cfg.threshold,
-        resolution=cfg.resolution,
-        max_side=cfg.max_side,
+        cfg.output_dir or os.path.join(workdir, "predictions_user"),
         colormap=cfg.colormap,
+        replace_bg=cfg.replace_bg,
         failures=failures,
-        alignment=align.Settings.from_config(config.get("align")),
     )
-    done = f"{len(summary['written'])} pair(s) written to {output_dir}"
-    if summary["failed"]:
-        raise errors.RunError(
-            f"{len(summary['failed'])} pair(s) failed ({done}; details in "
-            f"summary.json): " + "; ".join(f["error"] for f in summary["failed"])
-        )
-    reporting.say(f"Predicted {done}")
+    check_summary(summary)
     return summary

@@ -33,7 +33,6 @@ from jaxsegdepth import (
     build,
     errors,
     loop,
-    losses,
     mesh as mesh_lib,
     names,
     optim,
@@ -63,7 +62,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for field, minimum in (("log_every_steps", 1), ("steps_per_epoch", 0)):
         if config[field] < minimum:
             raise errors.UsageError(f"{field}={config[field]}: expected >= {minimum}")
-    monitors = names.monitor_names(build.heads(config), losses.validate_spec(config.loss))
+    missing = build.missing_targets(config)
+    if missing:
+        reporting.warn(
+            f"dataset {config.dataset.name} has no {' or '.join(missing)} targets: the loss "
+            f"trains {list(build.loss_spec(config))} alone"
+        )
+    monitors = names.monitor_names(build.heads(config), build.loss_spec(config))
     if config.checkpoint.monitor not in monitors:
         raise errors.UsageError(
             f"checkpoint.monitor={config.checkpoint.monitor!r}: expected one of {sorted(monitors)}"
@@ -157,7 +162,7 @@ def _trainer(config, mesh, per_epoch, checkpointer, reporter, stop, normalizatio
         eval_step=eval_step,
         predict_step=predict_step,
         schedule=optim.learning_rate_schedule(config, per_epoch),
-        weighting=weighting.from_config(config),
+        weighting=weighting.from_config(config, tuple(build.loss_spec(config))),
         checkpointer=checkpointer,
         reporter=reporter,
         evaluators={
@@ -355,7 +360,7 @@ def _save(
         }
     )
     resolution = trainer.stages[trainer.stage_of(int(jax.device_get(state.step)) - 1)].resolution
-    model_card = card.create(trainer.config, trainer.normalization, resolution)
+    model_card = card.create(trainer.config, trainer.normalization, resolution, trainer.heads)
     trainer.checkpointer.save(state, progress.to_json(), numbers, model_card)
 
 

@@ -15,13 +15,16 @@ OUTPUTS = ("mask_prob", "mask", "depth", "composite", "side_by_side")
 DEFAULT_OUTPUTS = ("mask_prob", "mask", "depth", "side_by_side")
 GREY_OUTPUTS = ("mask_prob", "mask")
 VIDEO_FORMATS = ("mp4", "png")
+DEFAULT_BACKGROUND = "0,255,0"
 SIDE_BY_SIDE_MAX_HEIGHT = 360
 PNG_COMPRESSION = 1  # zlib level (0-9): encoding speed before file size
 
 
 def replacement_background(replace_bg: str, height: int, width: int) -> np.ndarray:
     """The background "composite" puts the clip's foreground over, (H, W, 3) uint8 RGB:
-    `replace_bg` is a colour "R,G,B" (0-255 each) or an image file, stretched to the size."""
+    `replace_bg` is a colour "R,G,B" (0-255 each) or an image file, stretched to the size;
+    empty: `DEFAULT_BACKGROUND`."""
+    replace_bg = replace_bg or DEFAULT_BACKGROUND
     match = re.fullmatch(r"\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*", replace_bg)
     if match and all(int(value) <= 255 for value in match.groups()):
         return np.full((height, width, 3), [int(value) for value in match.groups()], np.uint8)
