@@ -168,7 +168,7 @@ def test_load_without_a_path_reads_the_bundled_model(dsresnet_bundle, monkeypatc
     monkeypatch.setattr(inference, "BUNDLED", str(tmp_path))
     with pytest.raises(ValueError, match=f"{tmp_path}: this install has no bundled model"):
         inference.load()
-    with pytest.raises(ValueError, match=f"{tmp_path}: no model there"):
+    with pytest.raises(ValueError, match=f"{tmp_path}: no checkpoints folder there .* bundle"):
         inference.load(str(tmp_path))
 
 
