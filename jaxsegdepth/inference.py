@@ -273,8 +273,7 @@ def read_variables(path: str) -> tuple[dict, dict, str]:
             raise errors.UsageError(f"{path}: an export holds a compiled function, no weights")
         return select.read_model(where)
     except errors.UsageError as error:
-        message = str(error).removeprefix(f"model={path}: ").removesuffix(")")
-        raise ValueError(f"{path}: {message}, or a bundle folder with {bundle.WEIGHTS})") from error
+        raise ValueError(f"{path}: {str(error).removeprefix(f'model={path}: ')}") from error
 
 
 def make_state(variables: dict, model_card: dict) -> steps.TrainState:

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -67,8 +68,36 @@ def test_a_path_that_is_neither_is_one_line_naming_it(tmp_path):
         select.resolve(str(tmp_path / "nowhere") + ":2", None, "model_path")
     assert str(raised.value) == (
         f"model_path={tmp_path / 'nowhere'}:2: no checkpoints folder there (expected a run's "
-        "workdir or its checkpoints folder, optionally with :STEP, or an export folder)"
+        "workdir or its checkpoints folder, optionally with :STEP, an export folder or a bundle "
+        "folder with model.safetensors)"
     )
+
+
+def test_a_bundle_is_read_like_a_checkpoint_by_evaluate_predict_and_a_warm_start(
+    dsresnet_bundle, dsresnet_state
+):
+    """The shipped weights' format (`bundle.py`) through `model_path` and `init_from`: the
+    bundle's variables as the state's (float32 written, so exactly), its card; another model
+    is refused in one line."""
+    config = default.get_config()
+    config.model_path = dsresnet_bundle
+    assert select.resolve(dsresnet_bundle, None, "model_path").kind == "bundle"
+    restored = select.load_for_inference(config, "")
+    assert restored.weights == "bundle" and restored.card["model"] == "dsresnet"
+    expected = {"params": dsresnet_state.params, "batch_stats": dsresnet_state.batch_stats}
+    got = {"params": restored.state.params, "batch_stats": restored.state.batch_stats}
+    assert jax.tree.structure(got) == jax.tree.structure(expected)
+    for mine, theirs in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+        np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs))
+    config.init_from = dsresnet_bundle
+    variables, card, source = select.load_variables(config)
+    np.testing.assert_array_equal(
+        np.asarray(jax.tree.leaves(variables)[0]), np.asarray(jax.tree.leaves(expected)[0])
+    )
+    assert card["model"] == "dsresnet" and dsresnet_bundle in source
+    config.model = "masknet"
+    with pytest.raises(errors.UsageError, match="holds a dsresnet model, which model=masknet"):
+        select.load_for_inference(config, "")
 
 
 def test_an_old_name_is_refused_naming_the_new_one(tmp_path):

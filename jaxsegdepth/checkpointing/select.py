@@ -3,7 +3,9 @@
 A model is named the way the installed command's `--model` names one (`resolve`): `RUN` or
 `RUN:STEP`, RUN a run's workdir or its checkpoints folder, STEP one of its checkpoints (default:
 the best, else the latest); `:STEP` alone is WORKDIR's; an export folder (`mode=export`'s) is
-recognised and named as such. Training warm-starts from `config.init_from`; evaluate, predict
+recognised and named as such, and so is a bundle (`bundle.py`: the shipped weights, which
+evaluate and predict read, and a warm start starts from, like a checkpoint). Training
+warm-starts from `config.init_from`; evaluate, predict
 and export read `config.model_path` (empty: WORKDIR's best). A checkpoint of another model is
 refused in one line, naming the difference, before anything compiles.
 """
@@ -20,7 +22,7 @@ import optax
 from flax import traverse_util
 from jax.sharding import Mesh
 
-from jaxsegdepth import artifact, build, errors, mesh as mesh_lib, models, reporting, steps
+from jaxsegdepth import artifact, build, bundle, errors, mesh as mesh_lib, models, reporting, steps
 from jaxsegdepth.checkpointing import card, store
 from jaxsegdepth.data import pipeline
 
@@ -55,6 +57,8 @@ def load_for_inference(
     """
     mesh = mesh_lib.create_mesh() if mesh is None else mesh
     where = resolve(config.model_path, workdir, "model_path")
+    if where.kind == "bundle":
+        return _from_bundle(config, where, mesh)
     with _checked_checkpoint(config, where, mesh) as (checkpointer, step, source, target):
         variables, weights, source = _model_variables(checkpointer, step, target, source)
         parts = checkpointer.restore_parts(step, {"step": target.step})
@@ -97,6 +101,43 @@ def for_inference(
     return Inference(model, normalization, mesh, eval_step, predict_step)
 
 
+def _from_bundle(config: ml_collections.ConfigDict, where: "ModelPath", mesh: Mesh) -> Restored:
+    """A bundle's model (`bundle.py`: the shipped weights, float16 or float32) as a state of
+    `config.model` for inference, its variables cast to the model's dtypes."""
+    variables, model_card = bundle.load(where.path)
+    if model_card.get("model") != config.model:
+        raise errors.UsageError(
+            f"{where.field}{where.path} holds a {model_card.get('model')} model, which "
+            f"model={config.model} cannot load (--config.model={model_card.get('model')} can)"
+        )
+    target = build.abstract_state(config, mesh)
+    wanted = _variables(target)
+    try:
+        variables = jax.tree.map(
+            lambda value, leaf: jax.device_put(np.asarray(value, leaf.dtype), leaf.sharding),
+            {key: variables.get(key, {}) for key in wanted},
+            wanted,
+        )
+    except ValueError as error:
+        raise errors.UsageError(
+            f"{where.field}{where.path} does not fit model={config.model}: {error}"
+        ) from error
+    step = jax.device_put(np.int32(model_card.get("step", 0)), target.step.sharding)
+    state = target.replace(
+        step=step,
+        tx=optax.identity(),
+        opt_state=(),
+        ema={},
+        weighting={},
+        plateau=None,
+        rng=None,
+        nonfinite_step=None,
+        **variables,
+    )
+    source = f"the bundle {where.path} ({model_card.get('weights_dtype', 'float32')} weights)"
+    return Restored(state, model_card, source, where.path, "bundle")
+
+
 def load_variables(config: ml_collections.ConfigDict, mesh: Optional[Mesh] = None) -> tuple:
     """(parameters and batch statistics, model card or None, a phrase naming the checkpoint)
     of `config.init_from`'s checkpoint, replicated on `mesh`; nothing else of it is read, so
@@ -104,6 +145,9 @@ def load_variables(config: ml_collections.ConfigDict, mesh: Optional[Mesh] = Non
     `load_for_inference`."""
     mesh = mesh_lib.create_mesh() if mesh is None else mesh
     where = resolve(config.init_from, None, "init_from")
+    if where.kind == "bundle":
+        restored = _from_bundle(config, where, mesh)
+        return _variables(restored.state), restored.card, restored.source
     with _checked_checkpoint(config, where, mesh) as (checkpointer, step, source, target):
         variables, _, source = _model_variables(checkpointer, step, target, source)
         return variables, checkpointer.restore_card(step), source
@@ -112,7 +156,8 @@ def load_variables(config: ml_collections.ConfigDict, mesh: Optional[Mesh] = Non
 @dataclasses.dataclass(frozen=True)
 class ModelPath:
     """Where a model is: `kind` "run" (`path` its workdir, `step` -1 for its best, else that
-    step) or "export" (`path` the export folder); `field` prefixes errors ("init_from=X: "),
+    step), "export" (`path` the export folder) or "bundle" (`path` a folder of `bundle.py`'s
+    shipped weights and card); `field` prefixes errors ("init_from=X: "),
     empty for WORKDIR's own checkpoints."""
 
     kind: str
@@ -123,8 +168,8 @@ class ModelPath:
 
 def resolve(value: str, workdir: Optional[str], name: str) -> ModelPath:
     """Where `value` of setting `name` points: `RUN`, `RUN:STEP`, `RUN/checkpoints[:STEP]`,
-    an export folder (or its model file), `:STEP` (`workdir`'s) or "" (`workdir`'s best).
-    A path that is neither a run nor an export is an `errors.UsageError` naming it."""
+    an export folder (or its model file), a bundle folder, `:STEP` (`workdir`'s) or ""
+    (`workdir`'s best). A path that is none of them is an `errors.UsageError` naming it."""
     path, colon, step = value.rpartition(":")
     path, step = (path, int(step)) if colon and step.isdigit() else (value, -1)
     if not path:
@@ -140,9 +185,12 @@ def resolve(value: str, workdir: Optional[str], name: str) -> ModelPath:
     folder = os.path.dirname(normalized) if normalized.endswith(artifact.ARTIFACT) else path
     if step < 0 and os.path.isfile(os.path.join(folder, artifact.ARTIFACT)):
         return ModelPath("export", folder, step, field)
+    if step < 0 and bundle.is_bundle(path):
+        return ModelPath("bundle", path, step, field)
     raise errors.UsageError(
         f"{field}no checkpoints folder there (expected a run's workdir or its "
-        f"{store.CHECKPOINT_DIR} folder, optionally with :STEP, or an export folder)"
+        f"{store.CHECKPOINT_DIR} folder, optionally with :STEP, an export folder or a bundle "
+        f"folder with {bundle.WEIGHTS})"
     )
 
 
