@@ -15,10 +15,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0
     # train: start from the parameters and batch statistics of another run's checkpoint
     # (optimizer, schedule and step fresh), PATH or PATH:STEP (PATH its workdir or checkpoints
-    # folder; STEP default: its best, else latest).
+    # folder; STEP default: its best, else latest), or of a bundle (e.g. jaxsegdepth/weights).
     config.init_from = ""
     # evaluate/predict/export: the model they read, as the jaxsegdepth command's --model: RUN or
-    # RUN:STEP (another run's checkpoint), :STEP (WORKDIR's at that step); "": WORKDIR's best.
+    # RUN:STEP (another run's checkpoint), :STEP (WORKDIR's at that step), a bundle folder (the
+    # shipped model: jaxsegdepth/weights); "": WORKDIR's best.
     config.model_path = ""
     # The input statistics a model runs with. "auto": a new run takes config.dataset's; a resumed
     # or warm-started run and evaluate/predict/export keep those of the model they read (its
