@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from configs import default
-from jaxsegdepth import artifact, errors, names
+from jaxsegdepth import artifact, errors, inference, names
 from jaxsegdepth.checkpointing import resume, select, store
 from jaxsegdepth.data import pipeline
 from jaxsegdepth.modes import export
@@ -71,6 +71,21 @@ def test_a_path_that_is_neither_is_one_line_naming_it(tmp_path):
         "workdir or its checkpoints folder, optionally with :STEP, an export folder or a bundle "
         "folder with model.safetensors)"
     )
+
+
+def test_the_command_reads_a_run_from_its_card_alone_as_the_modes_read_it(trained):
+    """`inference.read_variables` (the command's and `jaxsegdepth.load`'s way in: no config)
+    gives the very variables `select.load_for_inference` (the modes', with the recipe) does."""
+    config, workdir, _ = trained
+    variables, card, source = inference.read_variables(f"{workdir}:3")
+    state = select.load_for_inference(config, workdir).state
+    expected = {"params": state.params, "batch_stats": state.batch_stats}
+    assert jax.tree.structure(variables) == jax.tree.structure(expected)
+    for mine, theirs in zip(jax.tree.leaves(variables), jax.tree.leaves(expected)):
+        np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs))
+    assert card["model"] == "masknet" and source == f"step 3 of {workdir}/checkpoints"
+    with pytest.raises(ValueError, match=f"{workdir}:9: no checkpoint at step 9 in "):
+        inference.read_variables(f"{workdir}:9")
 
 
 def test_a_bundle_is_read_like_a_checkpoint_by_evaluate_predict_and_a_warm_start(

@@ -60,7 +60,9 @@ def load_for_inference(
     if where.kind == "bundle":
         return _from_bundle(config, where, mesh)
     with _checked_checkpoint(config, where, mesh) as (checkpointer, step, source, target):
-        variables, weights, source = _model_variables(checkpointer, step, target, source)
+        variables, weights, source = _model_variables(
+            checkpointer, step, _variables(target), source
+        )
         parts = checkpointer.restore_parts(step, {"step": target.step})
         model_card = checkpointer.restore_card(step)
     state = target.replace(
@@ -149,7 +151,7 @@ def load_variables(config: ml_collections.ConfigDict, mesh: Optional[Mesh] = Non
         restored = _from_bundle(config, where, mesh)
         return _variables(restored.state), restored.card, restored.source
     with _checked_checkpoint(config, where, mesh) as (checkpointer, step, source, target):
-        variables, _, source = _model_variables(checkpointer, step, target, source)
+        variables, _, source = _model_variables(checkpointer, step, _variables(target), source)
         return variables, checkpointer.restore_card(step), source
 
 
@@ -258,14 +260,15 @@ def _variables(state) -> dict:
     return {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def _model_variables(checkpointer, step: int, target, source: str) -> tuple[dict, str, str]:
-    """(the model's variables at `step`, which they are, `source` naming them): the moving
-    average ("ema") when the run kept one (`config.ema_decay`), else the trained parameters
-    and batch statistics ("trained")."""
+def _model_variables(checkpointer, step: int, target: dict, source: str) -> tuple[dict, str, str]:
+    """(the model's variables at `step`, read into `target`'s {"params", "batch_stats"}
+    shapes, which they are, `source` naming them): the moving average ("ema") when the run
+    kept one (`config.ema_decay`), else the trained parameters and batch statistics
+    ("trained")."""
     if checkpointer.has_ema(step):
-        ema = checkpointer.restore_parts(step, {"ema": _variables(target)})["ema"]
+        ema = checkpointer.restore_parts(step, {"ema": target})["ema"]
         return ema, "ema", f"{source} (its EMA weights)"
-    return checkpointer.restore_parts(step, _variables(target)), "trained", source
+    return checkpointer.restore_parts(step, target), "trained", source
 
 
 @contextlib.contextmanager
