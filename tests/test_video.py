@@ -10,6 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
+from jaxsegdepth import align
+from jaxsegdepth.data import photos
 from jaxsegdepth.video import clips as clips_lib, outputs, pixels, prediction, temporal
 
 SIZE = 96
@@ -144,6 +146,36 @@ def test_png_outputs_are_the_exact_arrays(clips, tmp_path):
         written = cv2.imread(os.path.join(summary["outputs"]["mask_prob"], name), -1)
         np.testing.assert_array_equal(written, pixels.to_uint8(probability))
     assert summary["fps_source"] == "fps argument" and summary["plate"] == clips["plate"]
+
+
+def test_a_shaky_camera_is_registered_frame_by_frame(tmp_path):
+    """A photograph's clip from a hand-held camera (`photos.shaky_clip`): with registration the
+    fake model's masks (the plate difference) find the object again; the summary holds one
+    estimate per frame, none refused."""
+    clip = photos.shaky_clip(0, 8, SIZE, jitter_px=1.5, drift_px=5.0, drift_deg=0.5)
+    folder = write_folder(str(tmp_path / "frames"), [f[..., ::-1] for f in clip.frames])
+    cv2.imwrite(str(tmp_path / "plate.png"), clip.plate[..., ::-1])
+    ious = {}
+    for enabled in (False, True):
+        summary = prediction.predict_clip(
+            fake_predict,
+            folder,
+            str(tmp_path / "plate.png"),
+            str(tmp_path / f"out_{enabled}"),
+            model_hw=(SIZE, SIZE),
+            outputs=("mask",),
+            video_format="png",
+            alignment=align.Settings(enabled=enabled),
+        )
+        masks = [
+            cv2.imread(os.path.join(summary["outputs"]["mask"], f"{t:06d}.png"), -1) > 0
+            for t in range(8)
+        ]
+        ious[enabled] = np.mean([(m & t).sum() / (m | t).sum() for m, t in zip(masks, clip.masks)])
+    registration = summary["registration"]
+    assert registration["frames"] == 8 and registration["refused"] == []
+    assert [e["status"] for e in registration["estimates"]] == ["aligned"] * 8
+    assert ious[True] > 0.8 and ious[True] > ious[False] + 0.3
 
 
 def test_plate_is_the_median_of_the_first_frames(clips, tmp_path):
