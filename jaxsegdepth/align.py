@@ -43,6 +43,7 @@ MOTIONS = {
     "homography": cv2.MOTION_HOMOGRAPHY,
 }
 BACKGROUND_QUANTILE = 0.6  # ECC fits the pixels whose residual is below this quantile
+MIN_SIDE = 16  # pixels: a smaller image is not registered (too little to fit)
 COARSE_LEVELS = 1  # ECC on the pair halved this many times first, then at the work scale
 # An estimate refused where this share of the pixels is within EXACT_LEVEL grey levels of the
 # scene (JPEG noise) is an exact plate: no motion ("still"), not a failure
@@ -258,6 +259,8 @@ def estimate(
     if not settings.enabled:
         return Estimate(IDENTITY, "off")
     height, width = scene.shape[:2]
+    if min(height, width) < MIN_SIDE:
+        return Estimate(IDENTITY, f"refused: {width}x{height} is too small to register")
     scale = min(1.0, settings.work_side / max(height, width))
     scene_grey, plate_grey = _grey(scene, scale), _grey(plate, scale)
     ratio = (plate_grey.mean() + 1e-3) / (scene_grey.mean() + 1e-3)

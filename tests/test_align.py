@@ -104,6 +104,12 @@ def test_an_implausible_estimate_is_refused_and_the_plate_kept(change, settings,
     np.testing.assert_array_equal(found.warp, np.eye(3))
 
 
+def test_an_image_too_small_to_register_is_refused():
+    plate = np.zeros((1, 40, 3), np.uint8)
+    registered, found = align.register(plate, plate.copy(), align.Settings())
+    assert found.status == "refused: 40x1 is too small to register" and registered is plate
+
+
 def test_settings_from_a_config_block_are_checked():
     block = ml_collections.ConfigDict(dict(enabled=True, motion="affine", work_side=128))
     assert align.Settings.from_config(block) == align.Settings(motion="affine", work_side=128)
