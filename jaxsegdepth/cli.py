@@ -1,8 +1,9 @@
-"""The installed `jaxsegdepth` command: predict with a trained model, export one.
+"""The installed `jaxsegdepth` command: predict with a trained model, export one, serve one.
 
     jaxsegdepth predict PLATE SCENE [-o OUT] [--model M] [--replace-bg COLOUR|IMAGE] ...
     jaxsegdepth predict --plate-frames N CLIP [-o OUT] ...
     jaxsegdepth export --model RUN[:STEP] [--format safetensors|jax] [-o DIR]
+    jaxsegdepth serve [--model M] [--port 8000] [--size R] ...   (serve/, docs/serving.md)
 
 `--model` is a run folder (optionally `:STEP`), an export or a bundle folder; by default the
 model shipped in the package. No recipe is needed: the model card says what to build, and the
@@ -20,7 +21,7 @@ import os
 import sys
 from typing import Optional
 
-from jaxsegdepth import errors, inference
+from jaxsegdepth import errors, inference, serve
 
 CLIP_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 VIDEO_DEFAULTS = dict(  # the clip settings `video/from_config.py` reads, at their defaults
@@ -105,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--batch-size", type=int, default=0, help="jax: a fixed batch (0: any)")
     export.add_argument("-o", "--output", required=True, help="output folder")
+    serve.add_parser(commands)
     return parser
 
 
@@ -267,7 +269,7 @@ def main(argv: Optional[list] = None) -> int:
 
     logging.set_verbosity(logging.ERROR)
     try:
-        {"predict": predict, "export": export}[args.command](args)
+        {"predict": predict, "export": export, "serve": serve.main}[args.command](args)
     except (errors.UsageError, errors.RunError) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return error.exit_code
