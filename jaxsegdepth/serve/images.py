@@ -29,16 +29,16 @@ def decode(data: bytes, field: str, max_pixels: int) -> np.ndarray:
     `Refused` 400 (empty, not an image, truncated) or 413 (over `max_pixels`) naming `field`."""
     if not data:
         raise Refused(400, f"{field}: empty file (expected a PNG, JPEG or other image)")
+    too_many = f"more than the server's --max-pixels={max_pixels}"
     try:
         image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as error:  # Pillow's own, larger limit
+        raise Refused(413, f"{field}: {too_many} ({error})")
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise Refused(400, f"{field}: not an image (expected a PNG, JPEG or other image)")
     width, height = image.size
     if width * height > max_pixels:
-        raise Refused(
-            413,
-            f"{field}: {width}x{height} pixels, more than the server's --max-pixels={max_pixels}",
-        )
+        raise Refused(413, f"{field}: {width}x{height} pixels, {too_many}")
     try:
         return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
