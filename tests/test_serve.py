@@ -1,8 +1,8 @@
 """`jaxsegdepth serve` (serve/): the batcher in this process with a model that waits when told
 to; the API against a real server process on 127.0.0.1 (a random-init DSResNet bundle, 64x64
 pinned), its answers against the in-process `Predictor`, concurrent requests and every error;
-a second server, never compiled before, for the request timeout and the full queue; the page in
-headless Chromium (test_serve_page.py)."""
+a second server, never compiled before, for the request timeout and the full queue; the page
+in headless Chromium with its fake camera, on the first server."""
 
 import base64
 import concurrent.futures
@@ -10,8 +10,11 @@ import http.client
 import io
 import json
 import os
+import shutil
 import threading
 import urllib.parse
+
+import shutil
 
 import numpy as np
 import pytest
@@ -324,3 +327,85 @@ def test_a_timeout_and_a_full_queue_answer_503_with_retry_after(dsresnet_bundle)
         assert client.get_json(url + "/v1/health")["queued"] == 1
     finally:
         serve_load.stop_server(process, wait_s=0)
+
+
+# -- the page, in headless Chromium -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium through Selenium, with Chromium's fake camera; skipped when absent,
+    failed under CI=true (`.ci/run` installs it)."""
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        chromium = None
+    if not (chromium and driver):
+        message = (
+            "needs selenium, chromium and chromedriver (apt-get install chromium chromium-driver)"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    options.add_argument("--use-fake-device-for-media-stream")
+    options.add_argument("--use-fake-ui-for-media-stream")
+    session = webdriver.Chrome(service=Service(driver), options=options)
+    yield session
+    session.quit()
+
+
+def _text_when(browser, element_id: str, ready, timeout: float = 60.0) -> str:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    element = browser.find_element(By.ID, element_id)
+    WebDriverWait(browser, timeout).until(lambda _: ready(element.text))
+    return element.text
+
+
+def test_the_page_predicts_uploaded_files(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    paths = {"plate": tmp_path / "plate.png", "scene": tmp_path / "scene.png"}
+    paths["plate"].write_bytes(serve_load.encode(_PLATE))
+    paths["scene"].write_bytes(serve_load.encode(_SCENES[2]))
+    _, _, body = client.post(
+        server + "/v1/predict?output=mask",
+        {"scene": paths["scene"].read_bytes(), "plate": paths["plate"].read_bytes()},
+    )
+    want = int((_decode(body) > 0).sum())
+    browser.get(server + "/")
+    browser.find_element(By.ID, "plate-file").send_keys(str(paths["plate"]))
+    browser.find_element(By.ID, "scene-file").send_keys(str(paths["scene"]))
+    browser.find_element(By.ID, "predict-files").click()
+    status = _text_when(browser, "status", lambda text: text not in ("ready", "predicting"))
+    assert status == "done: 80x48, registration still"
+    overlay = browser.find_element(By.ID, "overlay")
+    assert (overlay.get_attribute("width"), overlay.get_attribute("height")) == ("80", "48")
+    assert int(overlay.get_attribute("data-mask-pixels")) == want
+    for image in ("depth", "cutout"):
+        width = browser.execute_script(f"return document.getElementById('{image}').naturalWidth")
+        assert width == 80
+    assert browser.find_element(By.ID, "frames").text == "1"
+
+
+def test_the_page_runs_live_on_the_fake_camera(server, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server + "/")
+    browser.find_element(By.ID, "camera-start").click()
+    _text_when(browser, "status", lambda text: text.startswith(("camera on", "camera:")))
+    browser.find_element(By.ID, "camera-plate").click()
+    _text_when(browser, "frames", lambda text: int(text) >= 5)
+    assert browser.find_element(By.ID, "status").text == "live"
+    assert float(browser.find_element(By.ID, "fps").text) > 0
+    assert int(browser.find_element(By.ID, "latency").text) > 0
+    overlay = browser.find_element(By.ID, "overlay")
+    assert (overlay.get_attribute("width"), overlay.get_attribute("height")) == ("320", "240")
+    browser.find_element(By.ID, "camera-stop").click()
