@@ -38,9 +38,11 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.dataset = ml_collections.ConfigDict(
         dict(
-            name="synthetic_museum",  # synthetic_museum | modest_museum
+            name="synthetic_museum",  # synthetic_museum | modest_museum | folder (docs/data.md)
             data_dir="",  # prepared tfds data; "" = ~/tensorflow_datasets
-            manual_dir="",  # modest_museum: the MODEST folder or its .zip (never downloaded)
+            # modest_museum: the MODEST folder or its .zip (never downloaded); folder: the folder
+            # with bg/, bg_fg/, mask/ and optionally depth/
+            manual_dir="",
             num_samples=2000,  # synthetic_museum: size of the generated set (1,400 train / 600 val)
             seed=0,  # synthetic_museum: generation seed
             skip_corrupt=False,  # modest_museum: leave out samples with corrupt JPEGs (else: error)

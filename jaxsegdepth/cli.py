@@ -21,7 +21,12 @@ import os
 import sys
 from typing import Optional
 
-from jaxsegdepth import errors, inference, serve
+import ml_collections
+from absl import logging
+
+from jaxsegdepth import bundle, card as card_lib, errors, inference, reporting, serve
+from jaxsegdepth.modes import export as export_mode, predict as predict_mode
+from jaxsegdepth.video import from_config, pixels
 
 CLIP_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 VIDEO_DEFAULTS = dict(  # the clip settings `video/from_config.py` reads, at their defaults
@@ -34,6 +39,13 @@ def _parser() -> argparse.ArgumentParser:
         prog="jaxsegdepth", description="Foreground mask and depth from a plate and a scene."
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    _predict_options(commands)
+    _export_options(commands)
+    serve.add_parser(commands)
+    return parser
+
+
+def _predict_options(commands) -> None:
     predict = commands.add_parser(
         "predict",
         help="predict a pair, a folder or a clip",
@@ -85,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
         default="viridis",
         help="matplotlib colour map of the depth picture (%(default)s)",
     )
+
+
+def _export_options(commands) -> None:
     export = commands.add_parser(
         "export",
         help="write a run's model as a bundle or a jax.export artifact",
@@ -97,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("safetensors", "jax"), default="safetensors")
     export.add_argument(
         "--dtype",
-        choices=("float16", "float32"),
+        choices=bundle.DTYPES,
         default="float16",
         help="safetensors: the weights' dtype (%(default)s)",
     )
@@ -106,8 +121,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--batch-size", type=int, default=0, help="jax: a fixed batch (0: any)")
     export.add_argument("-o", "--output", required=True, help="output folder")
-    serve.add_parser(commands)
-    return parser
 
 
 def _check_settings(args) -> None:
@@ -117,13 +130,14 @@ def _check_settings(args) -> None:
     if args.resolution < 0 or args.max_side < 0:
         raise errors.UsageError("--resolution and --max-side: expected >= 0")
     try:
-        from jaxsegdepth.video import pixels
-
         pixels.colormap_lut(args.colormap)
-        if args.replace_bg:
-            inference.background(args.replace_bg, 1, 1)
     except ValueError as error:
-        raise errors.UsageError(f"--{str(error).replace('_', '-')}") from error
+        raise errors.UsageError(f"--{error}") from error
+    if args.replace_bg:
+        try:
+            inference.background(args.replace_bg, 1, 1)
+        except ValueError as error:
+            raise errors.UsageError(f"--replace-bg={str(error).partition('=')[2]}") from error
     if args.plate_frames < 0 or len(args.paths) != (1 if args.plate_frames else 2):
         raise errors.UsageError(
             f"predict {' '.join(args.paths)}: expected PLATE SCENE, or --plate-frames N CLIP"
@@ -147,8 +161,6 @@ def _load(args) -> inference.Predictor:
 
 def predict(args) -> None:
     """`jaxsegdepth predict`: one pair, a folder or a clip (module doc)."""
-    from jaxsegdepth.modes import predict as predict_mode
-
     _check_settings(args)
     scene = args.paths[-1]
     plate = args.paths[0] if not args.plate_frames else args.plate_frames
@@ -180,8 +192,6 @@ def predict(args) -> None:
 
 def _scenes_of(plate: str, folder: str) -> tuple[list, list]:
     """Every file of `folder` paired with the one `plate`."""
-    from jaxsegdepth.modes import predict as predict_mode
-
     names = sorted(
         entry
         for entry in os.listdir(folder)
@@ -198,10 +208,6 @@ def _scenes_of(plate: str, folder: str) -> tuple[list, list]:
 
 def _predict_clip(args, plate, clip: str) -> None:
     """A clip through `video/from_config.py`, with this command's settings."""
-    import ml_collections
-
-    from jaxsegdepth.video import from_config
-
     outputs = ("mask_prob", "mask", "depth", "side_by_side")
     settings = dict(
         video=clip,
@@ -223,8 +229,6 @@ def _predict_clip(args, plate, clip: str) -> None:
 
 def export(args) -> None:
     """`jaxsegdepth export`: a run's (or a bundle's) model as a bundle or an artifact."""
-    from jaxsegdepth import bundle, reporting
-
     folder, step = inference.split_step(args.model)
     try:
         if bundle.is_bundle(folder):
@@ -242,9 +246,6 @@ def export(args) -> None:
 
 
 def _export_artifact(args, variables: dict, model_card: dict, source: str) -> str:
-    from jaxsegdepth import card as card_lib
-    from jaxsegdepth.modes import export as export_mode
-
     stride = int(model_card["stride"])
     if args.resolution <= 0 or args.resolution % stride or args.batch_size < 0:
         raise errors.UsageError(
@@ -265,9 +266,7 @@ def _export_artifact(args, variables: dict, model_card: dict, source: str) -> st
 def main(argv: Optional[list] = None) -> int:
     """Runs the command; returns its exit status (module doc)."""
     args = _parser().parse_args(argv)
-    from absl import logging  # Orbax warns about read-only checkpoint folders at WARNING
-
-    logging.set_verbosity(logging.ERROR)
+    logging.set_verbosity(logging.ERROR)  # Orbax warns about read-only checkpoint folders
     try:
         {"predict": predict, "export": export, "serve": serve.main}[args.command](args)
     except (errors.UsageError, errors.RunError) as error:

@@ -14,7 +14,7 @@ import jaxsegdepth
 from jaxsegdepth import bundle, inference
 from jaxsegdepth.data import normalization
 
-MAX_SIDE = 64  # the model sees 32x64 for a 333x517 image: small programs to compile
+MAX_SIDE = 32  # the model sees 32x32: small programs, compiled once for the file
 
 
 def _pair(height: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -84,8 +84,8 @@ def test_bundle_round_trip_in_float16_and_float32(tmp_path):
 def test_an_odd_size_pair_matches_the_reference(predictor, dsresnet_state):
     plate, scene = _pair(333, 517, 0)
     result = predictor(plate, scene)
-    assert predictor.model_hw(333, 517) == (32, 64)  # 517 -> 64, 333 * 64 / 517 = 41 -> 32
-    want = _reference(dsresnet_state, plate, scene, (32, 64))
+    assert predictor.model_hw(333, 517) == (32, 32)  # 517 -> 32, 333 * 32 / 517 = 21 -> 32
+    want = _reference(dsresnet_state, plate, scene, (32, 32))
     assert result.mask_prob.shape == result.depth.shape == (333, 517)
     assert result.mask_prob.dtype == result.depth.dtype == np.float32
     np.testing.assert_allclose(result.mask_prob, want["mask"], atol=2e-5)
@@ -172,10 +172,10 @@ def test_load_without_a_path_reads_the_bundled_model(dsresnet_bundle, monkeypatc
 
 
 def test_the_model_compiles_once_per_input_shape(dsresnet_bundle):
-    predictor = inference.load(dsresnet_bundle, max_side=MAX_SIDE)
+    predictor = inference.load(dsresnet_bundle, max_side=64)
     jitted = predictor.model_fn.func
-    for size in ((333, 517), (330, 520), (60, 40)):
+    for size in ((333, 517), (330, 520), (20, 20)):
         predictor(*_pair(*size, 6))
-    # 333x517 and 330x520 share the model size 32x64; 60x40 is 64x32
+    # 333x517 and 330x520 share the model size 32x64; 20x20 is 32x32
     assert jitted._cache_size() == 2
     assert jax.tree.leaves(predictor.model_fn.args)[0].devices() == {jax.local_devices()[0]}

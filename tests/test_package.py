@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 
 import pytest
 
@@ -32,6 +33,7 @@ LAYERS = {
     "data.synthetic.walk": 2,
     "data.photos": 2,
     "data.modest": 2,
+    "data.folder": 2,
     "data.builders": 2,
     "data.datasets": 2,
     "data.pipeline": 2,
@@ -39,6 +41,10 @@ LAYERS = {
     "stages": 2,
     "preprocess": 2,
     "capture": 2,
+    "align": 2,
+    "serve.client": 2,
+    "serve.images": 2,
+    "serve.batcher": 2,
     "video.pixels": 2,
     "video.clips": 2,
     "video.batches": 2,
@@ -68,6 +74,7 @@ LAYERS = {
     "modes.export": 5,
     "modes.plot": 5,
     "modes.benchmark": 5,
+    "serve.app": 5,
     "cli": 6,
 }
 MODES_FLOOR = 5
@@ -181,3 +188,40 @@ def test_the_scripts_in_tools_are_neither_installed_nor_imported_by_the_package(
     assert "jaxsegdepth" in packages and not [p for p in packages if p.split(".")[0] == "tools"]
     for module, path in _modules().items():
         assert not [name for name in _imports(path) if name.split(".")[0] == "tools"], module
+
+
+def test_a_wheel_built_from_the_clone_holds_the_weights_the_command_and_the_licence(tmp_path):
+    """`pip wheel` of the tracked files: every file git tracks under jaxsegdepth/weights/ (the
+    bundled model, its card, MODEL_CARD.md) and the page's files (serve/static/) are package
+    data, `jaxsegdepth` a console script."""
+    tracked = (
+        subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
+        .stdout.decode()
+        .split("\0")
+    )
+    source = tmp_path / "clone"
+    for path in filter(None, tracked):
+        if os.path.isfile(os.path.join(ROOT, path)):
+            os.makedirs(source / os.path.dirname(path), exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, path), source / path)
+    weights = [p for p in tracked if p.startswith("jaxsegdepth/weights/")]
+    assert "jaxsegdepth/weights/MODEL_CARD.md" in weights
+    weights += [p for p in tracked if p.startswith("jaxsegdepth/serve/static/")]
+    assert "jaxsegdepth/serve/static/index.html" in weights
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    (wheel,) = [name for name in os.listdir(tmp_path) if name.endswith(".whl")]
+    with zipfile.ZipFile(tmp_path / wheel) as archive:
+        names = set(archive.namelist())
+        info = {os.path.basename(n): n for n in names if ".dist-info/" in n}
+        entry_points = archive.read(info["entry_points.txt"]).decode()
+        metadata = archive.read(info["METADATA"]).decode()
+    assert set(weights) <= names, set(weights) - names
+    assert "jaxsegdepth = jaxsegdepth.cli:entry_point" in entry_points
+    assert "License-Expression: Apache-2.0" in metadata.splitlines()
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
