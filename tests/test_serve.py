@@ -14,8 +14,6 @@ import shutil
 import threading
 import urllib.parse
 
-import shutil
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -54,13 +52,6 @@ def _constant(value: int, side: int = 2) -> np.ndarray:
     return np.full((side, side, 3), value, np.uint8)
 
 
-def test_batch_sizes_are_powers_of_two_then_the_maximum():
-    assert batcher_lib.batch_sizes(1) == [1]
-    assert batcher_lib.batch_sizes(4) == [1, 2, 4]
-    assert batcher_lib.batch_sizes(6) == [1, 2, 4, 6]
-    assert batcher_lib.batch_sizes(8) == [1, 2, 4, 8]
-
-
 def test_batcher_gathers_pads_refuses_and_drops_cancelled_pairs():
     model = _GatedModel()
     batcher = batcher_lib.Batcher(model, max_batch=4, max_wait_s=0.0, max_queue=5)
@@ -88,7 +79,7 @@ def test_batcher_gathers_pads_refuses_and_drops_cancelled_pairs():
     assert batcher.admitted == 0
 
 
-def test_batcher_pads_to_the_next_compiled_size_and_passes_model_errors():
+def test_batcher_calls_the_model_with_the_pairs_gathered_and_passes_model_errors():
     calls = []
 
     def forward(plates, scenes):
@@ -99,13 +90,13 @@ def test_batcher_pads_to_the_next_compiled_size_and_passes_model_errors():
 
     batcher = batcher_lib.Batcher(forward, max_batch=4, max_wait_s=0.2, max_queue=8)
     try:
-        futures = [batcher.submit(_constant(0), _constant(v)) for v in (1, 2, 3, 4)]
-        assert [future.result(10)[1] for future in futures] == [4] * 4
+        futures = [batcher.submit(_constant(0), _constant(v)) for v in (1, 2, 3)]
+        assert [future.result(10)[1] for future in futures] == [3] * 3
         with pytest.raises(RuntimeError, match="the model failed"):
             batcher.submit(_constant(0, 3), _constant(99, 3)).result(10)
     finally:
         batcher.close()
-    assert calls == [4, 1]
+    assert calls == [3, 1]
 
 
 def test_plate_cache_keeps_the_most_recently_used():
@@ -153,7 +144,7 @@ def plate_id(server):
 
 
 _PLATE, _ = serve_load.pair(48, 80, 0)
-_SCENES = [serve_load.pair(48, 80, 0)[0].copy() for _ in range(4)]
+_SCENES = [_PLATE.copy() for _ in range(4)]
 for _index, _scene in enumerate(_SCENES):
     _scene[4 + 8 * _index : 20 + 8 * _index, 10:40] = [230, 20, 40]
 
@@ -296,7 +287,7 @@ def test_every_error_is_a_4xx_naming_the_field_and_the_server_stays_up(server, p
 def test_the_plate_cache_drops_the_least_recently_used(server):
     ids = []
     for seed in (1, 2, 3, 4):  # --max-plates 3
-        plate = serve_load.encode(serve_load.pair(48, 80, seed)[0])
+        plate = serve_load.encode(_PLATE + np.uint8(seed))
         _, _, body = client.post(server + "/v1/plates", {"plate": plate})
         ids.append(json.loads(body)["plate_id"])
     scene = serve_load.encode(_SCENES[0])

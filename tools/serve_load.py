@@ -9,8 +9,9 @@ Starts the server (`--size` pinned, so that every request batches), then:
 2. fuzz: empty file, truncated JPEG, a PNG whose header claims 100000x100000 pixels, a text
    file as an image, a body of the wrong content type, an upload over the limit, unknown and
    malformed plate ids, N plate uploads; each must be a 4xx, and the server healthy after;
-3. the model alone, the server stopped: `Predictor.forward` at the same size and at the batch
-   the server formed most often, in pairs/s.
+3. the model alone, the server stopped: `Predictor.forward` at the same size, at each batch
+   size the server formed and over the same mix of batches, in pairs/s; the load's
+   throughput over that mix's rate.
 The clients share the machine's cores with the server: on a small CPU they slow it down.
 Traffic goes to 127.0.0.1 only. Prints one JSON summary (and writes it with --json).
 """
@@ -96,9 +97,10 @@ def encode(array: np.ndarray, kind: str = "PNG") -> bytes:
 
 
 def pair(height: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A random plate and the scene: the plate with a red box at a place the seed picks."""
+    """One random plate (the same for every seed) and a scene: the plate with a red box at a
+    place the seed picks."""
+    plate = np.random.default_rng(0).integers(0, 256, (height, width, 3), np.uint8)
     rng = np.random.default_rng(seed)
-    plate = rng.integers(0, 256, (height, width, 3), np.uint8)
     scene = plate.copy()
     top, left = rng.integers(0, height // 2), rng.integers(0, width // 2)
     scene[top : top + height // 3, left : left + width // 3] = [230, 20, 40]
@@ -175,21 +177,30 @@ def load(url: str, plate_id: str, scenes: list, clients: int, seconds: float) ->
     }
 
 
-def model_alone(model, size: int, batch: int, seconds: float) -> float:
-    """Pairs/s of `Predictor.forward` at `size` x `size` and `batch`, outputs on the host."""
+def model_alone(model, size: int, formed: dict, seconds: float) -> dict:
+    """Pairs/s of `Predictor.forward` at `size` x `size` (outputs on the host): at each batch
+    size the server formed ({size: batches}), and over the same mix of batches."""
     import jax
 
     from jaxsegdepth import inference
 
     predictor = inference.load(model, resolution=size)
     plate, scene = pair(size, size, 0)
-    inputs = [np.stack([image] * batch) for image in (plate, scene)]
-    jax.device_get(predictor.forward(*inputs))
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    per_call = {}
+    for batch in formed:
+        inputs = [np.stack([image] * int(batch)) for image in (plate, scene)]
         jax.device_get(predictor.forward(*inputs))
-        calls += 1
-    return round(calls * batch / (time.perf_counter() - start), 2)
+        calls, start = 0, time.perf_counter()
+        while calls < 3 or time.perf_counter() - start < seconds / len(formed):
+            jax.device_get(predictor.forward(*inputs))
+            calls += 1
+        per_call[batch] = (time.perf_counter() - start) / calls
+    pairs = sum(int(batch) * count for batch, count in formed.items())
+    busy = sum(per_call[batch] * count for batch, count in formed.items())
+    return {
+        "per_batch": {batch: round(int(batch) / per_call[batch], 2) for batch in per_call},
+        "mix": round(pairs / busy, 2),
+    }
 
 
 def main(argv=None) -> dict:
@@ -226,8 +237,11 @@ def main(argv=None) -> dict:
         summary["rss_mb"]["after_fuzz"] = round(rss_mb(process.pid), 1)
     finally:
         stop_server(process)
-    batch = int(max(summary["batches_formed"].items(), key=lambda item: item[1])[0])
-    summary["model_alone_per_s"] = {str(batch): model_alone(args.model, args.size, batch, 20.0)}
+    alone = model_alone(args.model, args.size, summary["batches_formed"], 30.0)
+    summary["model_alone_per_s"] = alone
+    summary["throughput_over_model_alone"] = round(
+        summary["load"]["throughput_per_s"] / alone["mix"], 3
+    )
     summary["settings"] = vars(args)
     text = json.dumps(summary, indent=1)
     print(text)

@@ -73,7 +73,7 @@ def _serve(predictor: inference.Predictor, args: argparse.Namespace) -> None:
     import uvicorn
 
     from jaxsegdepth import reporting
-    from jaxsegdepth.serve import app, batcher
+    from jaxsegdepth.serve import app
 
     limits = app.Limits(
         max_batch=args.max_batch,
@@ -86,7 +86,7 @@ def _serve(predictor: inference.Predictor, args: argparse.Namespace) -> None:
         alignment=align.Settings(enabled=not args.no_align),
     )
     if args.size:
-        for size in batcher.batch_sizes(args.max_batch):
+        for size in range(1, args.max_batch + 1):
             blank = np.zeros((size, args.size, args.size, 3), np.uint8)
             jax.block_until_ready(predictor.forward(blank, blank))
     reporting.say(

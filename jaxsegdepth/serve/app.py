@@ -21,7 +21,7 @@ import time
 from typing import Literal, Optional
 
 import numpy as np
-from fastapi import FastAPI, File, Form, Query, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, Query, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
@@ -99,6 +99,8 @@ def create_app(predictor: inference.Predictor, limits: Limits) -> FastAPI:
     app.add_middleware(_BodyLimit, max_bytes=limits.max_upload_bytes)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
+    app.include_router(_routes(predictor, limits, batcher, plates))
+
     @app.exception_handler(images.Refused)
     async def refused(request, error: images.Refused):
         return _error(error.status, str(error))
@@ -107,7 +109,14 @@ def create_app(predictor: inference.Predictor, limits: Limits) -> FastAPI:
     async def page():
         return FileResponse(os.path.join(STATIC, "index.html"))
 
-    @app.get("/v1/health")
+    return app
+
+
+def _routes(predictor, limits: Limits, batcher, plates) -> APIRouter:
+    """The API's routes (module doc)."""
+    router = APIRouter(prefix="/v1")
+
+    @router.get("/health")
     async def health() -> dict:
         """The model served, the batches formed so far by size, the queue and the plates."""
         return {
@@ -122,7 +131,7 @@ def create_app(predictor: inference.Predictor, limits: Limits) -> FastAPI:
             "plates": len(plates),
         }
 
-    @app.post("/v1/plates")
+    @router.post("/plates")
     async def post_plate(plate: UploadFile = File(..., description="the empty scene")) -> dict:
         """Keeps a plate for later predictions (an LRU cache of --max-plates) and names it."""
         data = await plate.read()
@@ -131,7 +140,7 @@ def create_app(predictor: inference.Predictor, limits: Limits) -> FastAPI:
         plates.put(plate_id, rgb)
         return {"plate_id": plate_id, "width": rgb.shape[1], "height": rgb.shape[0]}
 
-    @app.post("/v1/predict", responses={200: {"content": {"image/png": {}}}})
+    @router.post("/predict", responses={200: {"content": {"image/png": {}}}})
     async def post_predict(
         scene: UploadFile = File(..., description="the scene, with what moved in front"),
         plate_id: Optional[str] = Form(None, description="a plate from POST /v1/plates"),
@@ -149,7 +158,7 @@ def create_app(predictor: inference.Predictor, limits: Limits) -> FastAPI:
             message = f"the request took more than --timeout-s={limits.timeout_s}"
             return _error(503, message, **{"Retry-After": RETRY_AFTER_S})
 
-    return app
+    return router
 
 
 class _Job:

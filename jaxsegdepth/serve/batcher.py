@@ -3,8 +3,9 @@
 Request threads `submit` a prepared pair (plate and scene already at the model's size) and get
 a `concurrent.futures.Future`. One worker thread takes the size whose oldest pair has waited
 longest, waits until `max_batch` pairs of that size are there or that pair has waited
-`max_wait_s`, and calls the model on them at once. A batch is padded (its last pair repeated)
-to a power of two, or `max_batch`, so that the model compiles for a few batch sizes only.
+`max_wait_s`, and calls the model on them at once. Batches are not padded: on a CPU a padded
+row costs as much as a real one, so the model compiles once per batch size it meets instead
+(`serve` compiles 1 to `max_batch` before it answers when the model size is pinned).
 
 `max_queue` bounds the pairs admitted and not finished (waiting or in the model): one more is
 refused at once with `QueueFull`, so a burst never becomes an unbounded backlog. A pair whose
@@ -33,14 +34,6 @@ class _Pair:
     arrived: float
 
 
-def batch_sizes(max_batch: int) -> list[int]:
-    """The batch sizes the model is called with: powers of two below `max_batch`, and it."""
-    sizes = [1]
-    while sizes[-1] * 2 < max_batch:
-        sizes.append(sizes[-1] * 2)
-    return sizes + ([max_batch] if max_batch > 1 else [])
-
-
 class Batcher:
     """`forward(plates, scenes) -> {head: (N, h, w, 1)}` on uint8 NHWC batches, batched (module
     doc); each future's result is ({head: (h, w) float32}, the size of the batch it was in)."""
@@ -50,7 +43,6 @@ class Batcher:
     ) -> None:
         self.forward = forward
         self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_s, max_queue
-        self.padded_sizes = batch_sizes(max_batch)
         self.formed: collections.Counter = collections.Counter()  # batch size -> batches
         self._waiting: dict[tuple, collections.deque] = {}
         self._admitted = 0
@@ -113,12 +105,10 @@ class Batcher:
                     self._admitted -= len(taken)
 
     def _call(self, pairs: list[_Pair]) -> None:
-        """One model call on `pairs`, padded to the next of `padded_sizes`."""
-        size = next(size for size in self.padded_sizes if size >= len(pairs))
-        padded = pairs + [pairs[-1]] * (size - len(pairs))
+        """One model call on `pairs`; each future gets its row."""
         try:
             outputs = self.forward(
-                np.stack([pair.plate for pair in padded]), np.stack([pair.scene for pair in padded])
+                np.stack([pair.plate for pair in pairs]), np.stack([pair.scene for pair in pairs])
             )
             outputs = {head: np.asarray(value) for head, value in outputs.items()}
         except Exception as error:  # the model failed: every request of the batch is told
