@@ -109,6 +109,15 @@ def test_plate_cache_keeps_the_most_recently_used():
     assert images.Plates.id_of(b"x") == images.Plates.id_of(b"x") != images.Plates.id_of(b"y")
 
 
+def test_bad_flags_are_one_line_and_status_2_before_the_model_loads(capsys):
+    from jaxsegdepth import cli
+
+    assert cli.main(["serve", "--max-batch", "0"]) == 2
+    assert capsys.readouterr().err == "error: --max-batch=0: expected > 0\n"
+    assert cli.main(["serve", "--size", "-32"]) == 2
+    assert "--size, --max-side, --max-wait-ms: expected >= 0" in capsys.readouterr().err
+
+
 # -- the API, against a server process ------------------------------------------------------
 
 

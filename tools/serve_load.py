@@ -5,7 +5,7 @@
 Starts the server (`--size` pinned, so that every request batches), then:
 1. load: K client threads send predict requests back to back for T seconds (each its own
    scene, one plate uploaded before); throughput, p50/p95/p99 latency, status counts, the
-   batches the server formed, and the server's RSS before and after;
+   batches the server formed, and the server's RSS before, during and after;
 2. fuzz: empty file, truncated JPEG, a PNG whose header claims 100000x100000 pixels, a text
    file as an image, a body of the wrong content type, an upload over the limit, unknown and
    malformed plate ids, N plate uploads; each must be a 4xx, and the server healthy after;
@@ -26,6 +26,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 
@@ -88,6 +89,14 @@ def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         line = next(line for line in f if line.startswith("VmRSS:"))
     return int(line.split()[1]) / 1024
+
+
+def sample_rss(pid: int, stop: threading.Event, every_s: float) -> list:
+    """The server's RSS in MB every `every_s` seconds until `stop` is set."""
+    samples = [round(rss_mb(pid), 1)]
+    while not stop.wait(every_s):
+        samples.append(round(rss_mb(pid), 1))
+    return samples
 
 
 def encode(array: np.ndarray, kind: str = "PNG") -> bytes:
@@ -213,6 +222,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
     parser.add_argument("--big-mb", type=int, default=50, help="the fuzz pass's large upload")
     parser.add_argument("--plates", type=int, default=1000, help="the fuzz pass's plate uploads")
+    parser.add_argument("--rss-every-s", type=float, default=10.0, help="RSS sampling period")
     parser.add_argument("--json", default="", help="also write the summary here")
     args = parser.parse_args(argv)
     flags = ["--size", str(args.size), "--max-batch", str(args.max_batch)]
@@ -226,13 +236,16 @@ def main(argv=None) -> dict:
         plate_id = json.loads(body)["plate_id"]
         load(url, plate_id, scenes, args.clients, min(5.0, args.seconds))  # warm-up
         before = client.get_json(url + "/v1/health")["batches"]
-        rss_before = rss_mb(process.pid)
-        summary = {"load": load(url, plate_id, scenes, args.clients, args.seconds)}
-        rss_after = rss_mb(process.pid)
+        stop = threading.Event()
+        with concurrent.futures.ThreadPoolExecutor(1) as sampler:
+            samples = sampler.submit(sample_rss, process.pid, stop, args.rss_every_s)
+            summary = {"load": load(url, plate_id, scenes, args.clients, args.seconds)}
+            stop.set()
+        rss = samples.result()
         after = client.get_json(url + "/v1/health")["batches"]
         formed = {size: after[size] - before.get(size, 0) for size in after}
         summary["batches_formed"] = {size: count for size, count in formed.items() if count}
-        summary["rss_mb"] = {"before": round(rss_before, 1), "after": round(rss_after, 1)}
+        summary["rss_mb"] = {"before": rss[0], "after": rss[-1], "every": rss}
         summary["fuzz"] = fuzz(url, plate_id, scenes[0], args.big_mb << 20, args.plates)
         summary["rss_mb"]["after_fuzz"] = round(rss_mb(process.pid), 1)
     finally:
