@@ -10,7 +10,8 @@ against the scene and warps the plate onto the scene:
    exposure, and outside ECC's basin of convergence where needed);
 3. ECC (OpenCV's enhanced correlation coefficient, invariant to gain and offset) refines the
    `motion` model from there on the pixels the warp so far calls background (the residual's
-   lower part), twice, so that a foreground covering much of the frame does not pull it;
+   lower part), coarse to fine (the pair halved, then at the work scale), so that a foreground
+   covering much of the frame does not pull it;
 4. the warp, scaled to full resolution, resamples the plate (bilinear); pixels the moved plate
    does not cover are taken from the scene (no evidence either way, so no foreground there).
 
@@ -42,7 +43,7 @@ MOTIONS = {
     "homography": cv2.MOTION_HOMOGRAPHY,
 }
 BACKGROUND_QUANTILE = 0.6  # ECC fits the pixels whose residual is below this quantile
-PASSES = 2  # ECC passes, each on the background the warp before it leaves
+COARSE_LEVELS = 1  # ECC on the pair halved this many times first, then at the work scale
 # An estimate refused where this share of the pixels is within EXACT_LEVEL grey levels of the
 # scene (JPEG noise) is an exact plate: no motion ("still"), not a failure
 EXACT_SHARE, EXACT_LEVEL = 0.7, 3 / 255
@@ -211,6 +212,14 @@ def _background(scene: np.ndarray, plate: np.ndarray, warp: np.ndarray) -> np.nd
     return ((residual <= cut) & covered).astype(np.uint8) * 255
 
 
+def _residual(scene: np.ndarray, plate: np.ndarray, warp: np.ndarray, where: np.ndarray) -> float:
+    """Mean |plate moved by `warp` - scene| over the pixels `where` (uint8 mask) it covers."""
+    size = scene.shape[::-1]
+    covered = (_warp_plate(np.ones_like(plate), warp, size) > 0.999) & (where > 0)
+    moved = _warp_plate(plate, warp, size)
+    return float(np.abs(moved - scene)[covered].mean()) if covered.any() else np.inf
+
+
 def _at_full_resolution(warp: np.ndarray, scale: float) -> np.ndarray:
     """A warp found on images scaled by `scale`, for the full-resolution images."""
     to_work = np.diag([scale, scale, 1.0])
@@ -275,11 +284,24 @@ def _fit(
     else:
         warp = _at_full_resolution(start, 1 / scale)
     try:
-        for _ in range(PASSES):
-            background = _background(scene_grey, plate_grey, warp)
-            correlation, warp = _ecc(scene_grey, plate_grey, warp, settings, background)
+        for level in range(COARSE_LEVELS, -1, -1):  # the coarse pass on a half-size pair
+            factor = 0.5**level
+            scene_level, plate_level = (
+                cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
+                if level
+                else image
+                for image in (scene_grey, plate_grey)
+            )
+            warp = _at_full_resolution(warp, 1 / factor)
+            background = _background(scene_level, plate_level, warp)
+            correlation, warp = _ecc(scene_level, plate_level, warp, settings, background)
+            warp = _at_full_resolution(warp, factor)
     except cv2.error:
         return Estimate(IDENTITY, "refused: ECC did not converge")
+    if _residual(scene_grey, plate_grey, IDENTITY, background) <= _residual(
+        scene_grey, plate_grey, warp, background
+    ):
+        return Estimate(IDENTITY, "still", correlation)  # the motion found fits no better
     found = Estimate(_at_full_resolution(warp, scale), "aligned", correlation)
     why = _why_implausible(found, settings, max(height, width))
     if why:
