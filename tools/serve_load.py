@@ -2,7 +2,8 @@
 
     python tools/serve_load.py --model BUNDLE --clients 8 --seconds 60 --size 224
 
-Starts the server (`--size` pinned, so that every request batches), then:
+Starts the server (`--size` pinned, so that every request batches; the batching flags as
+given), then:
 1. load: K client threads send predict requests back to back for T seconds (each its own
    scene, one plate uploaded before); throughput, p50/p95/p99 latency, status counts, the
    batches the server formed, and the server's RSS before, during and after;
@@ -220,13 +221,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--size", type=int, default=224, help="the pinned model size")
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
+    parser.add_argument("--max-queue", type=int, default=64, help="below --clients: 503s")
     parser.add_argument("--big-mb", type=int, default=50, help="the fuzz pass's large upload")
     parser.add_argument("--plates", type=int, default=1000, help="the fuzz pass's plate uploads")
     parser.add_argument("--rss-every-s", type=float, default=10.0, help="RSS sampling period")
     parser.add_argument("--json", default="", help="also write the summary here")
     args = parser.parse_args(argv)
     flags = ["--size", str(args.size), "--max-batch", str(args.max_batch)]
-    flags += ["--max-wait-ms", str(args.max_wait_ms), "--max-queue", str(4 * args.max_batch)]
+    flags += ["--max-wait-ms", str(args.max_wait_ms), "--max-queue", str(args.max_queue)]
     flags += ["--model", args.model] if args.model else []
     process, url = start_server(flags)
     try:
