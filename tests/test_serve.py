@@ -112,10 +112,14 @@ def test_plate_cache_keeps_the_most_recently_used():
 def test_bad_flags_are_one_line_and_status_2_before_the_model_loads(capsys):
     from jaxsegdepth import cli
 
-    assert cli.main(["serve", "--max-batch", "0"]) == 2
-    assert capsys.readouterr().err == "error: --max-batch=0: expected > 0\n"
-    assert cli.main(["serve", "--size", "-32"]) == 2
-    assert "--size, --max-side, --max-wait-ms: expected >= 0" in capsys.readouterr().err
+    assert cli.main(["serve", "--max-queue", "0"]) == 2
+    assert capsys.readouterr().err == "error: --max-queue=0: expected > 0\n"
+    assert cli.main(["serve", "--max-batch", "-1"]) == 2
+    assert (
+        "--size, --max-side, --max-batch, --max-wait-ms: expected >= 0" in capsys.readouterr().err
+    )
+    assert cli.main(["serve", "--threshold", "2"]) == 2
+    assert capsys.readouterr().err == "error: --threshold=2.0: expected in [0, 1]\n"
 
 
 # -- the API, against a server process ------------------------------------------------------
@@ -180,6 +184,7 @@ def test_health_schema_docs_and_page(server):
     health = client.get_json(server + "/v1/health")
     assert health["status"] == "ok" and health["model"] == "dsresnet" and health["size"] == SIZE
     assert health["heads"] == ["mask", "depth"] and health["align"] is True
+    assert health["max_batch"] == 4
     schema = client.get_json(server + "/openapi.json")
     assert {"/v1/plates", "/v1/predict", "/v1/health"} <= set(schema["paths"])
     for path, kind in (

@@ -1,7 +1,7 @@
 """`jaxsegdepth serve`: the model behind an HTTP API with dynamic batching, and a page that
 uses it with a file or the camera (docs/serving.md).
 
-    jaxsegdepth serve [--model M] [--host 127.0.0.1] [--port 8000] [--size R] [--max-batch 8] ...
+    jaxsegdepth serve [--model M] [--host 127.0.0.1] [--port 8000] [--size R] [--max-batch N] ...
 
 `add_parser` adds the subcommand to the `jaxsegdepth` command; `main` loads the model (as
 `predict` does), compiles it for every batch size when `--size` pins the model size, and runs
@@ -27,7 +27,7 @@ def add_parser(commands) -> None:
     flags = (
         ("--size", 0, "pin the model size to RxR so that every request batches (0: predict's)"),
         ("--max-side", inference.MAX_SIDE, "with --size 0: the longer side scaled down to this"),
-        ("--max-batch", 8, "pairs per model call at most"),
+        ("--max-batch", 0, "pairs per model call at most (0: 1 on a CPU, else 8)"),
         ("--max-wait-ms", 10.0, "how long a pair waits for others of its size"),
         ("--max-queue", 64, "pairs waiting or in the model at most; more: 503 Retry-After"),
         ("--max-plates", 64, "plates kept (least recently used dropped)"),
@@ -43,16 +43,16 @@ def add_parser(commands) -> None:
 
 def main(args: argparse.Namespace) -> None:
     """Checks the flags, loads the model and serves it (module doc)."""
-    positive = ("max_batch", "max_queue", "max_plates", "max_upload_mb", "max_pixels", "timeout_s")
+    positive = ("max_queue", "max_plates", "max_upload_mb", "max_pixels", "timeout_s")
     for name in positive:
         if getattr(args, name) <= 0:
             raise errors.UsageError(
                 f"--{name.replace('_', '-')}={getattr(args, name)}: expected > 0"
             )
-    if args.size < 0 or args.max_side < 0 or args.max_wait_ms < 0 or not 0 <= args.threshold <= 1:
-        raise errors.UsageError(
-            "--size, --max-side, --max-wait-ms: expected >= 0; --threshold: expected in [0, 1]"
-        )
+    if min(args.size, args.max_side, args.max_batch, args.max_wait_ms) < 0:
+        raise errors.UsageError("--size, --max-side, --max-batch, --max-wait-ms: expected >= 0")
+    if not 0 <= args.threshold <= 1:
+        raise errors.UsageError(f"--threshold={args.threshold}: expected in [0, 1]")
     try:
         predictor = inference.load(
             args.model, threshold=args.threshold, resolution=args.size, max_side=args.max_side
@@ -75,8 +75,10 @@ def _serve(predictor: inference.Predictor, args: argparse.Namespace) -> None:
     from jaxsegdepth import reporting
     from jaxsegdepth.serve import app
 
+    # a CPU spends on each pair of a batch what it spends on a pair alone (docs/serving.md)
+    max_batch = args.max_batch or (1 if jax.default_backend() == "cpu" else 8)
     limits = app.Limits(
-        max_batch=args.max_batch,
+        max_batch=max_batch,
         max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue,
         max_plates=args.max_plates,
@@ -86,11 +88,12 @@ def _serve(predictor: inference.Predictor, args: argparse.Namespace) -> None:
         alignment=align.Settings(enabled=not args.no_align),
     )
     if args.size:
-        for size in range(1, args.max_batch + 1):
+        for size in range(1, max_batch + 1):
             blank = np.zeros((size, args.size, args.size, 3), np.uint8)
             jax.block_until_ready(predictor.forward(blank, blank))
     reporting.say(
-        f"Serving {predictor.card['model']} ({predictor.source}) on http://{args.host}:{args.port}"
+        f"Serving {predictor.card['model']} ({predictor.source}) on http://{args.host}:"
+        f"{args.port}, batches of up to {max_batch}"
     )
     uvicorn.run(
         app.create_app(predictor, limits), host=args.host, port=args.port, log_level="warning"

@@ -126,6 +126,7 @@ def _routes(predictor, limits: Limits, batcher, plates) -> APIRouter:
             "heads": list(predictor.heads),
             "size": predictor.resolution or None,
             "align": limits.alignment.enabled,
+            "max_batch": limits.max_batch,
             "batches": {str(size): count for size, count in sorted(batcher.formed.items())},
             "queued": batcher.admitted,
             "plates": len(plates),
