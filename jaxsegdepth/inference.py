@@ -153,10 +153,13 @@ class Predictor:
         self.threshold, self.resolution, self.max_side = threshold, resolution, max_side
 
     def forward(self, bg: np.ndarray, bg_fg: np.ndarray) -> dict:
+        """The model on uint8 (N, h, w, 3) batches at a model size: {head: (N, h, w, 1)
+        probabilities} for the heads it was trained on (what clips are predicted with)."""
         outputs = self.model_fn(bg, bg_fg)
         return {head: value for head, value in outputs.items() if head in self.heads}
 
     def model_hw(self, height: int, width: int) -> tuple[int, int]:
+        """The (h, w) the model sees for an image of (height, width) (`model_size`)."""
         return model_size(height, width, self.stride, self.resolution, self.max_side)
 
     def prepare(self, plate: ImageLike, scene: ImageLike) -> tuple[np.ndarray, np.ndarray]:

@@ -441,6 +441,7 @@ def test_the_checkpoint_carries_its_model_card(trained):
     assert saved == {
         "model": "masknet",
         "heads": ["mask"],
+        "trained_heads": ["mask"],
         "stride": 1,
         "dtype": "float32",
         "normalization": {

@@ -137,7 +137,7 @@ def sweep(config: ml_collections.ConfigDict) -> dict:
             drop_remainder=True,
         )
     )
-    keys = names.INPUTS + tuple(config.loss.keys()) + (names.INDEX,)  # what the train step uses
+    keys = names.INPUTS + tuple(setup.loss_spec(config)) + (names.INDEX,)  # what the step uses
     bar = reporting.progress_bar(
         cfg.num_steps, "LR range test", enabled=jax.process_index() == 0, unit="step"
     )
