@@ -229,6 +229,30 @@ def test_a_plate_of_another_size_is_resized_and_said(server, reference):
     assert json.loads(body)["plate_resized"] == "64x40 to 80x48"
 
 
+def test_odd_but_valid_images_are_predicted(server):
+    """One pixel (which registration cannot use), grey 16-bit, RGBA and an animated GIF."""
+    rng = np.random.default_rng(3)
+    frames = [Image.new("P", (40, 30), index) for index in range(2)]
+    gif = io.BytesIO()
+    frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:])
+    cases = {
+        "one pixel": serve_load.encode(np.zeros((1, 1, 3), np.uint8)),
+        "grey 16-bit": serve_load.encode(rng.integers(0, 65535, (30, 40), np.uint16)),
+        "RGBA": serve_load.encode(rng.integers(0, 256, (30, 40, 4), np.uint8)),
+        "animated GIF": gif.getvalue(),
+    }
+    alignment = {}
+    for name, data in cases.items():
+        status, _, body = client.post(
+            server + "/v1/predict?output=json", {"scene": data, "plate": data}
+        )
+        assert status == 200, (name, body)
+        answer = json.loads(body)
+        assert (answer["width"], answer["height"]) == ((1, 1) if name == "one pixel" else (40, 30))
+        alignment[name] = answer["alignment"]["status"]
+    assert alignment["one pixel"].startswith("refused: ")
+
+
 def test_concurrent_requests_each_get_their_own_answer(server, plate_id, reference):
     before = client.get_json(server + "/v1/health")["batches"]
     scenes = [serve_load.encode(scene) for scene in _SCENES] * 2
