@@ -1,8 +1,9 @@
-"""The installed `jaxsegdepth` command: predict with a trained model, export one.
+"""The installed `jaxsegdepth` command: predict with a trained model, export one, serve one.
 
     jaxsegdepth predict PLATE SCENE [-o OUT] [--model M] [--replace-bg COLOUR|IMAGE] ...
     jaxsegdepth predict --plate-frames N CLIP [-o OUT] ...
     jaxsegdepth export --model RUN[:STEP] [--format safetensors|jax] [-o DIR]
+    jaxsegdepth serve [--model M] [--port 8000] [--size R] ...   (serve/, docs/serving.md)
 
 The plate is registered onto each scene first (`--no-align`: not; `jaxsegdepth/align.py`).
 `--model` is a run folder (optionally `:STEP`), an export or a bundle folder; by default the
@@ -25,7 +26,7 @@ from typing import Optional
 import ml_collections
 from absl import logging
 
-from jaxsegdepth import align, bundle, errors, inference, reporting
+from jaxsegdepth import align, bundle, errors, inference, reporting, serve
 from jaxsegdepth.checkpointing import card as card_lib
 from jaxsegdepth.modes import export as export_mode, predict as predict_mode
 from jaxsegdepth.video import from_config, pixels
@@ -43,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _predict_options(commands)
     _export_options(commands)
+    serve.add_parser(commands)
     return parser
 
 
@@ -277,7 +279,7 @@ def main(argv: Optional[list] = None) -> int:
     args = _parser().parse_args(argv)
     logging.set_verbosity(logging.ERROR)  # Orbax warns about read-only checkpoint folders
     try:
-        {"predict": predict, "export": export}[args.command](args)
+        {"predict": predict, "export": export, "serve": serve.main}[args.command](args)
     except (errors.UsageError, errors.RunError) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return error.exit_code

@@ -45,6 +45,9 @@ LAYERS = {
     "preprocess": 2,
     "capture": 2,
     "align": 2,
+    "serve.client": 2,
+    "serve.images": 2,
+    "serve.batcher": 2,
     "video.pixels": 2,
     "video.clips": 2,
     "video.batches": 2,
@@ -79,6 +82,7 @@ LAYERS = {
     "modes.export": 5,
     "modes.plot": 5,
     "modes.benchmark": 5,
+    "serve.app": 5,
     "cli": 6,
 }
 MODES_FLOOR = 5
@@ -199,7 +203,8 @@ def test_a_wheel_of_the_clone_holds_every_module_the_weights_the_command_and_the
 ):
     """`pip wheel` of the files git tracks: every subpackage's __init__.py and every module,
     nothing of tools/, every file under jaxsegdepth/weights/ (the bundled model, its card,
-    MODEL_CARD.md) as package data, `jaxsegdepth` a console script, the licence."""
+    MODEL_CARD.md) and the page's files (serve/static/) as package data, `jaxsegdepth` a
+    console script, the licence."""
     tracked = (
         subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
         .stdout.decode()
@@ -212,6 +217,8 @@ def test_a_wheel_of_the_clone_holds_every_module_the_weights_the_command_and_the
             shutil.copy2(os.path.join(ROOT, path), source / path)
     weights = [p for p in tracked if p.startswith("jaxsegdepth/weights/")]
     assert "jaxsegdepth/weights/MODEL_CARD.md" in weights
+    weights += [p for p in tracked if p.startswith("jaxsegdepth/serve/static/")]
+    assert "jaxsegdepth/serve/static/index.html" in weights
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)],
         capture_output=True,
