@@ -12,14 +12,15 @@ against the scene and warps the plate onto the scene:
    `motion` model from there on the pixels the warp so far calls background (the residual's
    lower part), coarse to fine (the pair halved, then at the work scale), so that a foreground
    covering much of the frame does not pull it;
-4. the warp, scaled to full resolution, resamples the plate (bilinear); pixels the moved plate
+4. the warp, scaled to full resolution, resamples the plate (bicubic); pixels the moved plate
    does not cover are taken from the scene (no evidence either way, so no foreground there).
 
 A motion under `min_motion_px` at every corner leaves the plate untouched (no resampling of an
 exact plate), and so does a refused estimate on a plate equal to the scene on most of its
-pixels (`EXACT_SHARE`, up to JPEG noise: an exact plate on which ECC had too little to hold). An estimate that fails (ECC diverges), moves beyond the bounds, or leaves the
-background poorly correlated (the wrong plate), or a plate much darker or brighter than the
-scene, is refused: the plate is used unaligned and `Estimate.status` says why; the caller warns.
+pixels (`EXACT_SHARE`, up to JPEG noise: an exact plate on which ECC had too little to hold).
+An estimate that fails (ECC diverges), moves beyond the bounds, or leaves the background
+poorly correlated (the wrong plate), or a plate much darker or brighter than the scene, is
+refused: the plate is used unaligned and `Estimate.status` says why; the caller warns.
 
 `Tracker` registers the frames of a clip one by one against one plate, each estimate starting
 from the last good one (a shaky camera moves little between frames), a refused frame holding the

@@ -26,7 +26,6 @@ from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import jax
 import numpy as np
-import optax
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from jaxsegdepth import align, artifact, bundle, errors, models, preprocess, reporting, steps
@@ -277,22 +276,9 @@ def read_variables(path: str) -> tuple[dict, dict, str]:
 
 
 def make_state(variables: dict, model_card: dict) -> steps.TrainState:
-    """A `steps.TrainState` of `model_card`'s model holding `variables` ({"params",
-    "batch_stats"}) and no optimizer: what `steps.predict_step` and `mode=export` take."""
+    """A `steps.inference_state` of `model_card`'s model holding `variables`."""
     model = models.create(model_card["model"], model_card.get("dtype", "float32"))
-    return steps.TrainState(
-        step=0,
-        apply_fn=model.apply,
-        params=variables["params"],
-        tx=optax.identity(),
-        opt_state=(),
-        batch_stats=variables.get("batch_stats", {}),
-        ema={},
-        weighting={},
-        plateau=None,
-        rng=None,
-        nonfinite_step=None,
-    )
+    return steps.inference_state(model.apply, variables)
 
 
 def from_variables(variables: dict, model_card: dict, source: str, **settings) -> Predictor:

@@ -35,6 +35,24 @@ class TrainState(train_state.TrainState):
     nonfinite_step: jax.Array  # -1 while every loss has been finite, else the first bad step
 
 
+def inference_state(apply_fn, variables: dict, step=0) -> TrainState:
+    """A state holding a model's `variables` ({"params", "batch_stats"}) and no optimizer,
+    moving average or RNG: what `predict_step`, `eval_step` and an export take."""
+    return TrainState(
+        step=step,
+        apply_fn=apply_fn,
+        params=variables["params"],
+        tx=optax.identity(),
+        opt_state=(),
+        batch_stats=variables.get("batch_stats", {}),
+        ema={},
+        weighting={},
+        plateau=None,
+        rng=None,
+        nonfinite_step=None,
+    )
+
+
 def create_train_state(
     model: nn.Module,
     tx: optax.GradientTransformation,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxsegdepth import align, errors
-from jaxsegdepth.data import photos
+from jaxsegdepth.data import photo_clips, photos
 
 SIZE = 160
 BOX = (40, 60, 400)  # a window of the astronaut photograph, seen at SIZE pixels
@@ -16,9 +16,9 @@ def _views(move=(0.0, 0.0), degrees=0.0):
     """(scene, plate) of one photograph: the plate's camera moved by `move` (dx, dy) pixels and
     turned by `degrees`; a flat grey object covers a third of the scene."""
     image = photos.photo("astronaut")
-    scene = photos._view(image, BOX, SIZE).copy()
+    scene = photos.view(image, BOX, SIZE).copy()
     scene[30:110, 40:110] = (90, 140, 60)
-    return scene, photos._view(image, BOX, SIZE, move, degrees)
+    return scene, photos.view(image, BOX, SIZE, move, degrees)
 
 
 def _true_plate_pixel(points: np.ndarray, move, degrees) -> np.ndarray:
@@ -95,7 +95,7 @@ def test_an_exact_plate_is_left_untouched():
 def test_an_implausible_estimate_is_refused_and_the_plate_kept(change, settings, why):
     scene, plate = _views((4.0, 1.0), 0.8 if change == "turned" else 0.0)
     if change == "other photograph":
-        plate = photos._view(photos.photo("coffee"), (0, 0, 400), SIZE)
+        plate = photos.view(photos.photo("coffee"), (0, 0, 400), SIZE)
     if change == "darker":
         plate = plate // 4
     registered, found = align.register(plate, scene, settings)
@@ -126,7 +126,7 @@ def test_settings_from_a_config_block_are_checked():
 
 
 def test_the_tracker_follows_a_shaky_camera_and_holds_through_a_bad_frame():
-    clip = photos.shaky_clip(0, 8, 96, jitter_px=1.5, drift_px=5.0, drift_deg=0.5)
+    clip = photo_clips.shaky_clip(0, 8, 96, jitter_px=1.5, drift_px=5.0, drift_deg=0.5)
     tracker = align.Tracker(clip.plate, align.Settings())
     frames = list(clip.frames)
     frames[5] = np.full_like(frames[5], 128)  # a blank frame: nothing to register on

@@ -35,6 +35,7 @@ LAYERS = {
     "data.synthetic.samples": 2,
     "data.synthetic.walk": 2,
     "data.photos": 2,
+    "data.photo_clips": 2,
     "data.modest": 2,
     "data.folder": 2,
     "data.builders": 2,
@@ -198,9 +199,7 @@ def _packages() -> set[str]:
     }
 
 
-def test_a_wheel_of_the_clone_holds_every_module_the_weights_the_command_and_the_licence(
-    tmp_path,
-):
+def test_a_wheel_of_the_clone_holds_every_module_the_weights_the_command_and_the_licence(tmp_path):
     """`pip wheel` of the files git tracks: every subpackage's __init__.py and every module,
     nothing of tools/, every file under jaxsegdepth/weights/ (the bundled model, its card,
     MODEL_CARD.md) and the page's files (serve/static/) as package data, `jaxsegdepth` a

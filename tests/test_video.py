@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jaxsegdepth import align
-from jaxsegdepth.data import photos
+from jaxsegdepth.data import photo_clips
 from jaxsegdepth.video import clips as clips_lib, outputs, pixels, prediction, temporal
 
 SIZE = 96
@@ -149,10 +149,10 @@ def test_png_outputs_are_the_exact_arrays(clips, tmp_path):
 
 
 def test_a_shaky_camera_is_registered_frame_by_frame(tmp_path):
-    """A photograph's clip from a hand-held camera (`photos.shaky_clip`): with registration the
+    """A photograph's clip from a hand-held camera (`photo_clips.shaky_clip`): with registration the
     fake model's masks (the plate difference) find the object again; the summary holds one
     estimate per frame, none refused."""
-    clip = photos.shaky_clip(0, 8, SIZE, jitter_px=1.5, drift_px=5.0, drift_deg=0.5)
+    clip = photo_clips.shaky_clip(0, 8, SIZE, jitter_px=1.5, drift_px=5.0, drift_deg=0.5)
     folder = write_folder(str(tmp_path / "frames"), [f[..., ::-1] for f in clip.frames])
     cv2.imwrite(str(tmp_path / "plate.png"), clip.plate[..., ::-1])
     ious = {}

@@ -11,7 +11,7 @@
 pairs, as the `photos` evaluator does) with and without registration, on the moved-camera sets
 and the capture set. The model's figures on the same sets: `mode=evaluate`.
 
-`clips`: held-out clips of a photograph from a shaky camera (`photos.shaky_clip`: 1.5 px of
+`clips`: held-out clips of a photograph from a shaky camera (`photo_clips.shaky_clip`: 1.5 px of
 shake per frame around a drift of 6 px and 0.5 degree) and the same clips from a still camera,
 scored per frame against the true masks: the threshold (0.08), and with `--workdir` the run's
 model (its best checkpoint), each with and without per-frame registration (`align.Tracker`).
@@ -32,7 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # `python tools/align_speed.py` puts only tools/ on the path
 
 from jaxsegdepth import align
-from jaxsegdepth.data import photos
+from jaxsegdepth.data import photo_clips, photos
 
 CLIP_THRESHOLD = 0.08
 SHAKE = dict(jitter_px=1.5, drift_px=6.0, drift_deg=0.5)
@@ -57,10 +57,10 @@ def speed(repeats: int) -> None:
     settings = align.Settings()
     pair = photos.decode(photos.pairs(photos.SETS["photos_moved_8px_1deg"], 0, 1)[0])
     image = cv2.resize(photos.photo("astronaut"), (1600, 1600), interpolation=cv2.INTER_CUBIC)
-    frame = photos._view(image, (100, 100, 1280), 1280)[:720]
+    frame = photos.view(image, (100, 100, 1280), 1280)[:720]
     scene = frame.copy()
     scene[200:500, 400:700] = (90, 140, 60)
-    plate = photos._view(image, (100, 100, 1280), 1280, (3.0, -2.0), 0.4)[:720]
+    plate = photos.view(image, (100, 100, 1280), 1280, (3.0, -2.0), 0.4)[:720]
     print(f"{'input':<10} {'estimate ms':>16} {'apply ms':>16} {'total ms':>16}  (wall / CPU)")
     for name, (plate_image, scene_image) in {
         "224x224": (pair["bg"], pair["bg_fg"]),
@@ -114,10 +114,10 @@ def _model(workdir: str, config_file: str):
     import configs
     from jaxsegdepth.modes import predict
 
-    return predict.load_predict_fn(configs.load_file(config_file), workdir)
+    return predict.load_predictor(configs.load_file(config_file), workdir).forward
 
 
-def _clip_ious(clip: photos.Clip, settings: align.Settings, predict_fn) -> dict:
+def _clip_ious(clip: photo_clips.Clip, settings: align.Settings, predict_fn) -> dict:
     """Mean per-frame IoU of the threshold (and the model) on `clip`."""
     tracker = align.Tracker(clip.plate, settings)
     plates = np.stack([tracker(frame) for frame in clip.frames])
@@ -144,7 +144,7 @@ def clips(workdir: str, config_file: str, count: int, frames: int) -> None:
     print(f"{'clip':<6} {'camera':<7} {'registration':<13} {'threshold':>9} {'model':>7} refused")
     for index in range(count):
         for camera, shake in (("still", {}), ("shaky", SHAKE)):
-            clip = photos.shaky_clip(index, frames, **shake)
+            clip = photo_clips.shaky_clip(index, frames, **shake)
             for settings in (align.Settings(enabled=False), align.Settings()):
                 ious = _clip_ious(clip, settings, predict_fn)
                 model = f"{ious['model']:>7.4f}" if "model" in ious else f"{'-':>7}"

@@ -18,7 +18,6 @@ from typing import Callable, Optional
 import jax
 import ml_collections
 import numpy as np
-import optax
 from flax import traverse_util
 from jax.sharding import Mesh
 
@@ -34,7 +33,8 @@ SHAPE_SIDE = 32  # the input side a model is traced at for its variables' shapes
 class Restored:
     """A checkpoint read for inference: the state, the model card (None when the checkpoint was
     written without one), a phrase naming the checkpoint, the run's folder and which of its
-    weights the state holds ("ema": the run's moving average, else "trained")."""
+    weights the state holds ("ema": the run's moving average, "trained", or "bundle": a
+    bundle's shipped weights)."""
 
     state: steps.TrainState
     card: Optional[dict]
@@ -63,19 +63,9 @@ def load_for_inference(
         variables, weights, source = _model_variables(
             checkpointer, step, _variables(target), source
         )
-        parts = checkpointer.restore_parts(step, {"step": target.step})
+        saved_step = checkpointer.restore_parts(step, {"step": target.step})["step"]
         model_card = checkpointer.restore_card(step)
-    state = target.replace(
-        tx=optax.identity(),
-        opt_state=(),
-        ema={},
-        weighting={},
-        plateau=None,
-        rng=None,
-        nonfinite_step=None,
-        **parts,
-        **variables,
-    )
+    state = steps.inference_state(target.apply_fn, variables, saved_step)
     return Restored(state, model_card, source, where.path, weights)
 
 
@@ -125,17 +115,7 @@ def _from_bundle(config: ml_collections.ConfigDict, where: "ModelPath", mesh: Me
             f"{where.field}{where.path} does not fit model={config.model}: {error}"
         ) from error
     step = jax.device_put(np.int32(model_card.get("step", 0)), target.step.sharding)
-    state = target.replace(
-        step=step,
-        tx=optax.identity(),
-        opt_state=(),
-        ema={},
-        weighting={},
-        plateau=None,
-        rng=None,
-        nonfinite_step=None,
-        **variables,
-    )
+    state = steps.inference_state(target.apply_fn, variables, step)
     source = f"the bundle {where.path} ({model_card.get('weights_dtype', 'float32')} weights)"
     return Restored(state, model_card, source, where.path, "bundle")
 
@@ -203,15 +183,7 @@ def read_model(where: ModelPath) -> tuple[dict, dict, str]:
     `errors.UsageError` naming the run for a missing step or card."""
     checkpointer = store.Checkpointer(where.path, read_only=True)
     try:
-        step = where.step
-        if step < 0:
-            step = checkpointer.best_step()
-            step = checkpointer.latest_step() if step is None else step
-        if step is None or step not in checkpointer.all_steps():
-            raise errors.UsageError(
-                f"{where.field}no checkpoint{'' if step is None else f' at step {step}'} in "
-                f"{store.checkpoint_dir(where.path)}; available: {sorted(checkpointer.all_steps())}"
-            )
+        step = _chosen_step(checkpointer, where, errors.UsageError)
         model_card = checkpointer.restore_card(step)
         if model_card is None:
             raise errors.UsageError(
@@ -223,11 +195,11 @@ def read_model(where: ModelPath) -> tuple[dict, dict, str]:
             lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
             _variable_shapes(model_card),
         )
-        source = f"step {step} of {store.checkpoint_dir(where.path)}"
+        source = f"step {step} of {checkpointer.directory}"
         variables, _, source = _model_variables(checkpointer, step, target, source)
     finally:
         checkpointer.close()
-    return jax.device_get(variables), model_card, source
+    return jax.device_get(variables), {**model_card, "step": step}, source
 
 
 def _variable_shapes(model_card: dict) -> dict:
@@ -291,23 +263,30 @@ def _checked_checkpoint(config, where: ModelPath, mesh: Mesh):
         where.path, config.checkpoint.monitor, config.checkpoint.mode, read_only=True
     )
     try:
-        directory, step = checkpointer.directory, where.step
-        available = checkpointer.all_steps()
-        if step < 0:
-            step = checkpointer.best_step()
-            step = checkpointer.latest_step() if step is None else step
-            if step is None:
-                raise error(f"{field}no checkpoint in {directory}")
-        elif step not in available:
-            raise error(
-                f"{field}no checkpoint at step {step} in {directory}; available: "
-                f"{sorted(available)}"
-            )
-        source, target = f"step {step} of {directory}", build.abstract_state(config, mesh)
+        step = _chosen_step(checkpointer, where, error)
+        source = f"step {step} of {checkpointer.directory}"
+        target = build.abstract_state(config, mesh)
         _check_model(config, checkpointer, step, target, f"{field or 'the checkpoint '}{source}")
         yield checkpointer, step, source, target
     finally:
         checkpointer.close()
+
+
+def _chosen_step(checkpointer: store.Checkpointer, where: ModelPath, error: type) -> int:
+    """`where.step`, or when it is -1 the best checkpoint's step, else the latest's; `error`
+    naming the folder when there is none, or not that one."""
+    step, available = where.step, checkpointer.all_steps()
+    if step < 0:
+        step = checkpointer.best_step()
+        step = checkpointer.latest_step() if step is None else step
+        if step is None:
+            raise error(f"{where.field}no checkpoint in {checkpointer.directory}")
+    elif step not in available:
+        raise error(
+            f"{where.field}no checkpoint at step {step} in {checkpointer.directory}; "
+            f"available: {sorted(available)}"
+        )
+    return step
 
 
 def _check_model(config, checkpointer: store.Checkpointer, step: int, target, where: str) -> None:

@@ -24,7 +24,8 @@ output pixels in a random direction and turned by an angle drawn in `rotation_de
 photograph (true content at the borders, no padding); the mask stays the scene's.
 
 `SETS` names the evaluated sets and `pairs` makes their JPEG bytes; a set's "tuning" split (for
-choosing a background-subtraction threshold) and "eval" split never share a pair. Everything is deterministic per `(seed, index)`.
+choosing a background-subtraction threshold) and "eval" split never share a pair. Everything
+is deterministic per `(seed, index)`.
 """
 
 import dataclasses
@@ -183,7 +184,7 @@ def contour_shapes() -> tuple[np.ndarray, ...]:
     return tuple(shapes)
 
 
-def _square_box(rng: np.random.Generator, image: np.ndarray) -> tuple[int, int, int]:
+def square_box(rng: np.random.Generator, image: np.ndarray) -> tuple[int, int, int]:
     """A random square (top, left, side) with a side 50-100% of the shorter one."""
     height, width = image.shape[:2]
     side = int(min(height, width) * rng.uniform(0.5, 1.0))
@@ -191,7 +192,7 @@ def _square_box(rng: np.random.Generator, image: np.ndarray) -> tuple[int, int, 
     return int(top), int(left), side
 
 
-def _crop(image: np.ndarray, box: tuple[int, int, int], size: int) -> np.ndarray:
+def crop(image: np.ndarray, box: tuple[int, int, int], size: int) -> np.ndarray:
     top, left, side = box
     crop = Image.fromarray(image[top : top + side, left : left + side])
     return np.asarray(crop.resize((size, size), Image.BILINEAR))
@@ -211,7 +212,7 @@ def _shifted_crop(
     return np.asarray(Image.fromarray(padded).resize((size, size), Image.BILINEAR, box=window))
 
 
-def _view(
+def view(
     image: np.ndarray, box: tuple[int, int, int], size: int, move=(0.0, 0.0), angle_deg=0.0
 ) -> np.ndarray:
     """The square `box` of `image` seen at `size` pixels (anti-aliased, bilinear), the window
@@ -248,10 +249,10 @@ def _camera_views(
         int(np.clip(left, margin, width - side - margin)),
         side,
     )
-    return _view(image, inset, size), _view(image, inset, size, move, angle)
+    return view(image, inset, size), view(image, inset, size, move, angle)
 
 
-def _paste(mask: np.ndarray, shape: np.ndarray, top: int, left: int) -> None:
+def paste(mask: np.ndarray, shape: np.ndarray, top: int, left: int) -> None:
     """mask |= shape placed at (top, left), clipped to the mask."""
     height, width = shape.shape
     y0, x0 = max(top, 0), max(left, 0)
@@ -268,11 +269,11 @@ def _silhouettes(rng: np.random.Generator, size: int) -> np.ndarray:
         height, width = shape.shape
         top = int(rng.integers(0, size - height + 1))
         left = int(rng.integers(-(width // 3), size - 2 * width // 3))
-        _paste(mask, shape, top, left)
+        paste(mask, shape, top, left)
     return mask
 
 
-def _blobs(rng: np.random.Generator, size: int) -> np.ndarray:
+def blobs(rng: np.random.Generator, size: int) -> np.ndarray:
     """1-3 star-shaped blobs: radius(angle) = r exp(sum of harmonics 1-5 with random phases and
     amplitudes falling as 1/k), stretched (aspect 0.5-1) and turned; r 8-25% of the image."""
     canvas = Image.new("L", (size, size), 0)
@@ -310,11 +311,11 @@ def _contours(rng: np.random.Generator, size: int) -> np.ndarray:
         )
         top = int(rng.integers(-(height // 4), size - 3 * height // 4 + 1))
         left = int(rng.integers(-(width // 4), size - 3 * width // 4 + 1))
-        _paste(mask, resized, top, left)
+        paste(mask, resized, top, left)
     return mask
 
 
-_SHAPE_MAKERS = {"silhouette": _silhouettes, "blob": _blobs, "contour": _contours}
+_SHAPE_MAKERS = {"silhouette": _silhouettes, "blob": blobs, "contour": _contours}
 
 
 def _nuisance_rng(seed: int, index: int, name: str) -> np.random.Generator:
@@ -358,9 +359,9 @@ def render(
     _check_names(shapes, nuisances)
     rng = np.random.default_rng([int(seed), int(index), 1])  # apart from the scenes' streams
     back, front = rng.choice(len(PHOTOS), 2, replace=False)
-    plate_box = _square_box(rng, photo(PHOTOS[back]))
-    bg = _crop(photo(PHOTOS[back]), plate_box, size)
-    pasted = _crop(photo(PHOTOS[front]), _square_box(rng, photo(PHOTOS[front])), size)
+    plate_box = square_box(rng, photo(PHOTOS[back]))
+    bg = crop(photo(PHOTOS[back]), plate_box, size)
+    pasted = crop(photo(PHOTOS[front]), square_box(rng, photo(PHOTOS[front])), size)
     mask = _SHAPE_MAKERS[shapes[index % len(shapes)]](rng, size)
     if camera is not None:
         bg, plate = _camera_views(seed, index, photo(PHOTOS[back]), plate_box, size, camera)
@@ -426,63 +427,6 @@ def pairs(
         )
         for index in range(first, first + count)
     ]
-
-
-@dataclasses.dataclass(frozen=True)
-class Clip:
-    """A clip of a photograph from a camera held by hand (`shaky_clip`): the plate, the frames,
-    their true masks and the true camera motion of each frame against the plate."""
-
-    plate: np.ndarray  # (size, size, 3) uint8 RGB
-    frames: list  # (size, size, 3) uint8 RGB each
-    masks: list  # (size, size) bool each
-    motions: list  # (dx, dy, degrees) of each frame's window against the plate's
-
-
-def shaky_clip(
-    index: int,
-    frames: int,
-    size: int = synthetic.SIZE,
-    jitter_px: float = 0.0,
-    drift_px: float = 0.0,
-    drift_deg: float = 0.0,
-    seed: int = 0,
-) -> Clip:
-    """Clip `index`: a blob of another photograph crosses a photograph seen from a camera that
-    drifts steadily by up to `drift_px` pixels and `drift_deg` degrees over the clip with
-    `jitter_px` of random shake per frame around that drift (0, 0, 0: a still camera; the same
-    clip otherwise). The plate is the camera's first view, before it moved."""
-    rng = np.random.default_rng([int(seed), int(index), 4])
-    back, front = rng.choice(len(PHOTOS), 2, replace=False)
-    image, source = photo(PHOTOS[back]), photo(PHOTOS[front])
-    reach = drift_px + 3 * jitter_px + 0.75 * size * np.sin(np.deg2rad(drift_deg))
-    top, left, side = _square_box(rng, image)
-    margin = int(np.ceil(side / size * reach)) + 3
-    side = min(side, min(image.shape[:2]) - 2 * margin)
-    box = (
-        int(np.clip(top, margin, image.shape[0] - side - margin)),
-        int(np.clip(left, margin, image.shape[1] - side - margin)),
-        side,
-    )
-    pasted = _crop(source, _square_box(rng, source), size)
-    blob = _blobs(np.random.default_rng([int(seed), int(index), 5]), size)
-    rows, columns = np.nonzero(blob)
-    blob = blob[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
-    direction = rng.uniform(0, 2 * np.pi)
-    shake = rng.normal(0.0, jitter_px, (frames, 2))
-    clip = Clip(_view(image, box, size), [], [], [])
-    for t in range(frames):
-        along = t / max(1, frames - 1)
-        move = drift_px * along * np.array([np.cos(direction), np.sin(direction)]) + shake[t]
-        angle = drift_deg * along
-        view = _view(image, box, size, move, angle)
-        mask = np.zeros((size, size), bool)
-        x = int(round(along * (size - blob.shape[1])))
-        _paste(mask, blob, (size - blob.shape[0]) // 2, x)
-        clip.frames.append(np.where(mask[..., None], pasted, view))
-        clip.masks.append(mask)
-        clip.motions.append((float(move[0]), float(move[1]), float(angle)))
-    return clip
 
 
 def decode(pair: dict[str, bytes]) -> dict[str, np.ndarray]:

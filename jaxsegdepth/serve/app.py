@@ -20,7 +20,6 @@ import re
 import time
 from typing import Literal, Optional
 
-import cv2
 import numpy as np
 from fastapi import APIRouter, FastAPI, File, Form, Query, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -211,10 +210,7 @@ class _Job:
             )
             plate = inference.resize(plate, scene.shape[:2])
         if self.limits.alignment.enabled:
-            try:
-                plate, self.estimate = align.register(plate, scene, self.limits.alignment)
-            except cv2.error as error:  # OpenCV refuses some inputs outright (a 1-pixel side)
-                self.estimate = align.Estimate(align.IDENTITY, f"refused: {error.err}")
+            plate, self.estimate = align.register(plate, scene, self.limits.alignment)
             self.headers["X-Alignment"] = self.estimate.status
         start = self._timed("align", start)
         size = self.predictor.model_hw(*scene.shape[:2])

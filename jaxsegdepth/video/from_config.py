@@ -1,6 +1,6 @@
 """`mode=predict` on a clip (`config.predict.video`, with the clip-only `config.video` block):
-the checks `validate` runs before anything loads, and the run around `prediction.predict_clip` with its progress bar, its report and its
-failures as `errors` (exit 2 for a bad setting or file, 1 for a clip that breaks off, 130 for
+the checks `validate` runs before anything loads, and the run around `prediction.predict_clip`
+with its progress bar, its report and its failures as `errors` (exit 2 for a bad setting or file, 1 for a clip that breaks off, 130 for
 Ctrl-C; what was written before either stays playable).
 
 The mode loads the model; this module takes its `predict_fn(bg, bg_fg)` and `model_hw(height,
@@ -124,6 +124,12 @@ def run(
         ) from error
     finally:
         bar.close()
+    _report(summary, out)
+    return summary
+
+
+def _report(summary: dict, out: str) -> None:
+    """The clip's warnings, outputs, registration and rates, said once it is written."""
     for warning in summary["warnings"]:
         if not warning.startswith("plate "):  # the plate's was said by `validate`
             reporting.warn(warning)
@@ -137,7 +143,6 @@ def run(
         f"{summary['frames_per_s']} frames/s end to end, {summary['model_frames_per_s']} in the "
         f"model (its first call, compiling, took {summary['first_call_s']} s)"
     )
-    return summary
 
 
 def _probe(config: ml_collections.ConfigDict) -> clips.ClipInfo:
