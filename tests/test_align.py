@@ -1,10 +1,17 @@
 """Plate registration (jaxsegdepth/align.py): the motion found against the true one, the warp and
 its uncovered border, the refusals, the clip tracker, and the moved-camera photo sets."""
 
+import dataclasses
+import os
+import sys
+
 import ml_collections
 import numpy as np
 import pytest
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from configs import default
 from jaxsegdepth import align, errors
 from jaxsegdepth.data import photo_clips, photos
 
@@ -108,6 +115,12 @@ def test_an_image_too_small_to_register_is_refused():
     plate = np.zeros((1, 40, 3), np.uint8)
     registered, found = align.register(plate, plate.copy(), align.Settings())
     assert found.status == "refused: 40x1 is too small to register" and registered is plate
+
+
+def test_the_recipe_s_align_block_is_the_package_s_defaults():
+    """configs/default.py imports nothing of the package, so its `align` block repeats
+    `align.Settings`; the installed command uses the latter: they must agree."""
+    assert default.get_config().align.to_dict() == dataclasses.asdict(align.Settings())
 
 
 def test_settings_from_a_config_block_are_checked():

@@ -11,6 +11,7 @@ import pytest
 from flax import traverse_util
 from PIL import Image
 
+from configs import default
 from jaxsegdepth import bundle, cli, inference
 
 MAX_SIDE = ["--max-side", "32"]  # the model sees 32x32: one small program
@@ -194,3 +195,10 @@ def test_help_for_each_command(command, capsys):
         cli.main(command + ["--help"])
     assert exited.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: jaxsegdepth {' '.join(command)}".rstrip())
+
+
+def test_the_command_s_clip_settings_are_the_recipe_s_defaults():
+    """The command cannot import configs/, so it keeps the clip settings of configs/default.py's
+    `video` block (all but the plate) itself: they must agree."""
+    video = default.get_config().video.to_dict()
+    assert video.pop("plate_frames") == 0 and video == cli.VIDEO_DEFAULTS
