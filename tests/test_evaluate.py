@@ -19,9 +19,7 @@ def test_evaluate_writes_exact_metrics(trained, tmp_path):
     config, workdir, record = trained
     config = copy_config(config)
     config.evaluate.resolutions, config.evals.photos.pairs = (RES, 64), 8
-    for move in ("0px", "1px", "2px", "8px_1deg"):
-        config.evals[f"photos_moved_{move}"].evaluate = False
-    config.evals.photos_moved_4px.pairs = 8
+    config.evals.photos_moved_4px.update(dict(evaluate=True, pairs=8))
     evaluate.validate(config)
     result = evaluate.run(config, workdir)
     with open(os.path.join(workdir, "eval.json")) as f:

@@ -468,7 +468,7 @@ def test_init_from_names_a_missing_run_or_step_and_a_variable_that_does_not_fit(
             str(tmp_path / "nowhere"),
             f"init_from={tmp_path / 'nowhere'}: no checkpoints "
             "folder there (expected a run's workdir or its checkpoints folder, optionally "
-            "with :STEP, or an export folder)",
+            "with :STEP, an export folder or a bundle folder with model.safetensors)",
         ),
         (
             f"{source}:7",

@@ -107,8 +107,7 @@ def test_mask_video_matches_the_known_masks(clips, tmp_path, kind):
         clips[kind],
         FIRST_WITH_OBJECT,
         str(tmp_path),
-        model_hw=(64, 64),
-        outputs=outputs.OUTPUTS,
+        prediction.ClipOptions(model_hw=(64, 64), outputs=outputs.OUTPUTS),
     )
     masks = read_video(summary["outputs"]["mask"])[..., 0] > 127
     assert masks.shape == (FRAMES, SIZE, SIZE)
@@ -134,9 +133,9 @@ def test_png_outputs_are_the_exact_arrays(clips, tmp_path):
         clips["png"],
         clips["plate"],
         str(tmp_path),
-        model_hw=(SIZE, SIZE),
-        outputs=("mask_prob", "mask"),
-        video_format="png",
+        prediction.ClipOptions(
+            model_hw=(SIZE, SIZE), outputs=("mask_prob", "mask"), video_format="png"
+        ),
     )
     for t in range(FRAMES):
         name = f"{t:06d}.png"
@@ -162,10 +161,12 @@ def test_a_shaky_camera_is_registered_frame_by_frame(tmp_path):
             folder,
             str(tmp_path / "plate.png"),
             str(tmp_path / f"out_{enabled}"),
-            model_hw=(SIZE, SIZE),
-            outputs=("mask",),
-            video_format="png",
-            alignment=align.Settings(enabled=enabled),
+            prediction.ClipOptions(
+                model_hw=(SIZE, SIZE),
+                outputs=("mask",),
+                video_format="png",
+                alignment=align.Settings(enabled=enabled),
+            ),
         )
         masks = [
             cv2.imread(os.path.join(summary["outputs"]["mask"], f"{t:06d}.png"), -1) > 0
@@ -197,10 +198,9 @@ def test_the_last_batch_is_padded_to_the_fixed_shape(clips, tmp_path):
         clips["png"],
         clips["plate"],
         str(tmp_path),
-        model_hw=(64, 80),
-        batch_size=8,
-        outputs=("mask",),
-        video_format="png",
+        prediction.ClipOptions(
+            model_hw=(64, 80), batch_size=8, outputs=("mask",), video_format="png"
+        ),
         progress=lambda *args: progress.append(args),
     )
     uint8 = np.dtype(np.uint8)
@@ -233,10 +233,12 @@ def test_temporal_smoothing_reduces_flicker(clips, tmp_path):
             clip,
             clips["plate"],
             str(tmp_path / f"out_{alpha}"),
-            model_hw=(SIZE, SIZE),
-            outputs=("mask_prob",),
-            video_format="png",
-            temporal_smoothing=alpha,
+            prediction.ClipOptions(
+                model_hw=(SIZE, SIZE),
+                outputs=("mask_prob",),
+                video_format="png",
+                temporal_smoothing=alpha,
+            ),
         )
 
     plain, smoothed = predict(0.0), predict(0.8)
@@ -256,7 +258,11 @@ def test_a_file_opencv_cannot_open_fails_before_predicting(clips, tmp_path):
     predict = counting(fake_predict)
     with pytest.raises(ValueError, match=re.escape(str(not_a_video))):
         prediction.predict_clip(
-            predict, str(not_a_video), clips["plate"], str(tmp_path / "out"), model_hw=(64, 64)
+            predict,
+            str(not_a_video),
+            clips["plate"],
+            str(tmp_path / "out"),
+            prediction.ClipOptions(model_hw=(64, 64)),
         )
     assert predict.calls == []
 
@@ -269,14 +275,20 @@ def test_an_empty_folder_is_no_clip(tmp_path):
 def test_more_plate_frames_than_the_clip_has(clips, tmp_path):
     predict = counting(fake_predict)
     with pytest.raises(ValueError, match=re.escape(clips["avi"]) + ".*plate_frames=30.*20"):
-        prediction.predict_clip(predict, clips["avi"], 30, str(tmp_path), model_hw=(64, 64))
+        prediction.predict_clip(
+            predict, clips["avi"], 30, str(tmp_path), prediction.ClipOptions(model_hw=(64, 64))
+        )
     assert predict.calls == []
 
 
 def test_an_unreadable_plate_is_named(clips, tmp_path):
     with pytest.raises(ValueError, match=re.escape(clips["mp4"]) + ".*plate"):
         prediction.predict_clip(
-            fake_predict, clips["avi"], clips["mp4"], str(tmp_path), model_hw=(64, 64)
+            fake_predict,
+            clips["avi"],
+            clips["mp4"],
+            str(tmp_path),
+            prediction.ClipOptions(model_hw=(64, 64)),
         )
 
 
@@ -295,7 +307,11 @@ def test_a_truncated_mp4_cannot_be_opened(clips, tmp_path):
     predict = counting(fake_predict)
     with pytest.raises(ValueError, match=re.escape(truncated)):
         prediction.predict_clip(
-            predict, truncated, clips["plate"], str(tmp_path / "out"), model_hw=(64, 64)
+            predict,
+            truncated,
+            clips["plate"],
+            str(tmp_path / "out"),
+            prediction.ClipOptions(model_hw=(64, 64)),
         )
     assert predict.calls == []
 
@@ -305,7 +321,11 @@ def test_a_truncated_avi_keeps_the_frames_written(clips, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(clips_lib.ClipBroken, match=re.escape(truncated)) as caught:
         prediction.predict_clip(
-            fake_predict, truncated, clips["plate"], str(out), model_hw=(64, 64)
+            fake_predict,
+            truncated,
+            clips["plate"],
+            str(out),
+            prediction.ClipOptions(model_hw=(64, 64)),
         )
     assert 0 < caught.value.frames_written < FRAMES
     assert f"{caught.value.frames_written} frames written" in str(caught.value)
@@ -326,9 +346,7 @@ def test_a_corrupt_frame_in_a_folder(clips, tmp_path):
             folder,
             clips["plate"],
             str(tmp_path / "out"),
-            model_hw=(64, 64),
-            outputs=("mask",),
-            video_format="png",
+            prediction.ClipOptions(model_hw=(64, 64), outputs=("mask",), video_format="png"),
         )
     assert caught.value.frames_written == caught.value.frame_index == 11
     assert len(os.listdir(tmp_path / "out" / "mask")) == 11
@@ -348,7 +366,7 @@ def test_ctrl_c_closes_the_writers(clips, tmp_path):
             clips["avi"],
             clips["plate"],
             str(tmp_path),
-            model_hw=(64, 64),
+            prediction.ClipOptions(model_hw=(64, 64)),
         )
     assert caught.value.frames_written == 8
     assert len(read_video(str(tmp_path / "side_by_side.mp4"))) == 8
@@ -369,9 +387,9 @@ def test_a_failing_writer_stops_the_clip(clips, tmp_path, monkeypatch):
             clips["png"],
             clips["plate"],
             str(tmp_path),
-            model_hw=(64, 64),
-            outputs=("mask_prob", "mask"),
-            video_format="png",
+            prediction.ClipOptions(
+                model_hw=(64, 64), outputs=("mask_prob", "mask"), video_format="png"
+            ),
         )
     with open(tmp_path / "summary.json") as f:
         summary = json.load(f)

@@ -127,7 +127,7 @@ def test_the_config_chooses_one_object_once():
     chosen = {}
     for name in ("fixed", "uncertainty", "dwa"):
         config.loss_weighting.method, config.loss_weighting.temperature = name, 0.5
-        chosen[name] = weighting.from_config(config)
+        chosen[name] = weighting.from_config(config, TASKS)
     assert chosen["fixed"] == weighting.Fixed(TASKS) and not chosen["fixed"].ADAPTS
     assert chosen["uncertainty"] == weighting.Uncertainty(TASKS) and chosen["uncertainty"].ADAPTS
     assert chosen["dwa"] == weighting.DWA(TASKS, temperature=0.5)

@@ -128,10 +128,12 @@ def smoothing(predict_fn, args) -> None:
                         clip,
                         plate_path,
                         out,
-                        model_hw=(size, size),
-                        outputs=("mask",),
-                        temporal_smoothing=alpha,
-                        video_format="png",
+                        prediction.ClipOptions(
+                            model_hw=(size, size),
+                            outputs=("mask",),
+                            temporal_smoothing=alpha,
+                            video_format="png",
+                        ),
                     )
                     flickers.append(summary["flicker"]["smoothed"])
                     for index, truth in enumerate(masks):

@@ -1,7 +1,7 @@
 """Predicting a clip from a fixed camera against a background plate, frame by frame, into
 videos; on the host, around any `predict_fn(bg, bg_fg)`. Submodules are imported explicitly.
 
-- `prediction`: `predict_clip` (the threaded run, `summary.json`), `check_options`,
+- `prediction`: `predict_clip` (the threaded run, `summary.json`), `ClipOptions` (its settings),
   `ClipInterrupted`.
 - `clips`: `probe` a video file or a folder of numbered frames, read its frames (`ClipBroken`
   where that fails), `load_plate` (an image, or the median of the first frames).

@@ -43,27 +43,41 @@ def validate(config: ml_collections.ConfigDict, model_hw: ModelSizeFn) -> None:
     if not video.fps > 0:
         raise errors.UsageError(f"video.fps={video.fps}: expected frames per second > 0")
     info = _probe(config)
-    try:
-        prediction.check_options(
-            model_hw=model_hw(info.height, info.width),
-            batch_size=video.batch_size,
-            outputs=tuple(cfg.outputs),
-            threshold=cfg.threshold,
-            colormap=cfg.colormap,
-            temporal_smoothing=video.temporal_smoothing,
-            video_format=video.video_format,
-        )
-        if "composite" in cfg.outputs:
-            outputs_lib.replacement_background(cfg.replace_bg, info.height, info.width)
-    except ValueError as error:  # each names its argument, a field of predict or video
-        block = "video" if str(error).split("=")[0] in names.VIDEO_FIELDS else "predict"
-        raise errors.UsageError(f"{block}.{error}") from error
+    options = clip_options(config, model_hw(info.height, info.width))
+    if "composite" in options.outputs:
+        try:
+            outputs_lib.replacement_background(options.replace_bg, info.height, info.width)
+        except ValueError as error:
+            raise errors.UsageError(f"predict.{error}") from error
     try:
         _, _, warning = clips.load_plate(_plate(config), info)
     except ValueError as error:  # names the file
         raise errors.UsageError(str(error)) from error
     if warning:
         reporting.warn(warning)
+
+
+def clip_options(config: ml_collections.ConfigDict, model_hw: tuple) -> prediction.ClipOptions:
+    """`config`'s clip settings (`predict`, `video`, `align`) as one checked value; a bad one is
+    an `errors.UsageError` naming its field."""
+    cfg, video = config.predict, config.video
+    alignment = align.Settings.from_config(config.get("align"))  # names its own fields
+    try:
+        return prediction.ClipOptions(
+            model_hw=model_hw,
+            batch_size=video.batch_size,
+            outputs=tuple(cfg.outputs),
+            threshold=cfg.threshold,
+            colormap=cfg.colormap,
+            temporal_smoothing=video.temporal_smoothing,
+            replace_bg=cfg.replace_bg,
+            video_format=video.video_format,
+            fps=video.fps,
+            alignment=alignment,
+        )
+    except ValueError as error:  # each names its field, of predict or video
+        block = "video" if str(error).split("=")[0] in names.VIDEO_FIELDS else "predict"
+        raise errors.UsageError(f"{block}.{error}") from error
 
 
 def output_dir(cfg: ml_collections.ConfigDict, workdir: str) -> str:
@@ -98,21 +112,7 @@ def run(
 
     try:
         summary = prediction.predict_clip(
-            predict_fn,
-            info.path,
-            _plate(config),
-            out,
-            model_hw=size,
-            batch_size=video.batch_size,
-            outputs=tuple(cfg.outputs),
-            threshold=cfg.threshold,
-            colormap=cfg.colormap,
-            temporal_smoothing=video.temporal_smoothing,
-            replace_bg=cfg.replace_bg,
-            video_format=video.video_format,
-            fps=video.fps,
-            alignment=align.Settings.from_config(config.get("align")),
-            progress=progress,
+            predict_fn, info.path, _plate(config), out, clip_options(config, size), progress
         )
     except clips.ClipBroken as error:
         raise errors.RunError(f"{error} (playable; details in summary.json)") from error

@@ -11,6 +11,7 @@ Three stages overlap. A reader thread decodes, resizes and batches frames up to
 and the flicker figures. One writer thread per output renders and encodes, in frame order.
 """
 
+import dataclasses
 import json
 import os
 import time
@@ -33,35 +34,48 @@ class ClipInterrupted(KeyboardInterrupt):
         self.frames_written = frames_written
 
 
-def check_options(
-    *,
-    model_hw: tuple,
-    batch_size: int,
-    outputs: tuple,
-    threshold: float,
-    colormap: str,
-    temporal_smoothing: float,
-    video_format: str,
-) -> None:
-    """Refuses, in one line naming the argument, settings `predict_clip` cannot work with."""
-    if len(model_hw) != 2 or min(model_hw) < 1:
-        raise ValueError(f"model_hw={model_hw}: expected (height, width), both >= 1")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: expected >= 1")
-    unknown = [name for name in outputs if name not in outputs_lib.OUTPUTS]
-    if unknown or not outputs:
-        raise ValueError(
-            f"outputs={tuple(outputs)}: expected one or more of {', '.join(outputs_lib.OUTPUTS)}"
-        )
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold={threshold}: expected a probability in [0, 1]")
-    pixels.colormap_lut(colormap)
-    if not 0.0 <= temporal_smoothing < 1.0:
-        raise ValueError(f"temporal_smoothing={temporal_smoothing}: expected alpha in [0, 1)")
-    if video_format not in outputs_lib.VIDEO_FORMATS:
-        raise ValueError(
-            f"video_format={video_format!r}: expected one of {outputs_lib.VIDEO_FORMATS}"
-        )
+@dataclasses.dataclass(frozen=True)
+class ClipOptions:
+    """How `predict_clip` predicts and writes a clip, checked once when made: a value it cannot
+    work with is a `ValueError` naming its field."""
+
+    model_hw: tuple  # (height, width) the model sees
+    batch_size: int = 8  # frames per model call
+    outputs: tuple = outputs_lib.DEFAULT_OUTPUTS
+    threshold: float = 0.5  # mask probability -> mask
+    colormap: str = "viridis"  # the depth output's matplotlib colour map
+    temporal_smoothing: float = 0.0  # alpha of a moving average over frames (0: off)
+    replace_bg: str = outputs_lib.DEFAULT_BACKGROUND  # the composite's: R,G,B or an image file
+    video_format: str = "mp4"  # mp4 | png
+    fps: float = clips.DEFAULT_FPS  # a frame folder's frame rate
+    alignment: align.Settings = align.Settings(enabled=False)  # plate registration per frame
+
+    def __post_init__(self):
+        object.__setattr__(self, "model_hw", tuple(self.model_hw))
+        object.__setattr__(self, "outputs", tuple(self.outputs))
+        if len(self.model_hw) != 2 or min(self.model_hw) < 1:
+            raise ValueError(f"model_hw={self.model_hw}: expected (height, width), both >= 1")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size}: expected >= 1")
+        unknown = [name for name in self.outputs if name not in outputs_lib.OUTPUTS]
+        if unknown or not self.outputs:
+            raise ValueError(
+                f"outputs={self.outputs}: expected one or more of {', '.join(outputs_lib.OUTPUTS)}"
+            )
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold={self.threshold}: expected a probability in [0, 1]")
+        pixels.colormap_lut(self.colormap)
+        if not 0.0 <= self.temporal_smoothing < 1.0:
+            raise ValueError(
+                f"temporal_smoothing={self.temporal_smoothing}: expected alpha in [0, 1)"
+            )
+        if self.video_format not in outputs_lib.VIDEO_FORMATS:
+            raise ValueError(
+                f"video_format={self.video_format!r}: expected one of {outputs_lib.VIDEO_FORMATS}"
+            )
+        if not self.fps > 0:
+            raise ValueError(f"fps={self.fps}: expected frames per second > 0")
+        self.alignment.checked()
 
 
 class _ClipRun:
@@ -73,18 +87,19 @@ class _ClipRun:
         info: clips.ClipInfo,
         plate_rgb: np.ndarray,
         out_dir: str,
-        options: dict,
+        options: ClipOptions,
+        plate_source: str,
         background_rgb: Optional[np.ndarray],
     ):
         self.predict_fn = predict_fn
         self.info = info
         self.out_dir = out_dir
-        self.options = options
+        self.options, self.plate_source = options, plate_source
         self.background_rgb = background_rgb
-        self.plate_model_rgb = pixels.resize(plate_rgb, options["model_hw"])
-        alignment = options["alignment"]
+        self.plate_model_rgb = pixels.resize(plate_rgb, options.model_hw)
+        alignment = options.alignment
         self.tracker = align.Tracker(self.plate_model_rgb, alignment) if alignment.enabled else None
-        alpha = options["temporal_smoothing"]
+        alpha = options.temporal_smoothing
         self.smoothers = None if alpha == 0 else {}  # head -> TemporalSmoother, made on use
         self.flicker_raw, self.flicker_smoothed = temporal.FlickerMeter(), temporal.FlickerMeter()
         self.writers: dict[str, threads.Writer] = {}
@@ -107,11 +122,11 @@ class _ClipRun:
     def process(self, progress: Optional[ProgressFn]) -> None:
         """Reads, predicts and writes every frame; the writers are finished on every path."""
         start = time.perf_counter()
-        keep_clip = bool({"composite", "side_by_side"} & set(self.options["outputs"]))
+        keep_clip = bool({"composite", "side_by_side"} & set(self.options.outputs))
         frames = batches.from_frames(
             clips.bgr_frames(self.info),
             self.plate_model_rgb,
-            self.options["batch_size"],
+            self.options.batch_size,
             keep_clip,
             self.tracker,
         )
@@ -162,27 +177,27 @@ class _ClipRun:
         if self.smoothers is None:
             return raw
         smoother = self.smoothers.setdefault(
-            head, temporal.TemporalSmoother(self.options["temporal_smoothing"])
+            head, temporal.TemporalSmoother(self.options.temporal_smoothing)
         )
         return smoother(raw)
 
     def _open_writers(self, heads: set) -> None:
         """One writer per output the model's `heads` can feed (known after the first batch)."""
-        outputs = list(self.options["outputs"])
+        outputs = list(self.options.outputs)
         if "depth" not in heads and "depth" in outputs:
             outputs.remove("depth")
             self.warnings.append("the model has no depth head: no depth output")
         renderer = outputs_lib.Renderer(
             (self.info.height, self.info.width),
-            self.options["threshold"],
-            self.options["colormap"],
+            self.options.threshold,
+            self.options.colormap,
             self.background_rgb,
             with_depth="depth" in heads,
         )
         for name in outputs:
             height, width = renderer.output_hw(name)
             path, target, warning = outputs_lib.open_output(
-                self.out_dir, name, self.options["video_format"], self.info.fps, height, width
+                self.out_dir, name, self.options.video_format, self.info.fps, height, width
             )
             self.warnings.extend([warning] if warning else [])
             self.files[name] = path
@@ -193,8 +208,8 @@ class _ClipRun:
         return {
             "clip": self.info.path,
             "clip_hw": [self.info.height, self.info.width],
-            "model_hw": list(self.options["model_hw"]),
-            "batch_size": self.options["batch_size"],
+            "model_hw": list(self.options.model_hw),
+            "batch_size": self.options.batch_size,
             "fps": self.info.fps,
             "fps_source": self.info.fps_source,
             "frames_announced": self.info.frame_count,
@@ -209,10 +224,10 @@ class _ClipRun:
             "first_call_s": None if self.first_call_s is None else round(self.first_call_s, 3),
             "waiting_for_frames_s": round(self.reader.wait_s, 3) if self.reader else 0.0,
             "waiting_for_writers_s": round(sum(w.wait_s for w in self.writers.values()), 3),
-            "temporal_smoothing": self.options["temporal_smoothing"],
+            "temporal_smoothing": self.options.temporal_smoothing,
             "flicker": {"raw": self.flicker_raw.value, "smoothed": self.flicker_smoothed.value},
-            "threshold": self.options["threshold"],
-            "plate": self.options["plate_source"],
+            "threshold": self.options.threshold,
+            "plate": self.plate_source,
             "registration": self.tracker.summary() if self.tracker else None,
             "outputs": self.files,
             "warnings": self.warnings,
@@ -225,45 +240,27 @@ def predict_clip(
     clip: str,
     plate: Union[str, int],
     out_dir: str,
-    *,
-    model_hw: tuple,
-    batch_size: int = 8,
-    outputs: tuple = outputs_lib.DEFAULT_OUTPUTS,
-    threshold: float = 0.5,
-    colormap: str = "viridis",
-    temporal_smoothing: float = 0.0,
-    replace_bg: str = "0,255,0",
-    video_format: str = "mp4",
-    fps: float = clips.DEFAULT_FPS,
-    alignment: align.Settings = align.Settings(enabled=False),
+    options: ClipOptions,
     progress: Optional[ProgressFn] = None,
 ) -> dict:
     """Predicts every frame of `clip` against `plate` (an image file, or a number of first frames
-    to take the median of), registered onto each frame as `alignment` says, and writes `outputs`
-    to `out_dir` with `summary.json` (the per-frame registration included); returns the summary.
+    to take the median of), registered onto each frame as `options.alignment` says, and writes
+    `options.outputs` to `out_dir` with `summary.json` (the per-frame registration included);
+    returns the summary.
 
-    Bad settings or inputs raise `ValueError` naming the file before `predict_fn` is called. A
-    clip that breaks off raises `clips.ClipBroken`, Ctrl-C `ClipInterrupted`, each with the count of
+    Bad inputs raise `ValueError` naming the file before `predict_fn` is called. A clip that
+    breaks off raises `clips.ClipBroken`, Ctrl-C `ClipInterrupted`, each with the count of
     frames written (playable); any failure still writes `summary.json` with its `error`.
     """
-    options = dict(
-        model_hw=tuple(model_hw),
-        batch_size=batch_size,
-        outputs=tuple(outputs),
-        threshold=threshold,
-        colormap=colormap,
-        temporal_smoothing=temporal_smoothing,
-        video_format=video_format,
-    )
-    check_options(**options)
-    options["alignment"] = alignment.checked()
-    info = clips.probe(clip, fps)
-    plate_rgb, options["plate_source"], plate_warning = clips.load_plate(plate, info)
+    info = clips.probe(clip, options.fps)
+    plate_rgb, plate_source, plate_warning = clips.load_plate(plate, info)
     background_rgb = None
-    if "composite" in options["outputs"]:
-        background_rgb = outputs_lib.replacement_background(replace_bg, info.height, info.width)
+    if "composite" in options.outputs:
+        background_rgb = outputs_lib.replacement_background(
+            options.replace_bg, info.height, info.width
+        )
     os.makedirs(out_dir, exist_ok=True)
-    run = _ClipRun(predict_fn, info, plate_rgb, out_dir, options, background_rgb)
+    run = _ClipRun(predict_fn, info, plate_rgb, out_dir, options, plate_source, background_rgb)
     run.warnings.extend([plate_warning] if plate_warning else [])
     try:
         run.process(progress)
