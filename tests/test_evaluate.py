@@ -35,16 +35,7 @@ def test_evaluate_writes_exact_metrics(trained, tmp_path):
     # NumPy recomputation over every validation sample, no padding involved
     state = select.load_for_inference(config, workdir).state
     for res in (RES, 64):
-        loader = pipeline.create_loader(
-            config.dataset,
-            "validation",
-            resolution=res,
-            batch_size=5,
-            shuffle=False,
-            seed=0,
-            num_epochs=1,
-            drop_remainder=False,
-        )
+        loader = pipeline.eval_batches(config.dataset, "validation", 0, res, 5)
         ious, soft = [], []
         norm = pipeline.input_normalization(config.dataset)
         for batch in loader:  # uint8, as the loader ships it: normalised here, in float64
@@ -67,18 +58,7 @@ def test_evaluate_writes_exact_metrics(trained, tmp_path):
     # The trivial predictors beside the model, recomputed in NumPy float64: the best |bg - bg_fg|
     # threshold on the training split, its IoU on the validation split.
     def split(name):
-        batches = list(
-            pipeline.create_loader(
-                config.dataset,
-                name,
-                resolution=RES,
-                batch_size=64,
-                shuffle=False,
-                seed=0,
-                num_epochs=1,
-                drop_remainder=False,
-            )
-        )
+        batches = list(pipeline.eval_batches(config.dataset, name, 0, RES, 64))
         # uint8 as stored: RGB and the mask in [0, 1]
         images = {
             k: np.concatenate([b[k] for b in batches]).astype(np.float64) / 255.0

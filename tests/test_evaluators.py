@@ -157,19 +157,7 @@ def test_the_mean_depth_map_baseline_is_numpys(prepared):
     def depth(name):
         return (
             np.concatenate(
-                [
-                    b["depth"]
-                    for b in pipeline.create_loader(
-                        config.dataset,
-                        name,
-                        resolution=RES,
-                        batch_size=64,
-                        shuffle=False,
-                        seed=0,
-                        num_epochs=1,
-                        drop_remainder=False,
-                    )
-                ]
+                [b["depth"] for b in pipeline.eval_batches(config.dataset, name, 0, RES, 64)]
             ).astype(np.float64)
             / 255.0
         )  # uint8 as stored
