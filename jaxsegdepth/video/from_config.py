@@ -40,8 +40,6 @@ def validate(config: ml_collections.ConfigDict, model_hw: ModelSizeFn) -> None:
             "predict.video needs a plate: predict.bg=IMAGE (the empty scene) or "
             "video.plate_frames=N (the per-pixel median of the first N frames)"
         )
-    if not video.fps > 0:
-        raise errors.UsageError(f"video.fps={video.fps}: expected frames per second > 0")
     info = _probe(config)
     options = clip_options(config, model_hw(info.height, info.width))
     if "composite" in options.outputs:
