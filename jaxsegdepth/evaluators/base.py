@@ -109,11 +109,6 @@ def validation_batches(context: Context, resolution: int) -> Iterator[tuple[dict
         yield mesh_lib.shard_batch(context.mesh, padded), padded, real
 
 
-def _add(totals: dict, values: dict) -> None:
-    for key, value in values.items():
-        totals[key] = totals.get(key, 0.0) + value
-
-
 def add(totals: dict, values: dict) -> None:
     """Adds `values` into `totals`, key by key."""
     for key, value in values.items():
