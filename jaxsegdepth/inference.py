@@ -137,6 +137,7 @@ class Prepared(NamedTuple):
     plate: np.ndarray
     scene: np.ndarray
     estimate: align.Estimate
+    plate_resized: Optional[str] = None  # "WxH to WxH" when the plate was resized to the scene
 
 
 class Predictor:
@@ -173,24 +174,26 @@ class Predictor:
         """The (h, w) the model sees for an image of (height, width) (`model_size`)."""
         return model_size(height, width, self.stride, self.resolution, self.max_side)
 
-    def prepare(self, plate: ImageLike, scene: ImageLike, name: str = "") -> Prepared:
+    def prepare(
+        self, plate: ImageLike, scene: ImageLike, name: str = "", warn=reporting.warn
+    ) -> Prepared:
         """The host side before the network: both as uint8 RGB, the plate at the scene's size
-        (resized with one warning line when it is not), then registered onto the scene
-        (`align`; a refused estimate is one warning line naming the pair, the plate kept)."""
+        (resized, with one `warn` line, when it is not), then registered onto the scene
+        (`align`; a refused estimate is one `warn` line naming the pair, the plate kept)."""
         plate_rgb, scene_rgb = as_rgb(plate, "plate"), as_rgb(scene, "scene")
+        resized = None
         if plate_rgb.shape != scene_rgb.shape:
-            reporting.warn(
-                f"plate {_name(plate)} is {plate_rgb.shape[1]}x{plate_rgb.shape[0]} but the "
-                f"scene {_name(scene)} is {scene_rgb.shape[1]}x{scene_rgb.shape[0]}: resized "
-                "to the scene's size"
+            (height, width), (to_height, to_width) = plate_rgb.shape[:2], scene_rgb.shape[:2]
+            resized = f"{width}x{height} to {to_width}x{to_height}"
+            warn(
+                f"plate {_name(plate)} is {width}x{height} but the scene {_name(scene)} is "
+                f"{to_width}x{to_height}: resized to the scene's size"
             )
             plate_rgb = resize(plate_rgb, scene_rgb.shape[:2])
         plate_rgb, estimate = align.register(plate_rgb, scene_rgb, self.alignment)
         if estimate.refused:
-            reporting.warn(
-                f"{name or _name(scene)}: registration {estimate.status}; plate used as it is"
-            )
-        return Prepared(plate_rgb, scene_rgb, estimate)
+            warn(f"{name or _name(scene)}: registration {estimate.status}; plate used as it is")
+        return Prepared(plate_rgb, scene_rgb, estimate, resized)
 
     def __call__(self, plate, scene) -> Union[Result, list[Result]]:
         if not isinstance(scene, (list, tuple)):
@@ -204,7 +207,7 @@ class Predictor:
         """Results of prepared pairs (`prepare`); one model call per model size."""
         results: list[Optional[Result]] = [None] * len(pairs)
         by_size: dict[tuple, list[int]] = {}
-        for index, (_, scene, _) in enumerate(pairs):
+        for index, (_, scene, *_) in enumerate(pairs):
             by_size.setdefault(self.model_hw(*scene.shape[:2]), []).append(index)
         for size, indices in by_size.items():
             inputs = [np.stack([resize(pairs[i][k], size) for i in indices]) for k in (0, 1)]

@@ -55,7 +55,11 @@ def main(args: argparse.Namespace) -> None:
         raise errors.UsageError(f"--threshold={args.threshold}: expected in [0, 1]")
     try:
         predictor = inference.load(
-            args.model, threshold=args.threshold, resolution=args.size, max_side=args.max_side
+            args.model,
+            threshold=args.threshold,
+            resolution=args.size,
+            max_side=args.max_side,
+            alignment=align.Settings(enabled=not args.no_align),
         )
     except ValueError as error:
         raise errors.UsageError(f"--model: {error}") from error
@@ -85,7 +89,6 @@ def _serve(predictor: inference.Predictor, args: argparse.Namespace) -> None:
         max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
         max_pixels=args.max_pixels,
         timeout_s=args.timeout_s,
-        alignment=align.Settings(enabled=not args.no_align),
     )
     if args.size:
         for size in range(1, max_batch + 1):

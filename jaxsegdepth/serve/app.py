@@ -45,7 +45,6 @@ class Limits:
     max_upload_bytes: int = 20 << 20
     max_pixels: int = 40_000_000
     timeout_s: float = 30.0
-    alignment: align.Settings = align.Settings()
 
 
 class _BodyLimit:
@@ -125,7 +124,7 @@ def _routes(predictor, limits: Limits, batcher, plates) -> APIRouter:
             "source": predictor.source,
             "heads": list(predictor.heads),
             "size": predictor.resolution or None,
-            "align": limits.alignment.enabled,
+            "align": predictor.alignment.enabled,
             "max_batch": limits.max_batch,
             "batches": {str(size): count for size, count in sorted(batcher.formed.items())},
             "queued": batcher.admitted,
@@ -160,6 +159,11 @@ def _routes(predictor, limits: Limits, batcher, plates) -> APIRouter:
             return _error(503, message, **{"Retry-After": RETRY_AFTER_S})
 
     return router
+
+
+def _unsaid(message: str) -> None:
+    """A request's warnings travel in its response headers, not on the server's stderr."""
+    del message
 
 
 class _Job:
@@ -204,14 +208,12 @@ class _Job:
         else:
             plate = self.plates.get(plate_id)
         start = self._timed("decode", start)
-        if plate.shape != scene.shape:
-            self.headers["X-Plate-Resized"] = (
-                f"{plate.shape[1]}x{plate.shape[0]} to {scene.shape[1]}x{scene.shape[0]}"
-            )
-            plate = inference.resize(plate, scene.shape[:2])
-        if self.limits.alignment.enabled:
-            plate, self.estimate = align.register(plate, scene, self.limits.alignment)
-            self.headers["X-Alignment"] = self.estimate.status
+        plate, scene, estimate, resized = self.predictor.prepare(plate, scene, warn=_unsaid)
+        if resized:
+            self.headers["X-Plate-Resized"] = resized
+        if self.predictor.alignment.enabled:
+            self.estimate = estimate
+            self.headers["X-Alignment"] = estimate.status
         start = self._timed("align", start)
         size = self.predictor.model_hw(*scene.shape[:2])
         small = [inference.resize(image, size) for image in (plate, scene)]
