@@ -52,6 +52,7 @@ def _overrides(shared, **extra):
         "evals.preview.samples": 2,
         "compilation_cache_dir": shared["cache"],
         "augment.photometric": True,  # resumes must reproduce the augmentation too
+        "evals.photos_capture.every": 0,  # the photo evaluators have tests of their own
     }
     values.update(extra)
     return [f"--config.{k}={v}" for k, v in values.items()]
@@ -145,8 +146,12 @@ def _validation_metrics(workdir, shared, resolution):
 
 
 def test_train_writes_outputs_and_resumes_without_repeating_epochs(tmp_path, shared):
+    """DSResNet under uncertainty weighting: every output of an epoch, the exact evaluation, a
+    resume that adds one epoch (the log-variances logged every epoch and checkpointed), and a
+    rerun with nothing left to train."""
     workdir = tmp_path / "run"
-    plateau = {"schedule.name": "plateau"}  # more epochs later: one-cycle could not be extended
+    # more epochs later: one-cycle could not be extended
+    plateau = {"schedule.name": "plateau", "loss_weighting.method": "uncertainty"}
     first = launch_cli(workdir, shared, **plateau)
     assert first.returncode == 0, first.stderr[-3000:]
 
@@ -206,6 +211,23 @@ def test_train_writes_outputs_and_resumes_without_repeating_epochs(tmp_path, sha
     finally:
         checkpointer.close()
 
+    for record in records:  # the log-variances, trained, logged and checkpointed
+        for task in ("depth", "mask"):
+            assert record[f"log_var/{task}"] != 0.0
+            assert record[f"weight/{task}"] == pytest.approx(
+                np.exp(-record[f"log_var/{task}"]), rel=1e-6
+            )
+    assert records[0]["log_var/mask"] != records[1]["log_var/mask"]
+    checkpointer = store.Checkpointer(str(workdir))
+    try:
+        state, _ = checkpointer.restore(
+            build.abstract_state(_config(**plateau), mesh_lib.create_mesh()), 6
+        )
+    finally:
+        checkpointer.close()
+    for task in ("depth", "mask"):
+        assert float(state.weighting["log_var"][task]) == records[1][f"log_var/{task}"]
+
     # Nothing left to do: exits cleanly without another epoch.
     third = launch_cli(workdir, shared, stages="((32, 2),)", **plateau)
     assert third.returncode == 0 and "nothing to train" in third.stdout
@@ -263,32 +285,23 @@ def test_sigterm_saves_a_restorable_checkpoint_and_resume_matches_an_uninterrupt
             assert got[key] == want[key], (got["epoch"], key)  # bit-equal: nothing regrouped
 
 
-def test_crops_train_on_windows_and_validate_on_whole_images(tmp_path, shared):
-    workdir, plateau = tmp_path / "run", {"schedule.name": "plateau"}
-    first = launch_cli(workdir, shared, stages="((64, 1, 32),)", **plateau)
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert "epoch 1/1 64px crops 32" in first.stderr
-    record = reporting.read_metrics(workdir)[0]
-    assert record["resolution"] == 64 and np.isfinite(record["val_iou"])
-    assert (record["step"], record["samples_per_sec"] > 0) == (3, True)
-    # the validation was on whole 64 px images: the same numbers from the saved state
-    assert record["val_iou"] == pytest.approx(
-        _validation_metrics(workdir, shared, resolution=64)[1]["iou"], abs=1e-5
-    )
-    # another crop is another run: a resume under it is refused, naming the field
-    refused = launch_cli(workdir, shared, stages="((64, 2),)", **plateau)
-    assert refused.returncode == 2
-    assert "stages ([[64, 1, 32]] -> [[64, 2, 0]])" in refused.stderr.strip().splitlines()[-1]
-
-
-def test_dwa_weights_follow_the_logged_epoch_losses_and_resume_exactly(tmp_path, shared):
-    """DSResNet, two tasks, 2 epochs then resumed to 3: weights 1 for two epochs, then, in the
-    resumed process, 2 softmax(r / 2) of the training losses logged before it started (the
-    loss history travels in the checkpoint)."""
+def test_crops_validate_whole_images_and_dwa_weights_resume_exactly(tmp_path, shared):
+    """DSResNet on 32 px windows of 64 px images under DWA: validation on whole images; 2
+    epochs, then resumed to 3: weights 1 for two epochs, then, in the resumed process,
+    2 softmax(r / 2) of the training losses logged before it started (the loss history travels
+    in the checkpoint); another crop is another run, refused."""
     common = dict(steps_per_epoch=2, **{"loss_weighting.method": "dwa", "schedule.name": "plateau"})
-    first = launch_cli(tmp_path, shared, stages="((32, 2),)", **common)
+    first = launch_cli(tmp_path, shared, stages="((64, 2, 32),)", **common)
     assert first.returncode == 0, first.stderr[-3000:]
-    resumed = launch_cli(tmp_path, shared, stages="((32, 3),)", **common)
+    assert "epoch 1/2 64px crops 32" in first.stderr
+    records = reporting.read_metrics(tmp_path)
+    assert [(r["step"], r["resolution"]) for r in records] == [(2, 64), (4, 64)]
+    # the validation was on whole 64 px images: the same numbers from the saved state
+    step, expected = _validation_metrics(tmp_path, shared, resolution=64)
+    record = next(r for r in records if r["step"] == step)
+    assert record["val_iou"] == pytest.approx(expected["iou"], abs=1e-5)
+
+    resumed = launch_cli(tmp_path, shared, stages="((64, 3, 32),)", **common)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout + resumed.stderr
     records = reporting.read_metrics(tmp_path)
@@ -302,35 +315,9 @@ def test_dwa_weights_follow_the_logged_epoch_losses_and_resume_exactly(tmp_path,
     )
     assert abs(want[0] - 1) > 1e-4  # the weights did move
 
-
-def test_uncertainty_log_variances_are_logged_every_epoch_and_checkpointed(tmp_path, shared):
-    result = launch_cli(
-        tmp_path,
-        shared,
-        stages="((32, 2),)",
-        steps_per_epoch=2,
-        **{"loss_weighting.method": "uncertainty"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    records = reporting.read_metrics(tmp_path)
-    for record in records:
-        for task in ("depth", "mask"):
-            assert record[f"log_var/{task}"] != 0.0
-            assert record[f"weight/{task}"] == pytest.approx(
-                np.exp(-record[f"log_var/{task}"]), rel=1e-6
-            )
-    assert records[0]["log_var/mask"] != records[1]["log_var/mask"]
-    config = _config(**{"loss_weighting.method": "uncertainty"})
-    checkpointer = store.Checkpointer(str(tmp_path))
-    try:
-        state, _ = checkpointer.restore(
-            build.abstract_state(config, mesh_lib.create_mesh()), checkpointer.best_step()
-        )
-    finally:
-        checkpointer.close()
-    record = next(r for r in records if r["step"] == int(state.step))
-    for task in ("depth", "mask"):
-        assert float(state.weighting["log_var"][task]) == record[f"log_var/{task}"]
+    refused = launch_cli(tmp_path, shared, stages="((64, 3),)", **common)
+    assert refused.returncode == 2
+    assert "stages ([[64, 3, 32]] -> [[64, 3, 0]])" in refused.stderr.strip().splitlines()[-1]
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(
