@@ -1,9 +1,9 @@
 """Several processes on one machine (`jax.distributed` over localhost, gloo collectives): what
 differs between one host and many, tested with two CPU processes of one device each.
 
-- the same run as one process with two devices: every epoch's metrics and the final state;
 - a SIGTERM that reaches one process only stops both at the same step with one checkpoint,
-  which two processes resume and one process evaluates and predicts from;
+  which two processes resume into the same run as one process with two devices (every
+  epoch's metrics and the final state), and one process evaluates and predicts from;
 - a stop on every process together (a non-finite loss), no process left waiting.
 """
 
@@ -139,17 +139,6 @@ def reference(shared, tmp_path_factory):
     return workdir
 
 
-def test_two_processes_train_the_same_run_as_one_with_two_devices(shared, reference, tmp_path):
-    codes, outputs = _finish(_start_two(tmp_path / "run", shared))
-    assert codes == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
-    assert "epoch 2/2" in outputs[0][0] and "epoch 2/2" not in outputs[1][0]  # process 0 talks
-    assert sorted(os.listdir(tmp_path / "run" / "predictions")) == [
-        "epoch_001.png",
-        "epoch_002.png",
-    ]
-    _assert_same_run(tmp_path / "run", reference)
-
-
 def test_sigterm_to_one_process_stops_both_at_one_step_and_they_resume(shared, reference, tmp_path):
     workdir = tmp_path / "run"
     processes = _start_two(workdir, shared, stages="((32, 2),)")
@@ -170,7 +159,9 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_they_resume(shared, r
     codes, outputs = _finish(_start_two(workdir, shared, stages="((32, 2),)"))
     assert codes == [0, 0], outputs[0][1][-2000:]
     assert f"resuming from {workdir / 'checkpoints'} step {step}" in outputs[0][0]
-    _assert_same_run(workdir, reference)
+    assert "epoch 2/2" in outputs[0][0] and "epoch 2/2" not in outputs[1][0]  # process 0 talks
+    assert sorted(os.listdir(workdir / "predictions")) == ["epoch_001.png", "epoch_002.png"]
+    _assert_same_run(workdir, reference)  # the same run as one process with two devices
 
     # A checkpoint written by two processes, read by one: evaluate and predict on a laptop.
     evaluated = subprocess.run(
