@@ -19,7 +19,7 @@ import optax
 import pytest
 
 from configs import default, masknet_bce
-from jaxsegdepth import errors, hardware, losses, models, preprocess, steps
+from jaxsegdepth import build, errors, hardware, losses, mesh as mesh_lib, models, preprocess, steps
 from jaxsegdepth.modes import benchmark
 from jaxsegdepth.data import pipeline
 
@@ -79,6 +79,17 @@ INPUT_FIELDS = (
     "wait_fraction",
     "input_bound",
 )
+
+
+@pytest.fixture
+def rbg_prng():
+    """JAX's default PRNG set to unsafe_rbg for one test, whose commands initialise models with
+    `jax.random.PRNGKey`: the values drawn do not matter there, and rbg's initialisers compile
+    in a fraction of threefry's time."""
+    saved = jax.config.jax_default_prng_impl
+    jax.config.update("jax_default_prng_impl", "unsafe_rbg")
+    yield
+    jax.config.update("jax_default_prng_impl", saved)
 
 
 def _counted_forward_gflop(model: nn.Module, resolution: int) -> float:
@@ -246,7 +257,7 @@ def test_bad_settings_exit_2_before_compiling(argv, message, capsys):
     assert err.startswith("error: ") and message in err
 
 
-def test_benchmark_at_a_tiny_setting_writes_every_field(tmp_path, capsys):
+def test_benchmark_at_a_tiny_setting_writes_every_field(tmp_path, capsys, rbg_prng):
     out = tmp_path / "bench.json"
     benchmark_tool.main(
         [
@@ -384,7 +395,7 @@ def test_batch_max_needs_a_device_that_reports_its_memory(capsys):
 def test_bfloat16_dsresnet_trains():
     """The benchmark's train step computing in bfloat16 learns a fixed batch (a bright square
     in bg_fg is the mask and a nearer depth); parameters, optimizer state and BatchNorm
-    statistics stay float32."""
+    statistics stay float32. Only the train step is compiled: the eval step plays no part."""
     config = benchmark_tool.load_config("", "dsresnet", "bfloat16")
     state = _host_initialised_state(models.create("dsresnet", "bfloat16"), optax.adam(1e-3), 32)
     batch = benchmark.synthetic_batch(4, 32)
@@ -394,7 +405,7 @@ def test_bfloat16_dsresnet_trains():
     batch["bg_fg"][:, 8:24, 8:24] = np.minimum(square + 128, 255).astype(np.uint8)  # brighter
     batch["depth"] = np.where(batch["mask"] > 0, 77, 179).astype(np.uint8)  # 0.3 in, 0.7 out
     runner = benchmark.StepRunner(config, 32, 4, state=state, batch=batch)
-    runner.compile()
+    runner.train_step = runner.compiled_train_step()
     history = [float(runner.train(1)["loss"]) for _ in range(8)]
     assert np.all(np.isfinite(history)) and int(runner.state.nonfinite_step) == -1
     assert history[-1] < 0.5 * history[0], history
@@ -456,26 +467,40 @@ def test_torch_compare_runs_the_reference_recipe_or_refuses():
         torch_compare.jax_config("configs/ssim_dice.py:published")
 
 
-def test_the_bare_jax_steps_compute_the_trainers_losses():
+def test_the_bare_jax_steps_compute_the_trainers_losses(monkeypatch, rbg_prng):
     """`--bare`'s eval step, from the trainer's initial state on the normalised batch: the same
-    loss as the trainer's eval step on the uint8 batch; its train step lowers the loss."""
+    loss as the trainer's eval step, on that state (the one `bare_steps` has
+    `build.create_state` make), on the uint8 batch; its train step lowers the loss."""
     config = torch_compare.jax_config(torch_compare.DEFAULT_CONFIG)
+    created = []
+    create_state = build.create_state
+    monkeypatch.setattr(
+        build, "create_state", lambda *a, **k: created.append(create_state(*a, **k)) or created[-1]
+    )
     batch = benchmark.synthetic_batch(2, 32, seed=5)
     model_batch = jax.device_get(
         preprocess.from_normalization(benchmark.NORMALIZATION)(batch, train=False)
     )
     train, evaluate = torch_compare.bare_steps(config, model_batch)
-    runner = benchmark.StepRunner(config, 32, 2, batch=batch)
-    runner.compile()
+    (state,) = created
+    mesh = mesh_lib.create_mesh()
+    _, trainer_eval, _ = build.compiled_steps(config, mesh, benchmark.NORMALIZATION)
     before = evaluate(1)
-    assert before == pytest.approx(float(runner.evaluate(1)["loss"]), rel=1e-5)
-    train(5)
+    assert before == pytest.approx(
+        float(trainer_eval(state, mesh_lib.shard_batch(mesh, batch))["loss"]), rel=1e-5
+    )
+    train(5)  # donates the state's parameters
     assert evaluate(1) < before
 
 
-def test_a_side_in_a_process_of_its_own_times_rounds_and_passes_errors_on():
+def test_a_side_in_a_process_of_its_own_times_rounds_and_passes_errors_on(monkeypatch):
     """`--processes`: a worker times a round per call and stops when closed; a bad recipe's
-    error reaches the caller as the same exception."""
+    error reaches the caller as the same exception. The worker inherits settings that make its
+    compiles cheap (the unsafe_rbg PRNG, XLA's lowest optimisation level): what its steps
+    compute does not matter here."""
+    monkeypatch.setenv("JAX_DEFAULT_PRNG_IMPL", "unsafe_rbg")
+    flags = os.environ.get("XLA_FLAGS", "")
+    monkeypatch.setenv("XLA_FLAGS", f"{flags} --xla_backend_optimization_level=0".strip())
     argv = ["--res", "32", "--batch", "2", "--steps", "1", "--warmup", "0", "--processes"]
     side = torch_compare.SideProcess("bare", torch_compare.parse_args(argv))
     try:
@@ -588,7 +613,7 @@ def test_patches_interceptor_changes_only_the_small_3x3_convolutions(monkeypatch
     model = models.MaskNet()
     rng = np.random.default_rng(0)
     bg, bg_fg = (jnp.asarray(rng.normal(size=(2, 16, 16, 3)), jnp.float32) for _ in range(2))
-    variables = model.init(jax.random.key(0), bg, bg_fg)
+    variables = jax.jit(model.init)(jax.random.key(0, impl="unsafe_rbg"), bg, bg_fg)
 
     def mask(max_pixels):
         with nn.intercept_methods(conv_speed.patches_interceptor(max_pixels)):
@@ -621,7 +646,7 @@ def test_conv_speed_layers_times_every_shape_of_the_model(capsys):
     assert out.startswith("masknet 16x16, batch 1;") and "sum over the layers" in out
 
 
-def test_conv_speed_patches_times_each_setting_against_the_first(capsys):
+def test_conv_speed_patches_times_each_setting_against_the_first(capsys, rbg_prng):
     result = conv_speed.main(
         ["patches", "--model", "masknet", "--res", "16", "--batch", "2", "--rounds", "1"]
         + ["--max-pixels", "0,256"]
