@@ -79,17 +79,23 @@ def get_config() -> ml_collections.ConfigDict:
             # A model trained on pixel-identical plates takes any difference for foreground;
             # one that never sees an exact plate misses the faint differences a threshold
             # catches, so `prob` leaves the rest of the samples as the generator drew them
-            # (its clean share among them is exact). A dataset of real captures turns it off.
-            capture=dict(
-                enabled=True,
-                prob=0.7,  # probability that a sample gets nuisances at all
-                exposure=0.25,  # stops, each shot in [-e, e]
-                white_balance=0.05,  # per-channel gain in [1 - w, 1 + w]
-                gamma=0.1,  # gamma in [1 / (1 + g), 1 + g]
-                noise=0.02,  # sensor noise std at white, each shot in [0, noise]
-                shift_px=2.0,  # plate translation per axis, pixels at 224 px
-                rotate_deg=0.3,  # plate rotation, degrees
-                scale=0.005,  # plate scale in [1 - s, 1 + s]
+            # (its clean share among them is exact). `enabled`: True, False or "auto", on for
+            # the generated set and off for datasets of real captures, whose plates already
+            # differ as real shots do (a warm start on clean photo pairs ends 0.03 higher
+            # without it: docs/transfer.md). Not type-safe, so it takes a string or a bool.
+            capture=ml_collections.ConfigDict(
+                dict(
+                    enabled="auto",
+                    prob=0.7,  # probability that a sample gets nuisances at all
+                    exposure=0.25,  # stops, each shot in [-e, e]
+                    white_balance=0.05,  # per-channel gain in [1 - w, 1 + w]
+                    gamma=0.1,  # gamma in [1 / (1 + g), 1 + g]
+                    noise=0.02,  # sensor noise std at white, each shot in [0, noise]
+                    shift_px=2.0,  # plate translation per axis, pixels at 224 px
+                    rotate_deg=0.3,  # plate rotation, degrees
+                    scale=0.005,  # plate scale in [1 - s, 1 + s]
+                ),
+                type_safe=False,
             ),
         )
     )

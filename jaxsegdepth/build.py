@@ -180,7 +180,7 @@ def compiled_steps(config: ml_collections.ConfigDict, mesh: Mesh, normalization:
     return steps.jit_steps(
         mesh,
         losses.compose(loss_spec(config)),
-        preprocess.from_config(config.augment, normalization, config.seed),
+        preprocess.from_config(config.augment, normalization, config.seed, config.dataset.name),
         weighting.from_config(config, tuple(loss_spec(config))),
         norms=config.log_norms,
         ema_decay=config.ema_decay,

@@ -169,6 +169,7 @@ def from_normalization(
 
 
 CAPTURE_FIELDS = tuple(field.name for field in dataclasses.fields(capture_lib.Capture))
+GENERATED_DATASET = "synthetic_museum"  # where "auto" turns the capture nuisances on
 
 
 def validate(augment_config) -> None:
@@ -181,6 +182,7 @@ def validate(augment_config) -> None:
     for field in ("hsv_prob", "contrast_prob"):
         _check_number(f"augment.{field}", augment_config[field], "a probability in [0, 1]", 1.0)
     settings = augment_config.capture
+    _capture_switch(settings.enabled)
     for field in CAPTURE_FIELDS:
         _check_number(f"augment.capture.{field}", settings[field], "a number >= 0")
     _check_number("augment.capture.prob", settings.prob, "a probability", 1.0)
@@ -193,9 +195,28 @@ def _check_number(field: str, value, expected: str, upper: float = float("inf"))
         raise errors.UsageError(f"{field}={value!r}: expected {expected}")
 
 
-def from_config(augment_config, normalization: dict, seed: int) -> Preprocess:
+def _capture_switch(value):
+    """`augment.capture.enabled` as True, False or "auto" (a command line's "true"/"false"
+    read as the bools)."""
+    if isinstance(value, str) and value.lower() in ("true", "false", "auto"):
+        return {"true": True, "false": False}.get(value.lower(), "auto")
+    if not isinstance(value, bool):
+        raise errors.UsageError(
+            f"augment.capture.enabled={value!r}: expected True, False or 'auto'"
+        )
+    return value
+
+
+def capture_enabled(augment_config, dataset_name: str) -> bool:
+    """Whether a run on `dataset_name` draws capture nuisances: `augment.capture.enabled`, its
+    "auto" on for the generated set (exact plates) and off for datasets of real captures."""
+    switch = _capture_switch(augment_config.capture.enabled)
+    return dataset_name == GENERATED_DATASET if switch == "auto" else switch
+
+
+def from_config(augment_config, normalization: dict, seed: int, dataset_name: str) -> Preprocess:
     """The `Preprocess` of `config.augment` (photometric and capture) and a run's seed, with
-    the model's input `normalization`."""
+    the model's input `normalization`, for a run on `dataset_name`."""
     augment = (
         Photometric(hsv_prob=augment_config.hsv_prob, contrast_prob=augment_config.contrast_prob)
         if augment_config.photometric
@@ -204,7 +225,7 @@ def from_config(augment_config, normalization: dict, seed: int) -> Preprocess:
     settings = augment_config.capture
     capture = (
         capture_lib.Capture(**{field: float(settings[field]) for field in CAPTURE_FIELDS})
-        if settings.enabled
+        if capture_enabled(augment_config, dataset_name)
         else None
     )
     return from_normalization(normalization, augment, seed, capture)

@@ -7,6 +7,7 @@ import pytest
 
 from jaxsegdepth import capture, errors, preprocess
 from jaxsegdepth.modes import benchmark
+from jaxsegdepth.data import datasets
 from jaxsegdepth.data.normalization import MODEST_NORMALIZATION
 
 RES = 8
@@ -147,7 +148,7 @@ def test_capture_nuisances_follow_the_photometric_jitter_in_training_only():
 
     config = default.get_config()
     config.augment.photometric = True
-    prep = preprocess.from_config(config.augment, MODEST_NORMALIZATION, seed=5)
+    prep = preprocess.from_config(config.augment, MODEST_NORMALIZATION, 5, "synthetic_museum")
     assert prep.capture == capture.Capture(
         **{field: float(config.augment.capture[field]) for field in preprocess.CAPTURE_FIELDS}
     )
@@ -165,7 +166,10 @@ def test_capture_nuisances_follow_the_photometric_jitter_in_training_only():
         plain["bg"], _normalised(batch["bg"].astype(np.float64) / 255, "bg"), atol=1e-5
     )
     config.augment.capture.enabled = False
-    assert preprocess.from_config(config.augment, MODEST_NORMALIZATION, seed=5).capture is None
+    assert (
+        preprocess.from_config(config.augment, MODEST_NORMALIZATION, 5, "synthetic_museum").capture
+        is None
+    )
 
 
 @pytest.mark.parametrize(
@@ -197,8 +201,21 @@ def test_bad_photometric_probabilities_are_refused_in_one_line():
         preprocess.validate(config.augment)
 
 
-def test_the_published_recipes_train_without_capture_nuisances():
+def test_capture_nuisances_are_on_for_the_generated_set_only_unless_set():
+    """ "auto" (the default): on for synthetic_museum, off for real captures; the published
+    recipes train without them, as the reference does; a command line's strings are read."""
     from configs import rmse_bce_dice
 
-    assert rmse_bce_dice.get_config().augment.capture.enabled
-    assert not rmse_bce_dice.get_config("published").augment.capture.enabled
+    augment = rmse_bce_dice.get_config().augment
+    on = {name: preprocess.capture_enabled(augment, name) for name in datasets.DATASETS}
+    assert on == {"synthetic_museum": True, "modest_museum": False, "folder": False}
+    published = rmse_bce_dice.get_config("published").augment
+    assert not preprocess.capture_enabled(published, "synthetic_museum")
+    for text, want in (("True", True), ("false", False)):
+        augment.capture.enabled = text
+        assert preprocess.capture_enabled(augment, "folder") is want
+    augment.capture.enabled = 1
+    with pytest.raises(
+        errors.UsageError, match=r"^augment.capture.enabled=1: expected True, False or 'auto'$"
+    ):
+        preprocess.validate(augment)

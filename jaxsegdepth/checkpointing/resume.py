@@ -9,7 +9,7 @@ from typing import Optional
 import ml_collections
 from flax import traverse_util
 
-from jaxsegdepth import build, errors, names, reporting, stages, steps
+from jaxsegdepth import build, errors, names, preprocess, reporting, stages, steps
 from jaxsegdepth.checkpointing import select, store
 from jaxsegdepth.data import pipeline
 
@@ -118,7 +118,12 @@ def resume_settings(config: ml_collections.ConfigDict) -> dict:
     tree["stages"] = stages.as_json(config.stages)
     # The iterator's state is per worker process: the count "auto" resolves to must match.
     tree["dataset.worker_count"] = pipeline.loader_settings(config.dataset).worker_count
-    return json.loads(json.dumps(traverse_util.flatten_dict(tree, sep=".")))
+    flat = traverse_util.flatten_dict(tree, sep=".")
+    # What "auto" resolves to is what trained (and what runs before "auto" saved).
+    flat["augment.capture.enabled"] = preprocess.capture_enabled(
+        config.augment, config.dataset.name
+    )
+    return json.loads(json.dumps(flat))
 
 
 def check_resume(config: ml_collections.ConfigDict, saved: Optional[dict], directory: str) -> None:
