@@ -2,7 +2,10 @@
 in perspective), 0-3 textured cut-outs in front of it that belong to the plate, and 1-4 that are
 foreground, all of the plane's texture statistics and often of its very texture source
 (camouflage), occluding each other by depth. Each cut-out stands parallel to the image plane
-nearer than the plane behind it; the light casts its shadow on the plane, offset by its gap."""
+nearer than the nearest point of the plane; the light casts its shadow on the plane, offset by
+its gap. Depth has cues, as in the rooms: a cut-out has a real-world height (a person's, or a
+sculpture's), so its size in the image says how far it is, and the plane's distance varies
+less than the rooms' walls."""
 
 from __future__ import annotations
 
@@ -18,8 +21,11 @@ from jaxsegdepth.data.synthetic.textures import clip_colour
 from jaxsegdepth.data.synthetic.shapes import blob_parts, cutout_parts, person_parts
 
 PLANE = 0  # `surface` of the plane's pixels
-PLANE_Z = (4.0, 12.0)  # depth of the plane at the image centre, metres (within Z_FAR)
-NEAREST_INVERSE_Z = 0.49  # cut-outs stay farther than Z_NEAR (inverse metres)
+PLANE_Z = (5.0, 10.0)  # depth of the plane at the image centre, metres (within Z_FAR)
+NEAREST_Z = 2.05  # metres: cut-outs stay farther than Z_NEAR
+GAP = 1.15  # a cut-out is at least this many times nearer than the plane's nearest point
+PERSON_HEIGHT_M = (1.45, 1.9)  # as the rooms' figures
+OBJECT_HEIGHT_M = (0.5, 1.7)  # sculptures and irregular cut-outs
 CAMOUFLAGE = 0.45  # the share of cut-outs textured from the plane's own source
 FOCAL_PX = 180.0  # at 224 px, as the rooms'
 _TEXELS = 256  # side of the plane's texture before it is mapped onto the plane
@@ -74,16 +80,15 @@ class Plane(Canvas):
     def render_cutouts(self, count: int, mask: np.ndarray | None) -> list[Cutout]:
         """`count` cut-outs, far to near, into the image (and `mask` when given)."""
         rng, size = self.rng, self.size
+        farthest = max(NEAREST_Z, 1.0 / (GAP * float(self.plane_inverse_depth.max())))
         drawn = []
         for _ in range(count):
-            parts = _shape(rng, int(size * rng.uniform(0.15, 0.6)))
+            z = rng.uniform(NEAREST_Z, farthest)
+            parts = _shape(rng, self.focal_px / z)
             rows, columns = parts.shape
             left = int(rng.uniform(-0.1, 1.1) * (size - columns))
             top = int(rng.uniform(-0.1, 1.1) * (size - rows))
-            cutout = Cutout(parts, left, top, 0.0)
-            behind = _plane_behind(self, cutout)
-            inverse_z = min(behind * rng.uniform(1.2, 2.5), NEAREST_INVERSE_Z)
-            drawn.append(dataclasses.replace(cutout, inverse_z=inverse_z))
+            drawn.append(Cutout(parts, left, top, 1.0 / z))
         for cutout in sorted(drawn, key=lambda cutout: cutout.inverse_z):
             self.paint(cutout.parts, cutout.left, cutout.top, self._look(), cutout.inverse_z,
                        mask, shading=rng.uniform() < 0.5)  # fmt: skip
@@ -103,9 +108,12 @@ class Plane(Canvas):
         return Look(colours, rng.uniform(0.0, 0.15), texture=texture)
 
 
-def _shape(rng: np.random.Generator, height: int) -> np.ndarray:
-    """A cut-out's part ids: a person-like silhouette, a sculpture or an irregular cut-out."""
+def _shape(rng: np.random.Generator, px_per_m: float) -> np.ndarray:
+    """A cut-out's part ids at `px_per_m` (its depth's scale): a person-like silhouette, a
+    sculpture or an irregular cut-out, as tall in pixels as its real-world height makes it."""
     draw = rng.uniform()
+    heights_m = PERSON_HEIGHT_M if draw < 0.35 else OBJECT_HEIGHT_M
+    height = max(8, int(round(rng.uniform(*heights_m) * px_per_m)))
     if draw < 0.35:
         return person_parts(rng, height)
     if draw < 0.6:

@@ -16,7 +16,7 @@ from jaxsegdepth.data.synthetic.shadows import cast_shadows, draw_lighting, reli
 
 # Part of every built set's name: bump it whenever `render` or `encode` changes their output,
 # so a set made by an older generator is rebuilt rather than silently reused.
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 SIZE = 224
 JPEG_QUALITY_RGB = 90  # inputs of a sample that names no quality of its own (and photos.py's)
 JPEG_QUALITY_RGB_RANGE = (75, 95)  # inclusive; bg and bg_fg draw theirs apart per sample
