@@ -221,32 +221,6 @@ def test_checkpoints_from_before_stages_resume_under_the_same_schedule(tmp_path)
         resume.check_resume(_config(tmp_path, stages=((32, 1), (64, 1))), saved, "d")
 
 
-def test_the_command_line_refuses_a_changed_resume(tmp_path, compilation_cache_dir):
-    data_dir, workdir = str(tmp_path / "data"), tmp_path / "run"
-    first = subprocess.run(
-        _launch(workdir, data_dir, compilation_cache_dir),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert first.returncode == 0, first.stderr[-3000:]
-    second = subprocess.run(
-        _launch(workdir, data_dir, compilation_cache_dir, seed=1, stages="((32, 2),)"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert second.returncode == 2
-    assert (
-        second.stderr.strip()
-        .splitlines()[-1]
-        .startswith(
-            f"error: cannot resume the run in {workdir / 'checkpoints'}: seed (0 -> 1) differ"
-        )
-    )
-    assert [r["epoch"] for r in reporting.read_metrics(workdir)] == [1]
-
-
 class _Killed(BaseException):
     """Stands for a SIGKILL: not an Exception, so nothing in the trainer handles it."""
 

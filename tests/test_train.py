@@ -145,21 +145,23 @@ def _validation_metrics(workdir, shared, resolution):
 # -- end to end -----------------------------------------------------------------------------
 
 
-def test_train_writes_outputs_and_resumes_without_repeating_epochs(tmp_path, shared):
-    """DSResNet under uncertainty weighting: every output of an epoch, the exact evaluation, a
-    resume that adds one epoch (the log-variances logged every epoch and checkpointed), and a
-    rerun with nothing left to train."""
-    workdir = tmp_path / "run"
+def test_train_writes_outputs_resumes_and_refuses_another_run(tmp_path, shared):
+    """DSResNet on 32 px windows of 64 px images under DWA: every output of an epoch, its
+    validation exact on whole images; resumed for two more epochs, the last weighted by
+    2 softmax(r / 2) of the training losses of epoch 1 (read from the checkpoint) and epoch 2;
+    a rerun with nothing left to train; another crop or seed refused in one line, the run's
+    records untouched."""
     # more epochs later: one-cycle could not be extended
-    plateau = {"schedule.name": "plateau", "loss_weighting.method": "uncertainty"}
-    first = launch_cli(workdir, shared, **plateau)
+    common = {"schedule.name": "plateau", "loss_weighting.method": "dwa"}
+    first = launch_cli(tmp_path, shared, stages="((64, 1, 32),)", **common)
     assert first.returncode == 0, first.stderr[-3000:]
+    assert "epoch 1/1 64px crops 32" in first.stderr
 
-    records = reporting.read_metrics(workdir)
+    records = reporting.read_metrics(tmp_path)
     assert [r["epoch"] for r in records] == [1]
     record = records[0]
-    assert record["step"] == 3 and record["resolution"] == 32 and record["stage"] == 1
-    config = _config(stages=((32, 1),), **plateau)
+    assert record["step"] == 3 and record["resolution"] == 64 and record["stage"] == 1
+    config = _config(stages=((64, 1, 32),), **common)
     assert record["lr"] == pytest.approx(float(optim.learning_rate_schedule(config, 3)(2)))
     for key in (
         "train_loss",
@@ -181,75 +183,86 @@ def test_train_writes_outputs_and_resumes_without_repeating_epochs(tmp_path, sha
 
     from PIL import Image
 
-    grid = np.asarray(Image.open(workdir / "predictions" / "epoch_001.png"))
-    tile = 128 + 2  # 32px tiles enlarged 4x, 2px gaps
+    grid = np.asarray(Image.open(tmp_path / "predictions" / "epoch_001.png"))
+    tile = 128 + 2  # whole 64 px images enlarged 2x, 2px gaps
     assert grid.shape == (reporting.LABEL_HEIGHT + 2 * tile, 6 * tile, 3)  # 2 samples x 6 columns
-    events = glob.glob(str(workdir / "tensorboard" / "events.out.tfevents.*"))
+    events = glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
     assert len(events) == 1
     with open(events[0], "rb") as f:
         blob = f.read()
     for tag in (b"train/loss", b"epoch/val_iou", b"epoch/val_rmse", b"predictions"):
         assert tag in blob
 
-    # The evaluation is exact: the same metrics from an unpadded pass over the 7 samples.
-    step, expected = _validation_metrics(workdir, shared, resolution=32)
+    # The evaluation is exact, on whole images: the same metrics from an unpadded pass over
+    # the 7 samples at 64 px.
+    step, expected = _validation_metrics(tmp_path, shared, resolution=64)
     assert step == 3
     assert record["val_iou"] == pytest.approx(expected["iou"], abs=1e-5)
     assert record["val_iou_soft"] == pytest.approx(expected["iou_soft"], abs=1e-5)
     assert record["val_rmse"] == pytest.approx(expected["rmse"], abs=1e-5)
 
-    # Same command, one more epoch: epoch 2 only, continuing at step 4.
-    second = launch_cli(workdir, shared, stages="((32, 2),)", **plateau)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "resuming" in second.stdout
-    records = reporting.read_metrics(workdir)
-    assert [(r["epoch"], r["step"]) for r in records] == [(1, 3), (2, 6)]
-    checkpointer = store.Checkpointer(str(workdir), "val_loss", "min")
+    # Same command, two more epochs: epochs 2 and 3 only, continuing at step 4.
+    resumed = launch_cli(tmp_path, shared, stages="((64, 3, 32),)", **common)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout
+    records = reporting.read_metrics(tmp_path)
+    assert [(r["epoch"], r["step"]) for r in records] == [(1, 3), (2, 6), (3, 9)]
+    checkpointer = store.Checkpointer(str(tmp_path), "val_loss", "min")
     try:
-        assert 6 in checkpointer.all_steps()  # the latest (and step 3 only if it is the best)
-        assert set(checkpointer.all_steps()) <= {3, 6}
+        assert 9 in checkpointer.all_steps()  # the latest, and the best if another
+        assert set(checkpointer.all_steps()) <= {3, 6, 9}
     finally:
         checkpointer.close()
-
-    for record in records:  # the log-variances, trained, logged and checkpointed
-        for task in ("depth", "mask"):
-            assert record[f"log_var/{task}"] != 0.0
-            assert record[f"weight/{task}"] == pytest.approx(
-                np.exp(-record[f"log_var/{task}"]), rel=1e-6
-            )
-    assert records[0]["log_var/mask"] != records[1]["log_var/mask"]
-    checkpointer = store.Checkpointer(str(workdir))
-    try:
-        state, _ = checkpointer.restore(
-            build.abstract_state(_config(**plateau), mesh_lib.create_mesh()), 6
-        )
-    finally:
-        checkpointer.close()
-    for task in ("depth", "mask"):
-        assert float(state.weighting["log_var"][task]) == records[1][f"log_var/{task}"]
+    assert [(r["weight/depth"], r["weight/mask"]) for r in records[:2]] == [(1.0, 1.0)] * 2
+    ratios = np.array(
+        [records[1][f"train_{t}/loss"] / records[0][f"train_{t}/loss"] for t in ("depth", "mask")]
+    )
+    want = 2 * np.exp(ratios / 2) / np.exp(ratios / 2).sum()
+    np.testing.assert_allclose(
+        [records[2]["weight/depth"], records[2]["weight/mask"]], want, rtol=1e-6
+    )
+    assert abs(want[0] - 1) > 1e-4  # the weights did move
 
     # Nothing left to do: exits cleanly without another epoch.
-    third = launch_cli(workdir, shared, stages="((32, 2),)", **plateau)
-    assert third.returncode == 0 and "nothing to train" in third.stdout
-    assert len(reporting.read_metrics(workdir)) == 2
+    again = launch_cli(tmp_path, shared, stages="((64, 3, 32),)", **common)
+    assert again.returncode == 0 and "nothing to train" in again.stdout
+
+    refused = launch_cli(tmp_path, shared, stages="((64, 3),)", seed=1, **common)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    refusal = refused.stderr.strip().splitlines()[-1]
+    assert refusal.startswith(
+        f"error: cannot resume the run in {tmp_path / 'checkpoints'}: seed (0 -> 1), "
+        "stages ([[64, 3, 32]] -> [[64, 3, 0]]) differ from its checkpoint"
+    )
+    assert [r["epoch"] for r in reporting.read_metrics(tmp_path)] == [1, 2, 3]
 
 
 def test_sigterm_saves_a_restorable_checkpoint_and_resume_matches_an_uninterrupted_run(
     tmp_path, shared
 ):
-    """MaskNet (dropout, plateau): stopped by SIGTERM, resumed, equal to a run never stopped."""
+    """MaskNet (dropout, plateau) under uncertainty weighting: stopped by SIGTERM, resumed,
+    equal to a run never stopped; the log-variance trained, logged every epoch and restored
+    with the checkpoint."""
     # A schedule that does not depend on the total number of epochs (one-cycle would); saves
     # between log steps.
     common = dict(
         config="configs/masknet_bce.py",
         steps_per_epoch=0,
         log_every_steps=3,
-        **{"schedule.name": "plateau", "checkpoint.every_steps": 1},
+        **{
+            "schedule.name": "plateau",
+            "checkpoint.every_steps": 1,
+            "loss_weighting.method": "uncertainty",
+        },
     )
     straight = launch_cli(tmp_path / "straight", shared, stages="((32, 3),)", **common)
     assert straight.returncode == 0, straight.stderr[-3000:]
     expected = reporting.read_metrics(tmp_path / "straight")
     assert [r["step"] for r in expected] == [4, 8, 12]
+    for record in expected:
+        assert record["log_var/mask"] != 0.0
+        assert record["weight/mask"] == pytest.approx(np.exp(-record["log_var/mask"]), rel=1e-6)
+    assert len({r["log_var/mask"] for r in expected}) == 3
 
     workdir = tmp_path / "stopped"
     process = launch_cli(workdir, shared, stages="((32, 3),)", wait=False, **common)
@@ -262,6 +275,7 @@ def test_sigterm_saves_a_restorable_checkpoint_and_resume_matches_an_uninterrupt
     assert "interrupted by SIGTERM" in stderr and "rerun the same command" in stderr
 
     config = _load_config("configs/masknet_bce.py")
+    config.loss_weighting.method = "uncertainty"
     state = select.load_for_inference(config, str(workdir)).state  # best or latest: restorable
     checkpointer = store.Checkpointer(str(workdir), "val_loss", "min")
     try:
@@ -273,6 +287,7 @@ def test_sigterm_saves_a_restorable_checkpoint_and_resume_matches_an_uninterrupt
         checkpointer.close()
     assert f"at step {latest}" in stderr
     assert int(restored.step) == latest > 0 and int(state.step) > 0
+    assert float(restored.weighting["log_var"]["mask"]) != 0.0  # trained from 0 and saved
     assert progress["loss_count"] == latest % 4  # the steps of the unfinished epoch
     assert progress["iterator_stage"] == 0 and progress["iterator"] is not None
 
@@ -280,44 +295,18 @@ def test_sigterm_saves_a_restorable_checkpoint_and_resume_matches_an_uninterrupt
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     records = reporting.read_metrics(workdir)
     assert [r["epoch"] for r in records][:3] == [1, 2, 3]
+    compared = (
+        "step",
+        "train_loss",
+        "train_mask/loss",
+        "val_loss",
+        "val_iou",
+        "lr",
+        "log_var/mask",
+    )
     for got, want in zip(records[:3], expected):
-        for key in ("step", "train_loss", "train_mask/loss", "val_loss", "val_iou", "lr"):
+        for key in compared:
             assert got[key] == want[key], (got["epoch"], key)  # bit-equal: nothing regrouped
-
-
-def test_crops_validate_whole_images_and_dwa_weights_resume_exactly(tmp_path, shared):
-    """DSResNet on 32 px windows of 64 px images under DWA: validation on whole images; 2
-    epochs, then resumed to 3: weights 1 for two epochs, then, in the resumed process,
-    2 softmax(r / 2) of the training losses logged before it started (the loss history travels
-    in the checkpoint); another crop is another run, refused."""
-    common = dict(steps_per_epoch=2, **{"loss_weighting.method": "dwa", "schedule.name": "plateau"})
-    first = launch_cli(tmp_path, shared, stages="((64, 2, 32),)", **common)
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert "epoch 1/2 64px crops 32" in first.stderr
-    records = reporting.read_metrics(tmp_path)
-    assert [(r["step"], r["resolution"]) for r in records] == [(2, 64), (4, 64)]
-    # the validation was on whole 64 px images: the same numbers from the saved state
-    step, expected = _validation_metrics(tmp_path, shared, resolution=64)
-    record = next(r for r in records if r["step"] == step)
-    assert record["val_iou"] == pytest.approx(expected["iou"], abs=1e-5)
-
-    resumed = launch_cli(tmp_path, shared, stages="((64, 3, 32),)", **common)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stdout + resumed.stderr
-    records = reporting.read_metrics(tmp_path)
-    assert [(r["weight/depth"], r["weight/mask"]) for r in records[:2]] == [(1.0, 1.0)] * 2
-    ratios = np.array(
-        [records[1][f"train_{t}/loss"] / records[0][f"train_{t}/loss"] for t in ("depth", "mask")]
-    )
-    want = 2 * np.exp(ratios / 2) / np.exp(ratios / 2).sum()
-    np.testing.assert_allclose(
-        [records[2]["weight/depth"], records[2]["weight/mask"]], want, rtol=1e-6
-    )
-    assert abs(want[0] - 1) > 1e-4  # the weights did move
-
-    refused = launch_cli(tmp_path, shared, stages="((64, 3),)", **common)
-    assert refused.returncode == 2
-    assert "stages ([[64, 3, 32]] -> [[64, 3, 0]])" in refused.stderr.strip().splitlines()[-1]
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(
