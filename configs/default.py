@@ -76,16 +76,17 @@ def get_config() -> ml_collections.ConfigDict:
             # Capture nuisances on the train split, each shot (plate, scene) on its own
             # (jaxsegdepth/capture.py): a real plate and scene are two exposures, with their own
             # exposure, white balance, gamma and sensor noise, the camera nudged between them.
-            # A model trained on pixel-identical plates takes any difference for foreground;
-            # one that never sees an exact plate misses the faint differences a threshold
-            # catches, so `prob` leaves the rest of the samples as the generator drew them
-            # (its clean share among them is exact). `enabled`: True, False or "auto", on for
-            # the generated set and off for datasets of real captures, whose plates already
-            # differ as real shots do (a warm start on clean photo pairs ends 0.03 higher
-            # without it: docs/transfer.md). Not type-safe, so it takes a string or a bool.
+            # Off by default: the generator already draws shadows, JPEG and noise, and plate
+            # registration (config.align) undoes a nudged camera; the default recipe without
+            # them beats the same recipe with them on every photo set, by 0.03-0.05 on clean
+            # plates and moved cameras and level on `photos_capture` (docs/captures.md, "Full
+            # runs"), and a warm start on clean photo pairs ends 0.03 higher without them
+            # (docs/transfer.md). With them, `prob` leaves the rest of the samples as the
+            # generator drew them. `enabled`: True, False or "auto" (on for the generated set
+            # only). Not type-safe, so it takes a string or a bool.
             capture=ml_collections.ConfigDict(
                 dict(
-                    enabled="auto",
+                    enabled=False,
                     prob=0.7,  # probability that a sample gets nuisances at all
                     exposure=0.25,  # stops, each shot in [-e, e]
                     white_balance=0.05,  # per-channel gain in [1 - w, 1 + w]

@@ -147,7 +147,7 @@ def test_capture_nuisances_follow_the_photometric_jitter_in_training_only():
     from configs import default
 
     config = default.get_config()
-    config.augment.photometric = True
+    config.augment.photometric, config.augment.capture.enabled = True, True
     prep = preprocess.from_config(config.augment, MODEST_NORMALIZATION, 5, "synthetic_museum")
     assert prep.capture == capture.Capture(
         **{field: float(config.augment.capture[field]) for field in preprocess.CAPTURE_FIELDS}
@@ -201,16 +201,18 @@ def test_bad_photometric_probabilities_are_refused_in_one_line():
         preprocess.validate(config.augment)
 
 
-def test_capture_nuisances_are_on_for_the_generated_set_only_unless_set():
-    """ "auto" (the default): on for synthetic_museum, off for real captures; the published
-    recipes train without them, as the reference does; a command line's strings are read."""
+def test_capture_nuisances_are_off_unless_set_and_auto_is_the_generated_set_only():
+    """Off by default and in the published recipes (the reference trains without them);
+    "auto": on for synthetic_museum, off for real captures; a command line's strings are
+    read."""
     from configs import rmse_bce_dice
 
     augment = rmse_bce_dice.get_config().augment
+    for recipe in (augment, rmse_bce_dice.get_config("published").augment):
+        assert not any(preprocess.capture_enabled(recipe, name) for name in datasets.DATASETS)
+    augment.capture.enabled = "auto"
     on = {name: preprocess.capture_enabled(augment, name) for name in datasets.DATASETS}
     assert on == {"synthetic_museum": True, "modest_museum": False, "folder": False}
-    published = rmse_bce_dice.get_config("published").augment
-    assert not preprocess.capture_enabled(published, "synthetic_museum")
     for text, want in (("True", True), ("false", False)):
         augment.capture.enabled = text
         assert preprocess.capture_enabled(augment, "folder") is want
