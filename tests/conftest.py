@@ -9,6 +9,10 @@ by the program, the compile options and the jax/jaxlib versions, so a stale entr
 import json
 import os
 
+# Each of the suite's worker processes (pyproject.toml's addopts) shares a GPU, where there is
+# one, with the other: none may take most of its memory up front.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
 import jax
 import jax.numpy as jnp
 import modes_support
