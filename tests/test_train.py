@@ -263,6 +263,14 @@ def test_sigterm_saves_a_restorable_checkpoint_and_resume_matches_an_uninterrupt
         assert record["log_var/mask"] != 0.0
         assert record["weight/mask"] == pytest.approx(np.exp(-record["log_var/mask"]), rel=1e-6)
     assert len({r["log_var/mask"] for r in expected}) == 3
+    config = _load_config("configs/masknet_bce.py")
+    config.loss_weighting.method = "uncertainty"
+    checkpointer = store.Checkpointer(str(tmp_path / "straight"))
+    try:  # the checkpoint holds the log-variance the last record logged
+        final, _ = checkpointer.restore(build.abstract_state(config, mesh_lib.create_mesh()), 12)
+    finally:
+        checkpointer.close()
+    assert float(final.weighting["log_var"]["mask"]) == expected[-1]["log_var/mask"]
 
     workdir = tmp_path / "stopped"
     process = launch_cli(workdir, shared, stages="((32, 3),)", wait=False, **common)
@@ -274,8 +282,6 @@ def test_sigterm_saves_a_restorable_checkpoint_and_resume_matches_an_uninterrupt
     assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert "interrupted by SIGTERM" in stderr and "rerun the same command" in stderr
 
-    config = _load_config("configs/masknet_bce.py")
-    config.loss_weighting.method = "uncertainty"
     state = select.load_for_inference(config, str(workdir)).state  # best or latest: restorable
     checkpointer = store.Checkpointer(str(workdir), "val_loss", "min")
     try:
