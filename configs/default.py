@@ -76,12 +76,12 @@ def get_config() -> ml_collections.ConfigDict:
             # Capture nuisances on the train split, each shot (plate, scene) on its own
             # (jaxsegdepth/capture.py): a real plate and scene are two exposures, with their own
             # exposure, white balance, gamma and sensor noise, the camera nudged between them.
-            # Off by default: the generator already draws shadows, light changes and JPEG, and plate
-            # registration (config.align) undoes a nudged camera; the default recipe without
-            # them beats the same recipe with them on every photo set, by 0.03-0.05 on clean
-            # plates and moved cameras and level on `photos_capture` (docs/captures.md, "Full
-            # runs"), and a warm start on clean photo pairs ends 0.03 higher without them
-            # (docs/transfer.md). With them, `prob` leaves the rest of the samples as the
+            # Off by default: the generator already draws shadows, light changes and JPEG,
+            # and plate registration (config.align) undoes a nudged camera; the default recipe
+            # without them beats the same recipe with them on every photo set, by 0.03-0.05 on
+            # clean plates and moved cameras and level on `photos_capture` (docs/captures.md,
+            # "Full runs"), and a warm start on clean photo pairs ends 0.03 higher without
+            # them (docs/transfer.md). With them, `prob` leaves the rest of the samples as the
             # generator drew them. `enabled`: True, False or "auto" (on for the generated set
             # only). Not type-safe, so it takes a string or a bool.
             capture=ml_collections.ConfigDict(
