@@ -59,6 +59,11 @@ class Capture:
         """All strengths zero: `apply` returns its inputs unchanged."""
         return cls(**{field.name: 0.0 for field in dataclasses.fields(cls) if field.name != "prob"})
 
+    @property
+    def moves_plate(self) -> bool:
+        """Whether any plate motion is drawn; without one the plate is not resampled at all."""
+        return bool(self.shift_px or self.rotate_deg or self.scale)
+
 
 class Nuisances(NamedTuple):
     """Per-sample parameters of `apply`; axis 1 of the per-shot fields is (bg, bg_fg)."""
@@ -172,8 +177,9 @@ def apply(images: dict, index: jax.Array, seed: int, params: Capture) -> dict:
     out = dict(images)
     for shot, key in enumerate(SHOTS):
         x = images[key]
-        moved = warp(x, drawn.shift, drawn.angle, drawn.scale) if key == PLATE else x
-        noise = normals(seed, index, shot, height, width)
+        moves = key == PLATE and params.moves_plate
+        moved = warp(x, drawn.shift, drawn.angle, drawn.scale) if moves else x
+        noise = normals(seed, index, shot, height, width) if params.noise else jnp.zeros_like(x)
         recorded = expose(
             moved, drawn.gain[:, shot], drawn.gamma[:, shot], drawn.noise[:, shot], noise
         )

@@ -90,6 +90,17 @@ def test_an_exact_plate_is_left_untouched():
     assert found_off.status == "off" and off is plate
 
 
+@pytest.mark.parametrize("nuisance", ["exposure_step", "noise"])
+def test_a_plate_that_did_not_move_stays_still_under_a_new_exposure_or_noise(nuisance):
+    """Re-exposed (highlights clipped) or noisy shots of an unmoved camera: a sub-pixel warp
+    that merely blurs the plate is no motion. Compared without a gain and with no minimum cut
+    of the residual, 8 (exposure_step) and 3 (noise) of these 24 pairs got one of 0.1-0.4 px."""
+    chosen = photos.SETS[f"photos_{nuisance}"]
+    for pair in map(photos.decode, photos.pairs(chosen, 0, 24)):
+        registered, found = align.register(pair["bg"], pair["bg_fg"], align.Settings())
+        assert found.status == "still" and registered is pair["bg"]
+
+
 @pytest.mark.parametrize(
     "change, settings, why",
     [

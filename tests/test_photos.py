@@ -145,13 +145,16 @@ def test_the_plate_moves_1_to_2_pixels_and_the_composite_stays():
 
 
 def test_exposure_noise_and_jpeg_make_two_shots():
-    gains, noise = [], []
+    gains, steps, noise = [], [], []
     for index in range(6):
         clean = photos.render(0, index, 96, ("blob",))
         outside = clean["mask"] == 0
         exposed = photos.render(0, index, 96, ("blob",), ("exposure",))
         np.testing.assert_array_equal(exposed["bg"], clean["bg"])
         gains.append(exposed["bg_fg"][outside].mean(axis=0) / clean["bg"][outside].mean(axis=0))
+        stepped = photos.render(0, index, 96, ("blob",), ("exposure_step",))
+        unclipped = outside & (clean["bg"].max(axis=-1) < 170)  # 170 * 1.5 stays under 255
+        steps.append(np.log2(stepped["bg_fg"][unclipped].mean() / clean["bg"][unclipped].mean()))
         noisy = photos.render(0, index, 96, ("blob",), ("noise",))
         difference = noisy["bg_fg"].astype(float) - noisy["bg"]
         noise.append(difference[outside].std())
@@ -159,6 +162,9 @@ def test_exposure_noise_and_jpeg_make_two_shots():
         assert compressed == photos.generate(0, index, 96, ("blob",), ("jpeg",))
     gains = np.array(gains)
     assert np.all((gains > 0.78) & (gains < 1.22)) and np.abs(gains - 1).max() > 0.05
+    # a quarter to half a stop either way, the white balance's mean moving it by 0.08 at most
+    assert np.all((np.abs(steps) > 0.17) & (np.abs(steps) < 0.58)), steps
+    assert min(steps) < 0 < max(steps)
     assert all(1.2 < std < 6.0 for std in noise)
     qualities_differ = [
         photos.generate(0, i, 64, ("blob",), ("jpeg",))["bg"]

@@ -201,18 +201,20 @@ def test_bad_photometric_probabilities_are_refused_in_one_line():
         preprocess.validate(config.augment)
 
 
-def test_capture_nuisances_are_off_unless_set_and_auto_is_the_generated_set_only():
-    """Off by default and in the published recipes (the reference trains without them);
-    "auto": on for synthetic_museum, off for real captures; a command line's strings are
-    read."""
+def test_capture_nuisances_are_auto_by_default_without_moving_the_plate():
+    """The default recipe: "auto", on for synthetic_museum and off for real captures, the plate
+    never moved (registration undoes a nudged camera); off in the published recipes (the
+    reference trains without them); a command line's strings are read."""
     from configs import rmse_bce_dice
 
     augment = rmse_bce_dice.get_config().augment
-    for recipe in (augment, rmse_bce_dice.get_config("published").augment):
-        assert not any(preprocess.capture_enabled(recipe, name) for name in datasets.DATASETS)
-    augment.capture.enabled = "auto"
     on = {name: preprocess.capture_enabled(augment, name) for name in datasets.DATASETS}
     assert on == {"synthetic_museum": True, "modest_museum": False, "folder": False}
+    drawn = preprocess.from_config(augment, MODEST_NORMALIZATION, 0, "synthetic_museum").capture
+    assert (drawn.shift_px, drawn.rotate_deg, drawn.scale) == (0.0, 0.0, 0.0)
+    assert not drawn.moves_plate and drawn.exposure == 0.25 and drawn.noise == 0.02
+    published = rmse_bce_dice.get_config("published").augment
+    assert not any(preprocess.capture_enabled(published, name) for name in datasets.DATASETS)
     for text, want in (("True", True), ("false", False)):
         augment.capture.enabled = text
         assert preprocess.capture_enabled(augment, "folder") is want

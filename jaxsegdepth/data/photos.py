@@ -14,7 +14,9 @@ background subtraction. `NUISANCES` make the two images two shots of one scene i
 switchable alone so that its cost can be measured: "shadow" (the objects darken the background
 near them; the mask stays the objects), "exposure" (the composite's gain and white balance move),
 "noise" (fresh sensor noise on each image), "shift" (the plate moves 1-2 px; the mask stays aligned
-with the composite), "jpeg" (each image gets its own JPEG quality). The scene and every nuisance
+with the composite), "jpeg" (each image gets its own JPEG quality), and apart from the others
+"exposure_step" (auto-exposure stepping between the shots: the composite a quarter to half a
+stop brighter or darker, white balance moved up to 5%). The scene and every nuisance
 draw from streams of their own, so pairs with one seed and index differ only in what the shapes
 and nuisances name.
 
@@ -66,7 +68,8 @@ CONTOUR_PHOTOS = (
     "immunohistochemistry",
 )
 SHAPES = ("silhouette", "blob", "contour")
-NUISANCES = ("shadow", "exposure", "noise", "shift", "jpeg")
+CAPTURE = ("shadow", "exposure", "noise", "shift", "jpeg")  # photos_capture's, all at once
+NUISANCES = (*CAPTURE, "exposure_step")
 SPLITS = ("eval", "tuning")
 SPLIT_PAIRS = 1 << 20  # split s holds the indices [s * SPLIT_PAIRS, (s + 1) * SPLIT_PAIRS)
 JPEG_QUALITIES = (75, 95)  # the "jpeg" nuisance's range, both ends included
@@ -122,7 +125,7 @@ SETS = {
     for photo_set in (
         PhotoSet("photos"),
         PhotoSet("photos_clean", ("blob", "contour")),
-        PhotoSet("photos_capture", ("blob", "contour"), NUISANCES),
+        PhotoSet("photos_capture", ("blob", "contour"), CAPTURE),
         *(
             PhotoSet(f"photos_{nuisance}", ("blob", "contour"), (nuisance,))
             for nuisance in NUISANCES
@@ -384,6 +387,11 @@ def render(
             exposure_rng = _nuisance_rng(seed, index, "exposure")
             scene *= np.float32(exposure_rng.uniform(0.85, 1.15))
             scene *= exposure_rng.uniform(0.95, 1.05, 3).astype(np.float32)
+        if "exposure_step" in nuisances:
+            step_rng = _nuisance_rng(seed, index, "exposure_step")
+            stops = step_rng.uniform(0.25, 0.5) * step_rng.choice((-1.0, 1.0))
+            scene *= np.float32(2.0**stops)
+            scene *= step_rng.uniform(0.95, 1.05, 3).astype(np.float32)
         if "noise" in nuisances:
             noise_rng = _nuisance_rng(seed, index, "noise")
             plate, scene = _noisy(noise_rng, plate), _noisy(noise_rng, scene)
