@@ -225,8 +225,10 @@ def _residual(scene: np.ndarray, plate: np.ndarray, warp: np.ndarray, where: np.
     if not covered.any():
         return np.inf
     moved, target = _warp_plate(plate, warp, size)[covered], scene[covered]
-    gain, offset = np.polyfit(moved, target, 1) if np.ptp(moved) > 0 else (1.0, 0.0)
-    return float(np.abs(gain * moved + offset - target).mean())
+    moved, target = moved - moved.mean(), target - target.mean()
+    spread = np.dot(moved, moved)
+    gain = np.dot(moved, target) / spread if spread > 0 else 1.0
+    return float(np.abs(gain * moved - target).mean())
 
 
 def _at_full_resolution(warp: np.ndarray, scale: float) -> np.ndarray:
