@@ -80,10 +80,10 @@ def get_config() -> ml_collections.ConfigDict:
             # captures, whose shots already differ; True or False for any dataset (not
             # type-safe: a string or a bool). `prob` leaves the rest of the samples as the
             # generator drew them. By default the plate does not move (shift_px, rotate_deg and
-            # scale 0): plate registration (config.align) undoes a nudged camera, and training on
-            # nudges cost 0.03-0.05 IoU on exact plates, while without the photometric part the
-            # model fails when auto-exposure brightens the scene by a fifth (docs/captures.md,
-            # "Auto-exposure").
+            # scale 0): plate registration (config.align) undoes a nudged camera; with the nudge
+            # the model lost 0.03-0.05 IoU on exact plates, without it 0.01, and without the
+            # photometric part it fails when auto-exposure brightens the scene by a fifth
+            # (docs/captures.md, "Auto-exposure").
             capture=ml_collections.ConfigDict(
                 dict(
                     enabled="auto",
