@@ -26,9 +26,7 @@ def mode_config(data_dir, model="masknet"):
     config.batch_size = 8
     config.evals.preview.samples = 2
     for name in config.evals:  # the moved-camera and exposure-step sets: test_evaluate runs one
-        config.evals[name].evaluate &= name in ("photos", "photos_clean", "photos_capture") or (
-            not name.startswith("photos_")
-        )
+        config.evals[name].evaluate &= not name.startswith(("photos_moved_", "photos_exposure"))
     config.log_every_steps = 1
     config.compilation_cache_dir = "none"
     return config

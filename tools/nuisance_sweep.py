@@ -30,9 +30,8 @@ def shot_pairs(split: str, count: int, size: int, gain: float, noise: float) -> 
     """Decoded pairs of `photos_clean`'s `split`: the scene times `gain`, Gaussian noise of
     std `noise` grey levels on each shot (a stream per pair)."""
     chosen = photos.SETS["photos_clean"]
-    first = photos.SPLITS.index(split) * photos.SPLIT_PAIRS
     decoded = []
-    for index in range(first, first + count):
+    for index in photos.indices(split, 0, count):
         pair = photos.render(chosen.seed, index, size, chosen.shapes)
         rng = np.random.default_rng([index, 7])
         shots = {"bg": pair["bg"].astype(np.float32), "bg_fg": pair["bg_fg"] * np.float32(gain)}

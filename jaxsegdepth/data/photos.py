@@ -422,19 +422,25 @@ def pairs(
     photo_set: PhotoSet, start: int, count: int, size: int = synthetic.SIZE, split: str = "eval"
 ) -> list[dict[str, bytes]]:
     """Pairs `start` to `start + count` of `split` ("eval" or "tuning") of `photo_set`, as
-    `generate`'s JPEG bytes. The splits are disjoint ranges of pair indices."""
+    `generate`'s JPEG bytes."""
+    return [
+        generate(
+            photo_set.seed, index, size, photo_set.shapes, photo_set.nuisances, photo_set.camera
+        )
+        for index in indices(split, start, count)
+    ]
+
+
+def indices(split: str, start: int, count: int) -> range:
+    """The pair indices of pairs `start` to `start + count` of `split` ("eval" or "tuning"):
+    the splits are disjoint ranges of indices."""
     if split not in SPLITS or start < 0 or count < 0 or start + count > SPLIT_PAIRS:
         raise ValueError(
             f"split {split!r}, pairs {start}..{start + count}: expected one of {SPLITS} "
             f"and 0 <= start <= start + count <= {SPLIT_PAIRS}"
         )
     first = SPLITS.index(split) * SPLIT_PAIRS + start
-    return [
-        generate(
-            photo_set.seed, index, size, photo_set.shapes, photo_set.nuisances, photo_set.camera
-        )
-        for index in range(first, first + count)
-    ]
+    return range(first, first + count)
 
 
 def decode(pair: dict[str, bytes]) -> dict[str, np.ndarray]:
